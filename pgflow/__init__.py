@@ -1,0 +1,98 @@
+"""pgflow: durable workflows and background jobs on PostgreSQL, SQLite or memory.
+
+The in-process engine (definitions, executor, backoff, errors) is imported eagerly and needs
+no database driver; storage and the distributed runtime load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from pgflow.backend import Backend, JobQueue, RunStore
+from pgflow.backoff_policy import Backoff
+from pgflow.clock import Clock, FakeClock, SystemClock
+from pgflow.definition import Flow, Step, Workflow
+from pgflow.errors import (
+    BackendError,
+    DefinitionError,
+    Discard,
+    MaxAttemptsExceeded,
+    PgflowError,
+    SerializationError,
+    Snooze,
+    StepFailed,
+    StepTimedOut,
+    WorkflowError,
+)
+from pgflow.executor import Executor, execute
+from pgflow.records import Job, JobState, NewJob, RunRecord, RunState, StepRecord, UniqueSpec
+
+if TYPE_CHECKING:
+    from pgflow import schema, testing
+    from pgflow.app import Pgflow
+    from pgflow.registry import backend_from_url, register_backend
+    from pgflow.worker import Worker, workflow_worker
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; loaded on first attribute access (PEP 562).
+_LAZY = {
+    "Pgflow": "pgflow.app",
+    "Worker": "pgflow.worker",
+    "workflow_worker": "pgflow.worker",
+    "backend_from_url": "pgflow.registry",
+    "register_backend": "pgflow.registry",
+    "schema": "pgflow.schema",
+    "testing": "pgflow.testing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'pgflow' has no attribute {name!r}")
+    module = importlib.import_module(module_name)
+    value = module if module_name == f"pgflow.{name}" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "Backoff",
+    "Clock",
+    "DefinitionError",
+    "Discard",
+    "Executor",
+    "FakeClock",
+    "Flow",
+    "Job",
+    "JobQueue",
+    "JobState",
+    "MaxAttemptsExceeded",
+    "NewJob",
+    "PgflowError",
+    "Pgflow",
+    "RunRecord",
+    "RunState",
+    "RunStore",
+    "SerializationError",
+    "Snooze",
+    "Step",
+    "StepFailed",
+    "StepRecord",
+    "StepTimedOut",
+    "SystemClock",
+    "UniqueSpec",
+    "Worker",
+    "Workflow",
+    "WorkflowError",
+    "backend_from_url",
+    "execute",
+    "register_backend",
+    "schema",
+    "testing",
+    "workflow_worker",
+]

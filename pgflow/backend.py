@@ -1,0 +1,228 @@
+"""The storage seam: what the engine asks of any backend, in domain operations.
+
+The protocol speaks of runs, jobs, instances and leadership, never of SQL, so the in-memory
+backend is a small model of the same contract the SQL backends fulfil. Every time comparison
+("due", "stale", "older than") is made with the backend's own clock: the database's `now()`
+for SQL backends, so clock skew between workers does not matter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from pgflow.records import (
+    Instance,
+    InstanceInfo,
+    Job,
+    JobCount,
+    JobRef,
+    JobState,
+    NewJob,
+    RescueReport,
+    RunRecord,
+    RunState,
+    StepRecord,
+)
+
+
+@runtime_checkable
+class RunStore(Protocol):
+    """Durable history of workflow runs; all the in-process executor needs."""
+
+    def start_run(
+        self,
+        *,
+        workflow_id: str,
+        workflow: str,
+        input: Any,
+        max_attempts: int,
+        job_id: int | None = None,
+    ) -> RunRecord:
+        """Create the run at attempt 1, state running; if it exists, return it unchanged.
+
+        Returning an existing run lets a retried job resume the same workflow_id.
+        Raises SerializationError (and writes nothing) when `input` is not JSON.
+        """
+        ...
+
+    def start_attempt(self, workflow_id: str, attempt: int) -> None:
+        """Move the run to `attempt` and state running; later writes are fenced by it."""
+        ...
+
+    def record_step(self, step: StepRecord) -> bool:
+        """Store one step attempt; False (nothing written) if the run moved past its attempt.
+
+        Raises SerializationError (and writes nothing) when the output is not JSON.
+        """
+        ...
+
+    def finish_run(
+        self,
+        workflow_id: str,
+        attempt: int,
+        state: RunState,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        """Mark the run completed or failed; False (nothing written) if fenced out."""
+        ...
+
+    def get_run(self, workflow_id: str) -> RunRecord | None:
+        """The run, or None."""
+        ...
+
+    def get_steps(self, workflow_id: str) -> list[StepRecord]:
+        """Every recorded step attempt of the run, oldest first."""
+        ...
+
+    def list_runs(
+        self, *, workflow: str | None = None, state: RunState | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        """Runs, newest first, optionally filtered."""
+        ...
+
+
+class JobListener(Protocol):
+    """A wake-up hint that jobs may be available; polling remains the safety net."""
+
+    def wait(self, timeout: float) -> set[str]:
+        """Block up to `timeout` seconds; return the queues announced (empty on time-out)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection or resources held for listening."""
+        ...
+
+
+@runtime_checkable
+class JobQueue(Protocol):
+    """The job table, instances and leadership: what distributed workers need."""
+
+    def insert_jobs(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[Job]:
+        """Insert jobs atomically (all or none) and return them stored, in input order.
+
+        A unique job whose key is taken returns the existing job with `conflict=True`.
+        With `connection` (an SQLAlchemy Connection), the insert joins the caller's
+        transaction and commits or rolls back with it. Raises SerializationError naming
+        the key, with nothing written, when args are not JSON.
+        """
+        ...
+
+    def claim_jobs(self, queue: str, instance_id: str, limit: int) -> list[Job]:
+        """Reserve up to `limit` available jobs of `queue`: highest priority, then oldest
+        scheduled_at, then lowest id. Each job goes to exactly one claimer; it becomes
+        executing, attempt + 1, attempted_at = now, reserved_by = instance_id."""
+        ...
+
+    def complete_jobs(self, refs: Sequence[JobRef]) -> list[int]:
+        """Mark jobs completed; return the ids actually changed. A ref whose attempt no
+        longer holds the job (rescued, re-claimed, cancelled) changes nothing."""
+        ...
+
+    def fail_job(
+        self, ref: JobRef, error: dict[str, Any], *, retry_in: float | None
+    ) -> JobState | None:
+        """Record a failed attempt: append `error`, then retryable at now + retry_in, or
+        discarded when retry_in is None or no attempt is left. Returns the new state, or
+        None when fenced out. A job whose cancellation was requested becomes cancelled."""
+        ...
+
+    def snooze_job(self, ref: JobRef, seconds: float) -> bool:
+        """Reschedule at now + seconds without counting the attempt; False when fenced out."""
+        ...
+
+    def cancel_job(self, job_id: int) -> Job | None:
+        """Cancel a waiting job at once; flag an executing one (`cancel_requested`) so its
+        instance stops it. Finished jobs are left alone. Returns the job, or None."""
+        ...
+
+    def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
+        """Which of these executing jobs have had cancellation requested."""
+        ...
+
+    def stage_jobs(self, limit: int = 10_000) -> list[str]:
+        """Make scheduled and retryable jobs whose time has come available; return the
+        queues that gained jobs (so their workers can be woken)."""
+        ...
+
+    def get_job(self, job_id: int) -> Job | None:
+        """The job, or None."""
+        ...
+
+    def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        worker: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        """Jobs in id order, optionally filtered."""
+        ...
+
+    def job_counts(self) -> list[JobCount]:
+        """Job counts by queue, state and reserved_by."""
+        ...
+
+    def prune_jobs(self, max_age: float, limit: int = 10_000) -> int:
+        """Delete up to `limit` finished jobs (and finished runs) older than `max_age`
+        seconds; return how many jobs went."""
+        ...
+
+    def register_instance(self, info: InstanceInfo) -> None:
+        """Record the instance as online with a fresh heartbeat (insert or update)."""
+        ...
+
+    def heartbeat(self, instance_id: str) -> bool:
+        """Refresh the heartbeat and mark online; False if the instance had been marked
+        offline or was unknown (it was presumed dead and its jobs may have been rescued)."""
+        ...
+
+    def mark_offline(self, instance_id: str) -> None:
+        """Mark the instance offline (a clean stop); its heartbeat is left as it was."""
+        ...
+
+    def list_instances(self) -> list[Instance]:
+        """Every registered instance, online first."""
+        ...
+
+    def rescue_stale(self, stale_after: float) -> RescueReport:
+        """Mark instances whose heartbeat is older than `stale_after` seconds offline, then
+        make every job left executing by an instance that is not online available again,
+        or discarded when it has no attempt left (the lost attempt counts)."""
+        ...
+
+    def acquire_leadership(self, instance_id: str, ttl: float) -> bool:
+        """Take or renew the cluster-wide leader lease for `ttl` seconds; True if held.
+        At most one instance holds an unexpired lease at any time."""
+        ...
+
+    def release_leadership(self, instance_id: str) -> None:
+        """Give the lease up if this instance holds it."""
+        ...
+
+    def listener(self) -> JobListener:
+        """A new listener for "jobs inserted or staged" hints."""
+        ...
+
+
+@runtime_checkable
+class Backend(RunStore, JobQueue, Protocol):
+    """A complete storage backend: runs, jobs, instances, plus its own lifecycle."""
+
+    #: The URL it was opened with, password masked; used in messages and logs.
+    url: str
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema; idempotent and safe when run concurrently."""
+        ...
+
+    def check_schema(self) -> None:
+        """Raise BackendError saying what to do when the schema is missing or outdated."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the backend is unusable afterwards."""
+        ...

@@ -1,0 +1,226 @@
+"""Frozen value records exchanged between the engine and every backend.
+
+They are plain data: a backend builds them from rows, the engine and users read them.
+Timestamps are always timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+
+def _aware(_instance: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
+    """Reject naive datetimes: a record must never be ambiguous about its time zone."""
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{attribute.name} must be timezone-aware, got naive {value!r}")
+
+
+class JobState(str, enum.Enum):
+    """Where a job is in its life; the values are what the `state` column stores."""
+
+    AVAILABLE = "available"
+    SCHEDULED = "scheduled"
+    EXECUTING = "executing"
+    RETRYABLE = "retryable"
+    COMPLETED = "completed"
+    DISCARDED = "discarded"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATES
+
+
+FINISHED_STATES = frozenset({JobState.COMPLETED, JobState.DISCARDED, JobState.CANCELLED})
+WAITING_STATES = frozenset({JobState.AVAILABLE, JobState.SCHEDULED, JobState.RETRYABLE})
+
+
+class RunState(str, enum.Enum):
+    """Where a workflow run is: running until its last attempt completes or fails."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class StepOutcome(str, enum.Enum):
+    """How one attempt of one step ended."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+
+@attrs.frozen
+class UniqueSpec:
+    """Makes an insert return the existing job instead of adding a duplicate.
+
+    Two jobs are duplicates when worker, queue and the chosen `keys` of args (all args when
+    None) are equal and they fall in the same `period` (seconds; None means forever). With
+    `while_unfinished`, the key is released once the job completes, is discarded or cancelled.
+    """
+
+    period: float | None = None
+    keys: tuple[str, ...] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(tuple)
+    )
+    while_unfinished: bool = False
+
+
+@attrs.frozen
+class NewJob:
+    """A job to insert, as built by `Worker.new`; the backend assigns id and timestamps.
+
+    `schedule_in` is relative to the database's clock; `scheduled_at` is absolute. At most one
+    of them is set; with neither, the job is available at once.
+    """
+
+    worker: str
+    args: dict[str, Any] = attrs.field(factory=dict)
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int = 3
+    scheduled_at: datetime | None = attrs.field(default=None, validator=_aware)
+    schedule_in: float | None = None
+    unique: UniqueSpec | None = None
+    meta: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class JobRef:
+    """A claimed job's fence: writes about it apply only while this attempt still holds it."""
+
+    id: int
+    attempt: int
+
+
+@attrs.frozen
+class Job:
+    """A stored job, as a backend read it."""
+
+    id: int
+    queue: str
+    worker: str
+    args: dict[str, Any]
+    state: JobState = attrs.field(converter=JobState)
+    priority: int
+    attempt: int
+    max_attempts: int
+    scheduled_at: datetime = attrs.field(validator=_aware)
+    inserted_at: datetime = attrs.field(validator=_aware)
+    attempted_at: datetime | None = attrs.field(default=None, validator=_aware)
+    completed_at: datetime | None = attrs.field(default=None, validator=_aware)
+    reserved_by: str | None = None
+    errors: tuple[dict[str, Any], ...] = attrs.field(default=(), converter=tuple)
+    meta: dict[str, Any] = attrs.field(factory=dict)
+    unique_key: str | None = None
+    #: True when an insert found an existing unique job and returned it instead.
+    conflict: bool = attrs.field(default=False, eq=False)
+
+    @property
+    def ref(self) -> JobRef:
+        return JobRef(self.id, self.attempt)
+
+    @property
+    def cancel_requested(self) -> bool:
+        return bool(self.meta.get("cancel_requested"))
+
+
+@attrs.frozen
+class JobError:
+    """One failed attempt, as kept (as a dict) in a job's `errors` list."""
+
+    attempt: int
+    at: datetime = attrs.field(validator=_aware)
+    kind: str
+    message: str
+    traceback: str = ""
+    instance_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "at": self.at.isoformat(),
+            "kind": self.kind,
+            "message": self.message,
+            "traceback": self.traceback,
+            "instance_id": self.instance_id,
+        }
+
+
+@attrs.frozen
+class RescueReport:
+    """What one rescue pass did: stale instances marked offline, jobs made available or discarded."""
+
+    instances: tuple[str, ...] = ()
+    rescued: tuple[int, ...] = ()
+    discarded: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class InstanceInfo:
+    """What an instance says about itself when it registers."""
+
+    instance_id: str
+    hostname: str = ""
+    pid: int = 0
+    queues: dict[str, int] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Instance:
+    """A registered instance, as stored in `pgflow_instances`."""
+
+    instance_id: str
+    status: str
+    heartbeat_at: datetime = attrs.field(validator=_aware)
+    started_at: datetime = attrs.field(validator=_aware)
+    hostname: str = ""
+    pid: int = 0
+    queues: dict[str, int] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class JobCount:
+    """One row of the "jobs by queue, state and instance" table."""
+
+    queue: str
+    state: JobState = attrs.field(converter=JobState)
+    reserved_by: str | None
+    count: int
+
+
+@attrs.frozen
+class RunRecord:
+    """A workflow run: one call of `execute` with a backend, or one job running a workflow."""
+
+    workflow_id: str
+    workflow: str
+    state: RunState = attrs.field(converter=RunState)
+    attempt: int
+    max_attempts: int
+    input: Any
+    started_at: datetime = attrs.field(validator=_aware)
+    output: Any = None
+    error: dict[str, Any] | None = None
+    finished_at: datetime | None = attrs.field(default=None, validator=_aware)
+    job_id: int | None = None
+
+
+@attrs.frozen
+class StepRecord:
+    """One attempt of one step: what ran, how it ended, its output or error, how long it took."""
+
+    workflow_id: str
+    step: str
+    index: int
+    attempt: int
+    outcome: StepOutcome = attrs.field(converter=StepOutcome)
+    started_at: datetime = attrs.field(validator=_aware)
+    duration: float
+    output: Any = None
+    error: dict[str, Any] | None = None
