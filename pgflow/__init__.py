@@ -1,7 +1,7 @@
 """pgflow: durable workflows and background jobs on PostgreSQL, SQLite or memory.
 
-The in-process engine (definitions, executor, backoff, errors) is imported eagerly and needs
-no database driver; storage and the distributed runtime load on first use.
+Errors and records are imported eagerly; everything else loads on first attribute access,
+so `import pgflow` stays cheap and never imports a database driver it does not need.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from pgflow.backend import Backend, JobQueue, RunStore
-from pgflow.backoff_policy import Backoff
 from pgflow.clock import Clock, FakeClock, SystemClock
-from pgflow.definition import Flow, Step, Workflow
 from pgflow.errors import (
     BackendError,
     DefinitionError,
@@ -25,10 +23,12 @@ from pgflow.errors import (
     StepTimedOut,
     WorkflowError,
 )
-from pgflow.executor import Executor, execute
 from pgflow.records import Job, JobState, NewJob, RunRecord, RunState, StepRecord, UniqueSpec
 
 if TYPE_CHECKING:
+    from pgflow.backoff_policy import Backoff
+    from pgflow.definition import Flow, Step, Workflow
+    from pgflow.executor import Executor, execute
     from pgflow import schema, testing
     from pgflow.app import Pgflow
     from pgflow.registry import backend_from_url, register_backend
@@ -38,6 +38,12 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; loaded on first attribute access (PEP 562).
 _LAZY = {
+    "Backoff": "pgflow.backoff_policy",
+    "Flow": "pgflow.definition",
+    "Step": "pgflow.definition",
+    "Workflow": "pgflow.definition",
+    "Executor": "pgflow.executor",
+    "execute": "pgflow.executor",
     "Pgflow": "pgflow.app",
     "Worker": "pgflow.worker",
     "workflow_worker": "pgflow.worker",
