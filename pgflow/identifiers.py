@@ -1,0 +1,57 @@
+"""Validation of the names users hand to pgflow: queues, workers and instance ids.
+
+Every backend calls these before storing a name, so a hostile or mistyped name is refused
+with a clear DefinitionError instead of reaching SQL, logs or NOTIFY channels.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pgflow.errors import DefinitionError
+
+# A letter, digit or underscore first, then up to 62 more including ".", ":" and "-":
+# short enough for an index key and a NOTIFY payload, safe in any log line.
+_QUEUE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,62}")
+# A dotted Python path ("myapp.workers.Email"), optionally "module:qualname"; "<locals>" is
+# accepted as a segment so that classes defined inside functions (tests) have a name too.
+_IDENT = r"(?:[A-Za-z_][A-Za-z0-9_]*|<locals>)"
+_WORKER = re.compile(rf"{_IDENT}(?:\.{_IDENT})*(?::{_IDENT}(?:\.{_IDENT})*)?")
+_WORKER_MAX = 255
+_INSTANCE_MAX = 128
+_INSTANCE_FORBIDDEN = frozenset("'\"`\\")
+
+
+def validate_queue(name: object) -> str:
+    """Return `name` if it is a valid queue name, else raise DefinitionError naming it."""
+    if not isinstance(name, str) or _QUEUE.fullmatch(name) is None:
+        raise DefinitionError(
+            f"invalid queue name {name!r}: use 1 to 63 letters, digits, '_', '.', ':' or '-', "
+            "not starting with a punctuation mark"
+        )
+    return name
+
+
+def validate_worker_name(name: object) -> str:
+    """Return `name` if it is a dotted Python path, else raise DefinitionError naming it."""
+    if not isinstance(name, str) or len(name) > _WORKER_MAX or _WORKER.fullmatch(name) is None:
+        raise DefinitionError(
+            f"invalid worker name {name!r}: expected a dotted Python path such as "
+            f"'myapp.workers.SendEmail' (at most {_WORKER_MAX} characters)"
+        )
+    return name
+
+
+def validate_instance_id(instance_id: object) -> str:
+    """Return `instance_id` if printable, short and free of whitespace and quotes."""
+    if (
+        not isinstance(instance_id, str)
+        or not 0 < len(instance_id) <= _INSTANCE_MAX
+        or not instance_id.isprintable()
+        or any(char.isspace() or char in _INSTANCE_FORBIDDEN for char in instance_id)
+    ):
+        raise DefinitionError(
+            f"invalid instance id {instance_id!r}: use 1 to {_INSTANCE_MAX} printable "
+            "characters without whitespace, quotes or backslashes"
+        )
+    return instance_id

@@ -1,0 +1,322 @@
+"""InMemoryBackend: the whole backend protocol as a small, thread-safe model in one process.
+
+One lock guards every table, so each operation is atomic like a SQL transaction; "now" comes
+from a clock object, so a FakeClock drives due, stale and prune logic in tests. Values are
+stored as JSON text, so serialisation errors and returned copies behave as in SQL backends.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from pgflow.backend import JobListener
+from pgflow.clock import SYSTEM_CLOCK, Clock
+from pgflow.errors import BackendError, DefinitionError
+from pgflow.identifiers import validate_instance_id
+from pgflow.records import (
+    Instance,
+    InstanceInfo,
+    Job,
+    JobCount,
+    JobRef,
+    JobState,
+    NewJob,
+    RescueReport,
+    RunRecord,
+    RunState,
+    StepRecord,
+)
+from pgflow.serialization import dumps
+from pgflow_backends.memory.cluster import InstanceTable
+from pgflow_backends.memory.jobs import JobTable
+from pgflow_backends.memory.listener import ListenerHub
+from pgflow_backends.memory.runs import RunTable
+
+_FINAL_RUN_STATES = frozenset({RunState.COMPLETED, RunState.FAILED})
+
+
+class InMemoryBackend:
+    """Everything in this process's memory: for unit tests, demos and `pgflow.testing`.
+
+    Nothing survives the process and nothing is shared with other processes; use SQLite or
+    PostgreSQL for that. Thread-safe: workers in threads of one process can share it.
+    """
+
+    url = "memory://"
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        self._lock = threading.Lock()
+        self._hub = ListenerHub(threading.Condition(self._lock))
+        self._jobs = JobTable()
+        self._runs = RunTable()
+        self._instances = InstanceTable()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Clock | None = None) -> InMemoryBackend:
+        """Open "memory://" (the registry's entry point); any other URL is a BackendError."""
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme != "memory" or parts.netloc or parts.path or parts.query:
+            raise BackendError(f"InMemoryBackend takes the URL 'memory://', not {url!r}")
+        return cls(clock=clock)
+
+    def __repr__(self) -> str:
+        return f"InMemoryBackend(clock={self.clock!r})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Nothing to do: the tables are Python objects that exist from construction on."""
+        self._check_open()
+
+    def check_schema(self) -> None:
+        """Nothing to check: memory has no schema that could be missing or outdated."""
+        self._check_open()
+
+    def close(self) -> None:
+        """Drop all data and wake any listener; later calls raise BackendError."""
+        with self._lock:
+            self._closed = True
+            self._jobs = JobTable()
+            self._runs = RunTable()
+            self._instances = InstanceTable()
+            self._hub.close_all()
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        *,
+        workflow_id: str,
+        workflow: str,
+        input: Any,
+        max_attempts: int,
+        job_id: int | None = None,
+    ) -> RunRecord:
+        encoded = dumps(input, what="input")
+        with self._lock:
+            self._check_open()
+            return self._runs.start(
+                workflow_id=workflow_id,
+                workflow=workflow,
+                input=encoded,
+                max_attempts=max_attempts,
+                job_id=job_id,
+                now=self._now(),
+            )
+
+    def start_attempt(self, workflow_id: str, attempt: int) -> None:
+        with self._lock:
+            self._check_open()
+            self._runs.start_attempt(workflow_id, attempt)
+
+    def record_step(self, step: StepRecord) -> bool:
+        output = dumps(step.output, what="output")
+        error = None if step.error is None else dumps(step.error, what="error")
+        with self._lock:
+            self._check_open()
+            return self._runs.record_step(step, output, error)
+
+    def finish_run(
+        self,
+        workflow_id: str,
+        attempt: int,
+        state: RunState,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        state = RunState(state)
+        if state not in _FINAL_RUN_STATES:
+            raise DefinitionError(f"finish_run needs completed or failed, not {state.value!r}")
+        encoded_output = dumps(output, what="output")
+        encoded_error = None if error is None else dumps(error, what="error")
+        with self._lock:
+            self._check_open()
+            return self._runs.finish(
+                workflow_id, attempt, state, encoded_output, encoded_error, self._now()
+            )
+
+    def get_run(self, workflow_id: str) -> RunRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._runs.get(workflow_id)
+
+    def get_steps(self, workflow_id: str) -> list[StepRecord]:
+        with self._lock:
+            self._check_open()
+            return self._runs.steps(workflow_id)
+
+    def list_runs(
+        self, *, workflow: str | None = None, state: RunState | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        with self._lock:
+            self._check_open()
+            return self._runs.select(workflow, state, limit)
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def insert_jobs(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[Job]:
+        if connection is not None:
+            raise BackendError(
+                "InMemoryBackend cannot join an SQLAlchemy transaction (connection=...); "
+                "use SQLiteBackend or PostgresBackend for transactional inserts"
+            )
+        with self._lock:
+            self._check_open()
+            stored, woken = self._jobs.insert(jobs, self._now())
+            self._hub.announce(woken)
+            return stored
+
+    def claim_jobs(self, queue: str, instance_id: str, limit: int) -> list[Job]:
+        with self._lock:
+            self._check_open()
+            return self._jobs.claim(queue, instance_id, limit, self._now())
+
+    def complete_jobs(self, refs: Sequence[JobRef]) -> list[int]:
+        with self._lock:
+            self._check_open()
+            return self._jobs.complete(refs, self._now())
+
+    def fail_job(
+        self, ref: JobRef, error: dict[str, Any], *, retry_in: float | None
+    ) -> JobState | None:
+        with self._lock:
+            self._check_open()
+            return self._jobs.fail(ref, error, retry_in, self._now())
+
+    def snooze_job(self, ref: JobRef, seconds: float) -> bool:
+        with self._lock:
+            self._check_open()
+            now = self._now()
+            queue = self._jobs.snooze(ref, seconds, now)
+            if queue is None:
+                return False
+            if seconds <= 0:
+                self._hub.announce([queue])
+            return True
+
+    def cancel_job(self, job_id: int) -> Job | None:
+        with self._lock:
+            self._check_open()
+            return self._jobs.cancel(job_id, self._now())
+
+    def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
+        with self._lock:
+            self._check_open()
+            return self._jobs.cancel_requested(job_ids)
+
+    def stage_jobs(self, limit: int = 10_000) -> list[str]:
+        with self._lock:
+            self._check_open()
+            queues = self._jobs.stage(limit, self._now())
+            self._hub.announce(queues)
+            return sorted(queues)
+
+    def get_job(self, job_id: int) -> Job | None:
+        with self._lock:
+            self._check_open()
+            return self._jobs.get(job_id)
+
+    def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        worker: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        with self._lock:
+            self._check_open()
+            return self._jobs.select(queue, state, worker, limit)
+
+    def job_counts(self) -> list[JobCount]:
+        with self._lock:
+            self._check_open()
+            return self._jobs.counts()
+
+    def prune_jobs(self, max_age: float, limit: int = 10_000) -> int:
+        with self._lock:
+            self._check_open()
+            cutoff = self._now() - timedelta(seconds=max_age)
+            self._runs.prune(cutoff, limit)
+            return self._jobs.prune(cutoff, limit)
+
+    # -- instances and leadership ----------------------------------------------------------
+
+    def register_instance(self, info: InstanceInfo) -> None:
+        validate_instance_id(info.instance_id)
+        with self._lock:
+            self._check_open()
+            self._instances.register(info, self._now())
+
+    def heartbeat(self, instance_id: str) -> bool:
+        with self._lock:
+            self._check_open()
+            return self._instances.heartbeat(instance_id, self._now())
+
+    def mark_offline(self, instance_id: str) -> None:
+        with self._lock:
+            self._check_open()
+            self._instances.mark_offline(instance_id)
+
+    def list_instances(self) -> list[Instance]:
+        with self._lock:
+            self._check_open()
+            return self._instances.list()
+
+    def rescue_stale(self, stale_after: float) -> RescueReport:
+        with self._lock:
+            self._check_open()
+            now = self._now()
+            stale = self._instances.mark_stale_offline(now - timedelta(seconds=stale_after))
+            report, woken = self._jobs.rescue(self._instances.online(), now)
+            self._hub.announce(woken)
+            return RescueReport(
+                instances=tuple(stale), rescued=report.rescued, discarded=report.discarded
+            )
+
+    def acquire_leadership(self, instance_id: str, ttl: float) -> bool:
+        with self._lock:
+            self._check_open()
+            return self._instances.acquire(instance_id, ttl, self._now())
+
+    def release_leadership(self, instance_id: str) -> None:
+        with self._lock:
+            self._check_open()
+            self._instances.release(instance_id)
+
+    def listener(self) -> JobListener:
+        self._check_open()
+        return self._hub.listener()
+
+    # -- readers for users' unit tests -----------------------------------------------------
+
+    def jobs(self) -> list[Job]:
+        """Every job, in id order, with no limit (a convenience for assertions in tests)."""
+        with self._lock:
+            self._check_open()
+            return self._jobs.select(None, None, None, None)
+
+    def runs(self) -> list[RunRecord]:
+        """Every run, newest first, with no limit (a convenience for assertions in tests)."""
+        with self._lock:
+            self._check_open()
+            return self._runs.select(None, None, None)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        now = self.clock.now()
+        if now.tzinfo is None:
+            raise BackendError(f"the clock {self.clock!r} returned a naive datetime {now!r}")
+        return now
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError("this InMemoryBackend is closed; create a new one")

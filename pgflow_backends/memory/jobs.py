@@ -1,0 +1,345 @@
+"""The in-memory job table: rows, the indexes claiming needs, and every job transition.
+
+Not thread-safe on its own: InMemoryBackend holds its lock around every call and passes the
+current time in, so the table is a plain, deterministic model of the SQL job table.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import attrs
+
+from pgflow.errors import DefinitionError
+from pgflow.identifiers import validate_queue, validate_worker_name
+from pgflow.records import (
+    FINISHED_STATES,
+    WAITING_STATES,
+    Job,
+    JobCount,
+    JobError,
+    JobRef,
+    JobState,
+    NewJob,
+    RescueReport,
+)
+from pgflow.serialization import dumps, loads
+from pgflow.unique import unique_key
+
+
+@attrs.define
+class _Row:
+    """One stored job; JSON columns are kept as text, exactly as a SQL backend stores them."""
+
+    id: int
+    queue: str
+    worker: str
+    args: str
+    state: JobState
+    priority: int
+    attempt: int
+    max_attempts: int
+    scheduled_at: datetime
+    inserted_at: datetime
+    meta: str
+    unique_key: str | None
+    release_unique: bool
+    attempted_at: datetime | None = None
+    completed_at: datetime | None = None
+    reserved_by: str | None = None
+    errors: list[str] = attrs.Factory(list)
+
+    def to_job(self, *, conflict: bool = False) -> Job:
+        return Job(
+            id=self.id,
+            queue=self.queue,
+            worker=self.worker,
+            args=loads(self.args),
+            state=self.state,
+            priority=self.priority,
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            scheduled_at=self.scheduled_at,
+            inserted_at=self.inserted_at,
+            attempted_at=self.attempted_at,
+            completed_at=self.completed_at,
+            reserved_by=self.reserved_by,
+            errors=tuple(loads(error) for error in self.errors),
+            meta=loads(self.meta),
+            unique_key=self.unique_key,
+            conflict=conflict,
+        )
+
+    def claim_order(self) -> tuple[int, datetime, int]:
+        return (-self.priority, self.scheduled_at, self.id)
+
+
+@attrs.define
+class _Prepared:
+    """A NewJob validated and encoded, ready to become a row; built before anything is written."""
+
+    job: NewJob
+    args: str
+    meta: str
+    scheduled_at: datetime
+    unique_key: str | None
+
+
+class JobTable:
+    """Jobs by id, with an index of available jobs per queue and one of unique keys."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, _Row] = {}
+        self._next_id = 1
+        self._available: dict[str, set[int]] = {}
+        self._waiting: set[int] = set()  # scheduled or retryable: what staging looks at
+        self._unique: dict[str, int] = {}
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def insert(self, jobs: Sequence[NewJob], now: datetime) -> tuple[list[Job], set[str]]:
+        """Insert all or none; return the stored jobs and the queues that gained available ones."""
+        prepared = [self._prepare(job, now) for job in jobs]  # may raise: nothing written yet
+        stored: list[Job] = []
+        woken: set[str] = set()
+        for item in prepared:
+            if item.unique_key is not None and item.unique_key in self._unique:
+                stored.append(self.rows[self._unique[item.unique_key]].to_job(conflict=True))
+                continue
+            row = self._add(item, now)
+            if row.state is JobState.AVAILABLE:
+                woken.add(row.queue)
+            stored.append(row.to_job())
+        return stored, woken
+
+    def claim(self, queue: str, instance_id: str, limit: int, now: datetime) -> list[Job]:
+        ids = self._available.get(queue)
+        if not ids or limit <= 0:
+            return []
+        chosen = heapq.nsmallest(limit, (self.rows[i] for i in ids), key=_Row.claim_order)
+        for row in chosen:
+            self._move(row, JobState.EXECUTING)
+            row.attempt += 1
+            row.attempted_at = now
+            row.reserved_by = instance_id
+        return [row.to_job() for row in chosen]
+
+    def complete(self, refs: Iterable[JobRef], now: datetime) -> list[int]:
+        done: list[int] = []
+        for ref in refs:
+            row = self._holding(ref)
+            if row is not None:
+                self._finish(row, JobState.COMPLETED, now)
+                done.append(row.id)
+        return done
+
+    def fail(
+        self, ref: JobRef, error: dict[str, Any], retry_in: float | None, now: datetime
+    ) -> JobState | None:
+        encoded = dumps(error, what="error")
+        row = self._holding(ref)
+        if row is None:
+            return None
+        row.errors.append(encoded)
+        if loads(row.meta).get("cancel_requested"):
+            self._finish(row, JobState.CANCELLED, now)
+        elif retry_in is None or row.attempt >= row.max_attempts:
+            self._finish(row, JobState.DISCARDED, now)
+        else:
+            row.scheduled_at = now + timedelta(seconds=max(retry_in, 0.0))
+            self._move(row, JobState.RETRYABLE)
+        return row.state
+
+    def snooze(self, ref: JobRef, seconds: float, now: datetime) -> str | None:
+        """Reschedule, giving the attempt back; return the queue if the job is available now."""
+        row = self._holding(ref)
+        if row is None:
+            return None
+        row.attempt -= 1
+        row.scheduled_at = now + timedelta(seconds=max(seconds, 0.0))
+        self._move(row, JobState.SCHEDULED if row.scheduled_at > now else JobState.AVAILABLE)
+        return row.queue
+
+    def cancel(self, job_id: int, now: datetime) -> Job | None:
+        row = self.rows.get(job_id)
+        if row is None:
+            return None
+        if row.state in WAITING_STATES:
+            self._finish(row, JobState.CANCELLED, now)
+        elif row.state is JobState.EXECUTING:
+            meta = loads(row.meta)
+            meta["cancel_requested"] = True
+            row.meta = dumps(meta, what="meta")
+        return row.to_job()
+
+    def cancel_requested(self, job_ids: Iterable[int]) -> set[int]:
+        found: set[int] = set()
+        for job_id in job_ids:
+            row = self.rows.get(job_id)
+            if (
+                row is not None
+                and row.state is JobState.EXECUTING
+                and loads(row.meta).get("cancel_requested")
+            ):
+                found.add(job_id)
+        return found
+
+    def stage(self, limit: int, now: datetime) -> set[str]:
+        due = (self.rows[i] for i in self._waiting if self.rows[i].scheduled_at <= now)
+        chosen = heapq.nsmallest(max(limit, 0), due, key=lambda row: (row.scheduled_at, row.id))
+        for row in chosen:
+            self._move(row, JobState.AVAILABLE)
+        return {row.queue for row in chosen}
+
+    def rescue(self, online: set[str], now: datetime) -> tuple[RescueReport, set[str]]:
+        """Requeue (or discard) jobs executing on instances that are not online."""
+        rescued: list[int] = []
+        discarded: list[int] = []
+        woken: set[str] = set()
+        for row in self.rows.values():
+            if row.state is not JobState.EXECUTING or row.reserved_by in online:
+                continue
+            error = JobError(
+                attempt=row.attempt,
+                at=now,
+                kind="rescued",
+                message=f"instance {row.reserved_by!r} stopped while running the job",
+                instance_id=row.reserved_by,
+            )
+            row.errors.append(dumps(error.to_dict(), what="error"))
+            if row.attempt >= row.max_attempts:
+                discarded.append(row.id)
+            else:
+                rescued.append(row.id)
+                woken.add(row.queue)
+        for job_id in discarded:
+            self._finish(self.rows[job_id], JobState.DISCARDED, now)
+        for job_id in rescued:
+            self._move(self.rows[job_id], JobState.AVAILABLE)
+        report = RescueReport(rescued=tuple(sorted(rescued)), discarded=tuple(sorted(discarded)))
+        return report, woken
+
+    def prune(self, cutoff: datetime, limit: int) -> int:
+        old = (
+            row
+            for row in self.rows.values()
+            if row.state in FINISHED_STATES
+            and row.completed_at is not None
+            and row.completed_at < cutoff
+        )
+        doomed = heapq.nsmallest(max(limit, 0), old, key=lambda row: (row.completed_at, row.id))
+        for row in doomed:
+            if row.unique_key is not None and self._unique.get(row.unique_key) == row.id:
+                del self._unique[row.unique_key]
+            del self.rows[row.id]
+        return len(doomed)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        row = self.rows.get(job_id)
+        return None if row is None else row.to_job()
+
+    def select(
+        self, queue: str | None, state: JobState | None, worker: str | None, limit: int | None
+    ) -> list[Job]:
+        found: list[Job] = []
+        for row in self.rows.values():  # dicts keep insertion order, which is id order
+            if limit is not None and len(found) >= limit:
+                break
+            if (
+                (queue is None or row.queue == queue)
+                and (state is None or row.state is JobState(state))
+                and (worker is None or row.worker == worker)
+            ):
+                found.append(row.to_job())
+        return found
+
+    def counts(self) -> list[JobCount]:
+        tally = Counter((row.queue, row.state, row.reserved_by) for row in self.rows.values())
+        return [
+            JobCount(queue=queue, state=state, reserved_by=reserved_by, count=count)
+            for (queue, state, reserved_by), count in sorted(
+                tally.items(), key=lambda item: (item[0][0], item[0][1].value, item[0][2] or "")
+            )
+        ]
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _prepare(self, job: NewJob, now: datetime) -> _Prepared:
+        validate_queue(job.queue)
+        validate_worker_name(job.worker)
+        if job.scheduled_at is not None and job.schedule_in is not None:
+            raise DefinitionError(
+                f"job for {job.worker!r} sets both scheduled_at and schedule_in; choose one"
+            )
+        if job.scheduled_at is not None:
+            scheduled_at = job.scheduled_at
+        else:
+            scheduled_at = now + timedelta(seconds=job.schedule_in or 0.0)
+        return _Prepared(
+            job=job,
+            args=dumps(job.args, what="args"),
+            meta=dumps(job.meta, what="meta"),
+            scheduled_at=scheduled_at,
+            unique_key=unique_key(job, now),
+        )
+
+    def _add(self, item: _Prepared, now: datetime) -> _Row:
+        job = item.job
+        row = _Row(
+            id=self._next_id,
+            queue=job.queue,
+            worker=job.worker,
+            args=item.args,
+            state=JobState.SCHEDULED,
+            priority=job.priority,
+            attempt=0,
+            max_attempts=job.max_attempts,
+            scheduled_at=item.scheduled_at,
+            inserted_at=now,
+            meta=item.meta,
+            unique_key=item.unique_key,
+            release_unique=job.unique is not None and job.unique.while_unfinished,
+        )
+        self._next_id += 1
+        self.rows[row.id] = row
+        self._waiting.add(row.id)
+        if row.unique_key is not None:
+            self._unique[row.unique_key] = row.id
+        self._move(row, JobState.SCHEDULED if row.scheduled_at > now else JobState.AVAILABLE)
+        return row
+
+    def _holding(self, ref: JobRef) -> _Row | None:
+        """The row if `ref`'s attempt still holds it (executing at that attempt), else None."""
+        row = self.rows.get(ref.id)
+        if row is None or row.state is not JobState.EXECUTING or row.attempt != ref.attempt:
+            return None
+        return row
+
+    def _finish(self, row: _Row, state: JobState, now: datetime) -> None:
+        self._move(row, state)
+        row.completed_at = now
+        if row.release_unique and row.unique_key is not None:
+            if self._unique.get(row.unique_key) == row.id:
+                del self._unique[row.unique_key]
+            row.unique_key = None
+
+    def _move(self, row: _Row, state: JobState) -> None:
+        """Change a row's state, keeping the available and waiting indexes in step."""
+        if row.state is JobState.AVAILABLE:
+            queue_ids = self._available[row.queue]
+            queue_ids.discard(row.id)
+            if not queue_ids:
+                del self._available[row.queue]
+        elif row.state in WAITING_STATES:
+            self._waiting.discard(row.id)
+        row.state = state
+        if state is JobState.AVAILABLE:
+            self._available.setdefault(row.queue, set()).add(row.id)
+        elif state in WAITING_STATES:
+            self._waiting.add(row.id)

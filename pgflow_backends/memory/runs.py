@@ -1,0 +1,193 @@
+"""The in-memory run store: workflow runs and their step attempts, fenced by attempt.
+
+Not thread-safe on its own; InMemoryBackend holds its lock around every call. Values are kept
+as JSON text, so what a test reads back is exactly what a SQL backend would return.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import attrs
+
+from pgflow.records import RunRecord, RunState, StepOutcome, StepRecord
+from pgflow.serialization import loads
+
+
+@attrs.define
+class _Run:
+    workflow_id: str
+    workflow: str
+    state: RunState
+    attempt: int
+    max_attempts: int
+    input: str
+    started_at: datetime
+    job_id: int | None
+    output: str | None = None
+    error: str | None = None
+    finished_at: datetime | None = None
+
+    def to_record(self) -> RunRecord:
+        return RunRecord(
+            workflow_id=self.workflow_id,
+            workflow=self.workflow,
+            state=self.state,
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            input=loads(self.input),
+            started_at=self.started_at,
+            output=loads(self.output),
+            error=loads(self.error),
+            finished_at=self.finished_at,
+            job_id=self.job_id,
+        )
+
+
+@attrs.define
+class _Step:
+    workflow_id: str
+    step: str
+    index: int
+    attempt: int
+    outcome: StepOutcome
+    started_at: datetime
+    duration: float
+    output: str | None
+    error: str | None
+
+    def to_record(self) -> StepRecord:
+        return StepRecord(
+            workflow_id=self.workflow_id,
+            step=self.step,
+            index=self.index,
+            attempt=self.attempt,
+            outcome=self.outcome,
+            started_at=self.started_at,
+            duration=self.duration,
+            output=loads(self.output),
+            error=loads(self.error),
+        )
+
+
+class RunTable:
+    """Runs by workflow_id (in start order) and each run's steps (in record order)."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, _Run] = {}
+        self._steps: dict[str, list[_Step]] = {}
+
+    def start(
+        self,
+        *,
+        workflow_id: str,
+        workflow: str,
+        input: str,
+        max_attempts: int,
+        job_id: int | None,
+        now: datetime,
+    ) -> RunRecord:
+        run = self._runs.get(workflow_id)
+        if run is None:
+            run = _Run(
+                workflow_id=workflow_id,
+                workflow=workflow,
+                state=RunState.RUNNING,
+                attempt=1,
+                max_attempts=max_attempts,
+                input=input,
+                started_at=now,
+                job_id=job_id,
+            )
+            self._runs[workflow_id] = run
+            self._steps[workflow_id] = []
+        return run.to_record()
+
+    def start_attempt(self, workflow_id: str, attempt: int) -> None:
+        run = self._runs.get(workflow_id)
+        if run is not None:
+            run.attempt = attempt
+            run.state = RunState.RUNNING
+            run.output = run.error = run.finished_at = None
+
+    def record_step(self, step: StepRecord, output: str | None, error: str | None) -> bool:
+        if self._holding(step.workflow_id, step.attempt) is None:
+            return False
+        self._steps[step.workflow_id].append(
+            _Step(
+                workflow_id=step.workflow_id,
+                step=step.step,
+                index=step.index,
+                attempt=step.attempt,
+                outcome=StepOutcome(step.outcome),
+                started_at=step.started_at,
+                duration=step.duration,
+                output=output,
+                error=error,
+            )
+        )
+        return True
+
+    def finish(
+        self,
+        workflow_id: str,
+        attempt: int,
+        state: RunState,
+        output: str | None,
+        error: str | None,
+        now: datetime,
+    ) -> bool:
+        run = self._holding(workflow_id, attempt)
+        if run is None:
+            return False
+        run.state = state
+        run.output = output
+        run.error = error
+        run.finished_at = now
+        return True
+
+    def get(self, workflow_id: str) -> RunRecord | None:
+        run = self._runs.get(workflow_id)
+        return None if run is None else run.to_record()
+
+    def steps(self, workflow_id: str) -> list[StepRecord]:
+        return [step.to_record() for step in self._steps.get(workflow_id, ())]
+
+    def select(
+        self, workflow: str | None, state: RunState | None, limit: int | None
+    ) -> list[RunRecord]:
+        """Matching runs, newest first (latest start, later insertion breaking ties)."""
+        found: list[RunRecord] = []
+        for run in sorted(reversed(self._runs.values()), key=_newest_first):
+            if limit is not None and len(found) >= limit:
+                break
+            if (workflow is None or run.workflow == workflow) and (
+                state is None or run.state is RunState(state)
+            ):
+                found.append(run.to_record())
+        return found
+
+    def prune(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to `limit` finished runs (with their steps) that finished before cutoff."""
+        doomed = [
+            run.workflow_id
+            for run in self._runs.values()
+            if run.state is not RunState.RUNNING
+            and run.finished_at is not None
+            and run.finished_at < cutoff
+        ][: max(limit, 0)]
+        for workflow_id in doomed:
+            del self._runs[workflow_id]
+            del self._steps[workflow_id]
+        return len(doomed)
+
+    def _holding(self, workflow_id: str, attempt: int) -> _Run | None:
+        """The run if it is still running `attempt`; a later attempt or a finish fences out."""
+        run = self._runs.get(workflow_id)
+        if run is None or run.attempt != attempt or run.state is not RunState.RUNNING:
+            return None
+        return run
+
+
+def _newest_first(run: _Run) -> float:
+    return -run.started_at.timestamp()
