@@ -1,0 +1,252 @@
+"""pgflow's tables as SQLAlchemy `MetaData`, so an application can add them to its Alembic env.
+
+The Alembic migrations in the top-level `alembic/` folder create exactly this schema (a test
+diffs the two). Times are `timestamptz` on PostgreSQL and epoch seconds (REAL) on SQLite, so
+that both databases compare them with their own clock: `now()` and `julianday('now')`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Dialect,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    false,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+__all__ = [
+    "JOB_STATES",
+    "RUN_STATES",
+    "STEP_OUTCOMES",
+    "JSONType",
+    "UTCDateTime",
+    "instances",
+    "jobs",
+    "leader",
+    "metadata",
+    "runs",
+    "steps",
+]
+
+JOB_STATES = (
+    "available",
+    "scheduled",
+    "executing",
+    "retryable",
+    "completed",
+    "discarded",
+    "cancelled",
+)
+RUN_STATES = ("running", "completed", "failed")
+STEP_OUTCOMES = ("completed", "failed", "timed_out")
+PRIORITY_MIN, PRIORITY_MAX = -32768, 32767
+
+#: JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
+JSONType: TypeEngine[Any] = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime: timestamptz on PostgreSQL, epoch seconds (REAL) on SQLite.
+
+    Epoch seconds let SQLite compare stored times with `julianday('now')` arithmetic in SQL,
+    which text timestamps cannot do reliably.
+    """
+
+    impl = TIMESTAMP(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(Float())
+        return dialect.type_descriptor(TIMESTAMP(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} cannot be stored; use an aware one")
+        if dialect.name == "sqlite":
+            return value.timestamp()
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(value, UTC)
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC) if value.tzinfo is not UTC else value
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(value) for value in values)})"
+
+
+metadata = MetaData()
+
+jobs = Table(
+    "pgflow_jobs",
+    metadata,
+    Column(
+        "id",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        Identity(),
+        primary_key=True,
+    ),
+    Column("queue", String(63), nullable=False),
+    Column("worker", String(255), nullable=False),
+    Column("args", JSONType, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("attempt", Integer, nullable=False, server_default=text("0")),
+    Column("max_attempts", Integer, nullable=False),
+    Column("scheduled_at", UTCDateTime(), nullable=False),
+    Column("reserved_by", String(128)),
+    Column("errors", JSONType, nullable=False),
+    Column("meta", JSONType, nullable=False),
+    Column("unique_key", String(64)),
+    # With UniqueSpec(while_unfinished=True) the key is cleared when the job finishes.
+    Column(
+        "unique_release", Boolean(create_constraint=False), nullable=False, server_default=false()
+    ),
+    Column("inserted_at", UTCDateTime(), nullable=False),
+    Column("attempted_at", UTCDateTime()),
+    Column("completed_at", UTCDateTime()),
+    CheckConstraint(_in("state", JOB_STATES), name="pgflow_jobs_state_check"),
+    CheckConstraint(
+        f"priority BETWEEN {PRIORITY_MIN} AND {PRIORITY_MAX}", name="pgflow_jobs_priority_check"
+    ),
+    CheckConstraint(
+        "max_attempts >= 1 AND attempt >= 0 AND attempt <= max_attempts",
+        name="pgflow_jobs_attempt_check",
+    ),
+)
+
+_FINISHED = "state IN ('completed', 'discarded', 'cancelled')"
+_STAGED = "state IN ('scheduled', 'retryable')"
+
+# Claim: WHERE state='available' AND queue=? ORDER BY priority DESC, scheduled_at, id.
+Index(
+    "pgflow_jobs_claim_idx",
+    jobs.c.queue,
+    jobs.c.priority.desc(),
+    jobs.c.scheduled_at,
+    jobs.c.id,
+    postgresql_where=text("state = 'available'"),
+    sqlite_where=text("state = 'available'"),
+)
+# Stage: scheduled and retryable jobs whose time has come.
+Index(
+    "pgflow_jobs_stage_idx",
+    jobs.c.scheduled_at,
+    postgresql_where=text(_STAGED),
+    sqlite_where=text(_STAGED),
+)
+# Rescue: executing jobs by instance.
+Index(
+    "pgflow_jobs_rescue_idx",
+    jobs.c.reserved_by,
+    postgresql_where=text("state = 'executing'"),
+    sqlite_where=text("state = 'executing'"),
+)
+# Prune: finished jobs by age.
+Index(
+    "pgflow_jobs_prune_idx",
+    jobs.c.completed_at,
+    postgresql_where=text(_FINISHED),
+    sqlite_where=text(_FINISHED),
+)
+# Unique jobs: the race-free duplicate check (INSERT ... ON CONFLICT).
+Index(
+    "pgflow_jobs_unique_idx",
+    jobs.c.unique_key,
+    unique=True,
+    postgresql_where=text("unique_key IS NOT NULL"),
+    sqlite_where=text("unique_key IS NOT NULL"),
+)
+
+instances = Table(
+    "pgflow_instances",
+    metadata,
+    Column("instance_id", String(128), primary_key=True),
+    Column("status", String(8), nullable=False),
+    Column("heartbeat_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("hostname", String(255), nullable=False, server_default=text("''")),
+    Column("pid", Integer, nullable=False, server_default=text("0")),
+    Column("queues", JSONType, nullable=False),
+    CheckConstraint("status IN ('online', 'offline')", name="pgflow_instances_status_check"),
+)
+
+runs = Table(
+    "pgflow_runs",
+    metadata,
+    Column("workflow_id", String(64), primary_key=True),
+    Column("workflow", String(255), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("input", JSONType),
+    Column("output", JSONType),
+    Column("error", JSONType),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime()),
+    Column("job_id", BigInteger),
+    CheckConstraint(_in("state", RUN_STATES), name="pgflow_runs_state_check"),
+    CheckConstraint("max_attempts >= 1 AND attempt >= 1", name="pgflow_runs_attempt_check"),
+)
+Index("pgflow_runs_started_idx", runs.c.started_at)
+Index("pgflow_runs_workflow_idx", runs.c.workflow, runs.c.started_at)
+Index(
+    "pgflow_runs_prune_idx",
+    runs.c.finished_at,
+    postgresql_where=text("state <> 'running'"),
+    sqlite_where=text("state <> 'running'"),
+)
+
+steps = Table(
+    "pgflow_steps",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True),
+    Column(
+        "workflow_id",
+        String(64),
+        ForeignKey("pgflow_runs.workflow_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("step", String(255), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("output", JSONType),
+    Column("error", JSONType),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("duration", Float, nullable=False),
+    CheckConstraint(_in("outcome", STEP_OUTCOMES), name="pgflow_steps_outcome_check"),
+)
+Index("pgflow_steps_run_idx", steps.c.workflow_id, steps.c.id)
+
+leader = Table(
+    "pgflow_leader",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("instance_id", String(128), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
