@@ -1,0 +1,387 @@
+"""Running one job: the semantics shared by the app's producers and by `pgflow.testing`.
+
+Running is split from recording so that user code never holds a database connection: the
+producer runs jobs in its pool, then writes their outcomes in batches; `run_job` does both in
+the caller's thread for inline and test use. Every write passes the claimed attempt, so a late
+write from a job that was rescued meanwhile changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import logging
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from pgflow.clock import SYSTEM_CLOCK, Clock
+from pgflow.errors import Discard, PgflowError, Snooze, StepFailed
+from pgflow.records import Job, JobError, JobRef, JobState
+from pgflow.worker import CURRENT_BACKEND, Worker, backoff_delay, resolve_worker
+
+if TYPE_CHECKING:
+    from pgflow.backend import Backend, JobQueue
+
+__all__ = [
+    "JobControl",
+    "Outcome",
+    "OutcomeKind",
+    "execute_job",
+    "execute_job_async",
+    "is_async_job",
+    "job_log_extra",
+    "record_outcomes",
+    "run_job",
+]
+
+logger = logging.getLogger("pgflow.runtime")
+
+
+class OutcomeKind(enum.StrEnum):
+    """How one attempt of a job ended, as far as the engine is concerned."""
+
+    COMPLETED = "completed"
+    RETRY = "retry"
+    DISCARDED = "discarded"
+    SNOOZED = "snoozed"
+    CANCELLED = "cancelled"
+
+
+@attrs.frozen
+class Outcome:
+    """The result of running one attempt; `fenced` is True when the backend refused the write
+    because the attempt no longer held the job (it was rescued, cancelled or re-claimed)."""
+
+    job: Job
+    kind: OutcomeKind
+    value: Any = None
+    error: dict[str, Any] | None = None
+    exception: BaseException | None = attrs.field(default=None, eq=False)
+    retry_in: float | None = None
+    snooze: float | None = None
+    recorded: bool = False
+    fenced: bool = False
+
+    @property
+    def ref(self) -> JobRef:
+        return self.job.ref
+
+
+class JobControl:
+    """The handle through which a running job learns that it should stop."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self._callbacks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def cancel(self) -> None:
+        """Set `cancelled` and run the registered callbacks (e.g. cancelling an async task)."""
+        with self._lock:
+            if self.cancelled.is_set():
+                return
+            self.cancelled.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when cancelled (at once if it already is)."""
+        with self._lock:
+            if not self.cancelled.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+
+def job_log_extra(job: Job, instance_id: str | None, **more: Any) -> dict[str, Any]:
+    """The structured fields every log record about a job carries."""
+    return {
+        "instance_id": instance_id,
+        "job_id": job.id,
+        "worker": job.worker,
+        "queue": job.queue,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        **more,
+    }
+
+
+def is_async_job(job: Job) -> bool:
+    """True when the job's worker has an `async def perform` (unknown workers count as sync)."""
+    try:
+        worker_cls = resolve_worker(job.worker)
+    except PgflowError:
+        return False
+    return inspect.iscoroutinefunction(worker_cls.perform)
+
+
+def _kind_of(exc: BaseException) -> str:
+    cls = type(exc)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def _error_dict(
+    job: Job, instance_id: str | None, clock: Clock, kind: str, message: str, tb: str
+) -> dict[str, Any]:
+    return JobError(
+        attempt=job.attempt,
+        at=clock.now(),
+        kind=kind,
+        message=message,
+        traceback=tb,
+        instance_id=instance_id,
+    ).to_dict()
+
+
+def _discard_reason(exc: BaseException) -> Discard | None:
+    """A Discard raised by perform, or by a workflow step that perform ran."""
+    if isinstance(exc, Discard):
+        return exc
+    if isinstance(exc, StepFailed) and isinstance(exc.reason, Discard):
+        return exc.reason
+    return None
+
+
+class _Run:
+    """Turns what perform did (returned, raised, timed out) into an Outcome."""
+
+    def __init__(self, job: Job, instance_id: str | None, clock: Clock, control: JobControl):
+        self.job = job
+        self.instance_id = instance_id
+        self.clock = clock
+        self.control = control
+
+    def completed(self, value: Any) -> Outcome:
+        return Outcome(self.job, OutcomeKind.COMPLETED, value=value)
+
+    def failed(
+        self, exc: BaseException, worker_cls: type[Worker] | None, *, honour_cancel: bool = True
+    ) -> Outcome:
+        job = self.job
+        if isinstance(exc, Snooze):
+            return Outcome(job, OutcomeKind.SNOOZED, exception=exc, snooze=exc.seconds)
+        tb = "".join(traceback.format_exception(exc))
+        error = _error_dict(job, self.instance_id, self.clock, _kind_of(exc), str(exc), tb)
+        if honour_cancel and self.control.cancelled.is_set():
+            return Outcome(job, OutcomeKind.CANCELLED, error=error, exception=exc)
+        if _discard_reason(exc) is not None or job.attempt >= job.max_attempts:
+            return Outcome(job, OutcomeKind.DISCARDED, error=error, exception=exc)
+        policy = worker_cls.options.backoff if worker_cls is not None else None
+        delay = backoff_delay(policy, job.attempt) if policy is not None else 10.0**job.attempt
+        return Outcome(job, OutcomeKind.RETRY, error=error, exception=exc, retry_in=delay)
+
+    def timed_out(self, timeout: float, worker_cls: type[Worker]) -> Outcome:
+        """A failed attempt like any other; `cancelled` is set so cooperative code stops."""
+        exc = TimeoutError(f"job timed out after {timeout:g}s")
+        outcome = self.failed(exc, worker_cls, honour_cancel=False)
+        self.control.cancel()
+        return outcome
+
+
+def _log_start(job: Job, instance_id: str | None) -> None:
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("job %s started", job.id, extra=job_log_extra(job, instance_id))
+
+
+def execute_job(
+    job: Job,
+    *,
+    instance_id: str | None = None,
+    backend: Backend | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    control: JobControl | None = None,
+) -> Outcome:
+    """Run `job`'s perform in this thread (an async perform on a private event loop) and
+    return its outcome, without writing anything. Never raises for user errors."""
+    control = control or JobControl()
+    run = _Run(job, instance_id, clock, control)
+    try:
+        worker_cls = resolve_worker(job.worker)
+    except PgflowError as exc:
+        return run.failed(exc, None)
+    if inspect.iscoroutinefunction(worker_cls.perform):
+        return asyncio.run(
+            execute_job_async(
+                job, instance_id=instance_id, backend=backend, clock=clock, control=control
+            )
+        )
+    _log_start(job, instance_id)
+    timeout = worker_cls.options.timeout
+    if timeout is None:
+        return _call_sync(run, worker_cls, backend)
+    # A thread cannot be killed: the attempt is abandoned at its deadline (its late result is
+    # ignored) and `cancelled` is set so cooperative code can stop.
+    box: list[Outcome] = []
+    thread = threading.Thread(
+        target=lambda: box.append(_call_sync(run, worker_cls, backend)),
+        name=f"pgflow-job-{job.id}",
+        daemon=True,
+    )
+    thread.start()
+    thread.join(timeout)
+    if box:
+        return box[0]
+    return run.timed_out(timeout, worker_cls)
+
+
+def _call_sync(run: _Run, worker_cls: type[Worker], backend: Backend | None) -> Outcome:
+    token = CURRENT_BACKEND.set(backend)
+    try:
+        worker = worker_cls()
+        worker.cancelled = run.control.cancelled
+        value = worker.perform(run.job)
+        if inspect.isawaitable(value):  # a sync perform that returned a coroutine
+            value = asyncio.run(_await(value))
+    except (Exception, SystemExit) as exc:
+        return run.failed(exc, worker_cls)
+    finally:
+        CURRENT_BACKEND.reset(token)
+    return run.completed(value)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _cancel_soon(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> None:
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(task.cancel)
+
+
+async def execute_job_async(
+    job: Job,
+    *,
+    instance_id: str | None = None,
+    backend: Backend | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    control: JobControl | None = None,
+) -> Outcome:
+    """Run an `async def perform` on the running loop; cancellation cancels its task."""
+    control = control or JobControl()
+    run = _Run(job, instance_id, clock, control)
+    try:
+        worker_cls = resolve_worker(job.worker)
+    except PgflowError as exc:
+        return run.failed(exc, None)
+    _log_start(job, instance_id)
+    token = CURRENT_BACKEND.set(backend)
+    try:
+        worker = worker_cls()
+        worker.cancelled = control.cancelled
+        task = asyncio.ensure_future(worker.perform(job))
+    finally:
+        CURRENT_BACKEND.reset(token)
+    loop = asyncio.get_running_loop()
+    control.on_cancel(lambda: _cancel_soon(loop, task))
+    timeout = worker_cls.options.timeout
+    try:
+        if timeout is None:
+            value = await task
+        else:
+            value = await asyncio.wait_for(task, timeout)
+    except TimeoutError as exc:
+        if timeout is not None and task.cancelled():  # wait_for's deadline, not user code
+            return run.timed_out(timeout, worker_cls)
+        return run.failed(exc, worker_cls)
+    except asyncio.CancelledError as exc:
+        if control.cancelled.is_set() and task.cancelled():
+            return run.failed(exc, worker_cls)
+        raise  # our caller was cancelled (shutdown), not the job
+    except (Exception, SystemExit) as exc:
+        return run.failed(exc, worker_cls)
+    return run.completed(value)
+
+
+def record_outcomes(
+    backend: JobQueue, outcomes: Sequence[Outcome], *, instance_id: str | None = None
+) -> list[Outcome]:
+    """Write outcomes to the backend (completions in one batch), fenced by each attempt.
+
+    Returns them marked `recorded`, with `fenced` set for writes the backend refused and
+    the kind corrected to what the backend decided (e.g. cancelled). Database errors
+    propagate; every write is fenced, so the caller may simply retry the same outcomes.
+    """
+    done: list[Outcome] = []
+    completions = [o for o in outcomes if o.kind is OutcomeKind.COMPLETED]
+    if completions:
+        changed = set(backend.complete_jobs([o.ref for o in completions]))
+        for outcome in completions:
+            done.append(attrs.evolve(outcome, recorded=True, fenced=outcome.job.id not in changed))
+    for outcome in outcomes:
+        if outcome.kind is OutcomeKind.COMPLETED:
+            continue
+        if outcome.kind is OutcomeKind.SNOOZED:
+            ok = backend.snooze_job(outcome.ref, outcome.snooze or 0.0)
+            done.append(attrs.evolve(outcome, recorded=True, fenced=not ok))
+            continue
+        state = backend.fail_job(outcome.ref, outcome.error or {}, retry_in=outcome.retry_in)
+        if state is None:
+            done.append(attrs.evolve(outcome, recorded=True, fenced=True))
+            continue
+        kind = {
+            JobState.CANCELLED: OutcomeKind.CANCELLED,
+            JobState.DISCARDED: OutcomeKind.DISCARDED,
+        }.get(state, OutcomeKind.RETRY)
+        done.append(attrs.evolve(outcome, kind=kind, recorded=True))
+    for outcome in done:
+        _log_outcome(outcome, instance_id)
+    return done
+
+
+def _log_outcome(outcome: Outcome, instance_id: str | None) -> None:
+    job = outcome.job
+    extra = job_log_extra(job, instance_id, outcome=outcome.kind.value)
+    if outcome.fenced:
+        logger.warning(
+            "job %s: result of attempt %s ignored, the attempt no longer holds the job",
+            job.id,
+            job.attempt,
+            extra=extra,
+        )
+    elif outcome.kind is OutcomeKind.COMPLETED:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("job %s completed", job.id, extra=extra)
+    elif outcome.kind is OutcomeKind.RETRY:
+        logger.warning(
+            "job %s attempt %s/%s failed (%s), retrying in %.3gs",
+            job.id,
+            job.attempt,
+            job.max_attempts,
+            (outcome.error or {}).get("kind"),
+            outcome.retry_in or 0.0,
+            extra=extra,
+        )
+    elif outcome.kind is OutcomeKind.DISCARDED:
+        logger.error(
+            "job %s discarded after attempt %s/%s (%s)",
+            job.id,
+            job.attempt,
+            job.max_attempts,
+            (outcome.error or {}).get("kind"),
+            extra=extra,
+        )
+    else:
+        logger.info("job %s %s", job.id, outcome.kind.value, extra=extra)
+
+
+def run_job(
+    backend: Backend,
+    job: Job,
+    instance_id: str | None = None,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    control: JobControl | None = None,
+) -> Outcome:
+    """Run a claimed job in this thread and record its outcome: the inline form of a producer."""
+    outcome = execute_job(
+        job, instance_id=instance_id, backend=backend, clock=clock, control=control
+    )
+    return record_outcomes(backend, [outcome], instance_id=instance_id)[0]
