@@ -1,0 +1,221 @@
+"""Suite 3 (issue 4): real worker processes draining a queue, and enqueue-to-start latency.
+
+Worker processes are spawned (never forked: engines and threads do not survive a fork),
+build their app, then meet the parent at a barrier, so the clock starts when every worker
+is ready and stops when the database says the last job completed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from benchmarks.backends import Kind, open_backend
+from benchmarks.harness import (
+    MEDIAN,
+    P99,
+    RATE,
+    Benchmark,
+    Row,
+    RunContext,
+    Target,
+    latency_metrics,
+    require,
+)
+from benchmarks.worker_process import START_TIMEOUT, serve
+
+QUEUE = "bench"
+#: Concurrent jobs per worker process (the per-instance queue limit).
+CONCURRENCY = 50
+PROCESS_COUNTS = (1, 2, 4)
+KINDS: tuple[Kind, ...] = ("postgres", "sqlite")
+DRAIN_TARGETS: dict[tuple[Kind, int], float] = {("postgres", 1): 6_000, ("postgres", 2): 9_000}
+DRAIN_TIMEOUT = 180.0
+MS = 1_000_000.0
+
+
+@dataclass
+class WorkerGroup:
+    """Handles on running worker processes."""
+
+    processes: list[Any]
+    stop: Any
+
+    def check_alive(self) -> None:
+        dead = [p for p in self.processes if not p.is_alive()]
+        if dead:
+            codes = ", ".join(str(p.exitcode) for p in dead)
+            raise RuntimeError(f"{len(dead)} worker process(es) exited early (exit codes {codes})")
+
+
+@contextmanager
+def worker_processes(url: str, count: int, label: str, sink: Any = None) -> Iterator[WorkerGroup]:
+    """Start `count` worker processes, wait until all are ready, stop and reap them after."""
+    require("pgflow.app", "Pgflow")
+    require("benchmarks.jobs")
+    mp = multiprocessing.get_context("spawn")
+    start_line = mp.Barrier(count + 1)
+    stop = mp.Event()
+    processes = [
+        mp.Process(
+            target=serve,
+            args=(url, {QUEUE: CONCURRENCY}, f"bench-{label}-{i}", {}, start_line, stop, sink),
+            daemon=True,
+        )
+        for i in range(count)
+    ]
+    for process in processes:
+        process.start()
+    group = WorkerGroup(processes, stop)
+    try:
+        try:
+            start_line.wait(timeout=START_TIMEOUT)
+        except Exception as exc:
+            group.check_alive()
+            raise RuntimeError(f"worker processes not ready after {START_TIMEOUT:.0f} s") from exc
+        yield group
+    finally:
+        stop.set()
+        for process in processes:
+            process.join(timeout=15)
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+
+
+def _completed(backend: Any) -> int:
+    return sum(
+        count.count
+        for count in backend.job_counts()
+        if count.queue == QUEUE and count.state.value == "completed"
+    )
+
+
+def _insert_noops(backend: Any, total: int) -> None:
+    noop = require("benchmarks.jobs", "Noop")
+    for start in range(0, total, 1_000):
+        backend.insert_jobs([noop.new({"i": i}) for i in range(start, min(start + 1_000, total))])
+
+
+def _last_completion(backend: Any, total: int) -> datetime | None:
+    """When the database says the last job completed (its clock, same host as ours)."""
+    done = backend.list_jobs(
+        queue=QUEUE, state=require("pgflow.records", "JobState").COMPLETED, limit=total
+    )
+    stamps = [job.completed_at for job in done if job.completed_at is not None]
+    return max(stamps) if stamps else None
+
+
+def _drain(backend: Any, url: str, processes: int, total: int) -> float:
+    """Seconds for `processes` workers to complete `total` pre-inserted jobs."""
+    _insert_noops(backend, total)
+    with worker_processes(url, processes, f"drain{processes}") as group:
+        started_wall = time.time()
+        started = time.perf_counter()
+        deadline = started + DRAIN_TIMEOUT
+        while (done := _completed(backend)) < total:
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"only {done}/{total} jobs completed in {DRAIN_TIMEOUT:.0f} s")
+            group.check_alive()
+            time.sleep(0.02)
+        polled = time.perf_counter() - started
+    last = _last_completion(backend, total)
+    # The database's completion stamp is finer than our polling; trust it when it is sane.
+    if last is not None and 0 < last.timestamp() - started_wall <= polled:
+        return last.timestamp() - started_wall
+    return polled
+
+
+def _drain_runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
+    def run(ctx: RunContext) -> list[Row]:
+        total = ctx.size(10_000, 2_000)
+        rows = []
+        with open_backend(kind, ctx) as opened:
+            for processes in PROCESS_COUNTS:
+                seconds = _drain(opened.backend, opened.url, processes, total)
+                opened.backend.prune_jobs(0.0, limit=total * 2)
+                target = DRAIN_TARGETS.get((kind, processes))
+                rows.append(
+                    Row(
+                        f"drain-{kind}",
+                        f"{total:,} no-op jobs, {processes} process(es) x {CONCURRENCY}",
+                        {"n": float(total), RATE: total / seconds, "seconds": seconds},
+                        "jobs/s",
+                        (Target(RATE, ">=", target, f">= {target:,.0f} jobs/s"),) if target else (),
+                    )
+                )
+        return rows
+
+    return run
+
+
+def _latency_runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
+    def run(ctx: RunContext) -> list[Row]:
+        stamp_start = require("benchmarks.jobs", "StampStart")
+        samples = ctx.size(200, 50)
+        warmup = 10
+        sink = multiprocessing.get_context("spawn").Queue()
+        latencies: list[int] = []
+        pause = random.Random(42)
+        with (
+            open_backend(kind, ctx) as opened,
+            worker_processes(opened.url, 1, "latency", sink) as group,
+        ):
+            for seq in range(warmup + samples):
+                job = stamp_start.new({"seq": seq, "sent_ns": time.time_ns()})
+                opened.backend.insert_jobs([job])
+                try:
+                    got, latency = sink.get(timeout=10)
+                except Exception as exc:
+                    group.check_alive()
+                    raise RuntimeError(f"job {seq} did not start within 10 s") from exc
+                if got != seq:
+                    raise RuntimeError(f"job {got} started while waiting for job {seq}")
+                if seq >= warmup:
+                    latencies.append(latency)
+                time.sleep(pause.uniform(0.005, 0.015))  # let the worker fall idle again
+        targets: tuple[Target, ...] = ()
+        if kind == "postgres":
+            targets = (
+                Target(MEDIAN, "<", 2 * MS, "median < 2 ms"),
+                Target(P99, "<", 10 * MS, "p99 < 10 ms"),
+            )
+        return [
+            Row(
+                f"latency-{kind}",
+                "enqueue-to-start, idle worker, sequential jobs",
+                latency_metrics(latencies),
+                targets=targets,
+            )
+        ]
+
+    return run
+
+
+BENCHMARKS = [
+    *(
+        Benchmark(
+            f"drain-{kind}",
+            "distributed",
+            f"worker processes drain jobs on {kind}",
+            _drain_runner(kind),
+        )
+        for kind in KINDS
+    ),
+    *(
+        Benchmark(
+            f"latency-{kind}",
+            "distributed",
+            f"enqueue-to-start latency on {kind}",
+            _latency_runner(kind),
+        )
+        for kind in KINDS
+    ),
+]

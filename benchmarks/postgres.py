@@ -1,0 +1,57 @@
+"""Throw-away PostgreSQL databases, so a benchmark never touches data it did not create."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from typing import Any
+
+from benchmarks.harness import Skip
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _connect(admin_url: str) -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise Skip("psycopg not installed (pip install 'pgflow[postgres]')") from exc
+    try:
+        return psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Skip(f"PostgreSQL unreachable at {_where(admin_url)} ({first_line})") from exc
+
+
+def _where(admin_url: str) -> str:
+    return admin_url.rsplit("@", 1)[-1].split("/", 1)[0]
+
+
+@cache
+def server_version(admin_url: str) -> str:
+    """The server's version string for the header, or why there is none."""
+    try:
+        with _connect(admin_url) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+            return f"PostgreSQL {row[0]}" if row else "unknown"
+    except Skip as skip:
+        return f"unavailable: {skip}"
+
+
+@contextmanager
+def temporary_database(admin_url: str) -> Iterator[str]:
+    """Create `pgflow_bench_<random>`, yield its URL, drop it (forcing connections off)."""
+    from psycopg import sql
+
+    name = f"pgflow_bench_{secrets.token_hex(6)}"
+    with _connect(admin_url) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with _connect(admin_url) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
