@@ -1,0 +1,104 @@
+"""The benchmark runner works end to end (never asserts a timing) and its pieces are right."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import catalog
+from benchmarks.harness import MEDIAN, P99, RATE, Row, Target, latency_metrics
+from benchmarks.report import format_duration, render_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_benchmarks(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def test_quick_run_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    result = run_benchmarks("--quick", "--only", "inprocess,primitives-memory", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("pgflow benchmarks (quick run)")
+    assert any(line.startswith("python: CPython") for line in lines)
+    header = next(line for line in lines if line.startswith("benchmark "))
+    for column in ("median", "p99", "throughput", "target", "result"):
+        assert column in header
+    assert any(line.startswith("inprocess ") for line in lines)
+    assert any(line.startswith("primitives-memory ") for line in lines)
+    assert not any(line.startswith("durable-") for line in lines)  # --only was honoured
+
+    document = json.loads(out.read_text())
+    assert document["quick"] is True
+    assert document["machine"]["cpu_count"] >= 1
+    names = {row["benchmark"] for row in document["results"]}
+    assert names == {"inprocess", "primitives-memory"}
+    for row in document["results"]:
+        assert row["error"] is None, row
+        if row["skipped"] is None:
+            assert row["metrics"]["n"] > 0
+            assert row["metrics"][RATE] > 0
+
+
+def test_list_names_every_benchmark() -> None:
+    result = run_benchmarks("--list")
+    assert result.returncode == 0
+    for benchmark in catalog.BENCHMARKS:
+        assert benchmark.name in result.stdout
+
+
+def test_unknown_benchmark_is_refused_by_name() -> None:
+    result = run_benchmarks("--only", "inprocess,nope")
+    assert result.returncode == 2
+    assert "nope" in result.stderr
+
+
+def test_selection_accepts_suites_and_keeps_catalog_order() -> None:
+    names = [b.name for b in catalog.select(["latency-sqlite", "durable"])]
+    assert names == ["durable-sqlite", "durable-postgres", "latency-sqlite"]
+
+
+def test_latency_metrics() -> None:
+    metrics = latency_metrics(list(range(1, 101)))
+    assert metrics["n"] == 100
+    assert metrics[MEDIAN] == 50.5
+    assert 95 <= metrics[P99] <= 100
+    assert latency_metrics([]) == {"n": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "figure", "expected"),
+    [("<", 10.0, 9.0, "PASS"), ("<", 10.0, 10.0, "MISS"), (">=", 5.0, 5.0, "PASS")],
+)
+def test_targets_give_pass_or_miss(op: str, value: float, figure: float, expected: str) -> None:
+    target = Target(MEDIAN, op, value, "label")  # type: ignore[arg-type]
+    assert Row("b", "c", {MEDIAN: figure}, targets=(target,)).verdict() == expected
+
+
+def test_skipped_and_unmeasured_rows_say_so() -> None:
+    skipped = Row("drain-postgres", "-", skipped="PostgreSQL unreachable")
+    plain = Row("inprocess", "baseline", {MEDIAN: 1500.0})
+    table = render_table([skipped, plain])
+    assert "skipped: PostgreSQL unreachable" in table
+    assert plain.verdict() == "-"
+    assert "1.5 µs" in table
+
+
+def test_durations_pick_a_readable_unit() -> None:
+    assert format_duration(999) == "999 ns"
+    assert format_duration(12_300) == "12.3 µs"
+    assert format_duration(2_500_000) == "2.50 ms"
+    assert format_duration(3_000_000_000) == "3.00 s"
