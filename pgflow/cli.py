@@ -1,0 +1,465 @@
+"""The `pgflow` command line: migrate the schema, run a worker instance, show the queue's state.
+
+Every command finds its database in `--url`, else `PGFLOW_URL`, else `DATABASE_URL`. Errors end
+the command with one clean line on stderr and exit code 1: no traceback (unless
+`--log-level DEBUG`), never a password. Logging is configured here, on stderr; the library
+itself only emits records.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from pgflow.errors import DefinitionError, PgflowError
+from pgflow.identifiers import validate_instance_id, validate_queue
+
+if TYPE_CHECKING:
+    from pgflow.backend import Backend
+    from pgflow.records import Instance, JobCount
+
+URL_ENV_VARS = ("PGFLOW_URL", "DATABASE_URL")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_QUEUES = "default=10"
+
+# The `extra=` fields pgflow puts on its log records, shown as key=value after the message.
+LOG_FIELDS = (
+    "instance_id",
+    "queue",
+    "job_id",
+    "worker",
+    "workflow",
+    "workflow_id",
+    "step",
+    "attempt",
+    "max_attempts",
+)
+
+_QUEUE_ITEM = re.compile(r"^(?P<name>[^=\s,]+)(?:=(?P<limit>\S*))?$")
+
+F = TypeVar("F", bound=Callable[..., Any])
+logger = logging.getLogger("pgflow.cli")
+
+
+# --- argument handling ----------------------------------------------------------------------
+
+
+def parse_queues(spec: str) -> dict[str, int]:
+    """Parse "default=10,priority=5" into {"default": 10, "priority": 5}.
+
+    A bare name ("default") gets a limit of 10. Raises ValueError with a message meant for
+    the user when the spec is malformed, a limit is not a positive integer, or a queue repeats.
+    """
+    queues: dict[str, int] = {}
+    items = [item.strip() for item in spec.split(",")]
+    if not spec.strip() or any(not item for item in items):
+        raise ValueError(f"{spec!r} is not a list of NAME=LIMIT separated by commas")
+    for item in items:
+        match = _QUEUE_ITEM.match(item)
+        if match is None:
+            raise ValueError(f"{item!r} is not NAME=LIMIT (for example default=10)")
+        name, limit_text = match.group("name"), match.group("limit")
+        try:
+            validate_queue(name)
+        except DefinitionError as exc:
+            raise ValueError(str(exc)) from None
+        if name in queues:
+            raise ValueError(f"queue {name!r} is given twice")
+        if limit_text is None:
+            queues[name] = 10
+            continue
+        try:
+            limit = int(limit_text)
+        except ValueError:
+            limit = 0
+        if limit < 1:
+            raise ValueError(
+                f"the limit of queue {name!r} must be a positive integer, got {limit_text!r}"
+            )
+        queues[name] = limit
+    return queues
+
+
+def _queues_callback(_ctx: click.Context, param: click.Parameter, value: str) -> dict[str, int]:
+    try:
+        return parse_queues(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+def _instance_callback(
+    _ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    if not value:
+        return None
+    try:
+        return validate_instance_id(value)
+    except DefinitionError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+def resolve_url(url: str | None, environ: dict[str, str] | None = None) -> str:
+    """The database URL: `--url`, else PGFLOW_URL, else DATABASE_URL (empty values skipped)."""
+    env = os.environ if environ is None else environ
+    if url:
+        return url
+    for name in URL_ENV_VARS:
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    raise click.UsageError(
+        "no database URL: pass --url (for example --url sqlite:///pgflow.db) "
+        "or set PGFLOW_URL or DATABASE_URL"
+    )
+
+
+def mask_password(text: str, url: str | None) -> str:
+    """Replace the password of `url`, wherever it appears in `text`, by ***."""
+    if not url:
+        return text
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:  # an unparsable URL: fall back to the userinfo part, if any
+        match = re.search(r"://[^/@:]*:([^/@]*)@", url)
+        password = match.group(1) if match else None
+    if password:
+        text = text.replace(str(password), "***")
+    return text
+
+
+def url_option(func: F) -> F:
+    return click.option(
+        "--url",
+        metavar="URL",
+        help="Database URL (sqlite:///file.db, postgresql://user@host/db, memory://). "
+        "Default: $PGFLOW_URL, else $DATABASE_URL.",
+    )(func)
+
+
+def log_level_option(default: str) -> Callable[[F], F]:
+    def decorate(func: F) -> F:
+        return click.option(
+            "--log-level",
+            type=click.Choice(LOG_LEVELS, case_sensitive=False),
+            default=default,
+            show_default=True,
+            envvar="PGFLOW_LOG_LEVEL",
+            help="Level of the log records written to stderr ($PGFLOW_LOG_LEVEL).",
+        )(func)
+
+    return decorate
+
+
+# --- logging and errors ---------------------------------------------------------------------
+
+
+class FieldsFormatter(logging.Formatter):
+    """A one-line format that appends pgflow's structured `extra` fields as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = [
+            f"{name}={getattr(record, name)}"
+            for name in LOG_FIELDS
+            if getattr(record, name, None) is not None
+        ]
+        if not fields:
+            return line
+        head, newline, rest = line.partition("\n")
+        return f"{head} [{' '.join(fields)}]{newline}{rest}"
+
+
+def configure_logging(level: str) -> None:
+    """Send pgflow's log records (and only those) to stderr at `level`."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(FieldsFormatter())
+    root = logging.getLogger("pgflow")
+    for old in list(root.handlers):
+        if getattr(old, "_pgflow_cli", False):
+            root.removeHandler(old)
+    handler._pgflow_cli = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+@contextmanager
+def clean_errors(url: str | None) -> Iterator[None]:
+    """Turn any error into one line on stderr and exit code 1; the traceback goes to DEBUG."""
+    try:
+        yield
+    except (click.ClickException, click.Abort, click.exceptions.Exit, SystemExit):
+        raise
+    except KeyboardInterrupt:
+        raise click.Abort() from None
+    except Exception as exc:
+        logger.debug("command failed", exc_info=True)
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        kind = "" if isinstance(exc, PgflowError) else f"{type(exc).__name__}: "
+        line = mask_password(f"{kind}{message or type(exc).__name__}", url)
+        click.echo(f"Error: {line}", err=True)
+        raise SystemExit(1) from None
+
+
+def open_backend(url: str) -> Backend:
+    """Open the backend named by `url` (imports only the driver it needs)."""
+    from pgflow.registry import backend_from_url
+
+    return backend_from_url(url)
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Import the modules that define workers, from the current directory too (like `python -m`)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise click.BadParameter(
+                f"cannot import {name!r}: {type(exc).__name__}: {exc}", param_hint="'--import'"
+            ) from None
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pgflow", prog_name="pgflow")
+def cli() -> None:
+    """pgflow: durable workflows and background jobs on PostgreSQL, SQLite or memory."""
+
+
+@cli.command()
+@url_option
+@log_level_option("WARNING")
+def migrate(url: str | None, log_level: str) -> None:
+    """Create or upgrade pgflow's tables (idempotent, safe to run from several processes)."""
+    configure_logging(log_level)
+    url = resolve_url(url)
+    with clean_errors(url):
+        backend = open_backend(url)
+        try:
+            backend.migrate()
+        finally:
+            backend.close()
+        click.echo(f"pgflow schema is up to date on {backend.url}")
+
+
+@cli.command()
+@url_option
+@click.option(
+    "--queues",
+    "-q",
+    default=DEFAULT_QUEUES,
+    show_default=True,
+    callback=_queues_callback,
+    metavar="NAME=LIMIT,...",
+    help="Queues this instance serves, each with its concurrency limit.",
+)
+@click.option(
+    "--import",
+    "-i",
+    "imports",
+    multiple=True,
+    metavar="MODULE",
+    help="Module defining workers to import first (repeatable), e.g. myapp.workers.",
+)
+@click.option(
+    "--instance-id",
+    metavar="ID",
+    envvar="INSTANCE_ID",
+    callback=_instance_callback,
+    help="Name of this instance in pgflow_instances. Default: $INSTANCE_ID, else host+pid.",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Seconds between heartbeats.",
+)
+@click.option(
+    "--stale-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds without heartbeat after which an instance's jobs are rescued.",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds between polls for due jobs (default: the library's).",
+)
+@click.option(
+    "--migrate/--no-migrate",
+    "run_migrations",
+    default=False,
+    show_default=True,
+    help="Upgrade the schema before starting.",
+)
+@log_level_option("INFO")
+def worker(
+    url: str | None,
+    queues: dict[str, int],
+    imports: tuple[str, ...],
+    instance_id: str | None,
+    heartbeat_interval: float,
+    stale_timeout: float,
+    poll_interval: float | None,
+    run_migrations: bool,
+    log_level: str,
+) -> None:
+    """Serve the queues until SIGINT/SIGTERM, then finish running jobs and go offline."""
+    configure_logging(log_level)
+    url = resolve_url(url)
+    import_modules(imports)
+    with clean_errors(url):
+        from pgflow.app import Pgflow
+
+        options: dict[str, Any] = {
+            "queues": queues,
+            "instance_id": instance_id or None,
+            "heartbeat_interval": heartbeat_interval,
+            "stale_timeout": stale_timeout,
+        }
+        if poll_interval is not None:
+            options["poll_interval"] = poll_interval
+        app = Pgflow(url, **options)
+        if run_migrations:
+            app.migrate()
+        app.run()
+
+
+@cli.command()
+@url_option
+@click.option("--all", "show_all", is_flag=True, help="Also list offline instances.")
+@log_level_option("WARNING")
+def status(url: str | None, show_all: bool, log_level: str) -> None:
+    """Show jobs by queue, state and instance, and the instances that are online."""
+    configure_logging(log_level)
+    url = resolve_url(url)
+    with clean_errors(url):
+        backend = open_backend(url)
+        try:
+            backend.check_schema()
+            counts = backend.job_counts()
+            instances = backend.list_instances()
+        finally:
+            backend.close()
+        click.echo(render_status(backend.url, counts, instances, show_all=show_all))
+
+
+@cli.command()
+@click.option(
+    "--db",
+    "db_path",
+    default="pgflow-demo.db",
+    show_default=True,
+    metavar="PATH",
+    help="SQLite file the demo records its runs in (kept afterwards).",
+)
+def demo(db_path: str) -> None:
+    """Run the ProcessData example workflow durably on an embedded SQLite file."""
+    from pgflow.demo import run_demo
+
+    with clean_errors(None):
+        run_demo(db_path)
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain left-aligned text table (numbers right-aligned)."""
+    cells = [[str(value) for value in row] for row in rows]
+    widths = [
+        max([len(header), *(len(row[index]) for row in cells)])
+        for index, header in enumerate(headers)
+    ]
+    numeric = [
+        bool(rows) and all(isinstance(row[index], int) for row in rows)
+        for index in range(len(headers))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            value.rjust(width) if is_number else value.ljust(width)
+            for value, width, is_number in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [line(headers), line(["-" * width for width in widths])]
+    out.extend(line(row) for row in cells)
+    return "\n".join(out)
+
+
+def render_status(
+    url: str, counts: Sequence[JobCount], instances: Sequence[Instance], *, show_all: bool
+) -> str:
+    """The text of `pgflow status`."""
+    parts = [f"pgflow status of {url}", ""]
+    job_rows = sorted(
+        (
+            (count.queue, count.state.value, count.reserved_by or "-", count.count)
+            for count in counts
+        ),
+        key=lambda row: (row[0], row[1], row[2]),
+    )
+    total = sum(count.count for count in counts)
+    parts.append(f"Jobs ({total} in all)")
+    if job_rows:
+        parts.append(render_table(("queue", "state", "instance", "jobs"), job_rows))
+    else:
+        parts.append("(no jobs)")
+    parts.append("")
+    online = [item for item in instances if item.status == "online"]
+    shown = list(instances) if show_all else online
+    hidden = len(instances) - len(shown)
+    title = "Instances" if show_all else "Instances online"
+    parts.append(
+        f"{title} ({len(shown)})" + (f", {hidden} offline not shown (--all)" if hidden else "")
+    )
+    if shown:
+        rows = [
+            (
+                item.instance_id,
+                item.status,
+                _time(item.heartbeat_at),
+                item.hostname or "-",
+                item.pid or "-",
+                ",".join(f"{name}={limit}" for name, limit in item.queues.items()) or "-",
+            )
+            for item in shown
+        ]
+        parts.append(
+            render_table(("instance", "status", "last heartbeat", "host", "pid", "queues"), rows)
+        )
+    else:
+        parts.append("(none)")
+    return "\n".join(parts)
+
+
+def _time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="pgflow")

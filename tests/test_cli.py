@@ -1,0 +1,278 @@
+"""The `pgflow` command line: arguments, URL lookup, clean errors, and real migrate/status runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from click.testing import CliRunner
+
+from pgflow import cli
+from pgflow.errors import BackendError
+from pgflow.records import InstanceInfo, NewJob
+
+PGFLOW = [sys.executable, "-m", "pgflow"]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def no_url_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("PGFLOW_URL", "DATABASE_URL", "INSTANCE_ID", "PGFLOW_LOG_LEVEL"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    # The CLI configures the "pgflow" logger; leave it as the other tests expect it.
+    root = logging.getLogger("pgflow")
+    for handler in list(root.handlers):
+        if getattr(handler, "_pgflow_cli", False):
+            root.removeHandler(handler)
+    root.propagate = True
+    root.setLevel(logging.NOTSET)
+
+
+class FakeBackend:
+    """Records which URL the CLI opened; answers status queries with nothing."""
+
+    opened: ClassVar[list[str]] = []
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        FakeBackend.opened.append(url)
+
+    def migrate(self) -> None:
+        pass
+
+    def check_schema(self) -> None:
+        pass
+
+    def job_counts(self) -> list[Any]:
+        return []
+
+    def list_instances(self) -> list[Any]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_backend(monkeypatch: pytest.MonkeyPatch) -> type[FakeBackend]:
+    FakeBackend.opened = []
+    monkeypatch.setattr(cli, "open_backend", FakeBackend)
+    return FakeBackend
+
+
+# -- argument handling ---------------------------------------------------------------------------
+
+
+def test_parse_queues() -> None:
+    assert cli.parse_queues("default=10,priority=5") == {"default": 10, "priority": 5}
+    assert cli.parse_queues(" default = 3 ".replace(" ", "")) == {"default": 3}
+    assert cli.parse_queues("mail") == {"mail": 10}
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ("", "not a list"),
+        ("default=10,", "not a list"),
+        ("default=zero", "positive integer"),
+        ("default=0", "positive integer"),
+        ("default=-1", "positive integer"),
+        ("a=1,a=2", "given twice"),
+        ("x';DROP=1", "invalid queue name"),
+        ("a=1=2", "positive integer"),
+    ],
+)
+def test_bad_queues_spec_is_a_click_error_naming_the_flag(
+    runner: CliRunner, fake_backend: type[FakeBackend], spec: str, problem: str
+) -> None:
+    result = runner.invoke(cli.cli, ["worker", "--url", "memory://", "--queues", spec])
+    assert result.exit_code == 2
+    assert "--queues" in result.output
+    assert problem in result.output
+    assert fake_backend.opened == []
+
+
+def test_missing_url_names_the_flag_and_the_env_vars(runner: CliRunner) -> None:
+    for command in (["migrate"], ["status"], ["worker"]):
+        result = runner.invoke(cli.cli, command)
+        assert result.exit_code == 2, command
+        assert "--url" in result.output
+        assert "PGFLOW_URL" in result.output and "DATABASE_URL" in result.output
+
+
+def test_url_precedence(runner: CliRunner, fake_backend: type[FakeBackend]) -> None:
+    env = {"PGFLOW_URL": "memory://pgflow-url", "DATABASE_URL": "memory://database-url"}
+    assert runner.invoke(cli.cli, ["status", "--url", "memory://flag"], env=env).exit_code == 0
+    assert runner.invoke(cli.cli, ["status"], env=env).exit_code == 0
+    only_database = {"PGFLOW_URL": "", "DATABASE_URL": "memory://database-url"}
+    assert runner.invoke(cli.cli, ["migrate"], env=only_database).exit_code == 0
+    assert fake_backend.opened == ["memory://flag", "memory://pgflow-url", "memory://database-url"]
+
+
+def test_bad_instance_id_and_unimportable_module(runner: CliRunner) -> None:
+    result = runner.invoke(cli.cli, ["worker", "--url", "memory://", "--instance-id", "has space"])
+    assert result.exit_code == 2 and "--instance-id" in result.output
+    result = runner.invoke(
+        cli.cli, ["worker", "--url", "memory://", "--import", "no_such_module_pgflow_xyz"]
+    )
+    assert result.exit_code == 2
+    assert "--import" in result.output and "no_such_module_pgflow_xyz" in result.output
+
+
+def test_errors_are_one_clean_line_without_password(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "postgresql://app:s3cret-pw@db.example/app"
+
+    def failing(opened_url: str) -> Any:
+        raise BackendError(f"cannot connect to {opened_url}: connection refused\nmore detail")
+
+    monkeypatch.setattr(cli, "open_backend", failing)
+    result = runner.invoke(cli.cli, ["status", "--url", url])
+    assert result.exit_code == 1
+    assert "s3cret-pw" not in result.output
+    assert result.output.strip() == (
+        "Error: cannot connect to postgresql://app:***@db.example/app: connection refused"
+    )
+
+    def crashing(opened_url: str) -> Any:
+        raise RuntimeError(f"driver exploded near {opened_url}")
+
+    monkeypatch.setattr(cli, "open_backend", crashing)
+    result = runner.invoke(cli.cli, ["migrate", "--url", url])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "s3cret-pw" not in result.output
+    assert result.output.startswith("Error: RuntimeError: driver exploded")
+
+
+def test_mask_password() -> None:
+    assert cli.mask_password("x postgresql://u:pw@h/db", "postgresql://u:pw@h/db") == (
+        "x postgresql://u:***@h/db"
+    )
+    assert cli.mask_password("nothing here", "sqlite:///a.db") == "nothing here"
+    assert cli.mask_password("pw=abc", "weird://u:abc@") == "pw=***"
+
+
+def test_render_status_tables() -> None:
+    from datetime import UTC, datetime
+
+    from pgflow.records import Instance, JobCount
+
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    text = cli.render_status(
+        "sqlite:///x.db",
+        [
+            JobCount("default", "completed", "a", 120),
+            JobCount("default", "available", None, 3),
+        ],
+        [
+            Instance("a", "online", when, when, "host1", 42, {"default": 10}),
+            Instance("b", "offline", when, when, "host2", 43, {"default": 10}),
+        ],
+        show_all=False,
+    )
+    lines = text.splitlines()
+    assert "Jobs (123 in all)" in lines
+    assert any(line.split() == ["default", "available", "-", "3"] for line in lines)
+    assert any(line.split() == ["default", "completed", "a", "120"] for line in lines)
+    assert "Instances online (1), 1 offline not shown (--all)" in lines
+    assert any(line.startswith("a ") and "2026-01-02 03:04:05 UTC" in line for line in lines)
+    assert not any(line.startswith("b ") for line in lines)
+
+
+def test_log_formatter_appends_structured_fields() -> None:
+    record = logging.LogRecord("pgflow.worker", logging.INFO, __file__, 1, "job done", (), None)
+    record.job_id = 7
+    record.instance_id = "a"
+    line = cli.FieldsFormatter().format(record)
+    assert line.endswith("pgflow.worker: job done [instance_id=a job_id=7]")
+
+
+def test_help_lists_the_commands(runner: CliRunner) -> None:
+    result = runner.invoke(cli.cli, ["--help"])
+    assert result.exit_code == 0
+    for command in ("migrate", "worker", "status", "demo"):
+        assert command in result.output
+
+
+# -- real processes --------------------------------------------------------------------------------
+
+
+def _pgflow(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Any:
+    full_env = {**os.environ, **(env or {})}
+    for name in ("PGFLOW_URL", "DATABASE_URL"):
+        if env is None or name not in env:
+            full_env.pop(name, None)
+    return subprocess.run(
+        [*PGFLOW, *args], capture_output=True, text=True, timeout=60, env=full_env, cwd=cwd
+    )
+
+
+def _migrate_then_status(url: str) -> None:
+    first = _pgflow("migrate", env={"PGFLOW_URL": url})
+    assert first.returncode == 0, first.stderr
+    assert "up to date" in first.stdout
+    again = _pgflow("migrate", "--url", url)
+    assert again.returncode == 0, again.stderr
+
+    from pgflow.registry import backend_from_url
+
+    backend = backend_from_url(url)
+    try:
+        backend.insert_jobs(
+            [NewJob(worker="myapp.Work", args={"n": n}, queue="default") for n in range(3)]
+        )
+        backend.insert_jobs([NewJob(worker="myapp.Work", queue="priority")])
+        (claimed,) = backend.claim_jobs("priority", "instance-a", 1)
+        backend.complete_jobs([claimed.ref])
+        backend.register_instance(
+            InstanceInfo("instance-a", hostname="h", pid=1, queues={"default": 10})
+        )
+    finally:
+        backend.close()
+
+    shown = _pgflow("status", env={"DATABASE_URL": url})
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "Jobs (4 in all)" in lines
+    assert any(line.split() == ["default", "available", "-", "3"] for line in lines)
+    assert any(line.split() == ["priority", "completed", "instance-a", "1"] for line in lines)
+    assert "Instances online (1)" in lines
+    assert any(line.startswith("instance-a ") and " online " in line for line in lines)
+
+
+def test_migrate_and_status_on_sqlite(sqlite_url: str) -> None:
+    _migrate_then_status(sqlite_url)
+
+
+@pytest.mark.postgres
+def test_migrate_and_status_on_postgres(postgres_url: str) -> None:
+    _migrate_then_status(postgres_url)
+
+
+def test_status_before_migrate_says_what_to_do(tmp_path: Path) -> None:
+    result = _pgflow("status", "--url", f"sqlite:///{tmp_path}/never-migrated.db")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("Error: ")
+    assert "migrate" in result.stderr
+
+
+def test_unreachable_postgres_is_one_line_without_password() -> None:
+    url = "postgresql://someone:t0p-secret@127.0.0.1:1/nowhere"
+    result = _pgflow("status", "--url", url)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "t0p-secret" not in result.stderr
+    assert "Traceback" not in result.stderr
