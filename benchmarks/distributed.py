@@ -55,8 +55,8 @@ class WorkerGroup:
 
 
 @contextmanager
-def worker_processes(url: str, count: int, label: str, sink: Any = None) -> Iterator[WorkerGroup]:
-    """Start `count` worker processes, wait until all are ready, stop and reap them after."""
+def worker_processes(url: str, count: int, queue: str, sink: Any = None) -> Iterator[WorkerGroup]:
+    """Start `count` processes serving `queue`; wait until all are ready, stop and reap after."""
     require("pgflow.app", "Pgflow")
     require("benchmarks.jobs")
     mp = multiprocessing.get_context("spawn")
@@ -65,7 +65,7 @@ def worker_processes(url: str, count: int, label: str, sink: Any = None) -> Iter
     processes = [
         mp.Process(
             target=serve,
-            args=(url, {QUEUE: CONCURRENCY}, f"bench-{label}-{i}", {}, start_line, stop, sink),
+            args=(url, {queue: CONCURRENCY}, f"bench-{queue}-{i}", {}, start_line, stop, sink),
             daemon=True,
         )
         for i in range(count)
@@ -90,43 +90,48 @@ def worker_processes(url: str, count: int, label: str, sink: Any = None) -> Iter
                 process.join(timeout=5)
 
 
-def _completed(backend: Any) -> int:
+def _completed(backend: Any, queue: str) -> int:
     return sum(
         count.count
         for count in backend.job_counts()
-        if count.queue == QUEUE and count.state.value == "completed"
+        if count.queue == queue and count.state.value == "completed"
     )
 
 
-def _insert_noops(backend: Any, total: int) -> None:
+def _insert_noops(backend: Any, queue: str, total: int) -> None:
     noop = require("benchmarks.jobs", "Noop")
     for start in range(0, total, 1_000):
-        backend.insert_jobs([noop.new({"i": i}) for i in range(start, min(start + 1_000, total))])
+        stop = min(start + 1_000, total)
+        backend.insert_jobs([noop.new({"i": i}, queue=queue) for i in range(start, stop)])
 
 
-def _last_completion(backend: Any, total: int) -> datetime | None:
+def _last_completion(backend: Any, queue: str, total: int) -> datetime | None:
     """When the database says the last job completed (its clock, same host as ours)."""
     done = backend.list_jobs(
-        queue=QUEUE, state=require("pgflow.records", "JobState").COMPLETED, limit=total
+        queue=queue, state=require("pgflow.records", "JobState").COMPLETED, limit=total
     )
     stamps = [job.completed_at for job in done if job.completed_at is not None]
     return max(stamps) if stamps else None
 
 
 def _drain(backend: Any, url: str, processes: int, total: int) -> float:
-    """Seconds for `processes` workers to complete `total` pre-inserted jobs."""
-    _insert_noops(backend, total)
-    with worker_processes(url, processes, f"drain{processes}") as group:
+    """Seconds for `processes` workers to complete `total` pre-inserted jobs.
+
+    Each round has its own queue, so jobs of an earlier round never count.
+    """
+    queue = f"drain_{processes}"
+    _insert_noops(backend, queue, total)
+    with worker_processes(url, processes, queue) as group:
         started_wall = time.time()
         started = time.perf_counter()
         deadline = started + DRAIN_TIMEOUT
-        while (done := _completed(backend)) < total:
+        while (done := _completed(backend, queue)) < total:
             if time.perf_counter() > deadline:
                 raise RuntimeError(f"only {done}/{total} jobs completed in {DRAIN_TIMEOUT:.0f} s")
             group.check_alive()
             time.sleep(0.02)
         polled = time.perf_counter() - started
-    last = _last_completion(backend, total)
+    last = _last_completion(backend, queue, total)
     # The database's completion stamp is finer than our polling; trust it when it is sane.
     if last is not None and 0 < last.timestamp() - started_wall <= polled:
         return last.timestamp() - started_wall
@@ -140,7 +145,6 @@ def _drain_runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
         with open_backend(kind, ctx) as opened:
             for processes in PROCESS_COUNTS:
                 seconds = _drain(opened.backend, opened.url, processes, total)
-                opened.backend.prune_jobs(0.0, limit=total * 2)
                 target = DRAIN_TARGETS.get((kind, processes))
                 rows.append(
                     Row(
@@ -166,7 +170,7 @@ def _latency_runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
         pause = random.Random(42)
         with (
             open_backend(kind, ctx) as opened,
-            worker_processes(opened.url, 1, "latency", sink) as group,
+            worker_processes(opened.url, 1, QUEUE, sink) as group,
         ):
             for seq in range(warmup + samples):
                 job = stamp_start.new({"seq": seq, "sent_ns": time.time_ns()})
