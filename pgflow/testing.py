@@ -1,0 +1,508 @@
+"""Helpers for testing code that inserts and runs pgflow jobs, with no database and no sleeping.
+
+Two modes, both on an InMemoryBackend driven by a FakeClock:
+
+- ``inline``: every inserted job runs at once in the caller's thread (and so do the jobs it
+  inserts); a failing job's exception is raised from the insert, so a broken job fails the test.
+- ``manual``: inserted jobs are only stored. Assert on them with `assert_enqueued` /
+  `refute_enqueued`, then run them in the test's thread with `drain`.
+
+    with pgflow.testing.manual() as t:
+        signup(t.app, "ada@example.com")           # code under test calls t.app.insert(...)
+        t.assert_enqueued(worker=SendWelcome, args={"email": "ada@example.com"})
+        assert t.drain().completed == 1
+
+Jobs run through `pgflow.runtime.execution.run_job`, the very function the real workers use,
+so retries, discards, snoozes and errors are recorded exactly as in production.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+
+from pgflow.clock import SYSTEM_CLOCK, Clock, FakeClock
+from pgflow.errors import Discard, StepFailed
+from pgflow.records import WAITING_STATES, Job, JobState, NewJob
+from pgflow_backends.memory import InMemoryBackend
+
+if TYPE_CHECKING:
+    from pgflow.app import Pgflow
+    from pgflow.backend import Backend
+    from pgflow.runtime.execution import Outcome
+    from pgflow.worker import Worker
+
+__all__ = [
+    "DrainResult",
+    "TestQueue",
+    "inline",
+    "manual",
+    "testing_app",
+]
+
+Mode = Literal["inline", "manual"]
+
+#: The instance id that jobs run by pgflow.testing are reserved by.
+TESTING_INSTANCE = "pgflow-testing"
+#: More jobs than this in one `drain` means a job snoozes or re-inserts itself forever.
+DEFAULT_DRAIN_LIMIT = 10_000
+_ALL = 1_000_000_000
+
+
+@attrs.frozen
+class DrainResult:
+    """How the jobs run by one `drain` ended, counted by outcome."""
+
+    completed: int = 0
+    retried: int = 0
+    discarded: int = 0
+    snoozed: int = 0
+    cancelled: int = 0
+
+    @property
+    def total(self) -> int:
+        """Jobs run in all."""
+        return self.completed + self.retried + self.discarded + self.snoozed + self.cancelled
+
+    @property
+    def failed(self) -> int:
+        """Runs that ended in an error (retried or discarded)."""
+        return self.retried + self.discarded
+
+
+@attrs.frozen
+class _Ran:
+    """One job run by the harness: its outcome and, when it raised, the exception."""
+
+    job: Job
+    outcome: str
+    error: BaseException | None
+
+
+class TestQueue:
+    """A Pgflow app on an in-memory store, with assertions on its jobs and a way to run them.
+
+    Build one with `manual()`, `inline()` or `testing_app()`; `app` is the `pgflow.Pgflow` to
+    hand to the code under test, `clock` the FakeClock its store runs on.
+    """
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    def __init__(
+        self,
+        mode: Mode = "manual",
+        *,
+        app: Pgflow | None = None,
+        clock: Clock | None = None,
+        queues: Mapping[str, int] | None = None,
+    ) -> None:
+        if mode not in ("inline", "manual"):
+            raise ValueError(f"pgflow.testing mode must be 'inline' or 'manual', not {mode!r}")
+        self.mode: Mode = mode
+        self._owned = app is None
+        self._patch: _InsertPatch | None = None
+        if app is None:
+            self.clock: Clock = clock if clock is not None else FakeClock()
+            backend_cls = _InlineMemoryBackend if mode == "inline" else InMemoryBackend
+            self.backend: Backend = backend_cls(clock=self.clock)
+            if isinstance(self.backend, _InlineMemoryBackend):
+                self.backend.harness = self
+            from pgflow.app import Pgflow
+
+            self.app: Pgflow = Pgflow(
+                self.backend,
+                queues=dict(queues) if queues is not None else None,
+                instance_id=TESTING_INSTANCE,
+            )
+        else:
+            if clock is not None:
+                raise ValueError("pass either app= or clock=, not both: the app has its clock")
+            self.app = app
+            self.backend = app.backend
+            # The store's own clock (a FakeClock for an InMemoryBackend built for tests).
+            self.clock = getattr(self.backend, "clock", None) or SYSTEM_CLOCK
+            if mode == "inline":
+                self._patch = _InsertPatch(app, self)
+
+    # -- context manager -------------------------------------------------------------------
+
+    def __enter__(self) -> TestQueue:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Undo what the harness set up: close its own store, unpatch a user's app."""
+        if self._owned:
+            self.backend.close()
+        elif self._patch is not None:
+            self._patch.undo()
+            self._patch = None
+
+    # -- inserting -------------------------------------------------------------------------
+
+    def insert(self, job: NewJob) -> Job:
+        """Insert one job through the app (in inline mode it has run when this returns)."""
+        return self.app.insert(job)  # type: ignore[no-any-return]
+
+    # -- assertions ------------------------------------------------------------------------
+
+    def all_enqueued(
+        self,
+        *,
+        worker: type[Worker] | str | None = None,
+        args: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        state: JobState | str | None = None,
+    ) -> list[Job]:
+        """Waiting jobs (available, scheduled or retryable) that match, in id order.
+
+        `args` matches partially: every given key must be present with an equal value.
+        `state` narrows to one state, finished ones included.
+        """
+        wanted_state = JobState(state) if state is not None else None
+        worker_name = _worker_name(worker)
+        found = []
+        for job in self.backend.list_jobs(queue=queue, limit=_ALL):
+            if wanted_state is not None:
+                if job.state is not wanted_state:
+                    continue
+            elif job.state not in WAITING_STATES:
+                continue
+            if worker_name is not None and job.worker != worker_name:
+                continue
+            if priority is not None and job.priority != priority:
+                continue
+            if args is not None and not _args_match(job.args, args):
+                continue
+            found.append(job)
+        return found
+
+    def assert_enqueued(
+        self,
+        *,
+        worker: type[Worker] | str | None = None,
+        args: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        state: JobState | str | None = None,
+        count: int | None = None,
+    ) -> Job:
+        """Assert a matching job waits (exactly `count` of them when given); return the first."""
+        found = self.all_enqueued(
+            worker=worker, args=args, queue=queue, priority=priority, state=state
+        )
+        if found and (count is None or len(found) == count):
+            return found[0]
+        wanted = _describe_filters(worker, args, queue, priority, state)
+        how_many = f"{count} job(s)" if count is not None else "a job"
+        raise AssertionError(
+            f"expected {how_many} enqueued with {wanted}, found {len(found)}.\n"
+            f"{self._describe_waiting()}"
+        )
+
+    def refute_enqueued(
+        self,
+        *,
+        worker: type[Worker] | str | None = None,
+        args: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        state: JobState | str | None = None,
+    ) -> None:
+        """Assert that no matching job waits."""
+        found = self.all_enqueued(
+            worker=worker, args=args, queue=queue, priority=priority, state=state
+        )
+        if found:
+            wanted = _describe_filters(worker, args, queue, priority, state)
+            listing = "\n".join(f"  {_describe_job(job)}" for job in found)
+            raise AssertionError(
+                f"expected no job enqueued with {wanted}, found {len(found)}:\n{listing}"
+            )
+
+    def _describe_waiting(self) -> str:
+        waiting = [job for job in self.backend.list_jobs(limit=_ALL) if job.state in WAITING_STATES]
+        if not waiting:
+            return "Nothing is enqueued."
+        lines = "\n".join(f"  {_describe_job(job)}" for job in waiting)
+        return f"Enqueued jobs:\n{lines}"
+
+    # -- running ---------------------------------------------------------------------------
+
+    def drain(
+        self,
+        queue: str | None = None,
+        *,
+        with_scheduled: bool = False,
+        with_recursion: bool = True,
+        raise_on_failure: bool = True,
+        limit: int = DEFAULT_DRAIN_LIMIT,
+    ) -> DrainResult:
+        """Run the due jobs of `queue` (all queues when None) in this thread; count outcomes.
+
+        With `with_recursion`, jobs inserted by the drained jobs run too, until none is due.
+        With `with_scheduled`, the FakeClock moves forward to each scheduled or retryable
+        job's time so it runs as well (retries included, until they complete or are
+        discarded). The first job that raises (other than Discard/Snooze) has its exception
+        re-raised unless `raise_on_failure` is False. More than `limit` runs raise
+        RuntimeError: a job that snoozes or re-inserts itself forever would never end.
+        """
+        counts = dict.fromkeys(("completed", "retried", "discarded", "snoozed", "cancelled"), 0)
+        runs = 0
+        while True:
+            if with_scheduled:
+                self._advance_to_scheduled(queue)
+            self.backend.stage_jobs()
+            batch = self._claim_all(queue)
+            if not batch:
+                break
+            for index, job in enumerate(batch):
+                runs += 1
+                if runs > limit:
+                    self._release(batch[index:])
+                    raise RuntimeError(
+                        f"pgflow.testing.drain ran more than {limit} jobs; a job may be "
+                        "snoozing or inserting itself forever (raise limit= if not)"
+                    )
+                ran = self._run(job)
+                counts[ran.outcome] += 1
+                if raise_on_failure and ran.error is not None:
+                    self._release(batch[index + 1 :])
+                    raise ran.error
+            if not with_recursion:
+                break
+        return DrainResult(**counts)
+
+    def _claim_all(self, queue: str | None) -> list[Job]:
+        """Claim every available job of the queue(s) now, before any of them runs."""
+        if queue is not None:
+            queues = [queue]
+        else:
+            queues = sorted(
+                {
+                    count.queue
+                    for count in self.backend.job_counts()
+                    if count.state is JobState.AVAILABLE
+                }
+            )
+        claimed: list[Job] = []
+        for name in queues:
+            claimed.extend(self.backend.claim_jobs(name, TESTING_INSTANCE, _ALL))
+        claimed.sort(key=lambda job: (-job.priority, job.scheduled_at, job.id))
+        return claimed
+
+    def _release(self, jobs: Sequence[Job]) -> None:
+        """Hand claimed jobs that will not run now back to the queue, attempt not counted."""
+        for job in jobs:
+            self.backend.snooze_job(job.ref, 0.0)
+
+    def _advance_to_scheduled(self, queue: str | None) -> None:
+        """Move the FakeClock to the latest time a waiting job of `queue` is scheduled for."""
+        pending = [
+            job.scheduled_at
+            for job in self.backend.list_jobs(queue=queue, limit=_ALL)
+            if job.state in (JobState.SCHEDULED, JobState.RETRYABLE)
+        ]
+        if not pending:
+            return
+        if not isinstance(self.clock, FakeClock):
+            raise RuntimeError(
+                "drain(with_scheduled=True) moves the test clock forward; it needs the "
+                "store to run on a pgflow.FakeClock"
+            )
+        ahead = (max(pending) - self.clock.now()).total_seconds()
+        if ahead > 0:
+            self.clock.advance(ahead)
+
+    def _run(self, job: Job) -> _Ran:
+        """Run one claimed job through the workers' own execution path."""
+        from pgflow.runtime.execution import run_job
+
+        outcome = run_job(self.backend, job, TESTING_INSTANCE, clock=self.clock)
+        error = _failure_of(outcome)
+        if error is not None:
+            error.add_note(
+                f"(raised by pgflow job #{job.id} {job.worker}, attempt {job.attempt}"
+                f"/{job.max_attempts}, run by pgflow.testing)"
+            )
+        return _Ran(job, _OUTCOME_FIELDS[outcome.kind.value], error)
+
+    def _run_inserted(self, jobs: Sequence[Job]) -> None:
+        """Inline mode: run what an insert just stored, raising the first failure."""
+        by_queue: dict[str, int] = {}
+        for job in jobs:
+            if not job.conflict and job.state is JobState.AVAILABLE:
+                by_queue[job.queue] = by_queue.get(job.queue, 0) + 1
+        for queue, how_many in by_queue.items():
+            claimed = self.backend.claim_jobs(queue, TESTING_INSTANCE, how_many)
+            for index, job in enumerate(claimed):
+                ran = self._run(job)
+                if ran.error is not None:
+                    self._release(claimed[index + 1 :])
+                    raise ran.error
+
+
+class _InlineMemoryBackend(InMemoryBackend):
+    """The store of an inline harness: runs every job it stores, right after storing it.
+
+    Scheduling is ignored (a job meant for later runs now), as in other inline test modes.
+    """
+
+    harness: TestQueue
+
+    def insert_jobs(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[Job]:
+        due_now = [attrs.evolve(job, schedule_in=None, scheduled_at=None) for job in jobs]
+        stored = super().insert_jobs(due_now, connection=connection)
+        self.harness._run_inserted(stored)
+        return stored
+
+
+class _InsertPatch:
+    """Inline mode on a user's own app: wrap its `insert` so stored jobs run at once."""
+
+    def __init__(self, app: Pgflow, harness: TestQueue) -> None:
+        self._app = app
+        original = app.insert
+
+        def insert(job_or_jobs: Any, *args: Any, **kwargs: Any) -> Any:
+            stored = original(job_or_jobs, *args, **kwargs)
+            harness._run_inserted(stored if isinstance(stored, list) else [stored])
+            return stored
+
+        app.insert = insert  # type: ignore[method-assign]
+
+    def undo(self) -> None:
+        with contextlib.suppress(AttributeError):
+            del self._app.insert
+
+
+# -- entry points ----------------------------------------------------------------------------
+
+
+def testing_app(
+    mode: Mode = "manual",
+    *,
+    app: Pgflow | None = None,
+    clock: Clock | None = None,
+    queues: Mapping[str, int] | None = None,
+) -> TestQueue:
+    """A TestQueue in `mode`; use it as a context manager (or call `close()`)."""
+    return TestQueue(mode, app=app, clock=clock, queues=queues)
+
+
+@contextlib.contextmanager
+def manual(
+    app: Pgflow | None = None,
+    *,
+    clock: Clock | None = None,
+    queues: Mapping[str, int] | None = None,
+) -> Iterator[TestQueue]:
+    """Jobs are stored, never run by themselves: assert on them, then `drain()`.
+
+    Without `app`, a fresh Pgflow on an InMemoryBackend with a FakeClock is built.
+    """
+    with TestQueue("manual", app=app, clock=clock, queues=queues) as harness:
+        yield harness
+
+
+@contextlib.contextmanager
+def inline(
+    app: Pgflow | None = None,
+    *,
+    clock: Clock | None = None,
+    queues: Mapping[str, int] | None = None,
+) -> Iterator[TestQueue]:
+    """Every inserted job runs at once in the caller's thread; its failure raises there.
+
+    With a user's `app`, its `insert` is wrapped for the duration of the block.
+    """
+    with TestQueue("inline", app=app, clock=clock, queues=queues) as harness:
+        yield harness
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _worker_name(worker: type[Worker] | str | None) -> str | None:
+    if worker is None or isinstance(worker, str):
+        return worker
+    options = getattr(worker, "options", None)
+    name = getattr(options, "name", None)
+    if not isinstance(name, str):
+        raise TypeError(f"worker must be a pgflow.Worker subclass or its name, got {worker!r}")
+    return name
+
+
+def _args_match(actual: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
+    """True when every key of `expected` is in `actual` with an equal value (JSON-wise)."""
+    from pgflow.serialization import roundtrip
+
+    wanted = roundtrip(dict(expected), what="args")
+    return all(key in actual and actual[key] == value for key, value in wanted.items())
+
+
+def _describe_filters(
+    worker: type[Worker] | str | None,
+    args: Mapping[str, Any] | None,
+    queue: str | None,
+    priority: int | None,
+    state: JobState | str | None,
+) -> str:
+    parts = []
+    if worker is not None:
+        parts.append(f"worker={_worker_name(worker)}")
+    if args is not None:
+        parts.append(f"args containing {dict(args)!r}")
+    if queue is not None:
+        parts.append(f"queue={queue!r}")
+    if priority is not None:
+        parts.append(f"priority={priority}")
+    if state is not None:
+        parts.append(f"state={JobState(state).value}")
+    return ", ".join(parts) or "any attributes"
+
+
+def _describe_job(job: Job) -> str:
+    when = f" scheduled_at={_iso(job.scheduled_at)}" if job.state is not JobState.AVAILABLE else ""
+    return (
+        f"#{job.id} {job.worker} queue={job.queue!r} priority={job.priority} "
+        f"state={job.state.value}{when} args={job.args!r}"
+    )
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat(timespec="seconds")
+
+
+_OUTCOME_FIELDS = {
+    "completed": "completed",
+    "retry": "retried",
+    "discarded": "discarded",
+    "snoozed": "snoozed",
+    "cancelled": "cancelled",
+}
+
+
+def _failure_of(outcome: Outcome) -> BaseException | None:
+    """The exception that made the job fail, or None (Discard, Snooze, cancel are no failures)."""
+    exc = outcome.exception
+    if exc is None or outcome.kind.value in ("snoozed", "cancelled"):
+        return None
+    if isinstance(exc, Discard) or (
+        isinstance(exc, StepFailed) and isinstance(exc.reason, Discard)
+    ):
+        return None
+    return exc
