@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextvars
 import importlib
 import math
-import random
 import threading
 from collections.abc import Iterator, Mapping
 from datetime import datetime
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
+from pgflow.backoff_policy import Backoff
 from pgflow.errors import DefinitionError
 from pgflow.identifiers import validate_queue, validate_worker_name
 from pgflow.records import Job, NewJob, UniqueSpec
@@ -49,12 +49,6 @@ def current_backend() -> Backend | None:
     return CURRENT_BACKEND.get()
 
 
-def _default_backoff() -> Any:
-    from pgflow.backoff_policy import Backoff
-
-    return Backoff()
-
-
 def _check_int(owner: str, option: str, value: object, minimum: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise DefinitionError(f"{owner}: {option} must be an integer, got {value!r}")
@@ -81,30 +75,12 @@ class WorkerOptions:
     max_attempts: int = 3
     priority: int = 0
     timeout: float | None = None
-    backoff: Any = attrs.field(factory=_default_backoff)
+    backoff: Backoff = attrs.field(factory=Backoff)
 
 
-def backoff_delay(policy: Any, retry: int) -> float:
-    """Seconds before retry `retry` (1 = before attempt 2) under a pgflow.Backoff policy.
-
-    Uses the policy's own `delay(n)` when it has one; otherwise computes
-    min(factor * base**n, max_delay), with full jitter when asked.
-    """
-    delay_method = getattr(policy, "delay", None)
-    if callable(delay_method):
-        return float(delay_method(retry))
-    base = float(policy.base)
-    factor = float(policy.factor)
-    try:
-        value = factor * base**retry
-    except OverflowError:
-        value = math.inf
-    max_delay = policy.max_delay
-    if max_delay is not None:
-        value = min(value, float(max_delay))
-    if getattr(policy, "jitter", False):
-        value = random.uniform(0, value)  # spreading retries, not security
-    return value
+def backoff_delay(policy: Backoff, retry: int) -> float:
+    """Seconds before retry `retry` (1 = before attempt 2) under `policy`."""
+    return float(policy.delay(retry))
 
 
 class Worker:
@@ -158,14 +134,11 @@ class Worker:
         if timeout is not None:
             timeout = _check_seconds(owner, "timeout", timeout, positive=True)
         if backoff is _UNSET or backoff is None:
-            backoff = parent.backoff if parent else _default_backoff()
-        else:
-            from pgflow.backoff_policy import Backoff
-
-            if not isinstance(backoff, Backoff):
-                raise DefinitionError(
-                    f"{owner}: backoff must be a pgflow.Backoff, got {type(backoff).__name__}"
-                )
+            backoff = parent.backoff if parent else Backoff()
+        elif not isinstance(backoff, Backoff):
+            raise DefinitionError(
+                f"{owner}: backoff must be a pgflow.Backoff, got {type(backoff).__name__}"
+            )
         cls.options = WorkerOptions(
             name=name,
             queue=queue,

@@ -1,0 +1,382 @@
+"""`pgflow.Pgflow`: one instance of the distributed runtime, serving queues from a shared store.
+
+The app owns the backend and the instance's threads: one producer per queue, the heartbeat,
+the listener that forwards insert notifications, and the leader campaign whose holder stages,
+rescues, prunes and runs cron for the whole cluster. Everything goes through the backend
+protocol, so the same app runs on PostgreSQL, SQLite or in memory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, overload
+
+import attrs
+
+from pgflow.backend import Backend
+from pgflow.clock import SYSTEM_CLOCK, Clock
+from pgflow.errors import DefinitionError
+from pgflow.identifiers import validate_instance_id, validate_queue
+from pgflow.records import Instance, InstanceInfo, Job, JobCount, JobState, NewJob
+from pgflow.runtime.cron import CronScheduler, parse_cron
+from pgflow.runtime.heartbeat import Heartbeat
+from pgflow.runtime.leader import Leader
+from pgflow.runtime.loop import AsyncLoop
+from pgflow.runtime.producer import Producer
+from pgflow.runtime.reconnect import RetryDelay
+from pgflow.runtime.signals import stop_on_signals
+from pgflow.runtime.wakeup import Wakeup
+
+__all__ = ["AppStatus", "Pgflow", "default_instance_id"]
+
+logger = logging.getLogger("pgflow.runtime")
+
+DEFAULT_QUEUES: dict[str, int] = {"default": 10}
+WEEK = 7 * 24 * 3600.0
+
+
+def default_instance_id() -> str:
+    """$INSTANCE_ID, else "<hostname>-<pid>"."""
+    return os.environ.get("INSTANCE_ID") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+@attrs.frozen
+class AppStatus:
+    """What `pgflow status` shows: job counts by queue, state and instance; the instances."""
+
+    jobs: tuple[JobCount, ...]
+    instances: tuple[Instance, ...]
+
+    def count(self, *, queue: str | None = None, state: JobState | None = None) -> int:
+        return sum(
+            row.count
+            for row in self.jobs
+            if (queue is None or row.queue == queue) and (state is None or row.state == state)
+        )
+
+
+def _positive(name: str, value: object, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise DefinitionError(f"Pgflow: {name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _open_backend(target: object) -> Backend:
+    if isinstance(target, str) or type(target).__name__ in ("Engine", "OptionEngine"):
+        from pgflow.registry import backend_from_url
+
+        backend: Backend = backend_from_url(target)
+        return backend
+    if isinstance(target, Backend):
+        return target
+    raise DefinitionError(
+        "Pgflow needs a database URL, an SQLAlchemy Engine or a backend object, "
+        f"got {type(target).__name__}"
+    )
+
+
+class Pgflow:
+    """An instance of the distributed runtime; see API.md section 6.
+
+    ``app = Pgflow("postgresql://localhost/app", queues={"default": 10})``, then
+    ``app.insert(MyWorker.new({...}))`` anywhere, and ``app.run()`` in worker processes.
+    """
+
+    def __init__(
+        self,
+        url_or_engine_or_backend: Any,
+        *,
+        queues: Mapping[str, int] | None = None,
+        instance_id: str | None = None,
+        heartbeat_interval: float = 5.0,
+        stale_timeout: float = 300.0,
+        poll_interval: float = 1.0,
+        cron: Iterable[Sequence[Any]] = (),
+        prune_after: float | None = WEEK,
+        prune_interval: float = 60.0,
+        stage_interval: float = 0.5,
+        rescue_interval: float | None = None,
+        shutdown_timeout: float = 30.0,
+        imports: Iterable[str] = (),
+        clock: Clock | None = None,
+    ) -> None:
+        for module in imports:
+            importlib.import_module(module)
+        self.queues = self._check_queues(DEFAULT_QUEUES if queues is None else queues)
+        self.instance_id = validate_instance_id(
+            default_instance_id() if instance_id is None else instance_id
+        )
+        self.heartbeat_interval = _positive("heartbeat_interval", heartbeat_interval) or 5.0
+        self.stale_timeout = _positive("stale_timeout", stale_timeout) or 300.0
+        if self.stale_timeout <= self.heartbeat_interval:
+            raise DefinitionError(
+                f"Pgflow: stale_timeout ({stale_timeout}) must be longer than heartbeat_interval "
+                f"({heartbeat_interval}), or live instances would be presumed dead"
+            )
+        self.poll_interval = _positive("poll_interval", poll_interval) or 1.0
+        self.prune_after = _positive("prune_after", prune_after, allow_none=True)
+        self.prune_interval = _positive("prune_interval", prune_interval) or 60.0
+        self.stage_interval = _positive("stage_interval", stage_interval) or 0.5
+        self.rescue_interval = _positive("rescue_interval", rescue_interval, allow_none=True) or (
+            max(0.5, min(5.0, self.stale_timeout / 4))
+        )
+        self.shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout) or 30.0
+        self.cron = parse_cron(cron)
+        self.clock = clock or SYSTEM_CLOCK
+        self._owns_backend = not isinstance(url_or_engine_or_backend, Backend)
+        self.backend = _open_backend(url_or_engine_or_backend)
+        self._lock = threading.Lock()
+        self._producers: dict[str, Producer] = {}
+        self._threads: tuple[Heartbeat, Wakeup, Leader] | None = None
+        self._async_loop = AsyncLoop()
+        self._stop_requested = threading.Event()
+        self._stopped = threading.Event()
+        self._extra = {"instance_id": self.instance_id}
+
+    @staticmethod
+    def _check_queues(queues: Mapping[str, int]) -> dict[str, int]:
+        if not isinstance(queues, Mapping) or not queues:
+            raise DefinitionError(f"Pgflow: queues must be a non-empty dict, got {queues!r}")
+        checked: dict[str, int] = {}
+        for name, limit in queues.items():
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise DefinitionError(
+                    f"Pgflow: queue {name!r} limit must be a positive integer, got {limit!r}"
+                )
+            checked[validate_queue(name)] = limit
+        return checked
+
+    def __repr__(self) -> str:
+        return f"Pgflow({self.backend.url!r}, instance_id={self.instance_id!r})"
+
+    # --- using the store -----------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema (idempotent)."""
+        self.backend.migrate()
+
+    @overload
+    def insert(self, jobs: NewJob, *, connection: Any = None) -> Job: ...
+
+    @overload
+    def insert(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[Job]: ...
+
+    def insert(self, jobs: NewJob | Sequence[NewJob], *, connection: Any = None) -> Job | list[Job]:
+        """Insert one job (returns the stored Job) or many at once (returns the list).
+
+        With `connection`, the insert joins the caller's SQLAlchemy transaction.
+        """
+        single = isinstance(jobs, NewJob)
+        batch: list[NewJob] = [jobs] if isinstance(jobs, NewJob) else list(jobs)
+        for item in batch:
+            if not isinstance(item, NewJob):
+                raise DefinitionError(
+                    f"insert expects jobs built by Worker.new(...), got {type(item).__name__}"
+                )
+        stored = self.backend.insert_jobs(batch, connection=connection)
+        if connection is None:
+            self._wake({job.queue for job in stored if job.state is JobState.AVAILABLE})
+        return stored[0] if single else stored
+
+    def cancel(self, job_id: int) -> Job | None:
+        """Cancel a waiting job now; ask a running one to stop. Returns the job, or None."""
+        job = self.backend.cancel_job(job_id)
+        if job is not None and job.state is JobState.EXECUTING:
+            for producer in list(self._producers.values()):
+                producer.cancel_local(job_id)
+        return job
+
+    def status(self) -> AppStatus:
+        """Job counts by queue, state and instance, and the registered instances."""
+        return AppStatus(
+            jobs=tuple(self.backend.job_counts()),
+            instances=tuple(self.backend.list_instances()),
+        )
+
+    # --- serving queues ------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._threads is not None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._threads is not None and self._threads[2].is_leader
+
+    def start(self) -> None:
+        """Register this instance and serve its queues from background threads."""
+        with self._lock:
+            if self._threads is not None:
+                raise RuntimeError(f"{self!r} is already running")
+            self._stop_requested.clear()
+            self._stopped.clear()
+            info = InstanceInfo(
+                instance_id=self.instance_id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                queues=dict(self.queues),
+            )
+            self._register(info)
+            self._producers = {
+                queue: Producer(
+                    backend=self.backend,
+                    queue=queue,
+                    limit=limit,
+                    instance_id=self.instance_id,
+                    poll_interval=self.poll_interval,
+                    clock=self.clock,
+                    async_loop=self._async_loop,
+                )
+                for queue, limit in self.queues.items()
+            }
+            heartbeat = Heartbeat(self.backend, info, self.heartbeat_interval)
+            wakeup = Wakeup(self.backend, self._wake, instance_id=self.instance_id)
+            leader = Leader(
+                backend=self.backend,
+                instance_id=self.instance_id,
+                clock=self.clock,
+                interval=self.stage_interval,
+                stale_timeout=self.stale_timeout,
+                rescue_interval=self.rescue_interval,
+                prune_after=self.prune_after,
+                prune_interval=self.prune_interval,
+                cron=CronScheduler(self.cron) if self.cron else None,
+                on_staged=self._wake,
+            )
+            heartbeat.start()
+            for producer in self._producers.values():
+                producer.start()
+            wakeup.start()
+            leader.start()
+            self._threads = (heartbeat, wakeup, leader)
+        logger.info(
+            "instance %s serving %s",
+            self.instance_id,
+            ", ".join(f"{q}={n}" for q, n in self.queues.items()),
+            extra={**self._extra, "queues": dict(self.queues)},
+        )
+
+    def _register(self, info: InstanceInfo) -> None:
+        """Register before claiming anything; retry while the database is unreachable."""
+        delay = RetryDelay()
+        while True:
+            try:
+                self.backend.register_instance(info)
+                return
+            except Exception as exc:
+                if self._stop_requested.is_set():
+                    raise
+                wait = delay.next()
+                logger.warning(
+                    "registering instance failed (%s: %s); retrying in %.2fs",
+                    type(exc).__name__,
+                    exc,
+                    wait,
+                    extra={**self._extra, "error": type(exc).__name__},
+                )
+                self._stop_requested.wait(wait)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop claiming, let running jobs finish (up to `timeout` s), acknowledge, go offline.
+
+        Returns True when every running job finished in time; jobs still running are left to
+        the rescue of another instance (this one is marked offline).
+        """
+        with self._lock:
+            threads, self._threads = self._threads, None
+            if threads is None:
+                return True
+            producers = list(self._producers.values())
+        heartbeat, wakeup, leader = threads
+        timeout = self.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + max(0.0, timeout)
+        logger.info("instance %s stopping", self.instance_id, extra=self._extra)
+        for producer in producers:
+            producer.begin_stop()
+        leader.stop()
+        wakeup.stop()
+        drained = all([producer.join(deadline) for producer in producers])
+        if not drained:
+            logger.warning(
+                "instance %s stopped with jobs still running; they will be rescued",
+                self.instance_id,
+                extra=self._extra,
+            )
+        self._async_loop.stop()
+        heartbeat.stop()
+        self._mark_offline()
+        self._stopped.set()
+        logger.info("instance %s offline", self.instance_id, extra=self._extra)
+        return drained
+
+    def _mark_offline(self) -> None:
+        delay = RetryDelay(cap=1.0)
+        for _ in range(5):
+            try:
+                self.backend.mark_offline(self.instance_id)
+                return
+            except Exception as exc:
+                logger.warning(
+                    "marking instance offline failed (%s: %s)",
+                    type(exc).__name__,
+                    exc,
+                    extra={**self._extra, "error": type(exc).__name__},
+                )
+                time.sleep(delay.next())
+
+    def request_stop(self) -> None:
+        """Make `run()` return after a graceful drain (what SIGINT/SIGTERM do)."""
+        self._stop_requested.set()
+
+    def run(self) -> None:
+        """Serve the queues until SIGINT/SIGTERM (or `request_stop`), then drain and go offline."""
+
+        def on_signal(signum: int) -> None:
+            if self._stop_requested.is_set():
+                logger.warning("second signal: not waiting for running jobs", extra=self._extra)
+                for producer in list(self._producers.values()):
+                    producer.abort()
+                return
+            logger.info("signal %d received: draining", signum, extra=self._extra)
+            self._stop_requested.set()
+
+        with stop_on_signals(on_signal):
+            self.start()
+            try:
+                while not self._stop_requested.wait(1.0):
+                    pass
+            finally:
+                self.stop(self.shutdown_timeout)
+
+    def close(self) -> None:
+        """Stop if running, then close the backend if this app opened it."""
+        self.stop()
+        if self._owns_backend:
+            self.backend.close()
+
+    def __enter__(self) -> Pgflow:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _wake(self, queues: Iterable[str]) -> None:
+        """Hint producers that jobs may be available; no queues named means all of them."""
+        names = set(queues)
+        for name, producer in list(self._producers.items()):
+            if not names or name in names:
+                producer.notify()

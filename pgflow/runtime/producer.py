@@ -1,0 +1,259 @@
+"""One queue's producer: claims jobs up to its free slots, runs them, acknowledges in batches.
+
+A single thread talks to the database for the queue (claims, acks, cancellation checks), so
+user code, which runs in the pool or on the event loop, never holds a connection. Finished
+jobs wake the thread at once: acks go out in one batch per wake-up, and a freed slot is
+filled immediately when the last claim suggested the queue had more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from pgflow.clock import Clock
+from pgflow.records import Job
+from pgflow.runtime.execution import (
+    JobControl,
+    Outcome,
+    OutcomeKind,
+    execute_job,
+    execute_job_async,
+    is_async_job,
+    job_log_extra,
+    record_outcomes,
+)
+from pgflow.runtime.reconnect import Guard
+
+if TYPE_CHECKING:
+    from pgflow.backend import Backend
+    from pgflow.runtime.loop import AsyncLoop
+
+logger = logging.getLogger("pgflow.runtime")
+
+
+@attrs.define
+class _Running:
+    job: Job
+    control: JobControl
+    future: concurrent.futures.Future[Outcome] | None = None
+
+
+class Producer:
+    """Serves one queue with at most `limit` jobs at a time for this instance."""
+
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        queue: str,
+        limit: int,
+        instance_id: str,
+        poll_interval: float,
+        clock: Clock,
+        async_loop: AsyncLoop,
+    ) -> None:
+        self.backend = backend
+        self.queue = queue
+        self.limit = limit
+        self.instance_id = instance_id
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self._async_loop = async_loop
+        self._lock = threading.Lock()
+        self._running: dict[int, _Running] = {}
+        self._finished: deque[Outcome] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()  # stop claiming, drain
+        self._abort = threading.Event()  # stop now, even with jobs running
+        self._hints = 0  # bumped by every external hint that jobs may be available
+        self._maybe_more = True
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=limit, thread_name_prefix=f"pgflow-{queue}"
+        )
+        self._thread = threading.Thread(
+            target=self._main, name=f"pgflow-producer-{queue}", daemon=True
+        )
+        self._extra = {"instance_id": instance_id, "queue": queue}
+        self.completed = 0  # jobs this producer ran to an acknowledged end, for status
+
+    # --- control, from other threads ----------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def notify(self) -> None:
+        """A hint that jobs may be available (insert notification, staging, poll)."""
+        with self._lock:
+            self._hints += 1
+            self._maybe_more = True
+        self._wake.set()
+
+    def begin_stop(self) -> None:
+        """Stop claiming; running jobs finish and are acknowledged."""
+        self._stop.set()
+        self._wake.set()
+
+    def join(self, deadline: float) -> bool:
+        """Wait until drained or `deadline` (monotonic); then abandon what still runs.
+
+        Returns True when every running job finished and was acknowledged.
+        """
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        drained = not self._thread.is_alive()
+        if not drained:
+            self.abort()
+            self._thread.join(2.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        return drained
+
+    def abort(self) -> None:
+        """Stop now: cancel running jobs (async ones for real) and leave them to the rescue."""
+        self._stop.set()
+        self._abort.set()
+        self._wake.set()
+        with self._lock:
+            left = list(self._running.values())
+        for item in left:
+            item.control.cancel()
+
+    def running_ids(self) -> list[int]:
+        with self._lock:
+            return list(self._running)
+
+    def cancel_local(self, job_id: int) -> bool:
+        """Ask a job running here to stop (its outcome is still recorded by this producer)."""
+        with self._lock:
+            item = self._running.get(job_id)
+        if item is None:
+            return False
+        item.control.cancel()
+        return True
+
+    # --- the producer thread ------------------------------------------------------------
+
+    def _main(self) -> None:
+        guard = Guard(f"queue {self.queue!r} producer", self._abort, self._extra)
+        next_poll = time.monotonic()
+        while not self._abort.is_set():
+            now = time.monotonic()
+            if now >= next_poll:
+                next_poll = now + self.poll_interval
+                guard.attempt(self._poll_tick)
+            if not guard.attempt(self._flush):
+                continue
+            if self._stop.is_set():
+                with self._lock:
+                    if not self._running and not self._finished:
+                        return
+            elif not guard.attempt(self._claim):
+                continue
+            self._wake.wait(max(0.0, next_poll - time.monotonic()))
+            self._wake.clear()
+        guard.attempt(self._flush)  # aborting: one last try to acknowledge what finished
+
+    def _poll_tick(self) -> None:
+        """The safety net: look for work even without a hint, and for cancellation requests."""
+        with self._lock:
+            self._maybe_more = True
+            running = list(self._running)
+        if running:
+            for job_id in self.backend.cancel_requested(running):
+                if self.cancel_local(job_id):
+                    logger.info(
+                        "job %s: cancellation requested, stopping it",
+                        job_id,
+                        extra={**self._extra, "job_id": job_id},
+                    )
+
+    def _claim(self) -> None:
+        with self._lock:
+            free = self.limit - len(self._running)
+            if free <= 0 or not self._maybe_more:
+                return
+            hints = self._hints
+        jobs = self.backend.claim_jobs(self.queue, self.instance_id, free)
+        with self._lock:
+            if len(jobs) < free and self._hints == hints:
+                self._maybe_more = False  # the queue ran dry; wait for a hint or the poll
+            for job in jobs:
+                self._running[job.id] = _Running(job, JobControl())
+        for job in jobs:
+            self._dispatch(job)
+
+    def _dispatch(self, job: Job) -> None:
+        with self._lock:
+            item = self._running[job.id]
+        kwargs: dict[str, Any] = {
+            "instance_id": self.instance_id,
+            "backend": self.backend,
+            "clock": self.clock,
+            "control": item.control,
+        }
+        future: concurrent.futures.Future[Outcome]
+        if is_async_job(job):
+            future = asyncio.run_coroutine_threadsafe(
+                execute_job_async(job, **kwargs), self._async_loop.loop
+            )
+        else:
+            future = self._pool.submit(execute_job, job, **kwargs)
+        item.future = future
+
+        def done(finished: concurrent.futures.Future[Outcome]) -> None:
+            self._on_done(job, finished)
+
+        future.add_done_callback(done)
+
+    def _on_done(self, job: Job, future: concurrent.futures.Future[Outcome]) -> None:
+        """Runs in the pool or loop thread: queue the outcome and wake the producer."""
+        try:
+            outcome = future.result()
+        except BaseException as exc:  # cancelled at shutdown, or a bug in the runtime
+            logger.error(
+                "job %s: runner failed: %r",
+                job.id,
+                exc,
+                extra=job_log_extra(job, self.instance_id),
+            )
+            with self._lock:
+                self._running.pop(job.id, None)
+            self._wake.set()
+            return
+        with self._lock:
+            self._running.pop(job.id, None)
+            self._finished.append(outcome)
+        self._wake.set()
+
+    def _flush(self) -> None:
+        """Acknowledge finished jobs: completions in one batch, the others one by one.
+
+        Each acknowledged group leaves the buffer only once written, so after a database
+        error the rest is retried; writes are fenced by attempt, so retrying is safe.
+        """
+        with self._lock:
+            if not self._finished:
+                return
+            batch = list(self._finished)
+        completions = [o for o in batch if o.kind is OutcomeKind.COMPLETED]
+        others = [o for o in batch if o.kind is not OutcomeKind.COMPLETED]
+        if completions:
+            record_outcomes(self.backend, completions, instance_id=self.instance_id)
+            self._forget(completions)
+        for outcome in others:
+            record_outcomes(self.backend, [outcome], instance_id=self.instance_id)
+            self._forget([outcome])
+
+    def _forget(self, outcomes: list[Outcome]) -> None:
+        ids = {id(o) for o in outcomes}
+        with self._lock:
+            kept = [o for o in self._finished if id(o) not in ids]
+            self._finished.clear()
+            self._finished.extend(kept)
+            self.completed += len(outcomes)
