@@ -1,0 +1,300 @@
+"""Workflow definitions: the `Flow` decorator form, the seed `__workflow_steps__` form, and
+the validated `Workflow` record both resolve to.
+
+Every definition is checked once, up front, so a malformed workflow fails with a
+DefinitionError naming the workflow and step instead of deep inside a run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, overload
+
+import attrs
+
+from pgflow.errors import DefinitionError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The options a step may set for itself; anything else is a DefinitionError.
+STEP_OPTIONS = frozenset({"timeout", "max_attempts"})
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """True for `async def` functions, also behind functools.partial or a __call__ method."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - we want the bound method itself
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+@attrs.frozen
+class Step:
+    """One named step: a function from the previous step's output to its own output.
+
+    `timeout` (seconds) and `max_attempts` override the run's options for this step.
+    Construct steps through `Flow` or `Workflow`, which validate them with the workflow's name.
+    """
+
+    name: str
+    fn: Callable[[Any], Any]
+    timeout: float | None = None
+    max_attempts: int | None = None
+    is_async: bool = attrs.field(init=False)
+
+    @is_async.default
+    def _detect_async(self) -> bool:
+        return callable(self.fn) and _is_async(self.fn)
+
+
+def _as_tuple(steps: Iterable[Step]) -> tuple[Step, ...]:
+    return tuple(steps)
+
+
+@attrs.frozen
+class Workflow:
+    """A validated workflow: its qualified name and its steps, in order."""
+
+    name: str
+    steps: tuple[Step, ...] = attrs.field(converter=_as_tuple)
+    #: True when some step sets its own timeout, so runs need a supervisor even with none.
+    has_step_timeouts: bool = attrs.field(init=False, eq=False, repr=False)
+
+    @has_step_timeouts.default
+    def _any_step_timeout(self) -> bool:
+        return any(step.timeout is not None for step in self.steps)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise DefinitionError(f"workflow name must be a non-empty string, got {self.name!r}")
+        if not self.steps:
+            raise DefinitionError(f"workflow {self.name!r} has no steps")
+        seen: set[str] = set()
+        for step in self.steps:
+            if not isinstance(step, Step):
+                raise DefinitionError(
+                    f"workflow {self.name!r}: expected a Step, got {type(step).__name__}"
+                )
+            check_step(
+                self.name, step.name, step.fn, timeout=step.timeout, max_attempts=step.max_attempts
+            )
+            if step.name in seen:
+                raise DefinitionError(f"workflow {self.name!r}: duplicate step name {step.name!r}")
+            seen.add(step.name)
+
+    @property
+    def step_names(self) -> tuple[str, ...]:
+        return tuple(step.name for step in self.steps)
+
+
+def check_step(
+    workflow: str,
+    name: object,
+    fn: object,
+    *,
+    timeout: object = None,
+    max_attempts: object = None,
+) -> None:
+    """Raise DefinitionError, naming workflow and step, unless the step is well formed."""
+    if not isinstance(name, str) or not name:
+        raise DefinitionError(
+            f"workflow {workflow!r}: step name must be a non-empty string, got {name!r}"
+        )
+    where = f"workflow {workflow!r} step {name!r}"
+    if not callable(fn):
+        raise DefinitionError(f"{where}: step is not callable (got {type(fn).__name__})")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise DefinitionError(f"{where}: timeout must be a number of seconds, got {timeout!r}")
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise DefinitionError(f"{where}: timeout must be > 0 seconds, got {timeout!r}")
+    if max_attempts is not None:
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+            raise DefinitionError(f"{where}: max_attempts must be an int, got {max_attempts!r}")
+        if max_attempts < 1:
+            raise DefinitionError(f"{where}: max_attempts must be >= 1, got {max_attempts!r}")
+
+
+def _make_step(workflow: str, name: object, fn: object, options: Mapping[str, Any]) -> Step:
+    unknown = sorted(set(options) - STEP_OPTIONS)
+    if unknown:
+        raise DefinitionError(
+            f"workflow {workflow!r} step {name!r}: unknown option(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(STEP_OPTIONS))}"
+        )
+    timeout = options.get("timeout")
+    max_attempts = options.get("max_attempts")
+    check_step(workflow, name, fn, timeout=timeout, max_attempts=max_attempts)
+    assert isinstance(name, str) and callable(fn)
+    return Step(
+        name,
+        fn,
+        timeout=None if timeout is None else float(timeout),
+        max_attempts=max_attempts,
+    )
+
+
+class Flow:
+    """A workflow defined with decorators, steps running in the order they are declared.
+
+        flow = pgflow.Flow("process_data")
+
+        @flow.step
+        def validate(state): ...
+
+        @flow.step(timeout=5.0, max_attempts=5)
+        def transform(state): ...
+
+    The decorator returns the function unchanged, so steps stay plain, testable functions.
+    """
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise DefinitionError(f"Flow name must be a non-empty string, got {name!r}")
+        self.name = name
+        self._steps: list[Step] = []
+        self._workflow: Workflow | None = None
+
+    @overload
+    def step(self, fn: F, /) -> F: ...
+
+    @overload
+    def step(
+        self, fn: None = None, /, *, name: str | None = None, **options: Any
+    ) -> Callable[[F], F]: ...
+
+    def step(
+        self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, **options: Any
+    ) -> Any:
+        """Add a step; use bare (`@flow.step`) or with options (`@flow.step(timeout=5.0)`)."""
+        if fn is not None:
+            return self._add(fn, name, options)
+
+        def decorate(func: Callable[..., Any]) -> Any:
+            return self._add(func, name, options)
+
+        # Validate options now, so a typo fails at the decorator line, not at decoration.
+        _make_step(self.name, name or "<step>", _validate_only, options)
+        return decorate
+
+    def add_step(self, name: str, fn: Callable[[Any], Any], **options: Any) -> None:
+        """Add a step without decorator syntax (e.g. for functions defined elsewhere)."""
+        self._add(fn, name, options)
+
+    def _add(self, fn: F, name: str | None, options: Mapping[str, Any]) -> F:
+        step_name = name if name is not None else getattr(fn, "__name__", None)
+        step = _make_step(self.name, step_name, fn, options)
+        if any(existing.name == step.name for existing in self._steps):
+            raise DefinitionError(f"workflow {self.name!r}: duplicate step name {step.name!r}")
+        self._steps.append(step)
+        self._workflow = None
+        return fn
+
+    @property
+    def workflow(self) -> Workflow:
+        """The validated Workflow for the steps declared so far (built once, then reused)."""
+        workflow = self._workflow
+        if workflow is None:
+            workflow = self._workflow = Workflow(self.name, tuple(self._steps))
+        return workflow
+
+    def __repr__(self) -> str:
+        return f"Flow({self.name!r}, steps={[s.name for s in self._steps]!r})"
+
+
+def _validate_only(state: Any) -> Any:
+    """Stand-in callable used to validate decorator options before the function is known."""
+    return state
+
+
+def qualified_name(obj: object) -> str:
+    """`module.Class` for a class, the module's name for a module, else the type's name."""
+    if inspect.ismodule(obj):
+        return obj.__name__
+    if isinstance(obj, type):
+        return f"{obj.__module__}.{obj.__qualname__}"
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _from_seed(obj: object) -> Workflow:
+    """Build a Workflow from `__workflow_steps__`: a callable giving, or a list of, pairs.
+
+    A pair is `(name, function)`; a third item, a mapping, may set step options.
+    """
+    name = qualified_name(obj)
+    seed: Any = obj
+    source = seed.__workflow_steps__
+    if callable(source):
+        try:
+            source = source()
+        except Exception as exc:
+            raise DefinitionError(
+                f"workflow {name!r}: __workflow_steps__() raised {type(exc).__name__}: {exc}"
+            ) from exc
+    if isinstance(source, (str, bytes, Mapping)) or not isinstance(source, Iterable):
+        raise DefinitionError(
+            f"workflow {name!r}: __workflow_steps__ must give a list of (name, function) "
+            f"pairs, got {type(source).__name__}"
+        )
+    steps: list[Step] = []
+    seen: set[str] = set()
+    for position, pair in enumerate(source):
+        if not isinstance(pair, (tuple, list)) or len(pair) not in (2, 3):
+            raise DefinitionError(
+                f"workflow {name!r}: step #{position} must be a (name, function) pair, got {pair!r}"
+            )
+        options: Any = pair[2] if len(pair) == 3 else {}
+        if not isinstance(options, Mapping):
+            raise DefinitionError(
+                f"workflow {name!r} step {pair[0]!r}: options must be a mapping, got {options!r}"
+            )
+        step = _make_step(name, pair[0], pair[1], options)
+        if step.name in seen:
+            raise DefinitionError(f"workflow {name!r}: duplicate step name {step.name!r}")
+        seen.add(step.name)
+        steps.append(step)
+    return Workflow(name, tuple(steps))
+
+
+# Resolved seed-form workflows, keyed weakly by the class or module that defines them.
+_seed_cache: weakref.WeakKeyDictionary[Any, Workflow] = weakref.WeakKeyDictionary()
+# Objects that cannot be weakly referenced are cached by id, holding the object alive.
+_strong_cache: dict[int, tuple[object, Workflow]] = {}
+_cache_lock = threading.Lock()
+
+
+def resolve_workflow(obj: object) -> Workflow:
+    """The Workflow for a Flow, a Workflow, or a seed-form class or module (cached)."""
+    kind = type(obj)
+    if kind is Workflow:
+        return obj  # type: ignore[return-value]
+    if kind is Flow:
+        return obj.workflow  # type: ignore[attr-defined, no-any-return]
+    try:
+        return _seed_cache[obj]
+    except (KeyError, TypeError):
+        pass
+    held = _strong_cache.get(id(obj))
+    if held is not None and held[0] is obj:
+        return held[1]
+    if isinstance(obj, Workflow):
+        return obj
+    if isinstance(obj, Flow):
+        return obj.workflow
+    if not hasattr(obj, "__workflow_steps__"):
+        raise DefinitionError(
+            f"{qualified_name(obj)!r} is not a workflow: expected a pgflow.Flow, a "
+            "pgflow.Workflow, or a class or module with __workflow_steps__"
+        )
+    workflow = _from_seed(obj)
+    with _cache_lock:
+        try:
+            _seed_cache[obj] = workflow
+        except TypeError:
+            _strong_cache[id(obj)] = (obj, workflow)
+    return workflow

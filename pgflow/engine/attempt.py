@@ -1,0 +1,301 @@
+"""One attempt of a run: the steps from a checkpoint on, inline or under a deadline.
+
+Without any timeout the steps run inline in the caller's thread (pure function calls).
+With one, they run on a runner thread while the caller supervises: at the deadline the
+caller flips `abandoned` (under `lock`) and returns. The runner checks that flag, under the
+same lock, before starting a step and before recording or keeping a result, so an abandoned
+attempt never runs a further step and nothing it produces afterwards is used or stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+import traceback
+from collections.abc import Awaitable
+from datetime import datetime
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any
+
+from pgflow.engine.loop import LOOP
+from pgflow.engine.runners import POOL, wait_for
+from pgflow.errors import SerializationError, WorkflowError
+from pgflow.records import StepOutcome, StepRecord
+
+if TYPE_CHECKING:
+    from pgflow.engine.run import Run
+
+_monotonic = time.monotonic
+_perf = time.perf_counter
+_new_lock = threading.Lock
+
+
+def error_dict(exc: BaseException) -> dict[str, Any]:
+    """How a failure is stored: its kind, message and formatted traceback (JSON-safe)."""
+    return {
+        "kind": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+class Attempt:
+    """Runs steps `index..` of `run` with `value` as the first input, as attempt `number`.
+
+    After it ends, exactly one of these describes the outcome: `fatal` (an error that is not
+    a step failure, re-raised as is), `failure` (the exception a step raised), `timed_out`
+    (the timeout, in seconds, that expired), or none of them (every step completed). In
+    every case `index` and `value` are the checkpoint: the first step not completed, and
+    its input, which is where a retry resumes.
+    """
+
+    __slots__ = (
+        "_done",
+        "abandoned",
+        "failure",
+        "fatal",
+        "finished",
+        "future",
+        "index",
+        "lock",
+        "number",
+        "run",
+        "running",
+        "started_at",
+        "started_mono",
+        "started_perf",
+        "timed_out",
+        "value",
+    )
+
+    def __init__(self, run: Run, number: int, index: int, value: Any) -> None:
+        self.run = run
+        self.number = number
+        self.index = index
+        self.value = value
+        self.lock = _new_lock()
+        self.abandoned = False
+        self.finished = False
+        self.running = False
+        self.failure: BaseException | None = None
+        self.fatal: BaseException | None = None
+        self.timed_out: float | None = None
+        self.future: concurrent.futures.Future[Any] | None = None
+        self.started_at: datetime | None = None
+        self.started_mono = 0.0
+        self.started_perf = 0.0
+        self._done: Any = None
+
+    # -- running the steps (caller's thread inline, or a runner thread) ---------------------
+
+    def run_inline(self) -> None:
+        """Run every remaining step in this thread; the outcome lands in the attributes."""
+        try:
+            self._steps()
+        except BaseException as exc:
+            self.fatal = exc
+
+    def _run_on_runner(self) -> None:
+        try:
+            self._steps()
+        except BaseException as exc:
+            with self.lock:
+                if not self.abandoned:
+                    self.fatal = exc
+        finally:
+            with self.lock:
+                self.finished = True
+            self._done.release()
+
+    def _steps(self) -> None:
+        run = self.run
+        steps = run.workflow.steps
+        store = run.store
+        log = run.log
+        lock = self.lock
+        number = self.number
+        count = len(steps)
+        index = self.index
+        value = self.value
+        while index < count:
+            step = steps[index]
+            with lock:
+                if self.abandoned:
+                    return
+                self.running = True
+                self.started_mono = _monotonic()
+                if store is not None:
+                    self.started_at = run.clock.now()
+                started = self.started_perf = _perf()
+            log.step_started(step.name, number)
+            try:
+                output = step.fn(value)
+                if step.is_async or type(output) is CoroutineType:
+                    output = self._wait_async(output)
+            except BaseException as exc:
+                if not isinstance(exc, (Exception, asyncio.CancelledError)):
+                    raise  # KeyboardInterrupt, SystemExit...: not a step failure
+                self._failed(index, exc, _perf() - started)
+                return
+            duration = _perf() - started
+            with lock:
+                if self.abandoned:
+                    return  # finished after its deadline: the result is dropped
+                self.running = False
+                if store is not None:
+                    self._record(index, StepOutcome.COMPLETED, duration, output=output)
+                index += 1
+                self.index = index
+                self.value = value = output
+            log.step_completed(step.name, number, duration)
+
+    def _wait_async(self, awaitable: Any) -> Any:
+        """Run a step's coroutine on the shared loop and wait for it (cancellable)."""
+        if not isinstance(awaitable, CoroutineType):
+            if not hasattr(awaitable, "__await__"):
+                return awaitable  # declared async but returned a plain value: keep it
+            awaitable = _await(awaitable)
+        future = LOOP.submit(awaitable)
+        with self.lock:
+            if self.abandoned:
+                future.cancel()
+            self.future = future
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt while waiting: do not leave it running
+            raise
+        finally:
+            self.future = None
+
+    def _failed(self, index: int, exc: BaseException, duration: float) -> None:
+        with self.lock:
+            if self.abandoned:
+                return
+            self.running = False
+            self.failure = exc
+            if self.run.store is not None:
+                self._record(index, StepOutcome.FAILED, duration, error=error_dict(exc))
+
+    def _record(
+        self,
+        index: int,
+        outcome: StepOutcome,
+        duration: float,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        """Store one step result (caller holds `lock`); a fenced-out write stops the run."""
+        run = self.run
+        assert run.store is not None
+        step = run.workflow.steps[index].name
+        record = StepRecord(
+            workflow_id=run.workflow_id,
+            step=step,
+            index=index,
+            attempt=self.number,
+            outcome=outcome,
+            started_at=self.started_at or run.clock.now(),
+            duration=duration,
+            output=output,
+            error=error,
+        )
+        try:
+            stored = run.store.record_step(record)
+        except SerializationError as exc:
+            raise SerializationError(
+                f"workflow {run.workflow.name!r} step {step!r}: output is not JSON and cannot "
+                f"be recorded: {exc}",
+                path=exc.path,
+            ) from exc
+        if stored is False:
+            raise WorkflowError(
+                f"workflow {run.workflow.name!r} run {run.workflow_id} moved past attempt "
+                f"{self.number} (another executor took it over); this attempt stops",
+                workflow_id=run.workflow_id,
+            )
+
+    # -- supervising (always the caller's thread) --------------------------------------------
+
+    def supervise(self, deadline: float | None) -> None:
+        """Run on a runner thread; return when it ends or when a deadline passes.
+
+        `deadline` (monotonic) bounds the whole attempt; per-step timeouts come from
+        `run.timeouts`. On expiry the attempt is abandoned, an async step's task is
+        cancelled, and a timed-out step record is written from this thread.
+        """
+        done = self._done = _new_lock()
+        done.acquire()
+        POOL.run(self._run_on_runner)
+        run = self.run
+        timeouts = run.timeouts
+        soonest_ahead = run.soonest_timeout_from
+        while True:
+            with self.lock:
+                if self.finished:
+                    return
+                index, running, started = self.index, self.running, self.started_mono
+            now = _monotonic()
+            wake = deadline
+            if timeouts is not None:
+                if running and timeouts[index] is not None:
+                    step_deadline = started + timeouts[index]  # type: ignore[operator]
+                    wake = step_deadline if wake is None else min(wake, step_deadline)
+                # A step not started yet cannot expire before now + its timeout.
+                ahead = soonest_ahead[index + 1 if running else index]
+                if ahead is not None:
+                    wake = now + ahead if wake is None else min(wake, now + ahead)
+            if wait_for(done, float("inf") if wake is None else max(wake - now, 0.0)):
+                return
+            if self._expire(deadline):
+                return
+
+    def _expire(self, deadline: float | None) -> bool:
+        """Abandon the attempt if a deadline has passed; True if it was abandoned."""
+        run = self.run
+        with self.lock:
+            if self.finished:
+                return True
+            now = _monotonic()
+            index = self.index
+            if index >= len(run.workflow.steps):
+                return False  # every step completed; the runner is about to finish
+            step_timeout = run.timeouts[index] if run.timeouts is not None else None
+            expired: float | None = None
+            if (
+                self.running
+                and step_timeout is not None
+                and now >= self.started_mono + step_timeout
+            ):
+                expired = step_timeout
+            if expired is None and deadline is not None and now >= deadline:
+                expired = run.timeout
+            if expired is None:
+                return False
+            self.abandoned = True
+            self.timed_out = expired
+            future, running = self.future, self.running
+            duration = _perf() - self.started_perf if running else 0.0
+            if not running:
+                self.started_at = None
+        if future is not None:
+            future.cancel()  # cancels the step's task on the loop: CancelledError inside it
+        if run.store is not None:
+            with self.lock:
+                self._record(index, StepOutcome.TIMED_OUT, duration, error=self.timeout_error())
+        return True
+
+    def timeout_error(self) -> dict[str, Any]:
+        step = self.run.workflow.steps[self.index].name
+        return {
+            "kind": "StepTimedOut",
+            "message": f"step {step!r} timed out after {self.timed_out:g}s",
+            "traceback": "",
+        }

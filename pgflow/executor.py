@@ -1,0 +1,190 @@
+"""Running workflows in-process: `pgflow.execute` and the `Executor` behind it.
+
+Each step receives the previous step's output; the run returns the last step's output.
+A failed attempt is retried after the backoff delay (waited on the executor's clock) and
+resumes at the step that failed, with the output of the step before it: completed steps
+are checkpoints and do not run again. `timeout` bounds one attempt (from the step it
+resumes at) and `step_timeout` one step; a step that outlives either is abandoned, the
+caller gets StepTimedOut at the deadline, and that counts as a failed attempt.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from pgflow.backend import RunStore
+from pgflow.backoff_policy import DEFAULT_BACKOFF, Backoff
+from pgflow.clock import SYSTEM_CLOCK, Clock
+from pgflow.definition import resolve_workflow
+from pgflow.engine.run import Run
+from pgflow.errors import DefinitionError
+from pgflow.run_log import CONTEXT_KEYS
+
+_NUMBER = (int, float)
+_STORE_METHODS = ("start_run", "start_attempt", "record_step", "finish_run", "get_run", "get_steps")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if value is None:
+        return
+    if type(value) not in _NUMBER or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type, operator]
+        raise DefinitionError(f"{name} must be None or a number of seconds > 0, got {value!r}")
+
+
+def _check_options(
+    max_attempts: object,
+    timeout: object,
+    step_timeout: object,
+    backoff: object,
+    workflow_id: object,
+    log_context: Mapping[str, Any] | None,
+) -> None:
+    if type(max_attempts) is not int or max_attempts < 1:
+        raise DefinitionError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+    _check_seconds("timeout", timeout)
+    _check_seconds("step_timeout", step_timeout)
+    if backoff is not None and not isinstance(backoff, Backoff):
+        raise DefinitionError(f"backoff must be a pgflow.Backoff, got {backoff!r}")
+    if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
+        raise DefinitionError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
+    if log_context:
+        unknown = sorted(set(log_context) - CONTEXT_KEYS)
+        if unknown:
+            raise DefinitionError(
+                f"log_context keys must be among {sorted(CONTEXT_KEYS)}, got {unknown}"
+            )
+
+
+class Executor:
+    """Runs workflows in this process, recording them in `backend` (a RunStore or a URL)
+    when one is given, and waiting for retries on `clock` (a FakeClock in tests)."""
+
+    __slots__ = ("_backend", "_lock", "_store", "clock")
+
+    def __init__(self, backend: RunStore | str | None = None, clock: Clock | None = None) -> None:
+        # Duck-typed: a runtime Protocol isinstance check is slow on this path.
+        if (
+            backend is not None
+            and not isinstance(backend, str)
+            and not all(callable(getattr(backend, name, None)) for name in _STORE_METHODS)
+        ):
+            raise DefinitionError(
+                f"backend must be a RunStore or a URL string, got {type(backend).__name__}"
+            )
+        self._backend = backend
+        self._store: RunStore | None = None if isinstance(backend, str) else backend
+        self._lock = threading.Lock()
+        self.clock: Clock = SYSTEM_CLOCK if clock is None else clock
+
+    @property
+    def backend(self) -> RunStore | None:
+        """The RunStore runs are recorded in (a URL is opened on first use), or None."""
+        store = self._store
+        if store is None and isinstance(self._backend, str):
+            with self._lock:
+                if self._store is None:
+                    self._store = _open_url(self._backend)
+                store = self._store
+        return store
+
+    def execute(
+        self,
+        workflow: object,
+        input: Any,
+        *,
+        max_attempts: int = 3,
+        timeout: float | None = 30.0,
+        step_timeout: float | None = None,
+        backoff: Backoff | None = None,
+        workflow_id: str | None = None,
+        log_context: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Run `workflow` on `input` and return its last step's output (see module docstring).
+
+        `workflow` is a Flow, a Workflow, or a class or module with `__workflow_steps__`.
+        `max_attempts` bounds attempts (a step's own `max_attempts` wins when that step
+        fails); `backoff` spaces them (default: 10 s, 100 s, 1000 s). `workflow_id` names
+        the run; with a backend, an existing run of that id resumes after its last
+        completed step. `log_context` may carry `job_id` and `instance_id` for log records.
+
+        Raises StepFailed or StepTimedOut when the run fails on its first attempt or a step
+        raised Discard, MaxAttemptsExceeded when retries were made and all failed, and
+        SerializationError (never retried) when a recorded input or output is not JSON.
+        """
+        resolved = resolve_workflow(workflow)
+        _check_options(max_attempts, timeout, step_timeout, backoff, workflow_id, log_context)
+        run = Run(
+            resolved,
+            input,
+            store=self._store if self._store is not None or self._backend is None else self.backend,
+            clock=self.clock,
+            max_attempts=max_attempts,
+            timeout=None if timeout is None else float(timeout),
+            step_timeout=None if step_timeout is None else float(step_timeout),
+            backoff=DEFAULT_BACKOFF if backoff is None else backoff,
+            workflow_id=workflow_id,
+            log_context=log_context,
+        )
+        return run.execute()
+
+    def __repr__(self) -> str:
+        return f"Executor(backend={self._backend!r}, clock={self.clock!r})"
+
+
+def _open_url(url: str) -> RunStore:
+    # Imported late: keeps `import pgflow` light and the registry optional until used.
+    registry = importlib.import_module("pgflow.registry")
+    store: RunStore = registry.backend_from_url(url)
+    return store
+
+
+_DEFAULT_EXECUTOR = Executor()
+# One Executor (and so one opened backend) per URL, so repeated calls reuse the database.
+_executors_by_url: dict[str, Executor] = {}
+_executors_lock = threading.Lock()
+
+
+def _executor_for(backend: RunStore | str) -> Executor:
+    if isinstance(backend, str):
+        executor = _executors_by_url.get(backend)
+        if executor is None:
+            with _executors_lock:
+                executor = _executors_by_url.get(backend)
+                if executor is None:
+                    executor = _executors_by_url[backend] = Executor(backend)
+        return executor
+    return Executor(backend)
+
+
+def execute(
+    workflow: object,
+    input: Any,
+    *,
+    backend: RunStore | str | None = None,
+    max_attempts: int = 3,
+    timeout: float | None = 30.0,
+    step_timeout: float | None = None,
+    backoff: Backoff | None = None,
+    workflow_id: str | None = None,
+    log_context: Mapping[str, Any] | None = None,
+) -> Any:
+    """Run `workflow` on `input` in this process; see `Executor.execute` for the options.
+
+    `backend` is a RunStore or a URL ("memory://", "sqlite:///runs.db", ...); a URL is opened
+    once and reused by later calls. Without one nothing is stored or serialised.
+    """
+    executor = _DEFAULT_EXECUTOR if backend is None else _executor_for(backend)
+    return executor.execute(
+        workflow,
+        input,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        step_timeout=step_timeout,
+        backoff=backoff,
+        workflow_id=workflow_id,
+        log_context=log_context,
+    )
