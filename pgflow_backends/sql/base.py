@@ -1,0 +1,576 @@
+"""SQLBackend: the backend protocol on SQLAlchemy Core, shared by SQLite and PostgreSQL.
+
+Each operation is one short transaction and, where possible, one statement. Times are
+always the database's (`db_now()`), and every write about a claimed job is fenced by its
+attempt. Subclasses supply the engine setup, the transaction guard, notifications, the
+listener and, where the dialect allows a faster one, the bulk insert.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import DBAPIError
+
+from pgflow.backend import JobListener
+from pgflow.errors import BackendError, DefinitionError
+from pgflow.identifiers import validate_instance_id, validate_queue, validate_worker_name
+from pgflow.migrations import check_schema, upgrade
+from pgflow.records import (
+    Instance,
+    InstanceInfo,
+    Job,
+    JobCount,
+    JobError,
+    JobRef,
+    JobState,
+    NewJob,
+    RescueReport,
+    RunRecord,
+    RunState,
+    StepRecord,
+)
+from pgflow.schema import PRIORITY_MAX, PRIORITY_MIN, jobs, runs
+from pgflow.serialization import dumps
+from pgflow.unique import unique_key
+from pgflow_backends.sql.errors import translate
+from pgflow_backends.sql.rows import (
+    JOB_COLUMNS,
+    RUN_COLUMNS,
+    instance_from_row,
+    job_from_row,
+    run_from_row,
+    step_from_row,
+)
+from pgflow_backends.sql.statements import Statements, statements_for
+
+__all__ = ["PreparedJob", "SQLBackend"]
+
+logger = logging.getLogger("pgflow.backend")
+
+_FINAL_RUN_STATES = frozenset({RunState.COMPLETED, RunState.FAILED})
+_UNIQUE_RETRIES = 5
+
+
+class PreparedJob:
+    """A NewJob validated and encoded to bind parameters, before anything is written."""
+
+    __slots__ = ("job", "params", "queue", "unique")
+
+    def __init__(self, job: NewJob) -> None:
+        validate_queue(job.queue)
+        validate_worker_name(job.worker)
+        if job.scheduled_at is not None and job.schedule_in is not None:
+            raise DefinitionError(
+                f"job for {job.worker!r} sets both scheduled_at and schedule_in; choose one"
+            )
+        if not PRIORITY_MIN <= job.priority <= PRIORITY_MAX:
+            raise DefinitionError(
+                f"job for {job.worker!r}: priority must be between {PRIORITY_MIN} and "
+                f"{PRIORITY_MAX}, got {job.priority!r}"
+            )
+        if job.max_attempts < 1:
+            raise DefinitionError(
+                f"job for {job.worker!r}: max_attempts must be >= 1, got {job.max_attempts!r}"
+            )
+        self.job = job
+        self.queue = job.queue
+        self.unique = job.unique
+        self.params: dict[str, Any] = {
+            "p_queue": job.queue,
+            "p_worker": job.worker,
+            "p_args": dumps(job.args, what="args"),
+            "p_meta": dumps(job.meta, what="meta"),
+            "p_priority": job.priority,
+            "p_max_attempts": job.max_attempts,
+            "p_scheduled_at": job.scheduled_at,
+            "p_schedule_in": job.schedule_in,
+            "p_unique_key": None,
+            "p_unique_release": bool(job.unique is not None and job.unique.while_unfinished),
+        }
+
+
+def _encode_optional(value: Any, what: str) -> str | None:
+    return None if value is None else dumps(value, what=what)
+
+
+class SQLBackend:
+    """The whole backend protocol over an SQLAlchemy engine (see pgflow.backend)."""
+
+    #: The URL it was opened with, password masked.
+    url: str
+
+    def __init__(self, engine: Engine, *, url: str, owns_engine: bool) -> None:
+        self.engine = engine
+        self.url = url
+        self._owns_engine = owns_engine
+        self._closed = False
+        self._s: Statements = statements_for(engine.dialect.name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    # -- hooks for the dialect subclasses -------------------------------------------------
+
+    def _guard(self) -> contextlib.AbstractContextManager[object]:
+        """Held around each of pgflow's own transactions (SQLite: the in-process write lock)."""
+        return contextlib.nullcontext()
+
+    def _on_begin(self, connection: Connection) -> None:
+        """Called first thing in each of pgflow's own transactions."""
+
+    def _announce(self, connection: Connection, queues: set[str], *, own: bool) -> None:
+        """Tell listeners that `queues` gained available jobs, once the transaction commits."""
+        raise NotImplementedError
+
+    def _after_commit(self, info: dict[Any, Any]) -> None:
+        """Called with the connection's info dict after one of pgflow's own transactions
+        committed."""
+
+    def _insert_many(self, connection: Connection, batch: Sequence[PreparedJob]) -> list[Job]:
+        """Insert jobs that are not unique, returning them in input order."""
+        return [
+            job_from_row(connection.execute(self._s.insert_job, job.params).one()) for job in batch
+        ]
+
+    def listener(self) -> JobListener:
+        raise NotImplementedError
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(f"{self!r} is closed")
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """One of pgflow's own short transactions; driver errors become BackendError."""
+        self._check_open()
+        try:
+            with self._guard():
+                with self.engine.begin() as connection:
+                    self._on_begin(connection)
+                    yield connection
+                    info = connection.info
+                self._after_commit(info)
+        except DBAPIError as exc:
+            raise translate(exc, self.url) from exc
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except DBAPIError as exc:
+            raise translate(exc, self.url) from exc
+
+    def ping(self) -> None:
+        """Connect once, raising BackendError (what to do, password masked) if that fails."""
+        with self._tx() as connection:
+            connection.execute(self._s.now)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Upgrade the schema to head: idempotent, and safe when processes race to do it."""
+        self._check_open()
+        with self._translated():
+            upgrade(self.engine)
+
+    def check_schema(self) -> None:
+        """Raise BackendError saying what to do when the schema is missing or outdated."""
+        self._check_open()
+        with self._translated():
+            check_schema(self.engine, self.url)
+
+    def close(self) -> None:
+        """Release connections (the engine's pool, unless the application owns the engine)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_engine:
+            self.engine.dispose()
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        *,
+        workflow_id: str,
+        workflow: str,
+        input: Any,
+        max_attempts: int,
+        job_id: int | None = None,
+    ) -> RunRecord:
+        params = {
+            "p_workflow_id": workflow_id,
+            "p_workflow": workflow,
+            "p_max_attempts": max_attempts,
+            "p_input": dumps(input, what="input"),
+            "p_job_id": job_id,
+        }
+        with self._tx() as connection:
+            row = connection.execute(self._s.insert_run, params).first()
+            if row is None:
+                row = connection.execute(self._s.run, params).one()
+            return run_from_row(row)
+
+    def start_attempt(self, workflow_id: str, attempt: int) -> None:
+        with self._tx() as connection:
+            connection.execute(
+                self._s.start_attempt, {"p_workflow_id": workflow_id, "p_attempt": attempt}
+            )
+
+    def record_step(self, step: StepRecord) -> bool:
+        params = {
+            "p_workflow_id": step.workflow_id,
+            "p_step": step.step,
+            "p_idx": step.index,
+            "p_attempt": step.attempt,
+            "p_outcome": step.outcome.value,
+            "p_output": dumps(step.output, what="output"),
+            "p_error": _encode_optional(step.error, "error"),
+            "p_started_at": step.started_at,
+            "p_duration": float(step.duration),
+        }
+        with self._tx() as connection:
+            return connection.execute(self._s.record_step, params).rowcount == 1
+
+    def finish_run(
+        self,
+        workflow_id: str,
+        attempt: int,
+        state: RunState,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        state = RunState(state)
+        if state not in _FINAL_RUN_STATES:
+            raise DefinitionError(f"finish_run needs completed or failed, not {state.value!r}")
+        params = {
+            "p_workflow_id": workflow_id,
+            "p_attempt": attempt,
+            "p_state": state.value,
+            "p_output": dumps(output, what="output"),
+            "p_error": _encode_optional(error, "error"),
+        }
+        with self._tx() as connection:
+            return connection.execute(self._s.finish_run, params).rowcount == 1
+
+    def get_run(self, workflow_id: str) -> RunRecord | None:
+        with self._tx() as connection:
+            row = connection.execute(self._s.run, {"p_workflow_id": workflow_id}).first()
+        return None if row is None else run_from_row(row)
+
+    def get_steps(self, workflow_id: str) -> list[StepRecord]:
+        with self._tx() as connection:
+            rows = connection.execute(self._s.steps, {"p_workflow_id": workflow_id}).all()
+        return [step_from_row(row) for row in rows]
+
+    def list_runs(
+        self, *, workflow: str | None = None, state: RunState | None = None, limit: int = 100
+    ) -> list[RunRecord]:
+        statement = select(*RUN_COLUMNS)
+        if workflow is not None:
+            statement = statement.where(runs.c.workflow == workflow)
+        if state is not None:
+            statement = statement.where(runs.c.state == RunState(state).value)
+        statement = statement.order_by(*self._s.runs_newest_first).limit(max(limit, 0))
+        with self._tx() as connection:
+            rows = connection.execute(statement).all()
+        return [run_from_row(row) for row in rows]
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def insert_jobs(self, jobs: Sequence[NewJob], *, connection: Any = None) -> list[Job]:
+        """Insert all or none, in input order; with `connection`, inside the caller's
+        transaction (not committed here). Unique jobs use INSERT ... ON CONFLICT DO NOTHING,
+        then read the holder of the key: race-free, and never lost to a rolled-back rival."""
+        prepared = [PreparedJob(job) for job in jobs]  # validates and encodes: may raise
+        if not prepared:
+            return []
+        if connection is None:
+            with self._tx() as own:
+                return self._insert(own, prepared, own=True)
+        if not isinstance(connection, Connection):
+            raise TypeError(
+                f"connection must be an SQLAlchemy Connection, not {type(connection).__name__}"
+            )
+        self._check_open()
+        with self._translated():
+            return self._insert(connection, prepared, own=False)
+
+    def _insert(
+        self, connection: Connection, prepared: list[PreparedJob], *, own: bool
+    ) -> list[Job]:
+        results: list[Job | None] = [None] * len(prepared)
+        plain = [index for index, job in enumerate(prepared) if job.unique is None]
+        if plain:
+            stored = self._insert_many(connection, [prepared[index] for index in plain])
+            for index, job in zip(plain, stored, strict=True):
+                results[index] = job
+        if len(plain) < len(prepared):
+            now: datetime = connection.execute(self._s.now).scalar_one()
+            for index, item in enumerate(prepared):
+                if item.unique is None:
+                    continue
+                results[index] = self._insert_unique(connection, item, now)
+        done = [job for job in results if job is not None]
+        woken = {job.queue for job in done if job.state is JobState.AVAILABLE and not job.conflict}
+        if woken:
+            self._announce(connection, woken, own=own)
+        return done
+
+    def _insert_unique(self, connection: Connection, item: PreparedJob, now: datetime) -> Job:
+        params = dict(item.params, p_unique_key=unique_key(item.job, now))
+        for _ in range(_UNIQUE_RETRIES):
+            row = connection.execute(self._s.insert_job, params).first()
+            if row is not None:
+                return job_from_row(row)
+            holder = connection.execute(self._s.job_by_unique_key, params).first()
+            if holder is not None:
+                return job_from_row(holder, conflict=True)
+            # The holder finished (key released) or was pruned in between: try again.
+        raise BackendError(f"unique insert kept racing on {self.url}; try again")
+
+    def claim_jobs(self, queue: str, instance_id: str, limit: int) -> list[Job]:
+        validate_queue(queue)
+        validate_instance_id(instance_id)
+        if limit <= 0:
+            return []
+        params = {"p_queue": queue, "p_instance": instance_id, "p_limit": limit}
+        with self._tx() as connection:
+            rows = connection.execute(self._s.claim, params).all()
+        claimed = [job_from_row(row) for row in rows]
+        claimed.sort(key=lambda job: (-job.priority, job.scheduled_at, job.id))
+        return claimed
+
+    def complete_jobs(self, refs: Sequence[JobRef]) -> list[int]:
+        if not refs:
+            return []
+        with self._tx() as connection:
+            return self._complete(connection, refs)
+
+    def _complete(self, connection: Connection, refs: Sequence[JobRef]) -> list[int]:
+        params = {
+            "p_ids": [ref.id for ref in refs],
+            "p_refs": [(ref.id, ref.attempt) for ref in refs],
+        }
+        return sorted(connection.execute(self._s.complete, params).scalars())
+
+    def fail_job(
+        self, ref: JobRef, error: dict[str, Any], *, retry_in: float | None
+    ) -> JobState | None:
+        encoded = dumps(error, what="error")
+        fence = {"p_id": ref.id, "p_attempt": ref.attempt}
+        with self._tx() as connection:
+            row = connection.execute(self._s.fenced_job, fence).first()
+            if row is None:
+                return None
+            attempt, max_attempts, errors, meta = row
+            errors_json = _append_error(errors, encoded)
+            if (meta or {}).get("cancel_requested"):
+                state = JobState.CANCELLED
+            elif retry_in is None or attempt >= max_attempts:
+                state = JobState.DISCARDED
+            else:
+                state = JobState.RETRYABLE
+            if state is JobState.RETRYABLE:
+                connection.execute(
+                    self._s.retry,
+                    {"p_id": ref.id, "p_errors": errors_json, "p_delay": max(retry_in or 0, 0.0)},
+                )
+            else:
+                connection.execute(
+                    self._s.finish_failed,
+                    {"p_id": ref.id, "p_errors": errors_json, "p_state": state.value},
+                )
+            return state
+
+    def snooze_job(self, ref: JobRef, seconds: float) -> bool:
+        delay = max(float(seconds), 0.0)
+        state = JobState.SCHEDULED if delay > 0 else JobState.AVAILABLE
+        params = {"p_id": ref.id, "p_attempt": ref.attempt, "p_state": state.value}
+        with self._tx() as connection:
+            queue = connection.execute(self._s.snooze, dict(params, p_delay=delay)).scalar()
+            if queue is None:
+                return False
+            if state is JobState.AVAILABLE:
+                self._announce(connection, {queue}, own=True)
+            return True
+
+    def cancel_job(self, job_id: int) -> Job | None:
+        with self._tx() as connection:
+            row = connection.execute(self._s.job_for_update, {"p_id": job_id}).first()
+            if row is None:
+                return None
+            job = job_from_row(row)
+            changed = None
+            if job.state in (JobState.AVAILABLE, JobState.SCHEDULED, JobState.RETRYABLE):
+                changed = connection.execute(self._s.cancel_waiting, {"p_id": job_id}).first()
+            elif job.state is JobState.EXECUTING and not job.cancel_requested:
+                meta = dumps({**job.meta, "cancel_requested": True}, what="meta")
+                changed = connection.execute(
+                    self._s.flag_cancel, {"p_id": job_id, "p_meta": meta}
+                ).first()
+            return job if changed is None else job_from_row(changed)
+
+    def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
+        if not job_ids:
+            return set()
+        with self._tx() as connection:
+            rows = connection.execute(self._s.executing_meta, {"p_ids": list(job_ids)}).all()
+        return {job_id for job_id, meta in rows if (meta or {}).get("cancel_requested")}
+
+    def stage_jobs(self, limit: int = 10_000) -> list[str]:
+        if limit <= 0:
+            return []
+        with self._tx() as connection:
+            queues = set(connection.execute(self._s.stage, {"p_limit": limit}).scalars())
+            if queues:
+                self._announce(connection, queues, own=True)
+        return sorted(queues)
+
+    def get_job(self, job_id: int) -> Job | None:
+        with self._tx() as connection:
+            row = connection.execute(self._s.job, {"p_id": job_id}).first()
+        return None if row is None else job_from_row(row)
+
+    def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        state: JobState | None = None,
+        worker: str | None = None,
+        limit: int = 100,
+    ) -> list[Job]:
+        statement = select(*JOB_COLUMNS)
+        if queue is not None:
+            statement = statement.where(jobs.c.queue == queue)
+        if state is not None:
+            statement = statement.where(jobs.c.state == JobState(state).value)
+        if worker is not None:
+            statement = statement.where(jobs.c.worker == worker)
+        statement = statement.order_by(jobs.c.id).limit(max(limit, 0))
+        with self._tx() as connection:
+            rows = connection.execute(statement).all()
+        return [job_from_row(row) for row in rows]
+
+    def job_counts(self) -> list[JobCount]:
+        with self._tx() as connection:
+            rows = connection.execute(self._s.job_counts).all()
+        counts = [
+            JobCount(queue=queue, state=state, reserved_by=reserved_by, count=count)
+            for queue, state, reserved_by, count in rows
+        ]
+        counts.sort(key=lambda c: (c.queue, c.state.value, c.reserved_by or ""))
+        return counts
+
+    def prune_jobs(self, max_age: float, limit: int = 10_000) -> int:
+        if limit <= 0:
+            return 0
+        params = {"p_age": -float(max_age), "p_limit": limit}
+        with self._tx() as connection:
+            old_runs = list(connection.execute(self._s.old_runs, params).scalars())
+            if old_runs:
+                connection.execute(self._s.delete_steps, {"p_ids": old_runs})
+                connection.execute(self._s.delete_runs, {"p_ids": old_runs})
+            return connection.execute(self._s.prune_jobs, params).rowcount
+
+    # -- instances and leadership -----------------------------------------------------------
+
+    def register_instance(self, info: InstanceInfo) -> None:
+        validate_instance_id(info.instance_id)
+        params = {
+            "p_instance": info.instance_id,
+            "p_hostname": info.hostname,
+            "p_pid": info.pid,
+            "p_queues": dumps(dict(info.queues), what="queues"),
+        }
+        with self._tx() as connection:
+            connection.execute(self._s.register, params)
+
+    def heartbeat(self, instance_id: str) -> bool:
+        params = {"p_instance": instance_id}
+        with self._tx() as connection:
+            status = connection.execute(self._s.instance_status, params).scalar()
+            if status is None:
+                return False
+            connection.execute(self._s.heartbeat, params)
+            return bool(status == "online")
+
+    def mark_offline(self, instance_id: str) -> None:
+        with self._tx() as connection:
+            connection.execute(self._s.mark_offline, {"p_instance": instance_id})
+
+    def list_instances(self) -> list[Instance]:
+        with self._tx() as connection:
+            rows = connection.execute(self._s.instances).all()
+        return [instance_from_row(row) for row in rows]
+
+    def rescue_stale(self, stale_after: float) -> RescueReport:
+        with self._tx() as connection:
+            stale = sorted(
+                connection.execute(self._s.mark_stale, {"p_age": -float(stale_after)}).scalars()
+            )
+            orphans = connection.execute(self._s.orphaned).all()
+            if not orphans:
+                return RescueReport(instances=tuple(stale))
+            now: datetime = connection.execute(self._s.now).scalar_one()
+            rescued: list[int] = []
+            discarded: list[int] = []
+            woken: set[str] = set()
+            for job_id, attempt, max_attempts, reserved_by, errors in orphans:
+                lost = JobError(
+                    attempt=attempt,
+                    at=now,
+                    kind="rescued",
+                    message=f"instance {reserved_by!r} stopped while running the job",
+                    instance_id=reserved_by,
+                )
+                errors_json = _append_error(errors, dumps(lost.to_dict(), what="error"))
+                if attempt >= max_attempts:
+                    connection.execute(
+                        self._s.finish_failed,
+                        {"p_id": job_id, "p_errors": errors_json, "p_state": "discarded"},
+                    )
+                    discarded.append(job_id)
+                else:
+                    queue = connection.execute(
+                        self._s.requeue, {"p_id": job_id, "p_errors": errors_json}
+                    ).scalar_one()
+                    rescued.append(job_id)
+                    woken.add(queue)
+            if woken:
+                self._announce(connection, woken, own=True)
+        if rescued or discarded:
+            logger.warning(
+                "rescued %d and discarded %d jobs of stopped instances",
+                len(rescued),
+                len(discarded),
+                extra={"instances": stale, "rescued": rescued, "discarded": discarded},
+            )
+        return RescueReport(
+            instances=tuple(stale), rescued=tuple(rescued), discarded=tuple(discarded)
+        )
+
+    def acquire_leadership(self, instance_id: str, ttl: float) -> bool:
+        validate_instance_id(instance_id)
+        params = {"p_instance": instance_id, "p_ttl": float(ttl)}
+        with self._tx() as connection:
+            return connection.execute(self._s.acquire, params).first() is not None
+
+    def release_leadership(self, instance_id: str) -> None:
+        with self._tx() as connection:
+            connection.execute(self._s.release, {"p_instance": instance_id})
+
+
+def _append_error(errors: Any, encoded: str) -> str:
+    """The errors list (as the driver decoded it) with one more encoded error, as JSON text."""
+    existing = dumps(list(errors or ()), what="errors")
+    return f"{existing[:-1]},{encoded}]" if existing != "[]" else f"[{encoded}]"

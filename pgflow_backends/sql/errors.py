@@ -1,0 +1,32 @@
+"""Turn driver errors into pgflow.BackendError messages that say what to do.
+
+Messages name the URL with its password masked and quote only the driver's own message, never
+the SQL parameters (they may hold job arguments).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from pgflow.errors import BackendError
+
+__all__ = ["translate"]
+
+_MISSING_TABLE = ("no such table", "does not exist", "undefinedtable")
+
+
+def translate(exc: DBAPIError, url: str) -> BackendError:
+    """A BackendError for `exc`, naming `url` (already masked)."""
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    lowered = reason.lower()
+    if "pgflow_" in lowered and any(marker in lowered for marker in _MISSING_TABLE):
+        return BackendError(
+            f"schema not migrated in {url} ({reason}): run `pgflow migrate --url {url}` "
+            "or app.migrate()"
+        )
+    if isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated:
+        return BackendError(
+            f"database {url} is unreachable or failed ({reason}); check that it is running "
+            "and that the URL, user and password are right"
+        )
+    return BackendError(f"database error on {url}: {reason}")

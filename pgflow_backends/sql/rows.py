@@ -1,0 +1,156 @@
+"""Rows to records: the column lists statements return, and the mapping from them.
+
+Statements return columns in exactly these orders, so mapping is by position (fast, and
+independent of how a driver names result columns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Column
+
+from pgflow.records import Instance, Job, JobState, RunRecord, StepRecord
+from pgflow.schema import instances, jobs, runs, steps
+
+__all__ = [
+    "INSTANCE_COLUMNS",
+    "JOB_COLUMNS",
+    "RUN_COLUMNS",
+    "STEP_COLUMNS",
+    "instance_from_row",
+    "job_from_row",
+    "run_from_row",
+    "step_from_row",
+    "utc",
+]
+
+JOB_COLUMNS: tuple[Column[Any], ...] = (
+    jobs.c.id,
+    jobs.c.queue,
+    jobs.c.worker,
+    jobs.c.args,
+    jobs.c.state,
+    jobs.c.priority,
+    jobs.c.attempt,
+    jobs.c.max_attempts,
+    jobs.c.scheduled_at,
+    jobs.c.inserted_at,
+    jobs.c.attempted_at,
+    jobs.c.completed_at,
+    jobs.c.reserved_by,
+    jobs.c.errors,
+    jobs.c.meta,
+    jobs.c.unique_key,
+)
+INSTANCE_COLUMNS: tuple[Column[Any], ...] = (
+    instances.c.instance_id,
+    instances.c.status,
+    instances.c.heartbeat_at,
+    instances.c.started_at,
+    instances.c.hostname,
+    instances.c.pid,
+    instances.c.queues,
+)
+RUN_COLUMNS: tuple[Column[Any], ...] = (
+    runs.c.workflow_id,
+    runs.c.workflow,
+    runs.c.state,
+    runs.c.attempt,
+    runs.c.max_attempts,
+    runs.c.input,
+    runs.c.started_at,
+    runs.c.output,
+    runs.c.error,
+    runs.c.finished_at,
+    runs.c.job_id,
+)
+STEP_COLUMNS: tuple[Column[Any], ...] = (
+    steps.c.workflow_id,
+    steps.c.step,
+    steps.c.idx,
+    steps.c.attempt,
+    steps.c.outcome,
+    steps.c.started_at,
+    steps.c.duration,
+    steps.c.output,
+    steps.c.error,
+)
+
+_STATES = {state.value: state for state in JobState}
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """The same instant in UTC (drivers return the session's time zone)."""
+    if value is None or value.tzinfo is UTC:
+        return value
+    return value.astimezone(UTC)
+
+
+def job_from_row(row: Sequence[Any], *, conflict: bool = False) -> Job:
+    scheduled_at = utc(row[8])
+    inserted_at = utc(row[9])
+    assert scheduled_at is not None and inserted_at is not None
+    return Job(
+        id=row[0],
+        queue=row[1],
+        worker=row[2],
+        args=row[3],
+        state=_STATES[row[4]],
+        priority=row[5],
+        attempt=row[6],
+        max_attempts=row[7],
+        scheduled_at=scheduled_at,
+        inserted_at=inserted_at,
+        attempted_at=utc(row[10]),
+        completed_at=utc(row[11]),
+        reserved_by=row[12],
+        errors=row[13] or (),
+        meta=row[14] if row[14] is not None else {},
+        unique_key=row[15],
+        conflict=conflict,
+    )
+
+
+def instance_from_row(row: Sequence[Any]) -> Instance:
+    return Instance(
+        instance_id=row[0],
+        status=row[1],
+        heartbeat_at=row[2],
+        started_at=row[3],
+        hostname=row[4],
+        pid=row[5],
+        queues=row[6] or {},
+    )
+
+
+def run_from_row(row: Sequence[Any]) -> RunRecord:
+    return RunRecord(
+        workflow_id=row[0],
+        workflow=row[1],
+        state=row[2],
+        attempt=row[3],
+        max_attempts=row[4],
+        input=row[5],
+        started_at=row[6],
+        output=row[7],
+        error=row[8],
+        finished_at=row[9],
+        job_id=row[10],
+    )
+
+
+def step_from_row(row: Sequence[Any]) -> StepRecord:
+    return StepRecord(
+        workflow_id=row[0],
+        step=row[1],
+        index=row[2],
+        attempt=row[3],
+        outcome=row[4],
+        started_at=row[5],
+        duration=row[6],
+        output=row[7],
+        error=row[8],
+    )

@@ -1,0 +1,401 @@
+"""The Core statements of the SQL backends, built once per dialect and reused.
+
+SQLAlchemy caches each statement's compiled form, so the hot paths pay for compilation once.
+Bind parameter names start with "p_" (names equal to column names are reserved in SET).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from sqlalchemy import (
+    Delete,
+    Float,
+    Insert,
+    Integer,
+    Select,
+    String,
+    Update,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    literal,
+    literal_column,
+    null,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.elements import ColumnElement
+
+from pgflow.schema import UTCDateTime, instances, jobs, leader, runs, steps
+from pgflow_backends.sql.rows import INSTANCE_COLUMNS, JOB_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
+from pgflow_backends.sql.timeexpr import as_json, db_now, db_now_plus, seconds
+
+__all__ = ["LEADER_NAME", "Statements", "statements_for"]
+
+LEADER_NAME = "leader"
+_WAITING = ("available", "scheduled", "retryable")
+_FINISHED = ("completed", "discarded", "cancelled")
+
+
+def _json(name: str) -> as_json:
+    return as_json(bindparam(name, type_=String()))
+
+
+def _p(name: str, type_: Any = None) -> Any:
+    return bindparam(name, type_=type_)
+
+
+#: A finished job gives its unique key back when inserted with while_unfinished.
+RELEASED_KEY: ColumnElement[Any] = case((jobs.c.unique_release, null()), else_=jobs.c.unique_key)
+#: The attempt fence: the job is still executing the attempt the caller holds.
+FENCE = and_(
+    jobs.c.id == _p("p_id", Integer()),
+    jobs.c.attempt == _p("p_attempt", Integer()),
+    jobs.c.state == "executing",
+)
+
+
+class Statements:
+    """Every statement the SQL backends run, for one dialect."""
+
+    def __init__(self, dialect: str) -> None:
+        insert_fn: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        now = db_now()
+
+        # -- jobs ------------------------------------------------------------------------
+        when = func.coalesce(
+            _p("p_scheduled_at", UTCDateTime()), db_now_plus(seconds("p_schedule_in")), now
+        )
+        self.insert_job: Insert = (
+            insert_fn(jobs)
+            .values(
+                queue=_p("p_queue", String()),
+                worker=_p("p_worker", String()),
+                args=_json("p_args"),
+                state=case((when > now, "scheduled"), else_="available"),
+                priority=_p("p_priority", Integer()),
+                attempt=0,
+                max_attempts=_p("p_max_attempts", Integer()),
+                scheduled_at=when,
+                errors=as_json(literal("[]", String())),
+                meta=_json("p_meta"),
+                unique_key=_p("p_unique_key", String()),
+                unique_release=_p("p_unique_release"),
+                inserted_at=now,
+            )
+            .on_conflict_do_nothing(
+                index_elements=[jobs.c.unique_key], index_where=jobs.c.unique_key.is_not(None)
+            )
+            .returning(*JOB_COLUMNS)
+        )
+        self.job_by_unique_key: Select[Any] = select(*JOB_COLUMNS).where(
+            jobs.c.unique_key == _p("p_unique_key", String())
+        )
+        self.now: Select[Any] = select(now)
+        self.claim: Update = (
+            update(jobs)
+            .where(
+                jobs.c.id.in_(
+                    select(jobs.c.id)
+                    .where(jobs.c.state == "available", jobs.c.queue == _p("p_queue", String()))
+                    .order_by(jobs.c.priority.desc(), jobs.c.scheduled_at, jobs.c.id)
+                    .limit(_p("p_limit", Integer()))
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            .values(
+                state="executing",
+                attempt=jobs.c.attempt + 1,
+                attempted_at=now,
+                reserved_by=_p("p_instance", String()),
+            )
+            .returning(*JOB_COLUMNS)
+        )
+        self.complete: Update = (
+            update(jobs)
+            .where(
+                jobs.c.state == "executing",
+                jobs.c.id.in_(bindparam("p_ids", expanding=True)),
+                tuple_(jobs.c.id, jobs.c.attempt).in_(bindparam("p_refs", expanding=True)),
+            )
+            .values(state="completed", completed_at=now, unique_key=RELEASED_KEY)
+            .returning(jobs.c.id)
+        )
+        self.fenced_job: Select[Any] = (
+            select(jobs.c.attempt, jobs.c.max_attempts, jobs.c.errors, jobs.c.meta)
+            .where(FENCE)
+            .with_for_update()
+        )
+        self.retry: Update = (
+            update(jobs)
+            .where(jobs.c.id == _p("p_id", Integer()))
+            .values(
+                state="retryable",
+                errors=_json("p_errors"),
+                scheduled_at=db_now_plus(seconds("p_delay")),
+            )
+        )
+        self.finish_failed: Update = (
+            update(jobs)
+            .where(jobs.c.id == _p("p_id", Integer()))
+            .values(
+                state=_p("p_state", String()),
+                errors=_json("p_errors"),
+                completed_at=now,
+                unique_key=RELEASED_KEY,
+            )
+        )
+        self.snooze: Update = (
+            update(jobs)
+            .where(FENCE)
+            .values(
+                state=_p("p_state", String()),
+                attempt=jobs.c.attempt - 1,
+                scheduled_at=db_now_plus(seconds("p_delay")),
+            )
+            .returning(jobs.c.queue)
+        )
+        self.job_for_update: Select[Any] = (
+            select(*JOB_COLUMNS).where(jobs.c.id == _p("p_id", Integer())).with_for_update()
+        )
+        self.cancel_waiting: Update = (
+            update(jobs)
+            .where(jobs.c.id == _p("p_id", Integer()), jobs.c.state.in_(_WAITING))
+            .values(state="cancelled", completed_at=now, unique_key=RELEASED_KEY)
+            .returning(*JOB_COLUMNS)
+        )
+        self.flag_cancel: Update = (
+            update(jobs)
+            .where(jobs.c.id == _p("p_id", Integer()), jobs.c.state == "executing")
+            .values(meta=_json("p_meta"))
+            .returning(*JOB_COLUMNS)
+        )
+        self.executing_meta: Select[Any] = select(jobs.c.id, jobs.c.meta).where(
+            jobs.c.id.in_(bindparam("p_ids", expanding=True)), jobs.c.state == "executing"
+        )
+        self.stage: Update = (
+            update(jobs)
+            .where(
+                jobs.c.id.in_(
+                    select(jobs.c.id)
+                    .where(jobs.c.state.in_(("scheduled", "retryable")), jobs.c.scheduled_at <= now)
+                    .order_by(jobs.c.scheduled_at, jobs.c.id)
+                    .limit(_p("p_limit", Integer()))
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            .values(state="available")
+            .returning(jobs.c.queue)
+        )
+        self.job: Select[Any] = select(*JOB_COLUMNS).where(jobs.c.id == _p("p_id", Integer()))
+        self.job_counts: Select[Any] = select(
+            jobs.c.queue, jobs.c.state, jobs.c.reserved_by, func.count()
+        ).group_by(jobs.c.queue, jobs.c.state, jobs.c.reserved_by)
+        self.prune_jobs: Delete = delete(jobs).where(
+            jobs.c.id.in_(
+                select(jobs.c.id)
+                .where(
+                    jobs.c.state.in_(_FINISHED),
+                    jobs.c.completed_at < db_now_plus(seconds("p_age")),
+                )
+                .order_by(jobs.c.completed_at, jobs.c.id)
+                .limit(_p("p_limit", Integer()))
+            )
+        )
+        self.old_runs: Select[Any] = (
+            select(runs.c.workflow_id)
+            .where(runs.c.state != "running", runs.c.finished_at < db_now_plus(seconds("p_age")))
+            .order_by(runs.c.finished_at)
+            .limit(_p("p_limit", Integer()))
+        )
+        self.delete_steps: Delete = delete(steps).where(
+            steps.c.workflow_id.in_(bindparam("p_ids", expanding=True))
+        )
+        self.delete_runs: Delete = delete(runs).where(
+            runs.c.workflow_id.in_(bindparam("p_ids", expanding=True))
+        )
+
+        # -- instances, rescue and leadership --------------------------------------------
+        upsert = insert_fn(instances).values(
+            instance_id=_p("p_instance", String()),
+            status="online",
+            heartbeat_at=now,
+            started_at=now,
+            hostname=_p("p_hostname", String()),
+            pid=_p("p_pid", Integer()),
+            queues=_json("p_queues"),
+        )
+        self.register: Insert = upsert.on_conflict_do_update(
+            index_elements=[instances.c.instance_id],
+            set_={
+                "status": "online",
+                "heartbeat_at": upsert.excluded.heartbeat_at,
+                "started_at": upsert.excluded.started_at,
+                "hostname": upsert.excluded.hostname,
+                "pid": upsert.excluded.pid,
+                "queues": upsert.excluded.queues,
+            },
+        )
+        self.instance_status: Select[Any] = (
+            select(instances.c.status)
+            .where(instances.c.instance_id == _p("p_instance", String()))
+            .with_for_update()
+        )
+        self.heartbeat: Update = (
+            update(instances)
+            .where(instances.c.instance_id == _p("p_instance", String()))
+            .values(status="online", heartbeat_at=now)
+        )
+        self.mark_offline: Update = (
+            update(instances)
+            .where(instances.c.instance_id == _p("p_instance", String()))
+            .values(status="offline")
+        )
+        self.instances: Select[Any] = select(*INSTANCE_COLUMNS).order_by(
+            case((instances.c.status == "online", 0), else_=1), instances.c.instance_id
+        )
+        self.mark_stale: Update = (
+            update(instances)
+            .where(
+                instances.c.status == "online",
+                instances.c.heartbeat_at < db_now_plus(seconds("p_age")),
+            )
+            .values(status="offline")
+            .returning(instances.c.instance_id)
+        )
+        online = select(instances.c.instance_id).where(instances.c.status == "online")
+        self.orphaned: Select[Any] = (
+            select(
+                jobs.c.id, jobs.c.attempt, jobs.c.max_attempts, jobs.c.reserved_by, jobs.c.errors
+            )
+            .where(
+                jobs.c.state == "executing",
+                or_(jobs.c.reserved_by.is_(None), jobs.c.reserved_by.not_in(online)),
+            )
+            .order_by(jobs.c.id)
+            .with_for_update(skip_locked=True)
+        )
+        self.requeue: Update = (
+            update(jobs)
+            .where(jobs.c.id == _p("p_id", Integer()), jobs.c.state == "executing")
+            .values(state="available", errors=_json("p_errors"))
+            .returning(jobs.c.queue)
+        )
+        lease = insert_fn(leader).values(
+            name=LEADER_NAME,
+            instance_id=_p("p_instance", String()),
+            expires_at=db_now_plus(seconds("p_ttl")),
+        )
+        self.acquire: Insert = lease.on_conflict_do_update(
+            index_elements=[leader.c.name],
+            set_={
+                "instance_id": lease.excluded.instance_id,
+                "expires_at": lease.excluded.expires_at,
+            },
+            where=or_(
+                leader.c.instance_id == lease.excluded.instance_id, leader.c.expires_at <= now
+            ),
+        ).returning(leader.c.instance_id)
+        self.release: Delete = delete(leader).where(
+            leader.c.name == LEADER_NAME, leader.c.instance_id == _p("p_instance", String())
+        )
+
+        # -- runs ------------------------------------------------------------------------
+        self.insert_run: Insert = (
+            insert_fn(runs)
+            .values(
+                workflow_id=_p("p_workflow_id", String()),
+                workflow=_p("p_workflow", String()),
+                state="running",
+                attempt=1,
+                max_attempts=_p("p_max_attempts", Integer()),
+                input=_json("p_input"),
+                started_at=now,
+                job_id=_p("p_job_id"),
+            )
+            .on_conflict_do_nothing(index_elements=[runs.c.workflow_id])
+            .returning(*RUN_COLUMNS)
+        )
+        self.run: Select[Any] = select(*RUN_COLUMNS).where(
+            runs.c.workflow_id == _p("p_workflow_id", String())
+        )
+        self.start_attempt: Update = (
+            update(runs)
+            .where(runs.c.workflow_id == _p("p_workflow_id", String()))
+            .values(
+                attempt=_p("p_attempt", Integer()),
+                state="running",
+                output=null(),
+                error=null(),
+                finished_at=null(),
+            )
+        )
+        workflow_id = _p("p_workflow_id", String())
+        attempt = _p("p_attempt", Integer())
+        self.record_step: Insert = insert_fn(steps).from_select(
+            [
+                steps.c.workflow_id,
+                steps.c.step,
+                steps.c.idx,
+                steps.c.attempt,
+                steps.c.outcome,
+                steps.c.output,
+                steps.c.error,
+                steps.c.started_at,
+                steps.c.duration,
+            ],
+            select(
+                workflow_id,
+                _p("p_step", String()),
+                _p("p_idx", Integer()),
+                attempt,
+                _p("p_outcome", String()),
+                _json("p_output"),
+                _json("p_error"),
+                _p("p_started_at", UTCDateTime()),
+                _p("p_duration", Float()),
+            ).where(
+                exists().where(
+                    runs.c.workflow_id == workflow_id,
+                    runs.c.attempt == attempt,
+                    runs.c.state == "running",
+                )
+            ),
+        )
+        self.finish_run: Update = (
+            update(runs)
+            .where(
+                runs.c.workflow_id == workflow_id,
+                runs.c.attempt == attempt,
+                runs.c.state == "running",
+            )
+            .values(
+                state=_p("p_state", String()),
+                output=_json("p_output"),
+                error=_json("p_error"),
+                finished_at=now,
+            )
+        )
+        self.steps: Select[Any] = (
+            select(*STEP_COLUMNS).where(steps.c.workflow_id == workflow_id).order_by(steps.c.id)
+        )
+        # Newest first; SQLite's clock ticks in milliseconds, so its rowid breaks ties.
+        self.runs_newest_first: tuple[Any, ...] = (
+            (runs.c.started_at.desc(), literal_column("pgflow_runs.rowid").desc())
+            if dialect == "sqlite"
+            else (runs.c.started_at.desc(), runs.c.workflow_id.desc())
+        )
+
+
+@functools.cache
+def statements_for(dialect: str) -> Statements:
+    """The statements for `dialect` ("postgresql" or "sqlite"), built on first use."""
+    return Statements(dialect)

@@ -1,0 +1,87 @@
+"""SQL expressions for "now" and "now + n seconds" in the database's own clock.
+
+Every due, stale and age comparison is written with these, so the workers' clocks never
+matter: PostgreSQL uses `now()` (the transaction's time), SQLite `julianday('now')` turned
+into epoch seconds, which is how `pgflow.schema.UTCDateTime` stores times there.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Float, String, bindparam
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
+
+from pgflow.schema import UTCDateTime
+
+__all__ = ["as_json", "db_now", "db_now_plus"]
+
+_SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+class db_now(FunctionElement[datetime]):
+    """The database's current time (PostgreSQL: the transaction's `now()`)."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+    name = "db_now"
+
+
+class db_now_plus(FunctionElement[datetime]):
+    """The database's now plus a number of seconds (negative for the past); NULL stays NULL."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+    name = "db_now_plus"
+
+
+class as_json(FunctionElement[Any]):
+    """A JSON document bound as text that pgflow already encoded (and validated)."""
+
+    type = String()
+    inherit_cache = True
+    name = "as_json"
+
+
+def seconds(name: str) -> BindParameter[float]:
+    """A float bind parameter for db_now_plus."""
+    return bindparam(name, type_=Float())
+
+
+def _only_arg(element: FunctionElement[Any]) -> ColumnElement[Any]:
+    (arg,) = element.clauses
+    return arg
+
+
+@compiles(db_now, "postgresql")
+def _now_pg(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "now()"
+
+
+@compiles(db_now, "sqlite")
+def _now_sqlite(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return _SQLITE_NOW
+
+
+@compiles(db_now_plus, "postgresql")
+def _plus_pg(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"(now() + make_interval(secs => {compiler.process(_only_arg(element), **kw)}))"
+
+
+@compiles(db_now_plus, "sqlite")
+def _plus_sqlite(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({_SQLITE_NOW} + {compiler.process(_only_arg(element), **kw)})"
+
+
+@compiles(as_json, "postgresql")
+def _json_pg(element: as_json, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST({compiler.process(_only_arg(element), **kw)} AS JSONB)"
+
+
+@compiles(as_json, "sqlite")
+def _json_sqlite(element: as_json, compiler: SQLCompiler, **kw: Any) -> str:
+    return str(compiler.process(_only_arg(element), **kw))

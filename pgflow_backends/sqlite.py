@@ -1,0 +1,195 @@
+"""SQLiteBackend: pgflow on one SQLite file, safe for several processes sharing it.
+
+Every transaction pgflow opens is `BEGIN IMMEDIATE` (it takes the write lock up front, so two
+claimers never both read the same available job), the file runs in WAL mode with
+`synchronous=NORMAL`, and a busy timeout makes other processes wait instead of failing.
+Within one process a lock per file serialises writers, so threads never spin in SQLite's
+busy handler. "sqlite://" is a private in-memory database shared by all threads.
+
+Wake-ups: listeners get in-process hints (inserts, staging, snoozes and rescues by backends
+opened on the same file in this process). Jobs inserted by other processes are found by the
+worker's polling, which is the safety net on every backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import URL, Connection, Engine, create_engine, event
+from sqlalchemy.pool import StaticPool
+
+from pgflow.backend import JobListener
+from pgflow.errors import BackendError
+from pgflow_backends.sql.base import SQLBackend
+from pgflow_backends.sql.urls import mask, parse
+
+__all__ = ["SQLiteBackend"]
+
+_BUSY_TIMEOUT_MS = 30_000
+_ANNOUNCE = "pgflow_announce"
+
+
+class _Hub:
+    """The in-process listeners of one database file, and the lock its writers share."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.condition = threading.Condition(threading.Lock())
+        self.listeners: weakref.WeakSet[SQLiteListener] = weakref.WeakSet()
+
+    def announce(self, queues: Iterable[str]) -> None:
+        queues = set(queues)
+        if not queues:
+            return
+        with self.condition:
+            for listener in list(self.listeners):
+                listener.pending |= queues
+            self.condition.notify_all()
+
+
+_hubs: dict[str, _Hub] = {}
+_hubs_lock = threading.Lock()
+
+
+def _hub_for(key: str | None) -> _Hub:
+    """The hub of a database file (one per file per process); a private one for memory."""
+    if key is None:
+        return _Hub()
+    with _hubs_lock:
+        hub = _hubs.get(key)
+        if hub is None:
+            hub = _hubs[key] = _Hub()
+        return hub
+
+
+class SQLiteListener:
+    """Queues announced in this process since the last wait; see the module docstring."""
+
+    def __init__(self, hub: _Hub) -> None:
+        self._hub = hub
+        self.pending: set[str] = set()
+        self.closed = False
+        with hub.condition:
+            hub.listeners.add(self)
+
+    def wait(self, timeout: float) -> set[str]:
+        """Block up to `timeout` seconds for a hint; return and forget the queues announced."""
+        condition = self._hub.condition
+        with condition:
+            condition.wait_for(lambda: self.pending or self.closed, timeout=max(timeout, 0.0))
+            queues, self.pending = self.pending, set()
+        return queues
+
+    def close(self) -> None:
+        with self._hub.condition:
+            self.closed = True
+            self._hub.listeners.discard(self)
+            self._hub.condition.notify_all()
+
+
+def _database_key(url: URL) -> str | None:
+    """A per-process identity for the file; None for in-memory databases."""
+    database = url.database
+    if not database or database == ":memory:" or url.query.get("mode") == "memory":
+        return None
+    return os.path.realpath(database)
+
+
+def _configure(engine: Engine, *, in_memory: bool) -> None:
+    """WAL, busy timeout and BEGIN IMMEDIATE for every transaction, on pgflow's own engine.
+
+    pysqlite would otherwise emit its own deferred BEGIN only before DML; the documented
+    recipe is to switch that off on connect and emit BEGIN from the "begin" event.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class SQLiteBackend(SQLBackend):
+    """pgflow's tables in an SQLite database: "sqlite:///path/to/file.db" or "sqlite://".
+
+    Pass an existing SQLAlchemy Engine to share an application's pool; pgflow then leaves the
+    engine's configuration alone and starts its own transactions with BEGIN IMMEDIATE.
+    """
+
+    def __init__(self, url_or_engine: str | URL | Engine = "sqlite://") -> None:
+        if isinstance(url_or_engine, Engine):
+            engine, owns = url_or_engine, False
+            if engine.dialect.name != "sqlite":
+                raise BackendError(
+                    f"SQLiteBackend needs an SQLite engine, not {engine.dialect.name} "
+                    f"({mask(engine.url)})"
+                )
+        else:
+            url = parse(url_or_engine)
+            if url.get_backend_name() != "sqlite":
+                raise BackendError(f"SQLiteBackend needs an sqlite:// URL, not {mask(url)}")
+            in_memory = _database_key(url) is None
+            options: dict[str, Any] = {
+                "connect_args": {"check_same_thread": False, "timeout": _BUSY_TIMEOUT_MS / 1000}
+            }
+            if in_memory:
+                options["poolclass"] = StaticPool
+            engine, owns = create_engine(url, **options), True
+            _configure(engine, in_memory=in_memory)
+        super().__init__(engine, url=mask(engine.url), owns_engine=owns)
+        self._owns_config = owns
+        self._hub = _hub_for(_database_key(engine.url))
+        self.ping()
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteBackend:
+        """Open `url` (the registry's entry point)."""
+        return cls(url)
+
+    def _guard(self) -> contextlib.AbstractContextManager[object]:
+        return self._hub.lock
+
+    def _on_begin(self, connection: Connection) -> None:
+        connection.info.pop(_ANNOUNCE, None)
+        if not self._owns_config:
+            _begin_immediate(connection)
+
+    def _announce(self, connection: Connection, queues: set[str], *, own: bool) -> None:
+        if own:
+            connection.info.setdefault(_ANNOUNCE, set()).update(queues)
+            return
+        hub = self._hub
+        event.listen(connection, "commit", lambda _conn: hub.announce(queues), once=True)
+
+    def _after_commit(self, info: dict[Any, Any]) -> None:
+        queues = info.pop(_ANNOUNCE, None)
+        if queues:
+            self._hub.announce(queues)
+
+    def listener(self) -> JobListener:
+        """In-process hints only (see the module docstring); polling covers other processes."""
+        self._check_open()
+        return SQLiteListener(self._hub)
+
+
+def _begin_immediate(connection: Connection) -> None:
+    """Take SQLite's write lock now, on an engine pgflow did not configure."""
+    dbapi = connection.connection.driver_connection
+    if dbapi is not None and not getattr(dbapi, "in_transaction", True):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
