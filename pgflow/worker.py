@@ -297,9 +297,8 @@ def workflow_worker(
             "workflow_id": f"job-{job.id}",
             "log_context": {"job_id": job.id, "instance_id": job.reserved_by},
         }
-        effective = type(self).options.timeout
-        if effective is not None:
-            kwargs["timeout"] = effective
+        # One workflow attempt per job attempt: the job's own retries space them out.
+        kwargs["timeout"] = type(self).options.timeout
         return executor.execute(workflow, job.args, **kwargs)
 
     cls_name = workflow_name.rsplit(".", 1)[-1].replace(":", "_") + "Worker"

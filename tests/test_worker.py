@@ -305,3 +305,43 @@ def test_error_timestamps_come_from_the_clock(memory: InMemoryBackend, clock: Fa
     assert outcome.error is not None
     at = datetime.fromisoformat(outcome.error["at"])
     assert abs(at - clock.now()) < timedelta(seconds=1)
+
+
+# --- workflows as jobs ---------------------------------------------------------------------
+
+STEP_CALLS: list[str] = []
+flow = pgflow.Flow("resumable_flow")
+
+
+@flow.step
+def fetch(state: dict[str, Any]) -> dict[str, Any]:
+    STEP_CALLS.append("fetch")
+    return {**state, "fetched": True}
+
+
+@flow.step
+def publish(state: dict[str, Any]) -> dict[str, Any]:
+    STEP_CALLS.append("publish")
+    if STEP_CALLS.count("publish") == 1:
+        raise ConnectionError("transient")
+    return {**state, "published": True}
+
+
+FlowWorker = pgflow.workflow_worker(flow, max_attempts=3, backoff=QUICK)
+
+
+def test_workflow_worker_resumes_after_the_last_completed_step(
+    memory: InMemoryBackend, clock: FakeClock
+) -> None:
+    STEP_CALLS.clear()
+    [inserted] = memory.insert_jobs([FlowWorker.new({"id": 7})])
+    first = run_job(memory, claim_one(memory), "tester", clock=clock)
+    assert first.kind is OutcomeKind.RETRY
+    clock.advance(first.retry_in or 0)
+    second = run_job(memory, claim_one(memory), "tester", clock=clock)
+    assert second.kind is OutcomeKind.COMPLETED
+    assert second.value == {"id": 7, "fetched": True, "published": True}
+    assert STEP_CALLS == ["fetch", "publish", "publish"]  # fetch was not run again
+    run = memory.get_run(f"job-{inserted.id}")
+    assert run is not None and run.state is pgflow.RunState.COMPLETED
+    assert resolve_worker(FlowWorker.options.name) is FlowWorker
