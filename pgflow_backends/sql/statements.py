@@ -340,7 +340,8 @@ class Statements:
         )
         workflow_id = _p("p_workflow_id", String())
         attempt = _p("p_attempt", Integer())
-        self.record_step: Insert = insert_fn(steps).from_select(
+        self.record_step: Insert = insert_fn(steps).execution_options(preserve_rowcount=True)
+        self.record_step = self.record_step.from_select(
             [
                 steps.c.workflow_id,
                 steps.c.step,

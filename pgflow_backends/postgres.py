@@ -1,0 +1,215 @@
+"""PostgresBackend: pgflow on PostgreSQL with psycopg 3, for many instances sharing one database.
+
+Claiming is one `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`, so
+concurrent claimers never wait on each other nor get the same job. Inserts (and staging,
+snoozes, rescues) send `NOTIFY pgflow_jobs` with the queue name only, inside the same
+transaction, so a listener wakes exactly when the jobs become visible. Bulk inserts send
+arrays through one `INSERT ... SELECT FROM unnest(...)`, and completions one `UPDATE ...
+FROM unnest(ids, attempts)`, so a batch costs one round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import URL, Connection, Engine, create_engine, text
+from sqlalchemy.exc import NoSuchModuleError
+
+from pgflow.backend import JobListener
+from pgflow.errors import BackendError
+from pgflow.records import Job, JobRef
+from pgflow_backends.sql.base import PreparedJob, SQLBackend
+from pgflow_backends.sql.rows import JOB_COLUMNS, job_from_row
+from pgflow_backends.sql.urls import mask, parse
+
+__all__ = ["CHANNEL", "PostgresBackend", "PostgresListener"]
+
+#: The NOTIFY channel; payloads are queue names, never job arguments.
+CHANNEL = "pgflow_jobs"
+
+logger = logging.getLogger("pgflow.backend.postgres")
+
+_RETURNING = ", ".join(column.name for column in JOB_COLUMNS)
+
+# One statement for a whole batch: arrays in, rows out in input order (ids follow `ord`).
+_BULK_INSERT = text(
+    f"""
+    INSERT INTO pgflow_jobs (queue, worker, args, meta, errors, state, priority, attempt,
+                             max_attempts, scheduled_at, inserted_at)
+    SELECT t.queue, t.worker, CAST(t.args AS JSONB), CAST(t.meta AS JSONB), '[]'::jsonb,
+           CASE WHEN t.at > now() THEN 'scheduled' ELSE 'available' END,
+           t.priority, 0, t.max_attempts, t.at, now()
+    FROM (
+        SELECT u.*, COALESCE(u.sa, now() + make_interval(secs => u.si), now()) AS at
+        FROM unnest(CAST(:queues AS TEXT[]), CAST(:workers AS TEXT[]),
+                    CAST(:args AS TEXT[]), CAST(:metas AS TEXT[]),
+                    CAST(:priorities AS INTEGER[]), CAST(:max_attempts AS INTEGER[]),
+                    CAST(:scheduled_at AS TIMESTAMPTZ[]), CAST(:schedule_in AS FLOAT8[]))
+             WITH ORDINALITY AS u(queue, worker, args, meta, priority, max_attempts, sa, si, ord)
+    ) AS t
+    ORDER BY t.ord
+    RETURNING {_RETURNING}
+    """
+).columns(*JOB_COLUMNS)
+
+_COMPLETE = text(
+    """
+    UPDATE pgflow_jobs AS j
+    SET state = 'completed', completed_at = now(),
+        unique_key = CASE WHEN j.unique_release THEN NULL ELSE j.unique_key END
+    FROM unnest(CAST(:ids AS BIGINT[]), CAST(:attempts AS INTEGER[])) AS r(id, attempt)
+    WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'executing'
+    RETURNING j.id
+    """
+)
+
+_NOTIFY = text(
+    f"SELECT pg_notify('{CHANNEL}', q) FROM unnest(CAST(:queues AS TEXT[])) AS q ORDER BY q"
+)
+
+
+def _create_engine(url: URL) -> Engine:
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    except (ImportError, NoSuchModuleError) as exc:
+        raise BackendError(
+            f"{mask(url)}: the PostgreSQL driver psycopg 3 is not installed ({exc}); "
+            "run: pip install 'pgflow[postgres]'"
+        ) from None
+
+
+class PostgresBackend(SQLBackend):
+    """pgflow's tables in PostgreSQL: "postgresql://user@host/db" (psycopg 3), or an Engine.
+
+    Given an application's Engine, pgflow uses its pool as it is and never disposes it.
+    """
+
+    def __init__(self, url_or_engine: str | URL | Engine) -> None:
+        if isinstance(url_or_engine, Engine):
+            engine, owns = url_or_engine, False
+            if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
+                raise BackendError(
+                    f"PostgresBackend needs a postgresql+psycopg engine, not "
+                    f"{engine.dialect.name}+{engine.dialect.driver} ({mask(engine.url)})"
+                )
+        else:
+            url = parse(url_or_engine)
+            if url.get_backend_name() != "postgresql":
+                raise BackendError(f"PostgresBackend needs a postgresql:// URL, not {mask(url)}")
+            engine, owns = _create_engine(url), True
+        super().__init__(engine, url=mask(engine.url), owns_engine=owns)
+        try:
+            self.ping()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresBackend:
+        """Open `url` (the registry's entry point)."""
+        return cls(url)
+
+    def _announce(self, connection: Connection, queues: set[str], *, own: bool) -> None:
+        # NOTIFY is transactional: delivered on commit, dropped on rollback.
+        connection.execute(_NOTIFY, {"queues": sorted(queues)})
+
+    def _insert_many(self, connection: Connection, batch: Sequence[PreparedJob]) -> list[Job]:
+        params = [job.params for job in batch]
+        rows = connection.execute(
+            _BULK_INSERT,
+            {
+                "queues": [p["p_queue"] for p in params],
+                "workers": [p["p_worker"] for p in params],
+                "args": [p["p_args"] for p in params],
+                "metas": [p["p_meta"] for p in params],
+                "priorities": [p["p_priority"] for p in params],
+                "max_attempts": [p["p_max_attempts"] for p in params],
+                "scheduled_at": [p["p_scheduled_at"] for p in params],
+                "schedule_in": [p["p_schedule_in"] for p in params],
+            },
+        ).all()
+        stored = [job_from_row(row) for row in rows]
+        stored.sort(key=lambda job: job.id)  # ids were drawn in input order
+        return stored
+
+    def _complete(self, connection: Connection, refs: Sequence[JobRef]) -> list[int]:
+        params = {"ids": [ref.id for ref in refs], "attempts": [ref.attempt for ref in refs]}
+        return sorted(connection.execute(_COMPLETE, params).scalars())
+
+    def listener(self) -> JobListener:
+        """A dedicated autocommit connection LISTENing on pgflow_jobs; reconnects on failure."""
+        self._check_open()
+        return PostgresListener(self.engine, self.url)
+
+
+class PostgresListener:
+    """Waits for NOTIFY pgflow_jobs on its own connection, taken out of the engine's pool.
+
+    The connection is made with the engine's own settings (URL, connect_args, creator) and
+    detached, so it never returns to the pool. If it breaks, the next wait reconnects, and
+    returns no queues meanwhile: polling covers the gap.
+    """
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self._engine = engine
+        self._url = url
+        self._conn: Any = None
+        self._closed = False
+        self._connect()
+
+    def _connect(self) -> None:
+        raw = self._engine.raw_connection()
+        conn: Any = raw.driver_connection
+        raw.detach()
+        try:
+            if conn.info.transaction_status != 0:  # not idle: end what the pool left open
+                conn.rollback()
+            conn.autocommit = True
+            conn.execute(f"LISTEN {CHANNEL}")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def wait(self, timeout: float) -> set[str]:
+        """Block up to `timeout` seconds; return the queues announced (empty on time-out)."""
+        if self._closed:
+            return set()
+        deadline = time.monotonic() + max(timeout, 0.0)
+        try:
+            if self._conn is None:
+                self._connect()
+            return self._drain(deadline)
+        except Exception as exc:  # broken connection: log, back off, reconnect next time
+            logger.warning(
+                "listener connection to %s failed: %s; reconnecting",
+                self._url,
+                exc,
+                extra={"url": self._url},
+            )
+            self._discard()
+            time.sleep(max(0.0, min(deadline - time.monotonic(), 1.0)))
+            return set()
+
+    def _drain(self, deadline: float) -> set[str]:
+        conn = self._conn
+        remaining = max(deadline - time.monotonic(), 0.0)
+        queues = {n.payload for n in conn.notifies(timeout=remaining, stop_after=1)}
+        if queues:  # take whatever else has already arrived, without waiting
+            queues.update(n.payload for n in conn.notifies(timeout=0.0))
+        return queues
+
+    def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                logger.debug("closing a broken listener connection failed", exc_info=True)
+
+    def close(self) -> None:
+        self._closed = True
+        self._discard()
