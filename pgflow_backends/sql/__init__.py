@@ -1,11 +1,6 @@
 """What the SQLite and PostgreSQL backends share: engines, time expressions, rows, statements.
 
-`SQLBackend` implements the whole backend protocol with SQLAlchemy Core; the two dialect
-modules add only what truly differs (engine setup, bulk insert, claiming, notifications).
+`pgflow_backends.sql.base.SQLBackend` implements the whole backend protocol with SQLAlchemy
+Core; the two dialect modules add only what truly differs (engine setup, bulk insert,
+completion, notifications and the listener).
 """
-
-from __future__ import annotations
-
-from pgflow_backends.sql.base import SQLBackend
-
-__all__ = ["SQLBackend"]
