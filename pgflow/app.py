@@ -76,13 +76,14 @@ def _positive(name: str, value: object, *, allow_none: bool = False) -> float | 
 
 
 def _open_backend(target: object) -> Backend:
-    if isinstance(target, str) or type(target).__name__ in ("Engine", "OptionEngine"):
-        from pgflow.registry import backend_from_url
-
-        backend: Backend = backend_from_url(target)
-        return backend
     if isinstance(target, Backend):
         return target
+    from sqlalchemy import Engine
+
+    if isinstance(target, (str, Engine)):
+        from pgflow.registry import backend_from_url
+
+        return backend_from_url(target)
     raise DefinitionError(
         "Pgflow needs a database URL, an SQLAlchemy Engine or a backend object, "
         f"got {type(target).__name__}"
