@@ -32,13 +32,21 @@ _perf = time.perf_counter
 _new_lock = threading.Lock
 
 
+def describe(exc: BaseException) -> str:
+    """str(exc), or a stand-in when the exception's own __str__ fails."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
+
+
 def error_dict(exc: BaseException) -> dict[str, Any]:
     """How a failure is stored: its kind, message and formatted traceback (JSON-safe)."""
-    return {
-        "kind": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
+    try:
+        formatted = "".join(traceback.format_exception(exc))
+    except Exception:
+        formatted = ""
+    return {"kind": type(exc).__name__, "message": describe(exc), "traceback": formatted}
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

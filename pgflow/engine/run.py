@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import traceback
 import uuid
 from collections.abc import Mapping
 from typing import Any, NoReturn
@@ -19,7 +18,7 @@ from pgflow.backend import RunStore
 from pgflow.backoff_policy import Backoff
 from pgflow.clock import Clock
 from pgflow.definition import Workflow
-from pgflow.engine.attempt import Attempt
+from pgflow.engine.attempt import Attempt, describe, error_dict
 from pgflow.errors import (
     Discard,
     MaxAttemptsExceeded,
@@ -156,14 +155,27 @@ class Run:
                 timeout=attempt.timed_out,
                 attempt=attempt.number,
             )
-        assert attempt.failure is not None
-        return StepFailed(
-            workflow_id=self.workflow_id,
-            workflow=self.workflow.name,
-            step=step,
-            reason=attempt.failure,
-            attempt=attempt.number,
-        )
+        reason = attempt.failure
+        assert reason is not None
+        try:
+            return StepFailed(
+                workflow_id=self.workflow_id,
+                workflow=self.workflow.name,
+                step=step,
+                reason=reason,
+                attempt=attempt.number,
+            )
+        except Exception:
+            # The exception cannot be printed: build the message from a stand-in, keep it.
+            error = StepFailed(
+                workflow_id=self.workflow_id,
+                workflow=self.workflow.name,
+                step=step,
+                reason=_Unprintable(describe(reason)),
+                attempt=attempt.number,
+            )
+            error.reason = reason
+            return error
 
     def _complete(self, output: Any, number: int) -> Any:
         if self.store is not None:
@@ -191,7 +203,7 @@ class Run:
                     "message": str(final),
                     "step": error.step,
                     "attempt": number,
-                    "traceback": "".join(traceback.format_exception(cause)) if cause else "",
+                    "traceback": error_dict(cause)["traceback"] if cause else "",
                 },
             )
         reason = error.reason if isinstance(error, StepFailed) else error
@@ -264,6 +276,10 @@ class Run:
         if index == len(steps):
             return _Finished(self._complete(value, number))
         return index, value, number
+
+
+class _Unprintable(Exception):
+    """Stands in, inside a message only, for an exception whose __str__ raises."""
 
 
 class _Finished:

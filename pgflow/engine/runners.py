@@ -20,7 +20,7 @@ _perf = time.perf_counter
 
 #: How long a waiting caller spins (yielding its CPU) before blocking. On virtual machines
 #: a blocked thread takes tens of microseconds to wake; a short spin catches quick attempts.
-SPIN_SECONDS = 100e-6
+SPIN_SECONDS = 200e-6
 _MAX_WAIT = threading.TIMEOUT_MAX / 2
 
 
