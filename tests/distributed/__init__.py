@@ -1,0 +1,1 @@
+"""Multi-process tests: real worker processes sharing one PostgreSQL database."""

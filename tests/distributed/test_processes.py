@@ -1,0 +1,178 @@
+"""Worker processes sharing one PostgreSQL database: sharing, crashes, drains, zombies, cron.
+
+Each test spawns real processes (tests/distributed/run_worker.py), bounds every wait, and
+kills its children at teardown. Side effects are counted in the `side_effects` table.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from pgflow.app import Pgflow
+from tests.distributed.conftest import Cluster, query, wait_until
+from tests.distributed.workers import Count, CronTick, Sleepy
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def app(pg: str) -> Iterator[Pgflow]:
+    """An app that only inserts (it is never started), as a web process would."""
+    inserter = Pgflow(pg, instance_id="inserter")
+    try:
+        yield inserter
+    finally:
+        inserter.close()
+
+
+def count(url: str, sql: str, params: Any = None) -> int:
+    return int(query(url, sql, params)[0][0])
+
+
+def job_row(url: str, job_id: int) -> tuple[Any, ...]:
+    [row] = query(
+        url,
+        "SELECT state, attempt, reserved_by, completed_at, errors::text FROM pgflow_jobs "
+        "WHERE id = %s",
+        (job_id,),
+    )
+    return row
+
+
+def test_three_processes_share_300_jobs_exactly_once(cluster: Cluster, app: Pgflow) -> None:
+    for name in ("a", "b", "c"):
+        cluster.spawn(name)
+    cluster.wait_online("a", "b", "c")
+    jobs = app.insert([Count.new({"n": n, "seconds": 0.02}) for n in range(300)])
+    url = cluster.url
+    wait_until(
+        lambda: count(url, "SELECT count(*) FROM pgflow_jobs WHERE state = 'completed'") == 300,
+        60,
+        "300 completed jobs",
+    )
+    per_job = query(url, "SELECT job_id, count(*) FROM side_effects GROUP BY job_id")
+    assert sorted(job_id for job_id, _ in per_job) == sorted(job.id for job in jobs)
+    assert {n for _, n in per_job} == {1}  # each job ran exactly once
+    shared = dict(query(url, "SELECT reserved_by, count(*) FROM pgflow_jobs GROUP BY reserved_by"))
+    assert set(shared) == {"a", "b", "c"}, shared
+    for name in ("a", "b", "c"):
+        cluster.signal(name, signal.SIGTERM)
+    for name, proc in cluster.procs.items():
+        assert proc.wait(20) == 0, cluster.log_of(name)
+    statuses = dict(query(url, "SELECT instance_id, status FROM pgflow_instances"))
+    assert statuses == {"a": "offline", "b": "offline", "c": "offline"}
+
+
+def test_sigkill_mid_job_its_jobs_are_rescued_elsewhere(cluster: Cluster, app: Pgflow) -> None:
+    url = cluster.url
+    cluster.spawn("victim", queues={"default": 3})
+    cluster.wait_online("victim")
+    jobs = app.insert([Sleepy.new({"seconds": 1.0}) for _ in range(3)])
+    wait_until(
+        lambda: count(url, "SELECT count(*) FROM side_effects WHERE event = 'started'") == 3,
+        30,
+        "the victim to start its three jobs",
+    )
+    cluster.signal("victim", signal.SIGKILL)
+    cluster.procs["victim"].wait(10)
+    cluster.spawn("survivor")
+    wait_until(
+        lambda: count(url, "SELECT count(*) FROM pgflow_jobs WHERE state = 'completed'") == 3,
+        40,
+        "the rescued jobs to complete",
+    )
+    for job in jobs:
+        state, attempt, reserved_by, _, _ = job_row(url, job.id)
+        assert (state, attempt, reserved_by) == ("completed", 2, "survivor")
+    done = query(url, "SELECT job_id, instance_id FROM side_effects WHERE event = 'done'")
+    assert sorted(done) == sorted((job.id, "survivor") for job in jobs)
+    assert cluster.procs["survivor"].poll() is None
+
+
+def test_sigterm_finishes_running_jobs_starts_none_and_goes_offline(
+    cluster: Cluster, app: Pgflow
+) -> None:
+    url = cluster.url
+    proc = cluster.spawn("drainer", queues={"default": 2})
+    cluster.wait_online("drainer")
+    running = app.insert([Sleepy.new({"seconds": 1.5}, priority=10) for _ in range(2)])
+    wait_until(
+        lambda: count(url, "SELECT count(*) FROM side_effects WHERE event = 'started'") == 2,
+        30,
+        "two running jobs",
+    )
+    waiting = app.insert([Sleepy.new({"seconds": 0.1}) for _ in range(5)])
+    cluster.signal("drainer", signal.SIGTERM)
+    assert proc.wait(30) == 0, cluster.log_of("drainer")
+    for job in running:
+        assert job_row(url, job.id)[0] == "completed"
+    for job in waiting:
+        assert job_row(url, job.id)[:2] == ("available", 0)
+    assert count(url, "SELECT count(*) FROM side_effects WHERE event = 'started'") == 2
+    assert query(url, "SELECT status FROM pgflow_instances WHERE instance_id = 'drainer'") == [
+        ("offline",)
+    ]
+
+
+def test_a_paused_zombie_cannot_overwrite_the_rescue(cluster: Cluster, app: Pgflow) -> None:
+    url = cluster.url
+    cluster.spawn("zombie", queues={"default": 1})
+    cluster.wait_online("zombie")
+    [job] = app.insert([Sleepy.new({"seconds": 1.0})])
+    wait_until(
+        lambda: count(url, "SELECT count(*) FROM side_effects WHERE event = 'started'") == 1,
+        30,
+        "the zombie to start the job",
+    )
+    cluster.signal("zombie", signal.SIGSTOP)
+    cluster.spawn("rescuer")
+    wait_until(lambda: job_row(url, job.id)[0] == "completed", 40, "the rescuer to finish")
+    after_rescue = job_row(url, job.id)
+    assert after_rescue[1:3] == (2, "rescuer")
+    cluster.signal("zombie", signal.SIGCONT)
+    wait_until(
+        lambda: (
+            count(
+                url,
+                "SELECT count(*) FROM side_effects WHERE event = 'done' AND instance_id = 'zombie'",
+            )
+            == 1
+        ),
+        30,
+        "the zombie's late finish",
+    )
+    wait_until(
+        lambda: "no longer holds the job" in cluster.log_of("zombie"),
+        10,
+        "the zombie's fenced acknowledgement",
+    )
+    assert job_row(url, job.id) == after_rescue
+    assert cluster.procs["zombie"].poll() is None  # it carried on, registered again
+    cluster.wait_online("zombie")
+
+
+def test_two_instances_enqueue_each_cron_slot_once(cluster: Cluster) -> None:
+    url = cluster.url
+    # Both children run a clock shifted so that a minute boundary falls ~6 s from now.
+    now = datetime.now(UTC)
+    target = now + timedelta(seconds=6)
+    boundary = (target + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    offset = (boundary - target).total_seconds()
+    for name in ("cron-a", "cron-b"):
+        cluster.spawn(name, cron=[("* * * * *", CronTick.__name__)], clock_offset=offset)
+    cluster.wait_online("cron-a", "cron-b")
+    wait_until(
+        lambda: count(url, "SELECT count(*) FROM side_effects WHERE event = 'cron'") >= 1,
+        30,
+        "the cron job to run",
+    )
+    time.sleep(max(0.0, (target - datetime.now(UTC)).total_seconds()) + 2.0)
+    rows = query(url, "SELECT meta->>'cron_slot', state FROM pgflow_jobs")
+    assert rows == [(boundary.isoformat(), "completed")]
+    assert count(url, "SELECT count(*) FROM side_effects WHERE event = 'cron'") == 1
