@@ -118,6 +118,7 @@ class TestQueue:
                 self.backend,
                 queues=dict(queues) if queues is not None else None,
                 instance_id=TESTING_INSTANCE,
+                clock=self.clock,
             )
         else:
             if clock is not None:
@@ -154,7 +155,7 @@ class TestQueue:
 
     def insert(self, job: NewJob) -> Job:
         """Insert one job through the app (in inline mode it has run when this returns)."""
-        return self.app.insert(job)  # type: ignore[no-any-return]
+        return self.app.insert(job)
 
     # -- assertions ------------------------------------------------------------------------
 
@@ -382,7 +383,7 @@ class _InsertPatch:
             harness._run_inserted(stored if isinstance(stored, list) else [stored])
             return stored
 
-        app.insert = insert  # type: ignore[method-assign]
+        app.insert = insert  # type: ignore[method-assign, assignment]
 
     def undo(self) -> None:
         with contextlib.suppress(AttributeError):

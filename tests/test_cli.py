@@ -276,3 +276,56 @@ def test_unreachable_postgres_is_one_line_without_password() -> None:
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "t0p-secret" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+WORKER_MODULE = """
+import pgflow
+
+
+class Touch(pgflow.Worker, queue="default"):
+    def perform(self, job):
+        return job.args["n"] * 2
+"""
+
+
+def test_worker_command_runs_jobs_then_stops_on_sigterm(tmp_path: Path, sqlite_url: str) -> None:
+    """A real `pgflow worker` process: imports the user's module from the current directory,
+    serves the queue under its instance id, and goes offline cleanly on SIGTERM."""
+    import signal
+    import time
+
+    from pgflow.registry import backend_from_url
+
+    (tmp_path / "cli_demo_workers.py").write_text(WORKER_MODULE)
+    assert _pgflow("migrate", "--url", sqlite_url).returncode == 0
+    backend = backend_from_url(sqlite_url)
+    env = {k: v for k, v in os.environ.items() if k not in ("PGFLOW_URL", "DATABASE_URL")}
+    proc = subprocess.Popen(
+        [*PGFLOW, "worker", "--url", sqlite_url, "--queues", "default=2",
+         "--import", "cli_demo_workers", "--instance-id", "cli-w1", "--poll-interval", "0.05"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        backend.insert_jobs(
+            [NewJob(worker="cli_demo_workers.Touch", args={"n": n}) for n in range(5)]
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            states = {job.state.value for job in backend.list_jobs(limit=10)}
+            if states == {"completed"} or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        jobs = backend.list_jobs(limit=10)
+        assert {job.state.value for job in jobs} == {"completed"}, jobs
+        assert {job.reserved_by for job in jobs} == {"cli-w1"}
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr
+        assert "Traceback" not in stderr
+        (instance,) = backend.list_instances()
+        assert (instance.instance_id, instance.status) == ("cli-w1", "offline")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+        backend.close()

@@ -107,7 +107,8 @@ def test_inline_raises_the_job_error_in_the_test() -> None:
 def test_inline_discard_and_scheduled_jobs() -> None:
     with testing.inline() as t:
         discarded = t.app.insert(Discarder.new())
-        assert t.backend.get_job(discarded.id).state is JobState.DISCARDED  # type: ignore[union-attr]
+        stored = t.backend.get_job(discarded.id)
+        assert stored is not None and stored.state is JobState.DISCARDED
         t.app.insert(Record.new({"n": "later"}, schedule_in=3600))
         assert RAN == [("record", "later")]
 
@@ -282,4 +283,5 @@ def test_testing_app_factory_and_bad_mode() -> None:
         t.app.insert(Record.new({"n": 1}))
         assert RAN == [("record", 1)]
     with pytest.raises(ValueError, match="inline' or 'manual"):
-        testing.testing_app("eager")  # type: ignore[arg-type]
+        mode: Any = "eager"
+        testing.testing_app(mode)
