@@ -328,6 +328,12 @@ def worker(
 ) -> None:
     """Serve the queues until SIGINT/SIGTERM, then finish running jobs and go offline."""
     configure_logging(log_level)
+    if stale_timeout <= heartbeat_interval:
+        raise click.BadParameter(
+            f"must be longer than --heartbeat-interval ({heartbeat_interval:g}), or live "
+            "instances would be presumed dead",
+            param_hint="'--stale-timeout'",
+        )
     url = resolve_url(url)
     import_modules(imports)
     with clean_errors(url):

@@ -120,6 +120,15 @@ def test_url_precedence(runner: CliRunner, fake_backend: type[FakeBackend]) -> N
     assert fake_backend.opened == ["memory://flag", "memory://pgflow-url", "memory://database-url"]
 
 
+def test_stale_timeout_must_exceed_heartbeat_interval(runner: CliRunner) -> None:
+    result = runner.invoke(
+        cli.cli,
+        ["worker", "--url", "memory://", "--heartbeat-interval", "5", "--stale-timeout", "2"],
+    )
+    assert result.exit_code == 2
+    assert "--stale-timeout" in result.output and "--heartbeat-interval" in result.output
+
+
 def test_bad_instance_id_and_unimportable_module(runner: CliRunner) -> None:
     result = runner.invoke(cli.cli, ["worker", "--url", "memory://", "--instance-id", "has space"])
     assert result.exit_code == 2 and "--instance-id" in result.output

@@ -58,6 +58,23 @@ class Snoozer(pgflow.Worker):
         raise pgflow.Snooze(30)
 
 
+def _shout(state: dict[str, Any]) -> dict[str, Any]:
+    return {**state, "text": state["text"].upper()}
+
+
+def _fail_on_empty(state: dict[str, Any]) -> dict[str, Any]:
+    if not state["text"]:
+        raise ValueError("empty text")
+    return state
+
+
+class Shout:
+    __workflow_steps__ = (("check", _fail_on_empty), ("shout", _shout))
+
+
+ShoutWorker = pgflow.workflow_worker(Shout, queue="flows")
+
+
 class AsyncRecord(pgflow.Worker):
     async def perform(self, job: Job) -> str:
         RAN.append(("async", job.args["n"]))
@@ -117,6 +134,18 @@ def test_inline_runs_async_perform() -> None:
     with testing.inline() as t:
         t.app.insert(AsyncRecord.new({"n": 7}))
     assert RAN == [("async", 7)]
+
+
+def test_workflow_worker_runs_durably_in_the_harness_store() -> None:
+    with testing.manual() as t:
+        job = t.app.insert(ShoutWorker.new({"text": "hi"}))
+        t.assert_enqueued(worker=ShoutWorker, queue="flows", args={"text": "hi"})
+        assert t.drain("flows").completed == 1
+        run = t.backend.get_run(f"job-{job.id}")
+        assert run is not None and run.output == {"text": "HI"}
+        assert [step.step for step in t.backend.get_steps(run.workflow_id)] == ["check", "shout"]
+    with testing.inline() as t, pytest.raises(pgflow.StepFailed, match="empty text"):
+        t.app.insert(ShoutWorker.new({"text": ""}))
 
 
 def test_inline_wraps_a_users_own_app_and_unwraps_it_after() -> None:
