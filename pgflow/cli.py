@@ -9,6 +9,7 @@ itself only emits records.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import re
@@ -356,8 +357,9 @@ def worker(
 @cli.command()
 @url_option
 @click.option("--all", "show_all", is_flag=True, help="Also list offline instances.")
+@click.option("--json", "as_json", is_flag=True, help="Print the same data as JSON.")
 @log_level_option("WARNING")
-def status(url: str | None, show_all: bool, log_level: str) -> None:
+def status(url: str | None, show_all: bool, as_json: bool, log_level: str) -> None:
     """Show jobs by queue, state and instance, and the instances that are online."""
     configure_logging(log_level)
     url = resolve_url(url)
@@ -369,7 +371,10 @@ def status(url: str | None, show_all: bool, log_level: str) -> None:
             instances = backend.list_instances()
         finally:
             backend.close()
-        click.echo(render_status(backend.url, counts, instances, show_all=show_all))
+        if as_json:
+            click.echo(json.dumps(status_data(backend.url, counts, instances), indent=2))
+        else:
+            click.echo(render_status(backend.url, counts, instances, show_all=show_all))
 
 
 @cli.command()
@@ -460,6 +465,36 @@ def render_status(
     else:
         parts.append("(none)")
     return "\n".join(parts)
+
+
+def status_data(
+    url: str, counts: Sequence[JobCount], instances: Sequence[Instance]
+) -> dict[str, Any]:
+    """What `pgflow status --json` prints: every count and every instance, offline included."""
+    return {
+        "url": url,
+        "jobs": [
+            {
+                "queue": count.queue,
+                "state": count.state.value,
+                "instance": count.reserved_by,
+                "count": count.count,
+            }
+            for count in counts
+        ],
+        "instances": [
+            {
+                "instance_id": item.instance_id,
+                "status": item.status,
+                "heartbeat_at": item.heartbeat_at.isoformat(),
+                "started_at": item.started_at.isoformat(),
+                "hostname": item.hostname,
+                "pid": item.pid,
+                "queues": item.queues,
+            }
+            for item in instances
+        ],
+    }
 
 
 def _time(value: datetime) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -259,6 +260,14 @@ def _migrate_then_status(url: str) -> None:
     assert any(line.split() == ["priority", "completed", "instance-a", "1"] for line in lines)
     assert "Instances online (1)" in lines
     assert any(line.startswith("instance-a ") and " online " in line for line in lines)
+
+    as_json = _pgflow("status", "--json", "--url", url)
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert {"queue": "priority", "state": "completed", "instance": "instance-a", "count": 1} in (
+        data["jobs"]
+    )
+    assert [item["instance_id"] for item in data["instances"]] == ["instance-a"]
 
 
 def test_migrate_and_status_on_sqlite(sqlite_url: str) -> None:
