@@ -31,7 +31,12 @@ _STORE_METHODS = ("start_run", "start_attempt", "record_step", "finish_run", "ge
 def _check_seconds(name: str, value: object) -> None:
     if value is None:
         return
-    if type(value) not in _NUMBER or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type, operator]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, _NUMBER)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise DefinitionError(f"{name} must be None or a number of seconds > 0, got {value!r}")
 
 
@@ -43,7 +48,7 @@ def _check_options(
     workflow_id: object,
     log_context: Mapping[str, Any] | None,
 ) -> None:
-    if type(max_attempts) is not int or max_attempts < 1:
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise DefinitionError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
     _check_seconds("timeout", timeout)
     _check_seconds("step_timeout", step_timeout)

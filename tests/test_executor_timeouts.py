@@ -7,6 +7,7 @@ released while the step was still stuck (no timing is asserted).
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import threading
 from collections import Counter
@@ -190,3 +191,27 @@ def test_the_engine_keeps_working_after_abandoned_attempts(hang: Hang) -> None:
     flow = pgflow.Flow("after_hangs")
     flow.add_step("a", lambda state: state + 1)
     assert [pgflow.execute(flow, n) for n in range(20)] == list(range(1, 21))
+
+
+def test_caller_interrupted_while_waiting_abandons_the_attempt(hang: Hang) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("KeyboardInterrupt is delivered to the main thread only")
+    flow = pgflow.Flow("interrupted")
+
+    @flow.step
+    def interrupt_caller(state: int) -> int:
+        _thread.interrupt_main()  # like Ctrl-C while the caller waits for this attempt
+        hang.release.wait(HANG)
+        hang.returned.set()
+        return state
+
+    @flow.step
+    def after(state: int) -> int:
+        hang.next_ran.set()
+        return state
+
+    with pytest.raises(KeyboardInterrupt):
+        pgflow.execute(flow, 1, timeout=HANG)
+    hang.release.set()
+    assert hang.returned.wait(HANG)
+    assert not hang.next_ran.wait(0.3)

@@ -242,6 +242,15 @@ class Attempt:
         done = self._done = _new_lock()
         done.acquire()
         POOL.run(self._run_on_runner)
+        try:
+            self._watch(deadline)
+        except BaseException:
+            # E.g. KeyboardInterrupt while waiting: the attempt must not go on unsupervised.
+            self._abandon()
+            raise
+
+    def _watch(self, deadline: float | None) -> None:
+        done = self._done
         run = self.run
         timeouts = run.timeouts
         soonest_ahead = run.soonest_timeout_from
@@ -264,6 +273,13 @@ class Attempt:
                 return
             if self._expire(deadline):
                 return
+
+    def _abandon(self) -> None:
+        with self.lock:
+            self.abandoned = True
+            future = self.future
+        if future is not None:
+            future.cancel()
 
     def _expire(self, deadline: float | None) -> bool:
         """Abandon the attempt if a deadline has passed; True if it was abandoned."""
