@@ -140,6 +140,7 @@ def mask_password(text: str, url: str | None) -> str:
 
 
 def url_option(func: F) -> F:
+    """The `--url` option every command shares (resolved later by `resolve_url`)."""
     return click.option(
         "--url",
         metavar="URL",
@@ -149,6 +150,8 @@ def url_option(func: F) -> F:
 
 
 def log_level_option(default: str) -> Callable[[F], F]:
+    """`--log-level`, with a per-command default: INFO for a worker, WARNING otherwise."""
+
     def decorate(func: F) -> F:
         return click.option(
             "--log-level",
