@@ -463,3 +463,29 @@ def test_instance_id_defaults_to_env_then_host_and_pid(
     assert Pgflow(memory).instance_id == "from-env"
     monkeypatch.delenv("INSTANCE_ID")
     assert Pgflow(memory).instance_id.endswith(f"-{__import__('os').getpid()}")
+
+
+def test_jobs_of_a_claim_whose_reply_was_lost_are_released(memory: InMemoryBackend) -> None:
+    """The claim committed but the connection broke before the reply: no job may hang."""
+
+    class LosesFirstReply(Flaky):
+        lost = False
+
+        def claim_jobs(self, queue: str, instance_id: str, limit: int) -> list[Job]:
+            jobs = self.inner.claim_jobs(queue, instance_id, limit)
+            if jobs and not self.lost:
+                self.lost = True
+                raise ConnectionError("server closed the connection unexpectedly")
+            return jobs
+
+    backend = LosesFirstReply(memory)
+    job = memory.insert_jobs([Noop.new()])[0]
+    app = Pgflow(backend, instance_id="unlucky", **FAST)
+    app.start()
+    try:
+        assert wait_for(lambda: (memory.get_job(job.id) or job).state is JobState.COMPLETED)
+        stored = memory.get_job(job.id)
+        assert stored is not None and stored.attempt == 2
+        assert [e["kind"] for e in stored.errors] == ["pgflow.LostClaim"]
+    finally:
+        app.stop(timeout=5)

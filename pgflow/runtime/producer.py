@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from pgflow.clock import Clock
-from pgflow.records import Job
+from pgflow.records import Job, JobError, JobState
 from pgflow.runtime.execution import (
     JobControl,
     Outcome,
@@ -75,6 +75,7 @@ class Producer:
         self._abort = threading.Event()  # stop now, even with jobs running
         self._hints = 0  # bumped by every external hint that jobs may be available
         self._maybe_more = True
+        self._claim_failed = False
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=limit, thread_name_prefix=f"pgflow-{queue}"
         )
@@ -153,11 +154,17 @@ class Producer:
                 with self._lock:
                     if not self._running and not self._finished:
                         return
-            elif not guard.attempt(self._claim):
+            elif not self._fill_slots(guard):
                 continue
             self._wake.wait(max(0.0, next_poll - time.monotonic()))
             self._wake.clear()
         guard.attempt(self._flush)  # aborting: one last try to acknowledge what finished
+
+    def _fill_slots(self, guard: Guard) -> bool:
+        """Claim for the free slots (after releasing orphans of a failed claim); False on error."""
+        if self._claim_failed and not guard.attempt(self._release_orphans):
+            return False
+        return guard.attempt(self._claim)
 
     def _poll_tick(self) -> None:
         """The safety net: look for work even without a hint, and for cancellation requests."""
@@ -179,7 +186,12 @@ class Producer:
             if free <= 0 or not self._maybe_more:
                 return
             hints = self._hints
-        jobs = self.backend.claim_jobs(self.queue, self.instance_id, free)
+        try:
+            jobs = self.backend.claim_jobs(self.queue, self.instance_id, free)
+        except Exception:
+            # The claim may have committed with its reply lost: look for orphans first.
+            self._claim_failed = True
+            raise
         with self._lock:
             if len(jobs) < free and self._hints == hints:
                 self._maybe_more = False  # the queue ran dry; wait for a hint or the poll
@@ -187,6 +199,36 @@ class Producer:
                 self._running[job.id] = _Running(job, JobControl())
         for job in jobs:
             self._dispatch(job)
+
+    def _release_orphans(self) -> None:
+        """Fail (for a retry) jobs the database says we run but we never received.
+
+        A claim whose reply was lost to a broken connection leaves its jobs executing under
+        this instance, which keeps heartbeating, so no rescue would ever free them.
+        """
+        executing = self.backend.list_jobs(
+            queue=self.queue, state=JobState.EXECUTING, limit=1_000_000
+        )
+        with self._lock:
+            known = set(self._running) | {outcome.job.id for outcome in self._finished}
+        for job in executing:
+            if job.reserved_by != self.instance_id or job.id in known:
+                continue
+            error = JobError(
+                attempt=job.attempt,
+                at=self.clock.now(),
+                kind="pgflow.LostClaim",
+                message="claimed, but the reply was lost to a database error; released",
+                instance_id=self.instance_id,
+            ).to_dict()
+            state = self.backend.fail_job(job.ref, error, retry_in=0.0)
+            logger.warning(
+                "job %s: claim reply lost, released as %s",
+                job.id,
+                state.value if state else "fenced",
+                extra=job_log_extra(job, self.instance_id),
+            )
+        self._claim_failed = False
 
     def _dispatch(self, job: Job) -> None:
         with self._lock:

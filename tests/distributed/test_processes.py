@@ -6,12 +6,16 @@ kills its children at teardown. Side effects are counted in the `side_effects` t
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
 from pgflow.app import Pgflow
@@ -176,3 +180,47 @@ def test_two_instances_enqueue_each_cron_slot_once(cluster: Cluster) -> None:
     rows = query(url, "SELECT meta->>'cron_slot', state FROM pgflow_jobs")
     assert rows == [(boundary.isoformat(), "completed")]
     assert count(url, "SELECT count(*) FROM side_effects WHERE event = 'cron'") == 1
+
+
+def _pg_ctlcluster() -> list[str] | None:
+    """The command restarting the local cluster at once, or None where it cannot be done."""
+    if not shutil.which("pg_ctlcluster") or not os.path.isdir("/etc/postgresql"):
+        return None
+    versions = sorted(os.listdir("/etc/postgresql"))
+    if not versions:
+        return None
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "restart"]
+
+
+def test_postgres_restart_under_load_loses_nothing(cluster: Cluster, app: Pgflow) -> None:
+    """Kept last and short: the server is shared, and an immediate restart drops everyone."""
+    command = _pg_ctlcluster()
+    if command is None:
+        pytest.skip("needs the local Debian PostgreSQL cluster (pg_ctlcluster) to restart")
+    url = cluster.url
+    for name in ("steady-a", "steady-b"):
+        cluster.spawn(name, queues={"default": 50})
+    cluster.wait_online("steady-a", "steady-b")
+    jobs = app.insert([Count.new({"n": n, "seconds": 1.5}) for n in range(100)])
+    wait_until(
+        lambda: count(url, "SELECT count(*) FROM pgflow_jobs WHERE state = 'executing'") == 100,
+        30,
+        "100 jobs in flight",
+    )
+    subprocess.run([*command, "-m", "immediate"], check=True, timeout=60, capture_output=True)
+
+    def all_completed() -> bool:
+        try:
+            done = count(url, "SELECT count(*) FROM pgflow_jobs WHERE state = 'completed'")
+        except psycopg.OperationalError:  # still starting up
+            return False
+        return done == len(jobs)
+
+    wait_until(all_completed, 60, "every job completed after the restart")
+    for name, proc in cluster.procs.items():
+        assert proc.poll() is None, f"{name} exited:\n{cluster.log_of(name)[-3000:]}"
+    assert any("retrying in" in cluster.log_of(name) for name in cluster.procs)
+    for name in cluster.procs:
+        cluster.signal(name, signal.SIGTERM)
+    for name, proc in cluster.procs.items():
+        assert proc.wait(30) == 0, cluster.log_of(name)
