@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -11,6 +12,8 @@ from typing import Any
 from benchmarks.harness import Skip
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: Seconds to keep trying to drop a benchmark database before giving up loudly.
+DROP_PATIENCE = 60.0
 
 
 def _connect(admin_url: str) -> Any:
@@ -51,7 +54,21 @@ def temporary_database(admin_url: str) -> Iterator[str]:
     try:
         yield admin_url.rsplit("/", 1)[0] + "/" + name
     finally:
-        with _connect(admin_url) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        _drop(admin_url, name)
+
+
+def _drop(admin_url: str, name: str) -> None:
+    """Drop the database, retrying while the server refuses connections (it may be busy)."""
+    from psycopg import sql
+
+    statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    deadline = time.monotonic() + DROP_PATIENCE
+    while True:
+        try:
+            with _connect(admin_url) as conn:
+                conn.execute(statement)
+            return
+        except Skip as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not drop benchmark database {name}: {exc}") from exc
+            time.sleep(0.5)
