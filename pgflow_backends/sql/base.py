@@ -117,6 +117,21 @@ class SQLBackend:
 
     # -- hooks for the dialect subclasses -------------------------------------------------
 
+    #: True when _insert_many also sends the notification (in the same statement).
+    _bulk_notifies = False
+
+    def _single(self) -> contextlib.AbstractContextManager[Connection]:
+        """A connection for an operation that is a single statement, atomic by itself.
+
+        By default one of pgflow's transactions; PostgreSQL runs these in autocommit mode,
+        saving the BEGIN and COMMIT round trips.
+        """
+        return self._tx()
+
+    def _run_write(self) -> contextlib.AbstractContextManager[Connection]:
+        """A transaction that writes workflow runs or steps."""
+        return self._tx()
+
     def _guard(self) -> contextlib.AbstractContextManager[object]:
         """Held around each of pgflow's own transactions (SQLite: the in-process write lock)."""
         return contextlib.nullcontext()
@@ -213,14 +228,14 @@ class SQLBackend:
             "p_input": dumps(input, what="input"),
             "p_job_id": job_id,
         }
-        with self._tx() as connection:
+        with self._run_write() as connection:
             row = connection.execute(self._s.insert_run, params).first()
             if row is None:
                 row = connection.execute(self._s.run, params).one()
             return run_from_row(row)
 
     def start_attempt(self, workflow_id: str, attempt: int) -> None:
-        with self._tx() as connection:
+        with self._run_write() as connection:
             connection.execute(
                 self._s.start_attempt, {"p_workflow_id": workflow_id, "p_attempt": attempt}
             )
@@ -237,7 +252,7 @@ class SQLBackend:
             "p_started_at": step.started_at,
             "p_duration": float(step.duration),
         }
-        with self._tx() as connection:
+        with self._run_write() as connection:
             return connection.execute(self._s.record_step, params).rowcount == 1
 
     def finish_run(
@@ -259,16 +274,16 @@ class SQLBackend:
             "p_output": dumps(output, what="output"),
             "p_error": _encode_optional(error, "error"),
         }
-        with self._tx() as connection:
+        with self._run_write() as connection:
             return connection.execute(self._s.finish_run, params).rowcount == 1
 
     def get_run(self, workflow_id: str) -> RunRecord | None:
-        with self._tx() as connection:
+        with self._single() as connection:
             row = connection.execute(self._s.run, {"p_workflow_id": workflow_id}).first()
         return None if row is None else run_from_row(row)
 
     def get_steps(self, workflow_id: str) -> list[StepRecord]:
-        with self._tx() as connection:
+        with self._single() as connection:
             rows = connection.execute(self._s.steps, {"p_workflow_id": workflow_id}).all()
         return [step_from_row(row) for row in rows]
 
@@ -281,7 +296,7 @@ class SQLBackend:
         if state is not None:
             statement = statement.where(runs.c.state == RunState(state).value)
         statement = statement.order_by(*self._s.runs_newest_first).limit(max(limit, 0))
-        with self._tx() as connection:
+        with self._single() as connection:
             rows = connection.execute(statement).all()
         return [run_from_row(row) for row in rows]
 
@@ -295,7 +310,8 @@ class SQLBackend:
         if not prepared:
             return []
         if connection is None:
-            with self._tx() as own:
+            unique = any(job.unique is not None for job in prepared)
+            with self._tx() if unique else self._single() as own:
                 return self._insert(own, prepared, own=True)
         if not isinstance(connection, Connection):
             raise TypeError(
@@ -314,6 +330,9 @@ class SQLBackend:
             stored = self._insert_many(connection, [prepared[index] for index in plain])
             for index, job in zip(plain, stored, strict=True):
                 results[index] = job
+            announced = self._bulk_notifies
+        else:
+            announced = False
         if len(plain) < len(prepared):
             now: datetime = connection.execute(self._s.now).scalar_one()
             for index, item in enumerate(prepared):
@@ -321,7 +340,13 @@ class SQLBackend:
                     continue
                 results[index] = self._insert_unique(connection, item, now)
         done = [job for job in results if job is not None]
-        woken = {job.queue for job in done if job.state is JobState.AVAILABLE and not job.conflict}
+        woken = {
+            job.queue
+            for job in done
+            if job.state is JobState.AVAILABLE
+            and not job.conflict
+            and not (announced and job.unique_key is None)
+        }
         if woken:
             self._announce(connection, woken, own=own)
         return done
@@ -344,7 +369,7 @@ class SQLBackend:
         if limit <= 0:
             return []
         params = {"p_queue": queue, "p_instance": instance_id, "p_limit": limit}
-        with self._tx() as connection:
+        with self._single() as connection:
             rows = connection.execute(self._s.claim, params).all()
         claimed = [job_from_row(row) for row in rows]
         claimed.sort(key=lambda job: (-job.priority, job.scheduled_at, job.id))
@@ -353,7 +378,7 @@ class SQLBackend:
     def complete_jobs(self, refs: Sequence[JobRef]) -> list[int]:
         if not refs:
             return []
-        with self._tx() as connection:
+        with self._single() as connection:
             return self._complete(connection, refs)
 
     def _complete(self, connection: Connection, refs: Sequence[JobRef]) -> list[int]:
@@ -423,7 +448,7 @@ class SQLBackend:
     def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
         if not job_ids:
             return set()
-        with self._tx() as connection:
+        with self._single() as connection:
             rows = connection.execute(self._s.executing_meta, {"p_ids": list(job_ids)}).all()
         return {job_id for job_id, meta in rows if (meta or {}).get("cancel_requested")}
 
@@ -437,7 +462,7 @@ class SQLBackend:
         return sorted(queues)
 
     def get_job(self, job_id: int) -> Job | None:
-        with self._tx() as connection:
+        with self._single() as connection:
             row = connection.execute(self._s.job, {"p_id": job_id}).first()
         return None if row is None else job_from_row(row)
 
@@ -457,12 +482,12 @@ class SQLBackend:
         if worker is not None:
             statement = statement.where(jobs.c.worker == worker)
         statement = statement.order_by(jobs.c.id).limit(max(limit, 0))
-        with self._tx() as connection:
+        with self._single() as connection:
             rows = connection.execute(statement).all()
         return [job_from_row(row) for row in rows]
 
     def job_counts(self) -> list[JobCount]:
-        with self._tx() as connection:
+        with self._single() as connection:
             rows = connection.execute(self._s.job_counts).all()
         counts = [
             JobCount(queue=queue, state=state, reserved_by=reserved_by, count=count)
@@ -492,7 +517,7 @@ class SQLBackend:
             "p_pid": info.pid,
             "p_queues": dumps(dict(info.queues), what="queues"),
         }
-        with self._tx() as connection:
+        with self._single() as connection:
             connection.execute(self._s.register, params)
 
     def heartbeat(self, instance_id: str) -> bool:
@@ -505,11 +530,11 @@ class SQLBackend:
             return bool(status == "online")
 
     def mark_offline(self, instance_id: str) -> None:
-        with self._tx() as connection:
+        with self._single() as connection:
             connection.execute(self._s.mark_offline, {"p_instance": instance_id})
 
     def list_instances(self) -> list[Instance]:
-        with self._tx() as connection:
+        with self._single() as connection:
             rows = connection.execute(self._s.instances).all()
         return [instance_from_row(row) for row in rows]
 
@@ -562,11 +587,11 @@ class SQLBackend:
     def acquire_leadership(self, instance_id: str, ttl: float) -> bool:
         validate_instance_id(instance_id)
         params = {"p_instance": instance_id, "p_ttl": float(ttl)}
-        with self._tx() as connection:
+        with self._single() as connection:
             return connection.execute(self._s.acquire, params).first() is not None
 
     def release_leadership(self, instance_id: str) -> None:
-        with self._tx() as connection:
+        with self._single() as connection:
             connection.execute(self._s.release, {"p_instance": instance_id})
 
 

@@ -10,16 +10,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column
+from sqlalchemy import Text, cast
+from sqlalchemy.sql.elements import ColumnElement
 
 from pgflow.records import Instance, Job, JobState, RunRecord, StepRecord
 from pgflow.schema import instances, jobs, runs, steps
+from pgflow.serialization import loads
 
 __all__ = [
     "INSTANCE_COLUMNS",
     "JOB_COLUMNS",
     "RUN_COLUMNS",
     "STEP_COLUMNS",
+    "decode_errors",
+    "decode_object",
     "instance_from_row",
     "job_from_row",
     "run_from_row",
@@ -27,11 +31,13 @@ __all__ = [
     "utc",
 ]
 
-JOB_COLUMNS: tuple[Column[Any], ...] = (
+# JSON columns of jobs come back as text and are decoded here: json.loads is several times
+# cheaper than a driver's per-value JSON loader, and "{}" / "[]" need no parsing at all.
+JOB_COLUMNS: tuple[ColumnElement[Any], ...] = (
     jobs.c.id,
     jobs.c.queue,
     jobs.c.worker,
-    jobs.c.args,
+    cast(jobs.c.args, Text).label("args"),
     jobs.c.state,
     jobs.c.priority,
     jobs.c.attempt,
@@ -41,11 +47,11 @@ JOB_COLUMNS: tuple[Column[Any], ...] = (
     jobs.c.attempted_at,
     jobs.c.completed_at,
     jobs.c.reserved_by,
-    jobs.c.errors,
-    jobs.c.meta,
+    cast(jobs.c.errors, Text).label("errors"),
+    cast(jobs.c.meta, Text).label("meta"),
     jobs.c.unique_key,
 )
-INSTANCE_COLUMNS: tuple[Column[Any], ...] = (
+INSTANCE_COLUMNS: tuple[ColumnElement[Any], ...] = (
     instances.c.instance_id,
     instances.c.status,
     instances.c.heartbeat_at,
@@ -54,7 +60,7 @@ INSTANCE_COLUMNS: tuple[Column[Any], ...] = (
     instances.c.pid,
     instances.c.queues,
 )
-RUN_COLUMNS: tuple[Column[Any], ...] = (
+RUN_COLUMNS: tuple[ColumnElement[Any], ...] = (
     runs.c.workflow_id,
     runs.c.workflow,
     runs.c.state,
@@ -67,7 +73,7 @@ RUN_COLUMNS: tuple[Column[Any], ...] = (
     runs.c.finished_at,
     runs.c.job_id,
 )
-STEP_COLUMNS: tuple[Column[Any], ...] = (
+STEP_COLUMNS: tuple[ColumnElement[Any], ...] = (
     steps.c.workflow_id,
     steps.c.step,
     steps.c.idx,
@@ -89,6 +95,21 @@ def utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC)
 
 
+def decode_object(text: str | None) -> dict[str, Any]:
+    """A JSON object column as a fresh dict ("{}" is common and needs no parser)."""
+    if not text or text == "{}":
+        return {}
+    value: dict[str, Any] = loads(text)
+    return value
+
+
+def decode_errors(text: str | None) -> tuple[dict[str, Any], ...]:
+    """The errors column ("[]" until a job first fails)."""
+    if not text or text == "[]":
+        return ()
+    return tuple(loads(text))
+
+
 def job_from_row(row: Sequence[Any], *, conflict: bool = False) -> Job:
     scheduled_at = utc(row[8])
     inserted_at = utc(row[9])
@@ -97,7 +118,7 @@ def job_from_row(row: Sequence[Any], *, conflict: bool = False) -> Job:
         id=row[0],
         queue=row[1],
         worker=row[2],
-        args=row[3],
+        args=decode_object(row[3]),
         state=_STATES[row[4]],
         priority=row[5],
         attempt=row[6],
@@ -107,8 +128,8 @@ def job_from_row(row: Sequence[Any], *, conflict: bool = False) -> Job:
         attempted_at=utc(row[10]),
         completed_at=utc(row[11]),
         reserved_by=row[12],
-        errors=row[13] or (),
-        meta=row[14] if row[14] is not None else {},
+        errors=decode_errors(row[13]),
+        meta=decode_object(row[14]),
         unique_key=row[15],
         conflict=conflict,
     )
