@@ -51,6 +51,8 @@ Mode = Literal["inline", "manual"]
 TESTING_INSTANCE = "pgflow-testing"
 #: More jobs than this in one `drain` means a job snoozes or re-inserts itself forever.
 DEFAULT_DRAIN_LIMIT = 10_000
+#: Inline jobs inserting jobs that insert jobs... deeper than this is taken for a loop.
+MAX_INLINE_DEPTH = 50
 _ALL = 1_000_000_000
 
 
@@ -105,6 +107,7 @@ class TestQueue:
             raise ValueError(f"pgflow.testing mode must be 'inline' or 'manual', not {mode!r}")
         self.mode: Mode = mode
         self._owned = app is None
+        self._depth = 0  # inline jobs running inside inline jobs, right now
         self._patch: _InsertPatch | None = None
         if app is None:
             self.clock: Clock = clock if clock is not None else FakeClock()
@@ -347,13 +350,22 @@ class TestQueue:
         for job in jobs:
             if not job.conflict and job.state is JobState.AVAILABLE:
                 by_queue[job.queue] = by_queue.get(job.queue, 0) + 1
-        for queue, how_many in by_queue.items():
-            claimed = self.backend.claim_jobs(queue, TESTING_INSTANCE, how_many)
-            for index, job in enumerate(claimed):
-                ran = self._run(job)
-                if ran.error is not None:
-                    self._release(claimed[index + 1 :])
-                    raise ran.error
+        if by_queue and self._depth >= MAX_INLINE_DEPTH:
+            raise RuntimeError(
+                f"pgflow.testing inline jobs nested {MAX_INLINE_DEPTH} deep: a job seems to "
+                "insert itself forever; use manual mode and drain() to test such a chain"
+            )
+        self._depth += 1
+        try:
+            for queue, how_many in by_queue.items():
+                claimed = self.backend.claim_jobs(queue, TESTING_INSTANCE, how_many)
+                for index, job in enumerate(claimed):
+                    ran = self._run(job)
+                    if ran.error is not None:
+                        self._release(claimed[index + 1 :])
+                        raise ran.error
+        finally:
+            self._depth -= 1
 
 
 class _InlineMemoryBackend(InMemoryBackend):

@@ -41,6 +41,13 @@ class Parent(pgflow.Worker):
             backend.insert_jobs([Record.new({"n": "leaf"})])
 
 
+class Forever(pgflow.Worker):
+    def perform(self, job: Job) -> None:
+        backend = current_backend()
+        assert backend is not None
+        backend.insert_jobs([Forever.new({"n": job.args["n"] + 1})])
+
+
 class Boom(pgflow.Worker, max_attempts=3):
     def perform(self, job: Job) -> None:
         RAN.append(("boom", job.attempt))
@@ -119,6 +126,15 @@ def test_inline_raises_the_job_error_in_the_test() -> None:
         (job,) = t.backend.list_jobs()
         assert job.state is JobState.RETRYABLE
         assert job.errors[0]["kind"] == "ValueError"
+
+
+def test_inline_stops_a_job_that_inserts_itself_forever() -> None:
+    with testing.inline() as t, pytest.raises(RuntimeError, match="nested 50 deep"):
+        t.app.insert(Forever.new({"n": 0}))
+
+
+def test_lazy_attribute_of_the_package() -> None:
+    assert pgflow.testing is testing
 
 
 def test_inline_discard_and_scheduled_jobs() -> None:
