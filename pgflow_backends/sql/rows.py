@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import Text, cast
 from sqlalchemy.sql.elements import ColumnElement
@@ -88,6 +88,12 @@ STEP_COLUMNS: tuple[ColumnElement[Any], ...] = (
 _STATES = {state.value: state for state in JobState}
 
 
+@overload
+def utc(value: datetime) -> datetime: ...
+@overload
+def utc(value: None) -> None: ...
+@overload
+def utc(value: datetime | None) -> datetime | None: ...
 def utc(value: datetime | None) -> datetime | None:
     """The same instant in UTC (drivers return the session's time zone)."""
     if value is None or value.tzinfo is UTC:
@@ -103,7 +109,7 @@ def decode_object(text: str | None) -> dict[str, Any]:
     return value
 
 
-def decode_errors(text: str | None) -> tuple[dict[str, Any], ...]:
+def decode_errors(text: str | None) -> tuple[Any, ...]:
     """The errors column ("[]" until a job first fails)."""
     if not text or text == "[]":
         return ()

@@ -13,7 +13,7 @@ from pgflow import migrations
 from pgflow.errors import BackendError
 from pgflow.schema import metadata
 from pgflow_backends.sql.urls import parse
-from tests.sql.conftest import run_helpers
+from tests.sql.helpers import run_helpers
 
 TABLES = {"pgflow_jobs", "pgflow_instances", "pgflow_runs", "pgflow_steps", "pgflow_leader"}
 

@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, text
 
 from pgflow import registry
 from pgflow.errors import BackendError
+from pgflow.records import NewJob
 from pgflow.registry import backend_from_url, register_backend
 from pgflow_backends.memory import InMemoryBackend
 from pgflow_backends.postgres import PostgresBackend
@@ -117,7 +118,7 @@ def test_a_postgres_engine_is_used_as_is_and_its_pool_reused(postgres_url: str) 
                 )
             ).scalar()
         assert opened is not None and opened <= 1
-        assert engine.pool.checkedout() == 0
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         backend.close()
     with engine.connect() as conn:  # not disposed by the backend
@@ -145,7 +146,7 @@ def test_entry_points_are_consulted_after_the_built_ins(monkeypatch: pytest.Monk
     def entry_points(*, group: str) -> list[importlib.metadata.EntryPoint]:
         return [point] if group == "pgflow.backends" else []
 
-    monkeypatch.setattr(registry.importlib.metadata, "entry_points", entry_points)
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
     backend = backend_from_url("fakeep://x")
     assert isinstance(backend, FakeBackend)
     with pytest.raises(BackendError, match="fakeep"):  # listed among the known schemes
@@ -159,7 +160,5 @@ def test_a_backend_object_passes_through() -> None:
         backend_from_url(42)  # type: ignore[arg-type]
 
 
-def _job() -> object:
-    from pgflow.records import NewJob
-
+def _job() -> NewJob:
     return NewJob(worker="tests.sql.Noop")
