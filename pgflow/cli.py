@@ -249,7 +249,7 @@ def cli() -> None:
     """pgflow: durable workflows and background jobs on PostgreSQL, SQLite or memory."""
 
 
-@cli.command()
+@cli.command(short_help="Create or upgrade pgflow's tables.")
 @url_option
 @log_level_option("WARNING")
 def migrate(url: str | None, log_level: str) -> None:
@@ -265,7 +265,7 @@ def migrate(url: str | None, log_level: str) -> None:
         click.echo(f"pgflow schema is up to date on {backend.url}")
 
 
-@cli.command()
+@cli.command(short_help="Run a worker instance serving the given queues.")
 @url_option
 @click.option(
     "--queues",
@@ -294,6 +294,7 @@ def migrate(url: str | None, log_level: str) -> None:
 @click.option(
     "--heartbeat-interval",
     type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
     default=5.0,
     show_default=True,
     help="Seconds between heartbeats.",
@@ -301,6 +302,7 @@ def migrate(url: str | None, log_level: str) -> None:
 @click.option(
     "--stale-timeout",
     type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
     default=300.0,
     show_default=True,
     help="Seconds without heartbeat after which an instance's jobs are rescued.",
@@ -308,6 +310,7 @@ def migrate(url: str | None, log_level: str) -> None:
 @click.option(
     "--poll-interval",
     type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
     default=None,
     help="Seconds between polls for due jobs (default: the library's).",
 )
@@ -357,7 +360,7 @@ def worker(
         app.run()
 
 
-@cli.command()
+@cli.command(short_help="Show jobs by queue, state and instance; instances online.")
 @url_option
 @click.option("--all", "show_all", is_flag=True, help="Also list offline instances.")
 @click.option("--json", "as_json", is_flag=True, help="Print the same data as JSON.")
@@ -380,7 +383,7 @@ def status(url: str | None, show_all: bool, as_json: bool, log_level: str) -> No
             click.echo(render_status(backend.url, counts, instances, show_all=show_all))
 
 
-@cli.command()
+@cli.command(short_help="Run the ProcessData demo workflow on a SQLite file.")
 @click.option(
     "--db",
     "db_path",
