@@ -45,3 +45,14 @@ def test_pgflow_demo_command_with_db_option_reuses_the_file(tmp_path: Path) -> N
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"database: {db} {expected}" in result.stdout
     assert not (tmp_path / "pgflow-demo.db").exists()
+
+
+def test_demo_needs_no_postgres_driver(tmp_path: Path) -> None:
+    """A fresh `pip install -e .` has no psycopg: the demo must not import it."""
+    code = (
+        "import sys, runpy; sys.modules['psycopg'] = None; sys.argv = ['demo'];"
+        "runpy.run_module('pgflow.demo', run_name='__main__')"
+    )
+    result = _run(["-c", code], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "raised MaxAttemptsExceeded" in result.stdout
