@@ -20,7 +20,7 @@ import pytest
 
 from pgflow.app import Pgflow
 from tests.distributed.conftest import Cluster, query, wait_until
-from tests.distributed.workers import Count, CronTick, Sleepy
+from tests.distributed.workers import Count, CronTick, Nap, Sleepy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -201,7 +201,7 @@ def test_postgres_restart_under_load_loses_nothing(cluster: Cluster, app: Pgflow
     for name in ("steady-a", "steady-b"):
         cluster.spawn(name, queues={"default": 50})
     cluster.wait_online("steady-a", "steady-b")
-    jobs = app.insert([Count.new({"n": n, "seconds": 1.5}) for n in range(100)])
+    jobs = app.insert([Nap.new({"n": n, "seconds": 1.5}) for n in range(100)])
     wait_until(
         lambda: count(url, "SELECT count(*) FROM pgflow_jobs WHERE state = 'executing'") == 100,
         30,
@@ -216,7 +216,11 @@ def test_postgres_restart_under_load_loses_nothing(cluster: Cluster, app: Pgflow
             return False
         return done == len(jobs)
 
-    wait_until(all_completed, 60, "every job completed after the restart")
+    try:
+        wait_until(all_completed, 60, "every job completed after the restart")
+    except AssertionError:
+        states = query(url, "SELECT state, count(*) FROM pgflow_jobs GROUP BY 1")
+        raise AssertionError(f"jobs by state after the restart: {states}") from None
     for name, proc in cluster.procs.items():
         assert proc.poll() is None, f"{name} exited:\n{cluster.log_of(name)[-3000:]}"
     assert any("retrying in" in cluster.log_of(name) for name in cluster.procs)

@@ -70,6 +70,13 @@ class Sleepy(pgflow.Worker, max_attempts=10, backoff=QUICK):
         record(job, "done")
 
 
+class Nap(pgflow.Worker, max_attempts=10, backoff=QUICK):
+    """Only sleeps: many run at once without each holding a database connection."""
+
+    def perform(self, job: Job) -> None:
+        time.sleep(float(job.args["seconds"]))
+
+
 class CronTick(pgflow.Worker):
     def perform(self, job: Job) -> None:
         record(job, "cron")
