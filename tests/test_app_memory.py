@@ -489,3 +489,47 @@ def test_jobs_of_a_claim_whose_reply_was_lost_are_released(memory: InMemoryBacke
         assert [e["kind"] for e in stored.errors] == ["pgflow.LostClaim"]
     finally:
         app.stop(timeout=5)
+
+
+class BurnsCpu(Worker):
+    """Busy for `seconds` without sleeping or releasing anything on purpose."""
+
+    def perform(self, job: Job) -> Any:
+        deadline = time.monotonic() + float(job.args["seconds"])
+        spins = 0
+        while time.monotonic() < deadline:
+            spins += 1
+        return spins
+
+
+def test_a_cpu_bound_job_does_not_make_its_instance_look_dead(
+    app_factory: Callable[..., Pgflow], memory: InMemoryBackend
+) -> None:
+    app = app_factory(instance_id="busy", heartbeat_interval=0.1, stale_timeout=0.5)
+    job = app.insert(BurnsCpu.new({"seconds": 1.5}))
+    app.start()
+    assert wait_for(lambda: (memory.get_job(job.id) or job).state is JobState.COMPLETED)
+    stored = memory.get_job(job.id)
+    assert stored is not None and stored.attempt == 1  # never rescued meanwhile
+
+
+def test_a_rescue_counts_as_an_attempt(
+    app_factory: Callable[..., Pgflow], memory: InMemoryBackend
+) -> None:
+    """A job whose every attempt kills its instance ends discarded, not in a loop."""
+    memory.register_instance(InstanceInfo(instance_id="crashed"))
+    job = memory.insert_jobs([Noop.new(max_attempts=1)])[0]
+    assert memory.claim_jobs("default", "crashed", 1)[0].id == job.id
+    app = app_factory(instance_id="janitor", stale_timeout=0.5, heartbeat_interval=0.1)
+    app.start()
+    assert wait_for(lambda: (memory.get_job(job.id) or job).state is JobState.DISCARDED)
+
+
+def test_finished_jobs_are_pruned(
+    app_factory: Callable[..., Pgflow], memory: InMemoryBackend
+) -> None:
+    app = app_factory(prune_after=0.2, prune_interval=0.1)
+    app.insert([Noop.new() for _ in range(10)])
+    kept = app.insert(Noop.new(schedule_in=3600))
+    app.start()
+    assert wait_for(lambda: [job.id for job in memory.list_jobs()] == [kept.id])

@@ -15,7 +15,7 @@ import pgflow
 from pgflow.app import Pgflow
 from pgflow.records import Job, JobState
 from pgflow.runtime.cron import CronScheduler, parse_cron
-from pgflow.worker import Worker
+from pgflow.worker import Worker, current_backend
 
 FAST: dict[str, Any] = {
     "poll_interval": 0.1,
@@ -38,6 +38,19 @@ class Note(Worker):
 
 class Tick(Worker):
     def perform(self, job: Job) -> Any:
+        return None
+
+
+class Spawns(Worker):
+    """Inserts a follow-up job through the running app's backend, then records itself."""
+
+    def perform(self, job: Job) -> Any:
+        backend = current_backend()
+        assert backend is not None
+        if job.args.get("depth", 0) < 1:
+            backend.insert_jobs([Spawns.new({"depth": 1})])
+        with DONE_LOCK:
+            DONE.append(job.id)
         return None
 
 
@@ -92,12 +105,6 @@ def test_start_serve_stop(app: Pgflow) -> None:
     assert app.stop(timeout=10)
     [instance] = app.backend.list_instances()
     assert (instance.instance_id, instance.status) == ("sql-app", "offline")
-
-
-def _engine_for(url: str) -> sqlalchemy.Engine:
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return sqlalchemy.create_engine(url)
 
 
 def test_insert_in_a_rolled_back_transaction_leaves_no_job(app: Pgflow, url: str) -> None:
@@ -181,3 +188,26 @@ def test_cron_schedulers_racing_on_one_slot_insert_it_once(app: Pgflow) -> None:
     assert len(stored) == 6
     assert len({job.id for job in stored}) == 1
     assert len(app.backend.list_jobs()) == 1
+
+
+def _engine_for(url: str, **options: Any) -> sqlalchemy.Engine:
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return sqlalchemy.create_engine(url, **options)
+
+
+def test_a_one_connection_pool_serves_many_slots(url: str) -> None:
+    """User code never holds a connection while it runs, so slots cannot starve the pool."""
+    engine = _engine_for(url, pool_size=1, max_overflow=0, pool_timeout=5)
+    app = Pgflow(engine, instance_id="tiny-pool", queues={"default": 8}, **FAST)
+    try:
+        app.migrate()
+        with DONE_LOCK:
+            DONE.clear()
+        app.insert([Spawns.new() for _ in range(20)])
+        app.start()
+        assert wait_for(lambda: app.status().count(state=JobState.COMPLETED) == 40, 40)
+        assert app.status().count() == 40
+    finally:
+        app.close()
+        engine.dispose()
