@@ -334,3 +334,28 @@ def test_concurrent_callers_share_the_engine() -> None:
     assert sorted(results) == sorted(
         f"result={(n * 1000 + i + 1) * 2}" for n in range(4) for i in range(50)
     )
+
+
+def test_nested_execute_from_an_async_step_fails_clearly_without_retry() -> None:
+    inner = pgflow.Flow("inner")
+
+    async def inner_step(state: int) -> int:
+        return state
+
+    inner.add_step("inner_step", inner_step)
+
+    async def outer_step(state: int) -> int:
+        result: int = pgflow.execute(inner, state)
+        return result
+
+    clock = pgflow.FakeClock()
+    with pytest.raises(RuntimeError, match="called from inside an async step"):
+        Executor(clock=clock).execute(_single(outer_step), 1)
+    assert clock.sleeps == []
+
+
+def test_nested_execute_from_a_sync_step() -> None:
+    inner = make_flow("inner_sync")
+    outer = _single(lambda state: pgflow.execute(inner, state))
+    assert pgflow.execute(outer, 1) == "result=4"
+    assert pgflow.execute(outer, 1, timeout=None) == "result=4"

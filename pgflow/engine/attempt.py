@@ -19,7 +19,7 @@ from datetime import datetime
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
-from pgflow.engine.loop import LOOP
+from pgflow.engine.loop import LOOP, LoopReentryError
 from pgflow.engine.runners import POOL, wait_for
 from pgflow.errors import SerializationError, WorkflowError
 from pgflow.records import StepOutcome, StepRecord
@@ -147,8 +147,10 @@ class Attempt:
                 if step.is_async or type(output) is CoroutineType:
                     output = self._wait_async(output)
             except BaseException as exc:
-                if not isinstance(exc, (Exception, asyncio.CancelledError)):
-                    raise  # KeyboardInterrupt, SystemExit...: not a step failure
+                if not isinstance(exc, (Exception, asyncio.CancelledError)) or isinstance(
+                    exc, LoopReentryError
+                ):
+                    raise  # KeyboardInterrupt, SystemExit, misuse: not a step failure
                 self._failed(index, exc, _perf() - started)
                 return
             duration = _perf() - started
@@ -169,6 +171,8 @@ class Attempt:
             if not hasattr(awaitable, "__await__"):
                 return awaitable  # declared async but returned a plain value: keep it
             awaitable = _await(awaitable)
+        if self.run.inside_loop:
+            LOOP.refuse_reentry(awaitable)
         future = LOOP.submit(awaitable)
         with self.lock:
             if self.abandoned:

@@ -14,6 +14,10 @@ from collections.abc import Coroutine
 from typing import Any
 
 
+class LoopReentryError(RuntimeError):
+    """An async step called a blocking execute() whose own async steps need the same loop."""
+
+
 class BackgroundLoop:
     """A daemon thread running an asyncio loop, started on first use."""
 
@@ -21,19 +25,27 @@ class BackgroundLoop:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._ident: int | None = None
 
     def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         """Schedule `coro` on the loop; cancelling the returned future cancels its task."""
         loop = self._loop
         if loop is None:
             loop = self._start()
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError(
-                "pgflow cannot wait for an async step from inside another async step "
-                "(the shared loop would wait for itself); await the coroutine directly"
-            )
         return asyncio.run_coroutine_threadsafe(coro, loop)
+
+    def is_current(self) -> bool:
+        """True on the loop's own thread (i.e. inside an async step)."""
+        return threading.get_ident() == self._ident
+
+    def refuse_reentry(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Raise LoopReentryError (closing `coro`): a step waiting on its own loop deadlocks."""
+        coro.close()
+        raise LoopReentryError(
+            "pgflow.execute() was called from inside an async step and the workflow "
+            "has async steps: the shared loop would wait for itself. Run the nested "
+            "workflow from a sync step, or in a thread (asyncio.to_thread)"
+        )
 
     def _start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -50,6 +62,7 @@ class BackgroundLoop:
                 thread.start()
                 ready.wait()
                 self._thread = thread
+                self._ident = thread.ident
                 self._loop = loop
             return self._loop
 
@@ -58,6 +71,7 @@ class BackgroundLoop:
         self._lock = threading.Lock()
         self._loop = None
         self._thread = None
+        self._ident = None
 
 
 LOOP = BackgroundLoop()

@@ -19,6 +19,7 @@ from pgflow.backoff_policy import Backoff
 from pgflow.clock import Clock
 from pgflow.definition import Workflow
 from pgflow.engine.attempt import Attempt, describe, error_dict
+from pgflow.engine.loop import LOOP
 from pgflow.errors import (
     Discard,
     MaxAttemptsExceeded,
@@ -42,6 +43,7 @@ class Run:
         "backoff",
         "clock",
         "input",
+        "inside_loop",
         "job_id",
         "log",
         "max_attempts",
@@ -73,6 +75,8 @@ class Run:
         self.max_attempts = max_attempts
         self.timeout = timeout
         self.backoff = backoff
+        # Called from an async step: this run's async steps could only deadlock.
+        self.inside_loop = LOOP.is_current()
         self._given_id = workflow_id is not None
         self._workflow_id = workflow_id
         job_id = log_context.get("job_id") if log_context else None

@@ -72,7 +72,7 @@ class _Runner:
 class RunnerPool:
     """Idle runner threads, at most `max_idle` kept waiting for work."""
 
-    def __init__(self, max_idle: int = 8) -> None:
+    def __init__(self, max_idle: int = 64) -> None:
         self._idle: list[_Runner] = []
         self._max_idle = max_idle
 
