@@ -171,6 +171,11 @@ class Flow:
         self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, **options: Any
     ) -> Any:
         """Add a step; use bare (`@flow.step`) or with options (`@flow.step(timeout=5.0)`)."""
+        if isinstance(fn, str):
+            raise DefinitionError(
+                f"workflow {self.name!r}: name a step with @flow.step(name={fn!r}), "
+                "not a positional string"
+            )
         if fn is not None:
             return self._add(fn, name, options)
 

@@ -6,6 +6,14 @@ resumes at the step that failed, with the output of the step before it: complete
 are checkpoints and do not run again. `timeout` bounds one attempt (from the step it
 resumes at) and `step_timeout` one step; a step that outlives either is abandoned, the
 caller gets StepTimedOut at the deadline, and that counts as a failed attempt.
+
+Where steps run: with no timeout at all (`timeout=None` and no step timeouts) sync steps
+run in the caller's thread, as plain calls. Otherwise they run on reusable daemon runner
+threads while the caller waits with a deadline. A sync step cannot be killed, so a timed-out
+one keeps its runner until it returns, but never starts another step and its result is
+dropped. Async steps run on one shared background event loop and are cancelled at their
+deadline; a blocking call inside an `async def` step stalls every other async step.
+Retries wait on the clock: timeouts are real time, backoff waits are `clock.sleep`.
 """
 
 from __future__ import annotations

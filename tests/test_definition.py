@@ -179,6 +179,8 @@ def test_flow_errors_at_definition_time() -> None:
         flow.step(timeout=True)
     with pytest.raises(pgflow.DefinitionError, match=r"'bad' step 'y': step is not callable"):
         flow.add_step("y", "not a function")  # type: ignore[arg-type]
+    with pytest.raises(pgflow.DefinitionError, match=r"@flow.step\(name='z'\)"):
+        flow.step("z")  # type: ignore[call-overload]
     with pytest.raises(pgflow.DefinitionError, match="non-empty string"):
         pgflow.Flow("")
 
