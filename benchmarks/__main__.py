@@ -2,4 +2,6 @@
 
 from benchmarks.cli import main
 
-raise SystemExit(main())
+# Guarded: worker processes are spawned, and must not rerun the suite on import.
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -38,7 +38,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="server where throw-away databases are created and dropped "
         f"(default {postgres.DEFAULT_ADMIN_URL})",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=100,
+        metavar="N",
+        help="queue limit of each worker process in the distributed suite (default 100)",
+    )
+    args = parser.parse_args(argv)
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    return args
 
 
 def run_one(benchmark: Benchmark, ctx: RunContext) -> list[Row]:
@@ -68,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report.render_header(machine, args.quick), flush=True)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="pgflow-bench-") as workdir:
-        ctx = RunContext(args.quick, Path(workdir), args.postgres_admin_url)
+        ctx = RunContext(args.quick, Path(workdir), args.postgres_admin_url, args.concurrency)
         for benchmark in selected:
             print(f"running {benchmark.name} ...", file=sys.stderr, flush=True)
             started = time.monotonic()

@@ -31,8 +31,6 @@ from benchmarks.harness import (
 from benchmarks.worker_process import START_TIMEOUT, serve
 
 QUEUE = "bench"
-#: Concurrent jobs per worker process (the per-instance queue limit).
-CONCURRENCY = 50
 PROCESS_COUNTS = (1, 2, 4)
 KINDS: tuple[Kind, ...] = ("postgres", "sqlite")
 DRAIN_TARGETS: dict[tuple[Kind, int], float] = {("postgres", 1): 6_000, ("postgres", 2): 9_000}
@@ -59,9 +57,9 @@ class WorkerGroup:
 
 @contextmanager
 def worker_processes(
-    url: str, count: int, queue: str, options: dict[str, Any], sink: Any = None
+    url: str, count: int, queues: dict[str, int], options: dict[str, Any], sink: Any = None
 ) -> Iterator[WorkerGroup]:
-    """Start `count` processes serving `queue`; wait until all are ready, stop and reap after."""
+    """Start `count` processes serving `queues`; wait until all are ready, stop, reap after."""
     require("pgflow.app", "Pgflow")
     require("benchmarks.jobs")
     mp = multiprocessing.get_context("spawn")
@@ -70,7 +68,7 @@ def worker_processes(
     processes = [
         mp.Process(
             target=serve,
-            args=(url, {queue: CONCURRENCY}, f"bench-{queue}-{i}", options, start_line, stop, sink),
+            args=(url, queues, f"bench-{'-'.join(queues)}-{i}", options, start_line, stop, sink),
             daemon=True,
         )
         for i in range(count)
@@ -123,7 +121,7 @@ def _options_label(kind: Kind) -> str:
     return "".join(f", {key}={value}" for key, value in APP_OPTIONS[kind].items())
 
 
-def _drain(opened: Opened, kind: Kind, processes: int, total: int) -> float:
+def _drain(opened: Opened, kind: Kind, processes: int, total: int, concurrency: int) -> float:
     """Seconds for `processes` workers to complete `total` pre-inserted jobs.
 
     Each round has its own queue, so jobs of an earlier round never count.
@@ -131,7 +129,8 @@ def _drain(opened: Opened, kind: Kind, processes: int, total: int) -> float:
     backend = opened.backend
     queue = f"drain_{processes}"
     _insert_noops(backend, queue, total)
-    with worker_processes(opened.url, processes, queue, APP_OPTIONS[kind]) as group:
+    queues = {queue: concurrency}
+    with worker_processes(opened.url, processes, queues, APP_OPTIONS[kind]) as group:
         started_wall = time.time()
         started = time.perf_counter()
         deadline = started + DRAIN_TIMEOUT
@@ -154,12 +153,12 @@ def _drain_runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
         rows = []
         with open_backend(kind, ctx) as opened:
             for processes in PROCESS_COUNTS:
-                seconds = _drain(opened, kind, processes, total)
+                seconds = _drain(opened, kind, processes, total, ctx.worker_concurrency)
                 target = DRAIN_TARGETS.get((kind, processes))
                 rows.append(
                     Row(
                         f"drain-{kind}",
-                        f"{total:,} no-op jobs, {processes} process(es) x {CONCURRENCY}"
+                        f"{total:,} no-op jobs, {processes} process(es) x {ctx.worker_concurrency}"
                         + _options_label(kind),
                         {"n": float(total), RATE: total / seconds, "seconds": seconds},
                         "jobs/s",
@@ -183,7 +182,7 @@ def _latency_runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
         poll = float(APP_OPTIONS[kind].get("poll_interval", 0.0))
         with (
             open_backend(kind, ctx) as opened,
-            worker_processes(opened.url, 1, QUEUE, APP_OPTIONS[kind], sink) as group,
+            worker_processes(opened.url, 1, {QUEUE: 10}, APP_OPTIONS[kind], sink) as group,
         ):
             for seq in range(warmup + samples):
                 job = stamp_start.new({"seq": seq, "sent_ns": time.time_ns()})

@@ -99,6 +99,8 @@ class RunContext:
     quick: bool
     workdir: Path
     postgres_admin_url: str
+    #: Per-process queue limit of the distributed suite's worker processes.
+    worker_concurrency: int = 100
 
     def size(self, full: int, quick: int) -> int:
         return quick if self.quick else full
