@@ -206,6 +206,12 @@ def test_a_hostile_queue_name_is_refused(backend: Backend) -> None:
     assert backend.claim_jobs(HOSTILE_QUEUE, "node-a", 5) == []
 
 
+def test_a_batch_with_one_bad_name_writes_nothing(backend: Backend) -> None:
+    with pytest.raises(DefinitionError, match="bad queue"):
+        backend.insert_jobs([new(), new(queue="bad queue"), new()])
+    assert backend.list_jobs() == []
+
+
 @pytest.mark.parametrize("queue", ["", " default", "a b", "-lead", "é", "q" * 64])
 def test_bad_queue_names_are_refused(backend: Backend, queue: str) -> None:
     with pytest.raises(DefinitionError):
