@@ -22,7 +22,7 @@ import importlib
 import math
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from pgflow.backend import RunStore
 from pgflow.backoff_policy import DEFAULT_BACKOFF, Backoff
@@ -73,23 +73,24 @@ def _check_options(
 
 
 class Executor:
-    """Runs workflows in this process, recording them in `backend` (a RunStore or a URL)
-    when one is given, and waiting for retries on `clock` (a FakeClock in tests)."""
+    """Runs workflows in this process, recording them in `backend` (a RunStore, a URL or an
+    SQLAlchemy Engine) when one is given, and waiting for retries on `clock` (a FakeClock
+    in tests). A URL or Engine is opened with `pgflow.backend_from_url` on first use."""
 
     __slots__ = ("_backend", "_lock", "_store", "clock")
 
-    def __init__(self, backend: RunStore | str | None = None, clock: Clock | None = None) -> None:
+    def __init__(self, backend: RunStore | str | Any = None, clock: Clock | None = None) -> None:
+        opened = backend is None or _to_open(backend)
         # Duck-typed: a runtime Protocol isinstance check is slow on this path.
-        if (
-            backend is not None
-            and not isinstance(backend, str)
-            and not all(callable(getattr(backend, name, None)) for name in _STORE_METHODS)
+        if not opened and not all(
+            callable(getattr(backend, name, None)) for name in _STORE_METHODS
         ):
             raise DefinitionError(
-                f"backend must be a RunStore or a URL string, got {type(backend).__name__}"
+                "backend must be a RunStore, a URL string or an SQLAlchemy Engine, "
+                f"got {type(backend).__name__}"
             )
         self._backend = backend
-        self._store: RunStore | None = None if isinstance(backend, str) else backend
+        self._store: RunStore | None = None if opened else cast(RunStore, backend)
         self._lock = threading.Lock()
         self.clock: Clock = SYSTEM_CLOCK if clock is None else clock
 
@@ -97,10 +98,10 @@ class Executor:
     def backend(self) -> RunStore | None:
         """The RunStore runs are recorded in (a URL is opened on first use), or None."""
         store = self._store
-        if store is None and isinstance(self._backend, str):
+        if store is None and self._backend is not None:
             with self._lock:
                 if self._store is None:
-                    self._store = _open_url(self._backend)
+                    self._store = _open(self._backend)
                 store = self._store
         return store
 
@@ -148,27 +149,32 @@ class Executor:
         return f"Executor(backend={self._backend!r}, clock={self.clock!r})"
 
 
-def _open_url(url: str) -> RunStore:
+def _to_open(backend: object) -> bool:
+    """A URL or an SQLAlchemy Engine (recognised without importing SQLAlchemy)."""
+    return isinstance(backend, str) or type(backend).__module__.startswith("sqlalchemy.")
+
+
+def _open(url_or_engine: object) -> RunStore:
     # Imported late: keeps `import pgflow` light and the registry optional until used.
     registry = importlib.import_module("pgflow.registry")
-    store: RunStore = registry.backend_from_url(url)
+    store: RunStore = registry.backend_from_url(url_or_engine)
     return store
 
 
 _DEFAULT_EXECUTOR = Executor()
-# One Executor (and so one opened backend) per URL, so repeated calls reuse the database.
-_executors_by_url: dict[str, Executor] = {}
+# One Executor (and so one opened backend) per URL or Engine, so repeated calls reuse it.
+_executors_by_source: dict[object, Executor] = {}
 _executors_lock = threading.Lock()
 
 
-def _executor_for(backend: RunStore | str) -> Executor:
-    if isinstance(backend, str):
-        executor = _executors_by_url.get(backend)
+def _executor_for(backend: object) -> Executor:
+    if _to_open(backend):
+        executor = _executors_by_source.get(backend)
         if executor is None:
             with _executors_lock:
-                executor = _executors_by_url.get(backend)
+                executor = _executors_by_source.get(backend)
                 if executor is None:
-                    executor = _executors_by_url[backend] = Executor(backend)
+                    executor = _executors_by_source[backend] = Executor(backend)
         return executor
     return Executor(backend)
 
@@ -177,7 +183,7 @@ def execute(
     workflow: object,
     input: Any,
     *,
-    backend: RunStore | str | None = None,
+    backend: RunStore | str | Any = None,
     max_attempts: int = 3,
     timeout: float | None = 30.0,
     step_timeout: float | None = None,
@@ -187,8 +193,9 @@ def execute(
 ) -> Any:
     """Run `workflow` on `input` in this process; see `Executor.execute` for the options.
 
-    `backend` is a RunStore or a URL ("memory://", "sqlite:///runs.db", ...); a URL is opened
-    once and reused by later calls. Without one nothing is stored or serialised.
+    `backend` is a RunStore, a URL ("memory://", "sqlite:///runs.db", ...) or an SQLAlchemy
+    Engine; a URL or Engine is opened once and reused by later calls. Without a backend
+    nothing is stored or serialised.
     """
     executor = _DEFAULT_EXECUTOR if backend is None else _executor_for(backend)
     return executor.execute(

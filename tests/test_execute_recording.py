@@ -280,3 +280,20 @@ def test_executor_with_url_opens_lazily() -> None:
     assert executor.execute(counting_flow(Counter()), {"n": 1}, workflow_id="u2") == DONE
     store = executor.backend
     assert store is not None and store.get_run("u2") is not None
+
+
+def test_backend_may_be_an_sqlalchemy_engine(tmp_path: Any) -> None:
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/runs.db")
+    try:
+        store = pgflow.backend_from_url(engine)
+        store.migrate()
+        calls = Counter[str]()
+        flow = counting_flow(calls)
+        assert pgflow.execute(flow, {"n": 1}, backend=engine, workflow_id="e1") == DONE
+        assert pgflow.execute(flow, {"n": 1}, backend=engine, workflow_id="e1") == DONE
+        assert calls["first"] == 1
+        run = store.get_run("e1")
+        assert run is not None and run.state is RunState.COMPLETED
+    finally:
+        engine.dispose()

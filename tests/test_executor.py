@@ -309,8 +309,11 @@ def test_unknown_option_names_it() -> None:
 
 
 def test_backend_must_look_like_a_run_store() -> None:
-    with pytest.raises(pgflow.DefinitionError, match="backend must be a RunStore"):
-        Executor(backend=object())  # type: ignore[arg-type]
+    with pytest.raises(
+        pgflow.DefinitionError,
+        match="backend must be a RunStore, a URL string or an SQLAlchemy Engine",
+    ):
+        Executor(backend=object())
 
 
 def test_concurrent_callers_share_the_engine() -> None:
