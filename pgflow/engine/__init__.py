@@ -1,4 +1,7 @@
-"""The machinery under `pgflow.execute`: runner threads, the async loop, one attempt's run.
+"""The machinery under `pgflow.execute`, private to pgflow (the public face is `pgflow.executor`).
 
-Private to pgflow: the public face is `pgflow.executor`.
+- `run`: one run, its attempts, backoff, recording and resume;
+- `attempt`: one attempt's steps, inline or supervised against deadlines;
+- `runners`: reusable daemon threads that run supervised attempts;
+- `loop`: the shared background event loop for `async def` steps.
 """

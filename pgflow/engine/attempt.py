@@ -5,6 +5,8 @@ With one, they run on a runner thread while the caller supervises: at the deadli
 caller flips `abandoned` (under `lock`) and returns. The runner checks that flag, under the
 same lock, before starting a step and before recording or keeping a result, so an abandoned
 attempt never runs a further step and nothing it produces afterwards is used or stored.
+Supervised steps are therefore recorded from the runner thread: a RunStore must be usable
+from several threads (the built-in backends are).
 """
 
 from __future__ import annotations
