@@ -57,6 +57,10 @@ JOB_STATES = (
 RUN_STATES = ("running", "completed", "failed")
 STEP_OUTCOMES = ("completed", "failed", "timed_out")
 PRIORITY_MIN, PRIORITY_MAX = -32768, 32767
+JOBS_STORAGE = {
+    "autovacuum_vacuum_scale_factor": "0.02",
+    "autovacuum_analyze_scale_factor": "0.02",
+}
 
 #: JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
 JSONType: TypeEngine[Any] = JSON().with_variant(JSONB(), "postgresql")
@@ -137,6 +141,9 @@ jobs = Table(
         "max_attempts >= 1 AND attempt >= 0 AND attempt <= max_attempts",
         name="pgflow_jobs_attempt_check",
     ),
+    # Every job is updated several times and then deleted: vacuum (and re-analyse) the table
+    # after 2% of it changed, not PostgreSQL's default 20%, so indexes stay small.
+    postgresql_with=JOBS_STORAGE,
 )
 
 _FINISHED = "state IN ('completed', 'discarded', 'cancelled')"

@@ -66,6 +66,10 @@ def upgrade() -> None:
             "max_attempts >= 1 AND attempt >= 0 AND attempt <= max_attempts",
             name="pgflow_jobs_attempt_check",
         ),
+        postgresql_with={
+            "autovacuum_vacuum_scale_factor": "0.02",
+            "autovacuum_analyze_scale_factor": "0.02",
+        },
     )
     op.create_index(
         "pgflow_jobs_claim_idx",

@@ -117,9 +117,7 @@ def decode_errors(text: str | None) -> tuple[Any, ...]:
 
 
 def job_from_row(row: Sequence[Any], *, conflict: bool = False) -> Job:
-    scheduled_at = utc(row[8])
-    inserted_at = utc(row[9])
-    assert scheduled_at is not None and inserted_at is not None
+    """A Job from a row of JOB_COLUMNS (times already made UTC by UTCDateTime)."""
     return Job(
         id=row[0],
         queue=row[1],
@@ -129,10 +127,10 @@ def job_from_row(row: Sequence[Any], *, conflict: bool = False) -> Job:
         priority=row[5],
         attempt=row[6],
         max_attempts=row[7],
-        scheduled_at=scheduled_at,
-        inserted_at=inserted_at,
-        attempted_at=utc(row[10]),
-        completed_at=utc(row[11]),
+        scheduled_at=row[8],
+        inserted_at=row[9],
+        attempted_at=row[10],
+        completed_at=row[11],
         reserved_by=row[12],
         errors=decode_errors(row[13]),
         meta=decode_object(row[14]),

@@ -35,8 +35,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
 from pgflow.schema import UTCDateTime, instances, jobs, leader, runs, steps
+from pgflow_backends.sql.expressions import (
+    as_json,
+    db_now,
+    db_now_plus,
+    relaxed_commit,
+    seconds,
+)
 from pgflow_backends.sql.rows import INSTANCE_COLUMNS, JOB_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
-from pgflow_backends.sql.timeexpr import as_json, db_now, db_now_plus, seconds
 
 __all__ = ["LEADER_NAME", "Statements", "statements_for"]
 
@@ -309,17 +315,30 @@ class Statements:
         )
 
         # -- runs ------------------------------------------------------------------------
+        # Run and step writes carry relaxed_commit(): see PostgresBackend._run_write.
         self.insert_run: Insert = (
             insert_fn(runs)
-            .values(
-                workflow_id=_p("p_workflow_id", String()),
-                workflow=_p("p_workflow", String()),
-                state="running",
-                attempt=1,
-                max_attempts=_p("p_max_attempts", Integer()),
-                input=_json("p_input"),
-                started_at=now,
-                job_id=_p("p_job_id"),
+            .from_select(
+                [
+                    runs.c.workflow_id,
+                    runs.c.workflow,
+                    runs.c.state,
+                    runs.c.attempt,
+                    runs.c.max_attempts,
+                    runs.c.input,
+                    runs.c.started_at,
+                    runs.c.job_id,
+                ],
+                select(
+                    _p("p_workflow_id", String()),
+                    _p("p_workflow", String()),
+                    literal("running", String()),
+                    literal(1, Integer()),
+                    _p("p_max_attempts", Integer()),
+                    _json("p_input"),
+                    now,
+                    _p("p_job_id", Integer()),
+                ).where(relaxed_commit()),
             )
             .on_conflict_do_nothing(index_elements=[runs.c.workflow_id])
             .returning(*RUN_COLUMNS)
@@ -329,7 +348,7 @@ class Statements:
         )
         self.start_attempt: Update = (
             update(runs)
-            .where(runs.c.workflow_id == _p("p_workflow_id", String()))
+            .where(runs.c.workflow_id == _p("p_workflow_id", String()), relaxed_commit())
             .values(
                 attempt=_p("p_attempt", Integer()),
                 state="running",
@@ -368,7 +387,8 @@ class Statements:
                     runs.c.workflow_id == workflow_id,
                     runs.c.attempt == attempt,
                     runs.c.state == "running",
-                )
+                ),
+                relaxed_commit(),
             ),
         )
         self.finish_run: Update = (
@@ -377,6 +397,7 @@ class Statements:
                 runs.c.workflow_id == workflow_id,
                 runs.c.attempt == attempt,
                 runs.c.state == "running",
+                relaxed_commit(),
             )
             .values(
                 state=_p("p_state", String()),

@@ -1,8 +1,9 @@
-"""SQL expressions for "now" and "now + n seconds" in the database's own clock.
+"""SQL expressions that differ by dialect, so one Core statement serves both databases.
 
-Every due, stale and age comparison is written with these, so the workers' clocks never
+Time: every due, stale and age comparison uses `db_now()`, so the workers' clocks never
 matter: PostgreSQL uses `now()` (the transaction's time), SQLite `julianday('now')` turned
 into epoch seconds, which is how `pgflow.schema.UTCDateTime` stores times there.
+JSON: `as_json()` binds text pgflow already encoded. Commits: `relaxed_commit()`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, String, bindparam
+from sqlalchemy import Boolean, Float, String, bindparam
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
@@ -18,7 +19,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from pgflow.schema import UTCDateTime
 
-__all__ = ["as_json", "db_now", "db_now_plus"]
+__all__ = ["as_json", "db_now", "db_now_plus", "relaxed_commit"]
 
 _SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
@@ -45,6 +46,18 @@ class as_json(FunctionElement[Any]):
     type = String()
     inherit_cache = True
     name = "as_json"
+
+
+class relaxed_commit(FunctionElement[bool]):
+    """A condition that is always true and, on PostgreSQL, makes the statement's transaction
+    commit without waiting for the WAL flush: `set_config(..., is_local => true)` is
+    `SET LOCAL synchronous_commit = off`, carried by the statement itself so that a
+    single-statement (autocommit) write needs no extra round trip.
+    """
+
+    type = Boolean()
+    inherit_cache = True
+    name = "relaxed_commit"
 
 
 def seconds(name: str) -> BindParameter[float]:
@@ -85,3 +98,13 @@ def _json_pg(element: as_json, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(as_json, "sqlite")
 def _json_sqlite(element: as_json, compiler: SQLCompiler, **kw: Any) -> str:
     return str(compiler.process(_only_arg(element), **kw))
+
+
+@compiles(relaxed_commit, "postgresql")
+def _relaxed_pg(element: relaxed_commit, compiler: SQLCompiler, **kw: Any) -> str:
+    return "(set_config('synchronous_commit', 'off', true) IS NOT NULL)"
+
+
+@compiles(relaxed_commit, "sqlite")
+def _relaxed_sqlite(element: relaxed_commit, compiler: SQLCompiler, **kw: Any) -> str:
+    return "1 = 1"
