@@ -21,6 +21,7 @@ from benchmarks.harness import (
     MEDIAN,
     P99,
     RATE,
+    SECONDS,
     Benchmark,
     Row,
     RunContext,
@@ -118,7 +119,7 @@ def _last_completion(backend: Any, queue: str, total: int) -> datetime | None:
 
 
 def _options_label(kind: Kind) -> str:
-    return "".join(f", {key}={value}" for key, value in APP_OPTIONS[kind].items())
+    return "".join(f", {key} {value}" for key, value in APP_OPTIONS[kind].items())
 
 
 def _drain(opened: Opened, kind: Kind, processes: int, total: int, concurrency: int) -> float:
@@ -158,9 +159,9 @@ def _drain_runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
                 rows.append(
                     Row(
                         f"drain-{kind}",
-                        f"{total:,} no-op jobs, {processes} process(es) x {ctx.worker_concurrency}"
+                        f"{total:,} jobs, {processes} proc x {ctx.worker_concurrency} slots"
                         + _options_label(kind),
-                        {"n": float(total), RATE: total / seconds, "seconds": seconds},
+                        {"n": float(total), RATE: total / seconds, SECONDS: seconds},
                         "jobs/s",
                         (Target(RATE, ">=", target, f">= {target:,.0f} jobs/s"),) if target else (),
                     )
@@ -206,7 +207,7 @@ def _latency_runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
         return [
             Row(
                 f"latency-{kind}",
-                "enqueue-to-start, idle worker, sequential jobs" + _options_label(kind),
+                "enqueue-to-start, idle worker" + _options_label(kind),
                 latency_metrics(latencies),
                 targets=targets,
             )

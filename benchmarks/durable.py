@@ -28,7 +28,7 @@ def _runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
         return [
             Row(
                 f"durable-{kind}",
-                "execute(3 steps, backend=...), default options",
+                "3-step workflow, default options",
                 samples.metrics(),
                 "workflows/s",
                 (Target(RATE, ">=", target, f">= {target:,.0f} workflows/s"),),

@@ -23,6 +23,7 @@ P95 = "p95_ns"
 P99 = "p99_ns"
 RATE = "rate_per_s"
 OVERHEAD_PER_STEP = "overhead_per_step_ns"
+SECONDS = "seconds"
 
 
 class Skip(Exception):

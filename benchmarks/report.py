@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import MEDIAN, OVERHEAD_PER_STEP, P95, P99, RATE, Row
+from benchmarks.harness import MEDIAN, OVERHEAD_PER_STEP, P95, P99, RATE, SECONDS, Row
 
 COLUMNS = ("benchmark", "case", "n", "median", "p95", "p99", "throughput", "detail", "target")
 
@@ -57,11 +57,11 @@ def _cells(row: Row) -> list[str]:
         format_duration(metrics[key]) if key in metrics else "" for key in (MEDIAN, P95, P99)
     ]
     throughput = f"{metrics[RATE]:,.0f} {row.rate_unit}".strip() if RATE in metrics else ""
-    detail = (
-        f"{format_duration(metrics[OVERHEAD_PER_STEP])}/step overhead"
-        if OVERHEAD_PER_STEP in metrics
-        else ""
-    )
+    detail = ""
+    if OVERHEAD_PER_STEP in metrics:
+        detail = f"{format_duration(metrics[OVERHEAD_PER_STEP])}/step overhead"
+    elif SECONDS in metrics:
+        detail = f"in {metrics[SECONDS]:.2f} s"
     target = "; ".join(t.label for t in row.targets)
     count = f"{metrics['n']:,.0f}" if "n" in metrics else ""
     return [row.benchmark, row.case, count, *latency, throughput, detail, target]
