@@ -257,3 +257,20 @@ def test_migrate_and_check_schema_have_nothing_to_do(memory: InMemoryBackend) ->
     memory.migrate()
     memory.check_schema()
     assert memory.jobs() == []
+
+
+def test_claim_skips_jobs_that_left_the_available_state(memory: InMemoryBackend) -> None:
+    top = _insert(memory, priority=9)
+    middle = _insert(memory, priority=5)
+    bottom = _insert(memory, priority=1)
+    memory.cancel_job(top)
+    memory.register_instance(InstanceInfo(instance_id="node-a"))
+    (first,) = memory.claim_jobs("default", "node-a", 1)
+    assert first.id == middle
+    memory.mark_offline("node-a")
+    memory.rescue_stale(stale_after=60)  # middle is available again, same place in line
+
+    claimed = memory.claim_jobs("default", "node-b", 10)
+
+    assert [job.id for job in claimed] == [middle, bottom]
+    assert memory.claim_jobs("default", "node-b", 10) == []

@@ -95,7 +95,9 @@ class JobTable:
     def __init__(self) -> None:
         self.rows: dict[int, _Row] = {}
         self._next_id = 1
-        self._available: dict[str, set[int]] = {}
+        # Per queue, a heap of claim-order keys; entries go stale when a row leaves the
+        # available state and are skipped (and dropped) when they reach the top.
+        self._available: dict[str, list[tuple[int, datetime, int]]] = {}
         self._waiting: set[int] = set()  # scheduled or retryable: what staging looks at
         self._unique: dict[str, int] = {}
 
@@ -117,12 +119,15 @@ class JobTable:
         return stored, woken
 
     def claim(self, queue: str, instance_id: str, limit: int, now: datetime) -> list[Job]:
-        ids = self._available.get(queue)
-        if not ids or limit <= 0:
-            return []
-        chosen = heapq.nsmallest(limit, (self.rows[i] for i in ids), key=_Row.claim_order)
+        heap = self._available.get(queue)
+        chosen: list[_Row] = []
+        while heap and len(chosen) < limit:
+            key = heapq.heappop(heap)
+            row = self.rows.get(key[2])
+            if row is not None and row.state is JobState.AVAILABLE and row.claim_order() == key:
+                chosen.append(row)
+                self._move(row, JobState.EXECUTING)  # so a duplicate entry is stale now
         for row in chosen:
-            self._move(row, JobState.EXECUTING)
             row.attempt += 1
             row.attempted_at = now
             row.reserved_by = instance_id
@@ -330,16 +335,15 @@ class JobTable:
             row.unique_key = None
 
     def _move(self, row: _Row, state: JobState) -> None:
-        """Change a row's state, keeping the available and waiting indexes in step."""
-        if row.state is JobState.AVAILABLE:
-            queue_ids = self._available[row.queue]
-            queue_ids.discard(row.id)
-            if not queue_ids:
-                del self._available[row.queue]
-        elif row.state in WAITING_STATES:
+        """Change a row's state, keeping the available and waiting indexes in step.
+
+        Only scheduled and retryable rows live in `_waiting`; an available row's entry in the
+        queue heap is checked against the row when popped instead of being removed here.
+        """
+        if row.state in WAITING_STATES:
             self._waiting.discard(row.id)
         row.state = state
         if state is JobState.AVAILABLE:
-            self._available.setdefault(row.queue, set()).add(row.id)
+            heapq.heappush(self._available.setdefault(row.queue, []), row.claim_order())
         elif state in WAITING_STATES:
             self._waiting.add(row.id)
