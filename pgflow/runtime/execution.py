@@ -77,14 +77,20 @@ class JobControl:
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
+        self.shutdown = False
         self._callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
 
-    def cancel(self) -> None:
-        """Set `cancelled` and run the registered callbacks (e.g. cancelling an async task)."""
+    def cancel(self, *, shutdown: bool = False) -> None:
+        """Set `cancelled` and run the registered callbacks (e.g. cancelling an async task).
+
+        With `shutdown`, the instance is stopping: the job was not cancelled by anyone, so
+        its interrupted attempt is retried at once instead of ending cancelled.
+        """
         with self._lock:
             if self.cancelled.is_set():
                 return
+            self.shutdown = shutdown
             self.cancelled.set()
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
@@ -171,7 +177,15 @@ class _Run:
         tb = "".join(traceback.format_exception(exc))
         error = _error_dict(job, self.instance_id, self.clock, _kind_of(exc), str(exc), tb)
         if honour_cancel and self.control.cancelled.is_set():
-            return Outcome(job, OutcomeKind.CANCELLED, error=error, exception=exc)
+            if not self.control.shutdown:
+                return Outcome(job, OutcomeKind.CANCELLED, error=error, exception=exc)
+            error = {
+                **error,
+                "kind": "pgflow.Shutdown",
+                "message": f"interrupted by shutdown: {exc}",
+            }
+            if job.attempt < job.max_attempts:
+                return Outcome(job, OutcomeKind.RETRY, error=error, exception=exc, retry_in=0.0)
         if _discard_reason(exc) is not None or job.attempt >= job.max_attempts:
             return Outcome(job, OutcomeKind.DISCARDED, error=error, exception=exc)
         policy = worker_cls.options.backoff if worker_cls is not None else None

@@ -38,6 +38,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pgflow.runtime")
 
+#: While jobs run and fewer than this share of the slots are free, a claim waits up to
+#: COALESCE_SECONDS for more to free up: fewer, larger claims when busy (each claim is a round
+#: trip); an idle queue claims at once.
+BATCH_FLOOR = 0.5
+COALESCE_SECONDS = 0.005
+#: After an abort, how long interrupted jobs may take to report before being left to rescue.
+ABORT_ACK_SECONDS = 1.0
+
 
 @attrs.define
 class _Running:
@@ -76,11 +84,20 @@ class Producer:
         self._hints = 0  # bumped by every external hint that jobs may be available
         self._maybe_more = True
         self._claim_failed = False
+        self._batch_floor = max(1, int(limit * BATCH_FLOOR))
+        self._hold_until: float | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=limit, thread_name_prefix=f"pgflow-{queue}"
         )
         self._thread = threading.Thread(
             target=self._main, name=f"pgflow-producer-{queue}", daemon=True
+        )
+        # Acknowledgements have their own thread, so a batch of completions is written while
+        # the producer claims the next jobs: two round trips overlap instead of alternating.
+        self._ack_wake = threading.Event()
+        self._claimer_done = threading.Event()
+        self._acker = threading.Thread(
+            target=self._ack_main, name=f"pgflow-acks-{queue}", daemon=True
         )
         self._extra = {"instance_id": instance_id, "queue": queue}
         self.completed = 0  # jobs this producer ran to an acknowledged end, for status
@@ -89,6 +106,7 @@ class Producer:
 
     def start(self) -> None:
         self._thread.start()
+        self._acker.start()
 
     def notify(self) -> None:
         """A hint that jobs may be available (insert notification, staging, poll)."""
@@ -108,10 +126,12 @@ class Producer:
         Returns True when every running job finished and was acknowledged.
         """
         self._thread.join(max(0.0, deadline - time.monotonic()))
-        drained = not self._thread.is_alive()
+        self._acker.join(max(0.0, deadline - time.monotonic()))
+        drained = not self._thread.is_alive() and not self._acker.is_alive()
         if not drained:
             self.abort()
             self._thread.join(2.0)
+            self._acker.join(2.0)
         self._pool.shutdown(wait=False, cancel_futures=True)
         return drained
 
@@ -120,10 +140,11 @@ class Producer:
         self._stop.set()
         self._abort.set()
         self._wake.set()
+        self._ack_wake.set()
         with self._lock:
             left = list(self._running.values())
         for item in left:
-            item.control.cancel()
+            item.control.cancel(shutdown=True)
 
     def running_ids(self) -> list[int]:
         with self._lock:
@@ -141,6 +162,13 @@ class Producer:
     # --- the producer thread ------------------------------------------------------------
 
     def _main(self) -> None:
+        try:
+            self._claim_loop()
+        finally:
+            self._claimer_done.set()
+            self._ack_wake.set()
+
+    def _claim_loop(self) -> None:
         guard = Guard(f"queue {self.queue!r} producer", self._abort, self._extra)
         next_poll = time.monotonic()
         while not self._abort.is_set():
@@ -148,17 +176,41 @@ class Producer:
             if now >= next_poll:
                 next_poll = now + self.poll_interval
                 guard.attempt(self._poll_tick)
-            if not guard.attempt(self._flush):
-                continue
             if self._stop.is_set():
                 with self._lock:
-                    if not self._running and not self._finished:
+                    if not self._running:
                         return
             elif not self._fill_slots(guard):
                 continue
-            self._wake.wait(max(0.0, next_poll - time.monotonic()))
+            until = next_poll if self._hold_until is None else min(next_poll, self._hold_until)
+            self._wake.wait(max(0.0, until - time.monotonic()))
             self._wake.clear()
-        guard.attempt(self._flush)  # aborting: one last try to acknowledge what finished
+
+    def _ack_main(self) -> None:
+        """Write outcomes as they come; after the claimer stops, until none is left."""
+        guard = Guard(f"queue {self.queue!r} acknowledgements", self._abort, self._extra)
+        while True:
+            self._ack_wake.wait(self.poll_interval)
+            self._ack_wake.clear()
+            guard.attempt(self._flush)
+            if self._abort.is_set():
+                self._last_acks(guard)
+                return
+            if self._claimer_done.is_set():
+                with self._lock:
+                    if not self._finished and not self._running:
+                        return
+
+    def _last_acks(self, guard: Guard) -> None:
+        """Aborting: for a moment, record jobs interrupted by shutdown (retried at once)."""
+        deadline = time.monotonic() + ABORT_ACK_SECONDS
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running and not self._finished:
+                    return
+            self._ack_wake.wait(0.05)
+            self._ack_wake.clear()
+            guard.attempt(self._flush)
 
     def _fill_slots(self, guard: Guard) -> bool:
         """Claim for the free slots (after releasing orphans of a failed claim); False on error."""
@@ -185,6 +237,14 @@ class Producer:
             free = self.limit - len(self._running)
             if free <= 0 or not self._maybe_more:
                 return
+            if self._running and free < self._batch_floor:
+                # Busy: let a few more slots free up (briefly) so one claim fills many.
+                now = time.monotonic()
+                if self._hold_until is None:
+                    self._hold_until = now + COALESCE_SECONDS
+                if now < self._hold_until:
+                    return
+            self._hold_until = None
             hints = self._hints
         try:
             jobs = self.backend.claim_jobs(self.queue, self.instance_id, free)
@@ -206,11 +266,13 @@ class Producer:
         A claim whose reply was lost to a broken connection leaves its jobs executing under
         this instance, which keeps heartbeating, so no rescue would ever free them.
         """
+        # Known first: whatever leaves `_finished` meanwhile was acknowledged, so it is no
+        # longer executing in the listing that follows.
+        with self._lock:
+            known = set(self._running) | {outcome.job.id for outcome in self._finished}
         executing = self.backend.list_jobs(
             queue=self.queue, state=JobState.EXECUTING, limit=1_000_000
         )
-        with self._lock:
-            known = set(self._running) | {outcome.job.id for outcome in self._finished}
         for job in executing:
             if job.reserved_by != self.instance_id or job.id in known:
                 continue
@@ -271,6 +333,7 @@ class Producer:
         with self._lock:
             self._running.pop(job.id, None)
             self._finished.append(outcome)
+        self._ack_wake.set()
         self._wake.set()
 
     def _flush(self) -> None:
