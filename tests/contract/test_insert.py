@@ -131,6 +131,16 @@ def test_unique_by_chosen_keys_ignores_the_other_args(backend: Backend) -> None:
     assert again.args == {"to": "ann", "body": "hi"}
 
 
+def test_unique_within_a_period_returns_the_existing_job(backend: Backend) -> None:
+    spec = UniqueSpec(period=10**9)  # ~31 years: both inserts fall in the same bucket
+    first = insert(backend, args={"x": 1}, unique=spec)
+    again = insert(backend, args={"x": 1}, unique=spec)
+    forever = insert(backend, args={"x": 1}, unique=UniqueSpec())
+
+    assert again.conflict and again.id == first.id
+    assert not forever.conflict and forever.id != first.id
+
+
 def test_unique_is_per_queue_and_worker(backend: Backend) -> None:
     spec = UniqueSpec()
     a = insert(backend, args={"x": 1}, unique=spec)
