@@ -39,7 +39,7 @@ class StepFailed(WorkflowError):
     ) -> None:
         super().__init__(
             f"workflow {workflow!r} step {step!r} failed on attempt {attempt}: "
-            f"{type(reason).__name__}: {reason}",
+            f"{describe_exception(reason)}",
             workflow_id=workflow_id,
         )
         self.workflow = workflow
@@ -89,6 +89,15 @@ class MaxAttemptsExceeded(WorkflowError):
         return (_rebuild, (type(self), self.__dict__, str(self)))
 
 
+def describe_exception(error: BaseException) -> str:
+    """`Type: message`, even for an exception whose own __str__ raises."""
+    try:
+        text = str(error)
+    except Exception:
+        text = "<unprintable message>"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def _rebuild(cls: type[WorkflowError], state: dict[str, object], message: str) -> WorkflowError:
     """Recreate a keyword-only error (for copy and for passing across threads)."""
     error = cls.__new__(cls)
@@ -97,7 +106,7 @@ def _rebuild(cls: type[WorkflowError], state: dict[str, object], message: str) -
     return error
 
 
-class Discard(Exception):  # noqa: N818 - the name is the public API
+class Discard(Exception):
     """Raised by a step or a job to fail at once, with no retry."""
 
     def __init__(self, reason: str = "discarded") -> None:
@@ -105,7 +114,7 @@ class Discard(Exception):  # noqa: N818 - the name is the public API
         self.reason = reason
 
 
-class Snooze(Exception):  # noqa: N818 - the name is the public API
+class Snooze(Exception):
     """Raised by a job to run again in `seconds`, without counting an attempt."""
 
     def __init__(self, seconds: float) -> None:

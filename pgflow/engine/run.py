@@ -18,7 +18,7 @@ from pgflow.backend import RunStore
 from pgflow.backoff_policy import Backoff
 from pgflow.clock import Clock
 from pgflow.definition import Workflow
-from pgflow.engine.attempt import Attempt, describe, error_dict
+from pgflow.engine.attempt import Attempt, error_dict
 from pgflow.engine.loop import LOOP
 from pgflow.errors import (
     Discard,
@@ -161,25 +161,13 @@ class Run:
             )
         reason = attempt.failure
         assert reason is not None
-        try:
-            return StepFailed(
-                workflow_id=self.workflow_id,
-                workflow=self.workflow.name,
-                step=step,
-                reason=reason,
-                attempt=attempt.number,
-            )
-        except Exception:
-            # The exception cannot be printed: build the message from a stand-in, keep it.
-            error = StepFailed(
-                workflow_id=self.workflow_id,
-                workflow=self.workflow.name,
-                step=step,
-                reason=_Unprintable(describe(reason)),
-                attempt=attempt.number,
-            )
-            error.reason = reason
-            return error
+        return StepFailed(
+            workflow_id=self.workflow_id,
+            workflow=self.workflow.name,
+            step=step,
+            reason=reason,
+            attempt=attempt.number,
+        )
 
     def _complete(self, output: Any, number: int) -> Any:
         if self.store is not None:
@@ -280,10 +268,6 @@ class Run:
         if index == len(steps):
             return _Finished(self._complete(value, number))
         return index, value, number
-
-
-class _Unprintable(Exception):
-    """Stands in, inside a message only, for an exception whose __str__ raises."""
 
 
 class _Finished:
