@@ -231,7 +231,8 @@ class Pgflow:
                 pid=os.getpid(),
                 queues=dict(self.queues),
             )
-            self._register(info)
+            if not self._register(info):
+                return  # asked to stop while the database was still unreachable
             self._producers = {
                 queue: Producer(
                     backend=self.backend,
@@ -271,16 +272,17 @@ class Pgflow:
             extra={**self._extra, "queues": dict(self.queues)},
         )
 
-    def _register(self, info: InstanceInfo) -> None:
-        """Register before claiming anything; retry while the database is unreachable."""
+    def _register(self, info: InstanceInfo) -> bool:
+        """Register before claiming anything; retry while the database is unreachable.
+
+        Returns False when a stop was requested before registration succeeded.
+        """
         delay = RetryDelay()
-        while True:
+        while not self._stop_requested.is_set():
             try:
                 self.backend.register_instance(info)
-                return
+                return True
             except Exception as exc:
-                if self._stop_requested.is_set():
-                    raise
                 wait = delay.next()
                 logger.warning(
                     "registering instance failed (%s: %s); retrying in %.2fs",
@@ -290,6 +292,7 @@ class Pgflow:
                     extra={**self._extra, "error": type(exc).__name__},
                 )
                 self._stop_requested.wait(wait)
+        return False
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop claiming, let running jobs finish (up to `timeout` s), acknowledge, go offline.
@@ -297,6 +300,7 @@ class Pgflow:
         Returns True when every running job finished in time; jobs still running are left to
         the rescue of another instance (this one is marked offline).
         """
+        self._stop_requested.set()  # also ends a start() still waiting for the database
         with self._lock:
             threads, self._threads = self._threads, None
             if threads is None:

@@ -539,3 +539,23 @@ def test_finished_jobs_are_pruned(
     kept = app.insert(Noop.new(schedule_in=3600))
     app.start()
     assert wait_for(lambda: [job.id for job in memory.list_jobs()] == [kept.id])
+
+
+def test_start_waits_for_the_database_and_stop_interrupts_it(memory: InMemoryBackend) -> None:
+    flaky = Flaky(memory)
+    flaky.down.set()
+    app = Pgflow(flaky, instance_id="patient", **FAST)
+    starter = threading.Thread(target=app.start)
+    starter.start()
+    assert wait_for(lambda: flaky.failures >= 2)
+    assert not app.running
+    app.stop(timeout=1)
+    starter.join(5)
+    assert not starter.is_alive() and not app.running
+    flaky.down.clear()
+    app.start()  # a later start registers and serves normally
+    try:
+        job = app.insert(Noop.new())
+        assert wait_for(lambda: (memory.get_job(job.id) or job).state is JobState.COMPLETED)
+    finally:
+        app.stop(timeout=5)
