@@ -1,0 +1,48 @@
+"""Inserting inside the caller's own SQLAlchemy transaction (SQL backends only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pgflow.backend import Backend
+from pgflow.records import JobState
+
+from .support import new
+
+
+class _Rollback(Exception):
+    """Raised inside a transaction to make SQLAlchemy roll it back."""
+
+
+def _engine(backend: Backend, kind: str) -> Any:
+    if kind == "memory":  # its refusal is tested in tests/test_memory_backend.py
+        pytest.skip("memory has no SQL transaction to join")
+    return backend.engine  # type: ignore[attr-defined]
+
+
+def test_an_insert_in_a_rolled_back_transaction_leaves_no_job(
+    backend: Backend, backend_kind: str
+) -> None:
+    engine = _engine(backend, backend_kind)
+
+    with pytest.raises(_Rollback), engine.begin() as connection:
+        (job,) = backend.insert_jobs([new(args={"n": 1})], connection=connection)
+        assert job.state is JobState.AVAILABLE
+        raise _Rollback
+
+    assert backend.list_jobs() == []
+    assert backend.claim_jobs("default", "node-a", 10) == []
+
+
+def test_an_insert_in_a_committed_transaction_is_stored(
+    backend: Backend, backend_kind: str
+) -> None:
+    engine = _engine(backend, backend_kind)
+
+    with engine.begin() as connection:
+        (job,) = backend.insert_jobs([new(args={"n": 1})], connection=connection)
+
+    assert [j.id for j in backend.list_jobs()] == [job.id]
+    assert [j.id for j in backend.claim_jobs("default", "node-a", 10)] == [job.id]
