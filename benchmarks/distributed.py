@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import random
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from typing import Any
 
 from benchmarks.backends import Kind, Opened, open_backend
 from benchmarks.harness import (
+    INSERT_CALL,
     MEDIAN,
     P99,
     RATE,
@@ -178,6 +180,7 @@ def _latency_runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
         warmup = 10
         sink = multiprocessing.get_context("spawn").Queue()
         latencies: list[int] = []
+        insert_calls: list[int] = []
         pauses = random.Random(42)
         # Spread inserts over the poll period so a polling worker is not caught in phase.
         poll = float(APP_OPTIONS[kind].get("poll_interval", 0.0))
@@ -187,7 +190,9 @@ def _latency_runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
         ):
             for seq in range(warmup + samples):
                 job = stamp_start.new({"seq": seq, "sent_ns": time.time_ns()})
+                inserting = time.perf_counter_ns()
                 opened.backend.insert_jobs([job])
+                inserted = time.perf_counter_ns() - inserting
                 try:
                     got, latency = sink.get(timeout=10)
                 except Exception as exc:
@@ -197,6 +202,7 @@ def _latency_runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
                     raise RuntimeError(f"job {got} started while waiting for job {seq}")
                 if seq >= warmup:
                     latencies.append(latency)
+                    insert_calls.append(inserted)
                 time.sleep(pauses.uniform(0.005, 0.015 + poll))  # let the worker fall idle
         targets: tuple[Target, ...] = ()
         if kind == "postgres":
@@ -208,7 +214,7 @@ def _latency_runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
             Row(
                 f"latency-{kind}",
                 "enqueue-to-start, idle worker" + _options_label(kind),
-                latency_metrics(latencies),
+                latency_metrics(latencies) | {INSERT_CALL: statistics.median(insert_calls)},
                 targets=targets,
             )
         ]

@@ -24,6 +24,8 @@ P99 = "p99_ns"
 RATE = "rate_per_s"
 OVERHEAD_PER_STEP = "overhead_per_step_ns"
 SECONDS = "seconds"
+#: Median duration of the insert call inside an enqueue-to-start sample (its commit share).
+INSERT_CALL = "insert_call_median_ns"
 
 
 class Skip(Exception):

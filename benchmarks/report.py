@@ -10,7 +10,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import MEDIAN, OVERHEAD_PER_STEP, P95, P99, RATE, SECONDS, Row
+from benchmarks.harness import (
+    INSERT_CALL,
+    MEDIAN,
+    OVERHEAD_PER_STEP,
+    P95,
+    P99,
+    RATE,
+    SECONDS,
+    Row,
+)
 
 COLUMNS = ("benchmark", "case", "n", "median", "p95", "p99", "throughput", "detail", "target")
 
@@ -62,6 +71,8 @@ def _cells(row: Row) -> list[str]:
         detail = f"{format_duration(metrics[OVERHEAD_PER_STEP])}/step overhead"
     elif SECONDS in metrics:
         detail = f"in {metrics[SECONDS]:.2f} s"
+    elif INSERT_CALL in metrics:
+        detail = f"insert call {format_duration(metrics[INSERT_CALL])}"
     target = "; ".join(t.label for t in row.targets)
     count = f"{metrics['n']:,.0f}" if "n" in metrics else ""
     return [row.benchmark, row.case, count, *latency, throughput, detail, target]
