@@ -35,9 +35,10 @@ CHANNEL = "pgflow_jobs"
 
 logger = logging.getLogger("pgflow.backend.postgres")
 
-# One statement for a whole batch: arrays in, ids out (drawn in input order) with the
-# scheduled time only where it is not now(), since parsing 2,000 timestamps costs more than
-# the insert itself; the same statement notifies each queue that gained available jobs.
+# One statement for a whole batch: arrays in; out come the ids (drawn in input order) with
+# the scheduled time only where it is not now(), since parsing 2,000 timestamps costs more
+# than the insert itself, plus one row (id 0) carrying now(). The same statement notifies
+# each queue that gained available jobs.
 _BULK_INSERT = text(
     f"""
     WITH ins AS (
@@ -61,12 +62,16 @@ _BULK_INSERT = text(
         SELECT count(pg_notify('{CHANNEL}', q.queue)) AS n
         FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') AS q
     )
+    SELECT 0, now() FROM notified
+    UNION ALL
     SELECT ins.id, CASE WHEN ins.scheduled_at = now() THEN NULL ELSE ins.scheduled_at END
-    FROM ins CROSS JOIN notified
-    WHERE notified.n >= 0
-    ORDER BY ins.id
+    FROM ins
     """
 )
+
+
+def _first(row: Any) -> Any:
+    return row[0]
 
 
 def _text_array(values: Sequence[str]) -> str:
@@ -188,9 +193,7 @@ class PostgresBackend(SQLBackend):
 
     def _insert_many(self, connection: Connection, batch: Sequence[PreparedJob]) -> list[Job]:
         params = [job.params for job in batch]
-        # The transaction's now(): the same instant the INSERT below stores.
-        now: datetime = connection.execute(self._s.now).scalar_one()
-        rows = connection.execute(
+        result = connection.execute(
             _BULK_INSERT,
             {
                 "queues": _text_array([p["p_queue"] for p in params]),
@@ -202,9 +205,11 @@ class PostgresBackend(SQLBackend):
                 "scheduled_at": _time_array([p["p_scheduled_at"] for p in params]),
                 "schedule_in": _number_array([p["p_schedule_in"] for p in params]),
             },
-        ).all()
+        )
+        rows = sorted(result.all(), key=_first)
+        now: datetime = utc(rows[0][1])  # the id-0 row: the transaction's now()
         jobs: list[Job] = []
-        for (job_id, at), p in zip(rows, params, strict=True):
+        for (job_id, at), p in zip(rows[1:], params, strict=True):
             scheduled_at = now if at is None else utc(at)
             jobs.append(
                 Job(

@@ -55,6 +55,8 @@ logger = logging.getLogger("pgflow.backend")
 
 _FINAL_RUN_STATES = frozenset({RunState.COMPLETED, RunState.FAILED})
 _UNIQUE_RETRIES = 5
+#: (queue, worker) pairs already validated; a small cache that keeps bulk inserts cheap.
+_VALID_NAMES: set[tuple[str, str]] = set()
 
 
 class PreparedJob:
@@ -63,8 +65,13 @@ class PreparedJob:
     __slots__ = ("job", "params", "queue", "unique")
 
     def __init__(self, job: NewJob) -> None:
-        validate_queue(job.queue)
-        validate_worker_name(job.worker)
+        names = (job.queue, job.worker)
+        if names not in _VALID_NAMES:  # a batch repeats the same few names
+            validate_queue(job.queue)
+            validate_worker_name(job.worker)
+            if len(_VALID_NAMES) > 4096:
+                _VALID_NAMES.clear()
+            _VALID_NAMES.add(names)
         if job.scheduled_at is not None and job.schedule_in is not None:
             raise DefinitionError(
                 f"job for {job.worker!r} sets both scheduled_at and schedule_in; choose one"
@@ -85,7 +92,7 @@ class PreparedJob:
             "p_queue": job.queue,
             "p_worker": job.worker,
             "p_args": dumps(job.args, what="args"),
-            "p_meta": dumps(job.meta, what="meta"),
+            "p_meta": dumps(job.meta, what="meta") if job.meta else "{}",
             "p_priority": job.priority,
             "p_max_attempts": job.max_attempts,
             "p_scheduled_at": job.scheduled_at,
