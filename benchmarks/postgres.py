@@ -24,8 +24,13 @@ def _connect(admin_url: str) -> Any:
     try:
         return psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
     except psycopg.Error as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise Skip(f"PostgreSQL unreachable at {_where(admin_url)} ({first_line})") from exc
+        raise Skip(f"PostgreSQL unreachable at {_where(admin_url)} ({_reason(exc)})") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """The server's own words, without psycopg's "connection to server at ... failed:" prefix."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.rsplit("failed: ", 1)[-1].strip()
 
 
 def _where(admin_url: str) -> str:

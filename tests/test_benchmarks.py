@@ -102,3 +102,46 @@ def test_durations_pick_a_readable_unit() -> None:
     assert format_duration(12_300) == "12.3 µs"
     assert format_duration(2_500_000) == "2.50 ms"
     assert format_duration(3_000_000_000) == "3.00 s"
+
+
+@pytest.mark.postgres
+def test_postgres_benchmark_runs_on_a_throwaway_database(
+    postgres_server: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "figures.json"
+    result = run_benchmarks(
+        "--quick",
+        "--only",
+        "primitives-postgres",
+        "--postgres-admin-url",
+        postgres_server,
+        "--json",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [row["case"] for row in rows] == [
+        "insert 1 job per call",
+        "insert batches of 1,000",
+        "claim+complete batches of 100",
+    ]
+    for row in rows:
+        assert row["skipped"] is None and row["error"] is None, row
+        assert row["verdict"] in {"PASS", "MISS", "-"}
+
+
+def test_unreachable_postgres_is_a_skipped_row_not_a_crash(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    result = run_benchmarks(
+        "--quick",
+        "--only",
+        "durable-postgres",
+        "--postgres-admin-url",
+        "postgresql://postgres@127.0.0.1:1/postgres",
+        "--json",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "skipped: PostgreSQL unreachable at 127.0.0.1:1" in result.stdout
+    [row] = json.loads(out.read_text())["results"]
+    assert row["skipped"].startswith("PostgreSQL unreachable")
