@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import threading
 import time
@@ -30,6 +31,7 @@ from pgflow.runtime.execution import (
     job_log_extra,
     record_outcomes,
 )
+from pgflow.runtime.pool import DaemonPool
 from pgflow.runtime.reconnect import Guard
 
 if TYPE_CHECKING:
@@ -86,9 +88,7 @@ class Producer:
         self._claim_failed = False
         self._batch_floor = max(1, int(limit * BATCH_FLOOR))
         self._hold_until: float | None = None
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=limit, thread_name_prefix=f"pgflow-{queue}"
-        )
+        self._pool = DaemonPool(limit, f"pgflow-{queue}")
         self._thread = threading.Thread(
             target=self._main, name=f"pgflow-producer-{queue}", daemon=True
         )
@@ -132,7 +132,7 @@ class Producer:
             self.abort()
             self._thread.join(2.0)
             self._acker.join(2.0)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         return drained
 
     def abort(self) -> None:
@@ -307,7 +307,7 @@ class Producer:
                 execute_job_async(job, **kwargs), self._async_loop.loop
             )
         else:
-            future = self._pool.submit(execute_job, job, **kwargs)
+            future = self._pool.submit(functools.partial(execute_job, job, **kwargs))
         item.future = future
 
         def done(finished: concurrent.futures.Future[Outcome]) -> None:

@@ -124,6 +124,25 @@ def test_sigterm_finishes_running_jobs_starts_none_and_goes_offline(
     ]
 
 
+def test_sigterm_with_a_stuck_job_exits_after_the_shutdown_timeout(
+    cluster: Cluster, app: Pgflow
+) -> None:
+    url = cluster.url
+    proc = cluster.spawn("stuck", shutdown_timeout=1.0)
+    cluster.wait_online("stuck")
+    [job] = app.insert([Sleepy.new({"seconds": 60})])
+    wait_until(
+        lambda: count(url, "SELECT count(*) FROM side_effects WHERE event = 'started'") == 1,
+        30,
+        "the long job to start",
+    )
+    cluster.signal("stuck", signal.SIGTERM)
+    assert proc.wait(20) == 0, cluster.log_of("stuck")
+    # Left executing under an offline instance: the next rescue makes it available.
+    assert job_row(url, job.id)[:3] == ("executing", 1, "stuck")
+    assert query(url, "SELECT status FROM pgflow_instances") == [("offline",)]
+
+
 def test_a_paused_zombie_cannot_overwrite_the_rescue(cluster: Cluster, app: Pgflow) -> None:
     url = cluster.url
     cluster.spawn("zombie", queues={"default": 1})
