@@ -7,6 +7,7 @@ Timestamps are always timezone-aware UTC datetimes.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +56,11 @@ class StepOutcome(str, enum.Enum):
     TIMED_OUT = "timed_out"
 
 
+def _optional_keys(keys: Iterable[str] | None) -> tuple[str, ...] | None:
+    """Accept any iterable of arg names (a list from JSON, a tuple in code) as a tuple."""
+    return None if keys is None else tuple(keys)
+
+
 @attrs.frozen
 class UniqueSpec:
     """Makes an insert return the existing job instead of adding a duplicate.
@@ -65,9 +71,7 @@ class UniqueSpec:
     """
 
     period: float | None = None
-    keys: tuple[str, ...] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(tuple)
-    )
+    keys: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_keys)
     while_unfinished: bool = False
 
 

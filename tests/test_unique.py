@@ -40,7 +40,7 @@ def test_worker_queue_and_args_all_count() -> None:
 
 
 def test_chosen_keys_ignore_other_args_but_tell_missing_from_null() -> None:
-    spec = UniqueSpec(keys=("to",))  # type: ignore[arg-type]
+    spec = UniqueSpec(keys=("to",))
 
     assert _key(args={"to": "a", "body": 1}, unique=spec) == _key(
         args={"to": "a", "body": 2}, unique=spec

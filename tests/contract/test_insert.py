@@ -123,7 +123,7 @@ def test_a_unique_duplicate_returns_the_existing_job(backend: Backend) -> None:
 
 def test_unique_by_chosen_keys_ignores_the_other_args(backend: Backend) -> None:
     # records.py's optional(tuple) converter is typed as a generic Iterable by mypy
-    spec = UniqueSpec(keys=("to",))  # type: ignore[arg-type]
+    spec = UniqueSpec(keys=("to",))
     first = insert(backend, args={"to": "ann", "body": "hi"}, unique=spec)
     again = insert(backend, args={"to": "ann", "body": "hello"}, unique=spec)
 
