@@ -144,6 +144,9 @@ jobs = Table(
     # Every job is updated several times and then deleted: vacuum (and re-analyse) the table
     # after 2% of it changed, not PostgreSQL's default 20%, so indexes stay small.
     postgresql_with=JOBS_STORAGE,
+    # Never reuse an id (plain SQLite rowids restart after the newest rows are pruned), so a
+    # late write fenced by (id, attempt) can never land on a newer job.
+    sqlite_autoincrement=True,
 )
 
 _FINISHED = "state IN ('completed', 'discarded', 'cancelled')"

@@ -70,6 +70,7 @@ def upgrade() -> None:
             "autovacuum_vacuum_scale_factor": "0.02",
             "autovacuum_analyze_scale_factor": "0.02",
         },
+        sqlite_autoincrement=True,
     )
     op.create_index(
         "pgflow_jobs_claim_idx",

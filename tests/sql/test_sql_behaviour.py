@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from pgflow.errors import DefinitionError, SerializationError
-from pgflow.records import JobState, NewJob
+from pgflow.records import Job, JobState, NewJob, UniqueSpec
 from pgflow_backends.postgres import PostgresBackend
 from pgflow_backends.sql.base import SQLBackend
 from pgflow_backends.sqlite import SQLiteBackend
@@ -152,3 +152,40 @@ def test_the_postgres_listener_reconnects_after_its_connection_is_killed(
         assert heard == {"again"}
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("outcome", ["rollback", "commit"])
+def test_a_unique_insert_waits_for_a_rival_and_is_never_lost_to_its_rollback(
+    sql_backend: SQLBackend, outcome: str
+) -> None:
+    unique = UniqueSpec()
+    job = NewJob(worker=WORKER, args={"order": 7}, unique=unique)
+    results: list[Job] = []
+    with sql_backend.engine.connect() as rival:
+        rival.begin()
+        (held,) = sql_backend.insert_jobs([job], connection=rival)
+        racer = threading.Thread(target=lambda: results.extend(sql_backend.insert_jobs([job])))
+        racer.start()
+        racer.join(0.5)
+        assert racer.is_alive(), "the second insert must wait for the rival's transaction"
+        if outcome == "commit":
+            rival.commit()
+        else:
+            rival.rollback()
+    racer.join(30)
+    assert not racer.is_alive()
+    (stored,) = results
+    if outcome == "commit":
+        assert stored.conflict and stored.id == held.id
+    else:
+        assert not stored.conflict
+    assert [j.id for j in sql_backend.list_jobs()] == [stored.id]
+
+
+def test_job_ids_are_never_reused_after_pruning(sql_backend: SQLBackend) -> None:
+    (first,) = sql_backend.insert_jobs([NewJob(worker=WORKER)])
+    (claimed,) = sql_backend.claim_jobs("default", "node-a", 1)
+    sql_backend.complete_jobs([claimed.ref])
+    assert sql_backend.prune_jobs(-60) == 1  # everything finished is "older" than now + 60s
+    (second,) = sql_backend.insert_jobs([NewJob(worker=WORKER)])
+    assert second.id > first.id
