@@ -1,8 +1,8 @@
 """Suite 3 (issue 4): real worker processes draining a queue, and enqueue-to-start latency.
 
 Worker processes are spawned (never forked: engines and threads do not survive a fork),
-build their app, then meet the parent at a barrier, so the clock starts when every worker
-is ready and stops when the database says the last job completed.
+build their app and report ready; the parent then says go, so the clock starts when every
+worker is ready and stops when the database says the last job completed.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from queue import Empty
 from typing import Any
 
 from benchmarks.backends import Kind, Opened, open_backend
@@ -66,12 +67,11 @@ def worker_processes(
     require("pgflow.app", "Pgflow")
     require("benchmarks.jobs")
     mp = multiprocessing.get_context("spawn")
-    start_line = mp.Barrier(count + 1)
-    stop = mp.Event()
+    ready, go, stop = mp.Queue(), mp.Event(), mp.Event()
     processes = [
         mp.Process(
             target=serve,
-            args=(url, queues, f"bench-{'-'.join(queues)}-{i}", options, start_line, stop, sink),
+            args=(url, queues, f"bench-{'-'.join(queues)}-{i}", options, (ready, go, stop), sink),
             daemon=True,
         )
         for i in range(count)
@@ -80,11 +80,8 @@ def worker_processes(
         process.start()
     group = WorkerGroup(processes, stop)
     try:
-        try:
-            start_line.wait(timeout=START_TIMEOUT)
-        except Exception as exc:
-            group.check_alive()
-            raise RuntimeError(f"worker processes not ready after {START_TIMEOUT:.0f} s") from exc
+        _await_ready(group, ready, count)
+        go.set()
         yield group
     finally:
         stop.set()
@@ -94,6 +91,22 @@ def worker_processes(
             if process.is_alive():
                 process.kill()
                 process.join(timeout=5)
+
+
+def _await_ready(group: WorkerGroup, ready: Any, count: int) -> None:
+    """Wait for every process to report ready; fail fast if one dies on the way."""
+    deadline = time.monotonic() + START_TIMEOUT
+    waiting = count
+    while waiting:
+        try:
+            ready.get(timeout=0.2)
+            waiting -= 1
+        except Empty:
+            group.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{waiting} worker process(es) not ready after {START_TIMEOUT:.0f} s"
+                ) from None
 
 
 def _completed(backend: Any, queue: str) -> int:
@@ -195,7 +208,7 @@ def _latency_runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
                 inserted = time.perf_counter_ns() - inserting
                 try:
                     got, latency = sink.get(timeout=10)
-                except Exception as exc:
+                except Empty as exc:
                     group.check_alive()
                     raise RuntimeError(f"job {seq} did not start within 10 s") from exc
                 if got != seq:
