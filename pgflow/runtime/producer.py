@@ -44,7 +44,7 @@ logger = logging.getLogger("pgflow.runtime")
 #: COALESCE_SECONDS for more to free up: fewer, larger claims when busy (each claim is a round
 #: trip); an idle queue claims at once.
 BATCH_FLOOR = 0.5
-COALESCE_SECONDS = 0.005
+COALESCE_SECONDS = 0.002
 #: After an abort, how long interrupted jobs may take to report before being left to rescue.
 ABORT_ACK_SECONDS = 1.0
 
