@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(report.render_table(rows))
     if args.json:
-        report.write_json(args.json, machine, args.quick, rows)
+        settings = {"quick": args.quick, "worker_concurrency": args.concurrency}
+        report.write_json(args.json, machine, settings, rows)
         print(f"\nfigures written to {args.json}")
     return 1 if any(row.error for row in rows) else 0

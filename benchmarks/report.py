@@ -108,7 +108,10 @@ def render_header(machine: dict[str, Any], quick: bool) -> str:
     )
 
 
-def write_json(path: Path, machine: dict[str, Any], quick: bool, rows: Sequence[Row]) -> None:
-    document = {"machine": machine, "quick": quick, "results": [row.to_json() for row in rows]}
+def write_json(
+    path: Path, machine: dict[str, Any], settings: dict[str, Any], rows: Sequence[Row]
+) -> None:
+    """The header, the run's settings (quick, concurrency, ...) and every row, as JSON."""
+    document = {"machine": machine, **settings, "results": [row.to_json() for row in rows]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
