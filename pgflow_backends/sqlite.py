@@ -122,7 +122,9 @@ def _configure(engine: Engine, *, in_memory: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Straight to the driver: this runs for every transaction, and the statement needs
+        # none of SQLAlchemy's execution machinery (events, caching, result handling).
+        connection.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
 
 
 class SQLiteBackend(SQLBackend):

@@ -107,4 +107,4 @@ def _relaxed_pg(element: relaxed_commit, compiler: SQLCompiler, **kw: Any) -> st
 
 @compiles(relaxed_commit, "sqlite")
 def _relaxed_sqlite(element: relaxed_commit, compiler: SQLCompiler, **kw: Any) -> str:
-    return "1 = 1"
+    return "1"  # SQLite has no boolean type: SQLAlchemy renders a boolean WHERE as "1 = 1"
