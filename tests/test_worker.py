@@ -345,3 +345,15 @@ def test_workflow_worker_resumes_after_the_last_completed_step(
     run = memory.get_run(f"job-{inserted.id}")
     assert run is not None and run.state is pgflow.RunState.COMPLETED
     assert resolve_worker(FlowWorker.options.name) is FlowWorker
+
+
+def test_async_perform_runs_from_inside_a_running_event_loop(memory: InMemoryBackend) -> None:
+    """E.g. pgflow.testing.drain called from an async test."""
+    memory.insert_jobs([AsyncEcho.new({"value": 4})])
+    job = claim_one(memory)
+
+    async def main() -> Any:
+        return run_job(memory, job, "tester")
+
+    outcome = asyncio.run(main())
+    assert outcome.kind is OutcomeKind.COMPLETED and outcome.value == 8

@@ -14,8 +14,8 @@ import inspect
 import logging
 import threading
 import traceback
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("pgflow.runtime")
+
+T = TypeVar("T")
 
 
 class OutcomeKind(enum.StrEnum):
@@ -222,8 +224,8 @@ def execute_job(
     except PgflowError as exc:
         return run.failed(exc, None)
     if inspect.iscoroutinefunction(worker_cls.perform):
-        return asyncio.run(
-            execute_job_async(
+        return _run_coroutine(
+            lambda: execute_job_async(
                 job, instance_id=instance_id, backend=backend, clock=clock, control=control
             )
         )
@@ -253,12 +255,36 @@ def _call_sync(run: _Run, worker_cls: type[Worker], backend: Backend | None) -> 
         worker.cancelled = run.control.cancelled
         value = worker.perform(run.job)
         if inspect.isawaitable(value):  # a sync perform that returned a coroutine
-            value = asyncio.run(_await(value))
+            value = _run_coroutine(lambda: _await(value))
     except (Exception, SystemExit) as exc:
         return run.failed(exc, worker_cls)
     finally:
         CURRENT_BACKEND.reset(token)
     return run.completed(value)
+
+
+def _run_coroutine(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, even inside a running event loop
+    (e.g. `pgflow.testing.drain` called from an async test): then on a helper thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            results.append(asyncio.run(make()))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="pgflow-async-job", daemon=True)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 async def _await(awaitable: Any) -> Any:
