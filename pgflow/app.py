@@ -40,6 +40,7 @@ logger = logging.getLogger("pgflow.runtime")
 
 DEFAULT_QUEUES: dict[str, int] = {"default": 10}
 WEEK = 7 * 24 * 3600.0
+SQLITE_POLL_INTERVAL = 0.1
 
 
 def default_instance_id() -> str:
@@ -90,6 +91,12 @@ def _open_backend(target: object) -> Backend:
     )
 
 
+def _default_poll_interval(backend: Backend) -> float:
+    """1 s where inserts wake workers in other processes (PostgreSQL NOTIFY) or where there
+    are no other processes (memory); SQLite has no such signal, so it polls every 0.1 s."""
+    return SQLITE_POLL_INTERVAL if backend.url.startswith("sqlite") else 1.0
+
+
 class Pgflow:
     """An instance of the distributed runtime; see API.md section 6.
 
@@ -105,7 +112,7 @@ class Pgflow:
         instance_id: str | None = None,
         heartbeat_interval: float = 5.0,
         stale_timeout: float = 300.0,
-        poll_interval: float = 1.0,
+        poll_interval: float | None = None,
         cron: Iterable[Sequence[Any]] = (),
         prune_after: float | None = WEEK,
         prune_interval: float = 60.0,
@@ -128,7 +135,7 @@ class Pgflow:
                 f"Pgflow: stale_timeout ({stale_timeout}) must be longer than heartbeat_interval "
                 f"({heartbeat_interval}), or live instances would be presumed dead"
             )
-        self.poll_interval = _positive("poll_interval", poll_interval) or 1.0
+        poll_interval = _positive("poll_interval", poll_interval, allow_none=True)
         self.prune_after = _positive("prune_after", prune_after, allow_none=True)
         self.prune_interval = _positive("prune_interval", prune_interval) or 60.0
         self.stage_interval = _positive("stage_interval", stage_interval) or 0.5
@@ -140,6 +147,7 @@ class Pgflow:
         self.clock = clock or SYSTEM_CLOCK
         self._owns_backend = not isinstance(url_or_engine_or_backend, Backend)
         self.backend = _open_backend(url_or_engine_or_backend)
+        self.poll_interval = poll_interval or _default_poll_interval(self.backend)
         self._lock = threading.Lock()
         self._producers: dict[str, Producer] = {}
         self._threads: tuple[Heartbeat, Wakeup, Leader] | None = None

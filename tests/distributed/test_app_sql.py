@@ -211,3 +211,11 @@ def test_a_one_connection_pool_serves_many_slots(url: str) -> None:
     finally:
         app.close()
         engine.dispose()
+
+
+def test_default_poll_interval_is_short_only_without_notifications(url: str) -> None:
+    app = Pgflow(url, instance_id="defaults")
+    try:
+        assert app.poll_interval == (0.1 if url.startswith("sqlite") else 1.0)
+    finally:
+        app.close()
