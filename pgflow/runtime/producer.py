@@ -177,6 +177,7 @@ class Producer:
                 next_poll = now + self.poll_interval
                 guard.attempt(self._poll_tick)
             if self._stop.is_set():
+                self._hold_until = None  # no claim is coming: nothing to wait for
                 with self._lock:
                     if not self._running:
                         return
