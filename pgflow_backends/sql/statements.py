@@ -80,27 +80,29 @@ class Statements:
         when = func.coalesce(
             _p("p_scheduled_at", UTCDateTime()), db_now_plus(seconds("p_schedule_in")), now
         )
-        self.insert_job: Insert = (
-            insert_fn(jobs)
-            .values(
-                queue=_p("p_queue", String()),
-                worker=_p("p_worker", String()),
-                args=_json("p_args"),
-                state=case((when > now, "scheduled"), else_="available"),
-                priority=_p("p_priority", Integer()),
-                attempt=0,
-                max_attempts=_p("p_max_attempts", Integer()),
-                scheduled_at=when,
-                errors=as_json(literal("[]", String())),
-                meta=_json("p_meta"),
-                unique_key=_p("p_unique_key", String()),
-                unique_release=_p("p_unique_release"),
-                inserted_at=now,
-            )
-            .on_conflict_do_nothing(
-                index_elements=[jobs.c.unique_key], index_where=jobs.c.unique_key.is_not(None)
-            )
-            .returning(*JOB_COLUMNS)
+        plain_insert = insert_fn(jobs).values(
+            queue=_p("p_queue", String()),
+            worker=_p("p_worker", String()),
+            args=_json("p_args"),
+            state=case((when > now, "scheduled"), else_="available"),
+            priority=_p("p_priority", Integer()),
+            attempt=0,
+            max_attempts=_p("p_max_attempts", Integer()),
+            scheduled_at=when,
+            errors=as_json(literal("[]", String())),
+            meta=_json("p_meta"),
+            unique_key=_p("p_unique_key", String()),
+            unique_release=_p("p_unique_release"),
+            inserted_at=now,
+        )
+        #: One job, or the holder of its unique key (nothing returned on conflict).
+        self.insert_job: Insert = plain_insert.on_conflict_do_nothing(
+            index_elements=[jobs.c.unique_key], index_where=jobs.c.unique_key.is_not(None)
+        ).returning(*JOB_COLUMNS)
+        #: Many jobs without unique keys, executed with a list of parameter sets: SQLAlchemy
+        #: batches them into multi-row INSERTs, rows returned in parameter order.
+        self.insert_jobs: Insert = plain_insert.returning(
+            *JOB_COLUMNS, sort_by_parameter_order=True
         )
         self.job_by_unique_key: Select[Any] = select(*JOB_COLUMNS).where(
             jobs.c.unique_key == _p("p_unique_key", String())
