@@ -65,8 +65,8 @@ def test_three_processes_share_300_jobs_exactly_once(cluster: Cluster, app: Pgfl
     assert {n for _, n in per_job} == {1}  # each job ran exactly once
     shared = dict(query(url, "SELECT reserved_by, count(*) FROM pgflow_jobs GROUP BY reserved_by"))
     assert set(shared) == {"a", "b", "c"}, shared
-    for name in ("a", "b", "c"):
-        cluster.signal(name, signal.SIGTERM)
+    for name, sig in (("a", signal.SIGINT), ("b", signal.SIGTERM), ("c", signal.SIGTERM)):
+        cluster.signal(name, sig)  # Ctrl-C drains as SIGTERM does
     for name, proc in cluster.procs.items():
         assert proc.wait(20) == 0, cluster.log_of(name)
     statuses = dict(query(url, "SELECT instance_id, status FROM pgflow_instances"))
