@@ -246,12 +246,23 @@ class PostgresListener:
     returns no queues meanwhile: polling covers the gap.
     """
 
+    #: After this many seconds without a notification, check that the connection is alive
+    #: (a silently dropped TCP connection would otherwise just look quiet).
+    HEALTH_CHECK_AFTER = 30.0
+
     def __init__(self, engine: Engine, url: str) -> None:
         self._engine = engine
         self._url = url
         self._conn: Any = None
         self._closed = False
-        self._connect()
+        self._heard_at = time.monotonic()
+        try:
+            self._connect()
+        except Exception as exc:
+            raise BackendError(
+                f"cannot LISTEN on {url} ({str(exc).strip().splitlines()[0]}); check that the "
+                "database is running and reachable"
+            ) from exc
 
     def _connect(self) -> None:
         raw = self._engine.raw_connection()
@@ -266,6 +277,7 @@ class PostgresListener:
             conn.close()
             raise
         self._conn = conn
+        self._heard_at = time.monotonic()
 
     def wait(self, timeout: float) -> set[str]:
         """Block up to `timeout` seconds; return the queues announced (empty on time-out)."""
@@ -289,10 +301,14 @@ class PostgresListener:
 
     def _drain(self, deadline: float) -> set[str]:
         conn = self._conn
+        if time.monotonic() - self._heard_at > self.HEALTH_CHECK_AFTER:
+            conn.execute("SELECT 1")  # raises on a dead connection: reconnect
+            self._heard_at = time.monotonic()
         remaining = max(deadline - time.monotonic(), 0.0)
         queues = {n.payload for n in conn.notifies(timeout=remaining, stop_after=1)}
         if queues:  # take whatever else has already arrived, without waiting
             queues.update(n.payload for n in conn.notifies(timeout=0.0))
+            self._heard_at = time.monotonic()
         return queues
 
     def _discard(self) -> None:

@@ -189,3 +189,18 @@ def test_job_ids_are_never_reused_after_pruning(sql_backend: SQLBackend) -> None
     assert sql_backend.prune_jobs(-60) == 1  # everything finished is "older" than now + 60s
     (second,) = sql_backend.insert_jobs([NewJob(worker=WORKER)])
     assert second.id > first.id
+
+
+def test_a_listener_on_an_unreachable_server_is_a_backend_error() -> None:
+    from sqlalchemy import create_engine
+
+    from pgflow.errors import BackendError
+    from pgflow_backends.postgres import PostgresListener
+
+    engine = create_engine("postgresql+psycopg://u:hunter2@127.0.0.1:1/db")
+    try:
+        with pytest.raises(BackendError, match="cannot LISTEN") as raised:
+            PostgresListener(engine, "postgresql+psycopg://u:***@127.0.0.1:1/db")
+        assert "hunter2" not in str(raised.value)
+    finally:
+        engine.dispose()
