@@ -252,6 +252,10 @@ def resolve_worker(name: str) -> type[Worker]:
         except ImportError as exc:
             problems.append(f"{module_name}: {exc}")
             continue
+        except Exception as exc:  # the module exists but fails to import: say so
+            raise DefinitionError(
+                f"worker {name!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         with _REGISTRY_LOCK:
             found = _REGISTRY.get(name)
         if found is not None:

@@ -17,7 +17,7 @@ import pytest
 import pgflow
 from pgflow.clock import FakeClock
 from pgflow.records import Job, JobState, UniqueSpec
-from pgflow.runtime.execution import JobControl, OutcomeKind, execute_job, run_job
+from pgflow.runtime.execution import JobControl, OutcomeKind, execute_job, failed_outcome, run_job
 from pgflow.worker import Worker, current_backend, resolve_worker
 from pgflow_backends.memory import InMemoryBackend
 
@@ -357,3 +357,21 @@ def test_async_perform_runs_from_inside_a_running_event_loop(memory: InMemoryBac
 
     outcome = asyncio.run(main())
     assert outcome.kind is OutcomeKind.COMPLETED and outcome.value == 8
+
+
+def test_a_worker_module_that_fails_to_import_fails_the_attempt(
+    memory: InMemoryBackend, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "broken_workers_mod.py").write_text("raise RuntimeError('bad config')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    memory.insert_jobs([pgflow.NewJob(worker="broken_workers_mod.Job", max_attempts=1)])
+    outcome = run_job(memory, claim_one(memory), "tester")
+    assert outcome.kind is OutcomeKind.DISCARDED
+    assert outcome.error is not None and "bad config" in outcome.error["message"]
+
+
+def test_failed_outcome_follows_the_worker_policy(memory: InMemoryBackend) -> None:
+    memory.insert_jobs([Flaky.new()])
+    job = claim_one(memory)
+    outcome = failed_outcome(job, RuntimeError("runner broke"), instance_id="tester")
+    assert (outcome.kind, outcome.retry_in) == (OutcomeKind.RETRY, 2.0)

@@ -33,6 +33,7 @@ __all__ = [
     "OutcomeKind",
     "execute_job",
     "execute_job_async",
+    "failed_outcome",
     "is_async_job",
     "job_log_extra",
     "record_outcomes",
@@ -127,6 +128,18 @@ def is_async_job(job: Job) -> bool:
     except PgflowError:
         return False
     return inspect.iscoroutinefunction(worker_cls.perform)
+
+
+def failed_outcome(
+    job: Job, exc: BaseException, *, instance_id: str | None, clock: Clock = SYSTEM_CLOCK
+) -> Outcome:
+    """The outcome of an attempt that failed outside perform (its runner broke): a retry
+    under the worker's policy, or discarded when no attempt is left."""
+    try:
+        worker_cls: type[Worker] | None = resolve_worker(job.worker)
+    except PgflowError:
+        worker_cls = None
+    return _Run(job, instance_id, clock, JobControl()).failed(exc, worker_cls)
 
 
 def _kind_of(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ from pgflow.runtime.execution import (
     OutcomeKind,
     execute_job,
     execute_job_async,
+    failed_outcome,
     is_async_job,
     job_log_extra,
     record_outcomes,
@@ -303,12 +304,16 @@ class Producer:
             "control": item.control,
         }
         future: concurrent.futures.Future[Outcome]
-        if is_async_job(job):
-            future = asyncio.run_coroutine_threadsafe(
-                execute_job_async(job, **kwargs), self._async_loop.loop
-            )
-        else:
-            future = self._pool.submit(functools.partial(execute_job, job, **kwargs))
+        try:
+            if is_async_job(job):
+                future = asyncio.run_coroutine_threadsafe(
+                    execute_job_async(job, **kwargs), self._async_loop.loop
+                )
+            else:
+                future = self._pool.submit(functools.partial(execute_job, job, **kwargs))
+        except Exception as exc:  # e.g. the loop or pool is gone: the attempt fails, retried
+            future = concurrent.futures.Future()
+            future.set_exception(exc)
         item.future = future
 
         def done(finished: concurrent.futures.Future[Outcome]) -> None:
@@ -327,10 +332,9 @@ class Producer:
                 exc,
                 extra=job_log_extra(job, self.instance_id),
             )
-            with self._lock:
-                self._running.pop(job.id, None)
-            self._wake.set()
-            return
+            # Still an outcome: a job left executing under a live instance would never
+            # be rescued.
+            outcome = failed_outcome(job, exc, instance_id=self.instance_id, clock=self.clock)
         with self._lock:
             self._running.pop(job.id, None)
             self._finished.append(outcome)
