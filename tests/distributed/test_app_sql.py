@@ -54,6 +54,27 @@ class Spawns(Worker):
         return None
 
 
+ORDER: list[int] = []
+STARTED: dict[int, datetime] = {}
+
+
+class Ordered(Worker, queue="solo"):
+    def perform(self, job: Job) -> Any:
+        with DONE_LOCK:
+            ORDER.append(int(job.args["priority"]))
+
+
+class Stamped(Worker):
+    def perform(self, job: Job) -> Any:
+        with DONE_LOCK:
+            STARTED[job.id] = datetime.now(UTC)
+
+
+class Fails(Worker, max_attempts=3, backoff=pgflow.Backoff(base=0.1, factor=1.0)):
+    def perform(self, job: Job) -> Any:
+        raise ValueError(f"attempt {job.attempt} failed")
+
+
 flow = pgflow.Flow("sql_app_flow")
 
 
@@ -217,5 +238,38 @@ def test_default_poll_interval_is_short_only_without_notifications(url: str) -> 
     app = Pgflow(url, instance_id="defaults")
     try:
         assert app.poll_interval == (0.1 if url.startswith("sqlite") else 1.0)
+    finally:
+        app.close()
+
+
+def test_priority_schedule_and_retries(url: str) -> None:
+    """Highest priority first, scheduled jobs not before their time, retry then discard."""
+    with DONE_LOCK:
+        ORDER.clear()
+        STARTED.clear()
+    app = Pgflow(url, instance_id="semantics", queues={"solo": 1, "default": 2}, **FAST)
+    try:
+        app.migrate()
+        app.insert([Ordered.new({"priority": p}, priority=p) for p in (2, 7, 0, 5)])
+        later = app.insert(Stamped.new(schedule_in=0.5))
+        failing = app.insert(Fails.new())
+        assert later.state is JobState.SCHEDULED
+        app.start()
+
+        def failing_state() -> JobState | None:
+            job = app.backend.get_job(failing.id)
+            return None if job is None else job.state
+
+        assert wait_for(lambda: len(ORDER) == 4 and later.id in STARTED)
+        assert wait_for(lambda: failing_state() is JobState.DISCARDED)
+        assert ORDER == [7, 5, 2, 0]
+        assert STARTED[later.id] >= later.scheduled_at
+        stored = app.backend.get_job(failing.id)
+        assert stored is not None
+        assert [e["message"] for e in stored.errors] == [
+            "attempt 1 failed",
+            "attempt 2 failed",
+            "attempt 3 failed",
+        ]
     finally:
         app.close()
