@@ -63,9 +63,8 @@ class AppStatus:
         )
 
 
-def _positive(name: str, value: object, *, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
+def _seconds(name: str, value: object) -> float:
+    """A positive, finite number of seconds, or DefinitionError naming the option."""
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -74,6 +73,10 @@ def _positive(name: str, value: object, *, allow_none: bool = False) -> float | 
     ):
         raise DefinitionError(f"Pgflow: {name} must be a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def _optional_seconds(name: str, value: object) -> float | None:
+    return None if value is None else _seconds(name, value)
 
 
 def _open_backend(target: object) -> Backend:
@@ -128,21 +131,21 @@ class Pgflow:
         self.instance_id = validate_instance_id(
             default_instance_id() if instance_id is None else instance_id
         )
-        self.heartbeat_interval = _positive("heartbeat_interval", heartbeat_interval) or 5.0
-        self.stale_timeout = _positive("stale_timeout", stale_timeout) or 300.0
+        self.heartbeat_interval = _seconds("heartbeat_interval", heartbeat_interval)
+        self.stale_timeout = _seconds("stale_timeout", stale_timeout)
         if self.stale_timeout <= self.heartbeat_interval:
             raise DefinitionError(
                 f"Pgflow: stale_timeout ({stale_timeout}) must be longer than heartbeat_interval "
                 f"({heartbeat_interval}), or live instances would be presumed dead"
             )
-        poll_interval = _positive("poll_interval", poll_interval, allow_none=True)
-        self.prune_after = _positive("prune_after", prune_after, allow_none=True)
-        self.prune_interval = _positive("prune_interval", prune_interval) or 60.0
-        self.stage_interval = _positive("stage_interval", stage_interval) or 0.5
-        self.rescue_interval = _positive("rescue_interval", rescue_interval, allow_none=True) or (
-            max(0.5, min(5.0, self.stale_timeout / 4))
+        poll_interval = _optional_seconds("poll_interval", poll_interval)
+        self.prune_after = _optional_seconds("prune_after", prune_after)
+        self.prune_interval = _seconds("prune_interval", prune_interval)
+        self.stage_interval = _seconds("stage_interval", stage_interval)
+        self.rescue_interval = _optional_seconds("rescue_interval", rescue_interval) or max(
+            0.5, min(5.0, self.stale_timeout / 4)
         )
-        self.shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout) or 30.0
+        self.shutdown_timeout = _seconds("shutdown_timeout", shutdown_timeout)
         self.cron = parse_cron(cron)
         self.clock = clock or SYSTEM_CLOCK
         self._owns_backend = not isinstance(url_or_engine_or_backend, Backend)
@@ -153,7 +156,6 @@ class Pgflow:
         self._threads: tuple[Heartbeat, Wakeup, Leader] | None = None
         self._async_loop = AsyncLoop()
         self._stop_requested = threading.Event()
-        self._stopped = threading.Event()
         self._extra = {"instance_id": self.instance_id}
 
     @staticmethod
@@ -232,7 +234,6 @@ class Pgflow:
             if self._threads is not None:
                 raise RuntimeError(f"{self!r} is already running")
             self._stop_requested.clear()
-            self._stopped.clear()
             info = InstanceInfo(
                 instance_id=self.instance_id,
                 hostname=socket.gethostname(),
@@ -332,7 +333,6 @@ class Pgflow:
         self._async_loop.stop()
         heartbeat.stop()
         self._mark_offline()
-        self._stopped.set()
         logger.info("instance %s offline", self.instance_id, extra=self._extra)
         return drained
 
