@@ -1,9 +1,10 @@
 """One queue's producer: claims jobs up to its free slots, runs them, acknowledges in batches.
 
-A single thread talks to the database for the queue (claims, acks, cancellation checks), so
-user code, which runs in the pool or on the event loop, never holds a connection. Finished
-jobs wake the thread at once: acks go out in one batch per wake-up, and a freed slot is
-filled immediately when the last claim suggested the queue had more.
+Two threads talk to the database for the queue: the claimer (claims, cancellation checks)
+and the acker (writes outcomes, completions in batches), so their round trips overlap and
+user code, which runs in the daemon pool or on the event loop, never holds a connection.
+A finished job wakes both: its slot is refilled at once when the last claim suggested the
+queue had more, and its acknowledgement joins whatever else finished meanwhile.
 """
 
 from __future__ import annotations
