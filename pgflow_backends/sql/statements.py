@@ -51,6 +51,14 @@ _WAITING = ("available", "scheduled", "retryable")
 _FINISHED = ("completed", "discarded", "cancelled")
 
 
+def _const(value: str) -> ColumnElement[str]:
+    """A state name written into the SQL text, not bound: a partial index's predicate
+    (WHERE state = 'available') can then be matched when the statement is planned, also
+    as a prepared statement's generic plan. Only pgflow's own constants go here."""
+    assert value.isidentifier(), value
+    return literal_column(f"'{value}'", String())
+
+
 def _json(name: str) -> as_json:
     return as_json(bindparam(name, type_=String()))
 
@@ -65,7 +73,7 @@ RELEASED_KEY: ColumnElement[Any] = case((jobs.c.unique_release, null()), else_=j
 FENCE = and_(
     jobs.c.id == _p("p_id", Integer()),
     jobs.c.attempt == _p("p_attempt", Integer()),
-    jobs.c.state == "executing",
+    jobs.c.state == _const("executing"),
 )
 
 
@@ -113,7 +121,9 @@ class Statements:
             .where(
                 jobs.c.id.in_(
                     select(jobs.c.id)
-                    .where(jobs.c.state == "available", jobs.c.queue == _p("p_queue", String()))
+                    .where(
+                        jobs.c.state == _const("available"), jobs.c.queue == _p("p_queue", String())
+                    )
                     .order_by(jobs.c.priority.desc(), jobs.c.scheduled_at, jobs.c.id)
                     .limit(_p("p_limit", Integer()))
                     .with_for_update(skip_locked=True)
@@ -130,7 +140,7 @@ class Statements:
         self.complete: Update = (
             update(jobs)
             .where(
-                jobs.c.state == "executing",
+                jobs.c.state == _const("executing"),
                 jobs.c.id.in_(bindparam("p_ids", expanding=True)),
                 tuple_(jobs.c.id, jobs.c.attempt).in_(bindparam("p_refs", expanding=True)),
             )
@@ -176,25 +186,30 @@ class Statements:
         )
         self.cancel_waiting: Update = (
             update(jobs)
-            .where(jobs.c.id == _p("p_id", Integer()), jobs.c.state.in_(_WAITING))
+            .where(
+                jobs.c.id == _p("p_id", Integer()), jobs.c.state.in_([_const(v) for v in _WAITING])
+            )
             .values(state="cancelled", completed_at=now, unique_key=RELEASED_KEY)
             .returning(*JOB_COLUMNS)
         )
         self.flag_cancel: Update = (
             update(jobs)
-            .where(jobs.c.id == _p("p_id", Integer()), jobs.c.state == "executing")
+            .where(jobs.c.id == _p("p_id", Integer()), jobs.c.state == _const("executing"))
             .values(meta=_json("p_meta"))
             .returning(*JOB_COLUMNS)
         )
         self.executing_meta: Select[Any] = select(jobs.c.id, jobs.c.meta).where(
-            jobs.c.id.in_(bindparam("p_ids", expanding=True)), jobs.c.state == "executing"
+            jobs.c.id.in_(bindparam("p_ids", expanding=True)), jobs.c.state == _const("executing")
         )
         self.stage: Update = (
             update(jobs)
             .where(
                 jobs.c.id.in_(
                     select(jobs.c.id)
-                    .where(jobs.c.state.in_(("scheduled", "retryable")), jobs.c.scheduled_at <= now)
+                    .where(
+                        jobs.c.state.in_([_const("scheduled"), _const("retryable")]),
+                        jobs.c.scheduled_at <= now,
+                    )
                     .order_by(jobs.c.scheduled_at, jobs.c.id)
                     .limit(_p("p_limit", Integer()))
                     .with_for_update(skip_locked=True)
@@ -211,7 +226,7 @@ class Statements:
             jobs.c.id.in_(
                 select(jobs.c.id)
                 .where(
-                    jobs.c.state.in_(_FINISHED),
+                    jobs.c.state.in_([_const(v) for v in _FINISHED]),
                     jobs.c.completed_at < db_now_plus(seconds("p_age")),
                 )
                 .order_by(jobs.c.completed_at, jobs.c.id)
@@ -220,7 +235,10 @@ class Statements:
         )
         self.old_runs: Select[Any] = (
             select(runs.c.workflow_id)
-            .where(runs.c.state != "running", runs.c.finished_at < db_now_plus(seconds("p_age")))
+            .where(
+                runs.c.state != _const("running"),
+                runs.c.finished_at < db_now_plus(seconds("p_age")),
+            )
             .order_by(runs.c.finished_at)
             .limit(_p("p_limit", Integer()))
         )
@@ -268,24 +286,24 @@ class Statements:
             .values(status="offline")
         )
         self.instances: Select[Any] = select(*INSTANCE_COLUMNS).order_by(
-            case((instances.c.status == "online", 0), else_=1), instances.c.instance_id
+            case((instances.c.status == _const("online"), 0), else_=1), instances.c.instance_id
         )
         self.mark_stale: Update = (
             update(instances)
             .where(
-                instances.c.status == "online",
+                instances.c.status == _const("online"),
                 instances.c.heartbeat_at < db_now_plus(seconds("p_age")),
             )
             .values(status="offline")
             .returning(instances.c.instance_id)
         )
-        online = select(instances.c.instance_id).where(instances.c.status == "online")
+        online = select(instances.c.instance_id).where(instances.c.status == _const("online"))
         self.orphaned: Select[Any] = (
             select(
                 jobs.c.id, jobs.c.attempt, jobs.c.max_attempts, jobs.c.reserved_by, jobs.c.errors
             )
             .where(
-                jobs.c.state == "executing",
+                jobs.c.state == _const("executing"),
                 or_(jobs.c.reserved_by.is_(None), jobs.c.reserved_by.not_in(online)),
             )
             .order_by(jobs.c.id)
@@ -293,7 +311,7 @@ class Statements:
         )
         self.requeue: Update = (
             update(jobs)
-            .where(jobs.c.id == _p("p_id", Integer()), jobs.c.state == "executing")
+            .where(jobs.c.id == _p("p_id", Integer()), jobs.c.state == _const("executing"))
             .values(state="available", errors=_json("p_errors"))
             .returning(jobs.c.queue)
         )
@@ -388,7 +406,7 @@ class Statements:
                 exists().where(
                     runs.c.workflow_id == workflow_id,
                     runs.c.attempt == attempt,
-                    runs.c.state == "running",
+                    runs.c.state == _const("running"),
                 ),
                 relaxed_commit(),
             ),
@@ -398,7 +416,7 @@ class Statements:
             .where(
                 runs.c.workflow_id == workflow_id,
                 runs.c.attempt == attempt,
-                runs.c.state == "running",
+                runs.c.state == _const("running"),
                 relaxed_commit(),
             )
             .values(

@@ -204,3 +204,25 @@ def test_a_listener_on_an_unreachable_server_is_a_backend_error() -> None:
         assert "hunter2" not in str(raised.value)
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("name", "index", "params"),
+    [
+        ("claim", "pgflow_jobs_claim_idx", {"p_queue": "q2", "p_instance": "a", "p_limit": 10}),
+        ("stage", "pgflow_jobs_stage_idx", {"p_limit": 100}),
+        ("prune_jobs", "pgflow_jobs_prune_idx", {"p_age": -5.0, "p_limit": 10}),
+    ],
+)
+def test_sqlite_hot_queries_use_their_partial_indexes(
+    sqlite_backend: SQLiteBackend, name: str, index: str, params: dict[str, Any]
+) -> None:
+    """Bound state names would hide the partial indexes from SQLite's planner."""
+    sqlite_backend.insert_jobs([NewJob(worker=WORKER, queue=f"q{n % 5}") for n in range(200)])
+    statement = getattr(sqlite_backend._s, name)
+    with sqlite_backend.engine.connect() as conn:
+        compiled = statement.compile(dialect=conn.dialect)
+        values = dict(compiled.params, **params)
+        args = tuple(values[key] for key in compiled.positiontup or ())
+        plan = [row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", args)]
+    assert any(index in line for line in plan), plan
