@@ -128,12 +128,4 @@ class Leader:
                 },
             )
         if report.rescued:
-            self.on_staged(self._queues_of(report.rescued))
-
-    def _queues_of(self, job_ids: Iterable[int]) -> set[str]:
-        queues: set[str] = set()
-        for job_id in job_ids:
-            job = self.backend.get_job(job_id)
-            if job is not None:
-                queues.add(job.queue)
-        return queues
+            self.on_staged(())  # no queues named: wake every local producer
