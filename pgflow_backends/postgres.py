@@ -22,10 +22,11 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 
 from pgflow.backend import JobListener
 from pgflow.errors import BackendError
+from pgflow.identifiers import validate_instance_id
 from pgflow.records import Job, JobRef, JobState
 from pgflow_backends.sql.base import PreparedJob, SQLBackend
 from pgflow_backends.sql.errors import translate
-from pgflow_backends.sql.rows import decode_object, utc
+from pgflow_backends.sql.rows import decode_object, job_from_driver_row, utc
 from pgflow_backends.sql.urls import mask, parse
 
 __all__ = ["CHANNEL", "PostgresBackend", "PostgresListener"]
@@ -74,6 +75,10 @@ def _first(row: Any) -> Any:
     return row[0]
 
 
+def _claim_order(job: Job) -> tuple[int, datetime, int]:
+    return (-job.priority, job.scheduled_at, job.id)
+
+
 def _text_array(values: Sequence[str]) -> str:
     """A PostgreSQL array literal of quoted, escaped strings (one bind parameter, parsed by
     the server: far cheaper than adapting a Python list element by element)."""
@@ -115,7 +120,14 @@ _NOTIFY = text(
 
 def _create_engine(url: URL) -> Engine:
     try:
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=10,
+            # Timestamps then arrive in UTC already (no per-value conversion).
+            connect_args={"options": "-c TimeZone=UTC"},
+        )
     except (ImportError, NoSuchModuleError) as exc:
         raise BackendError(
             f"{mask(url)}: the PostgreSQL driver psycopg 3 is not installed ({exc}); "
@@ -150,6 +162,9 @@ class PostgresBackend(SQLBackend):
             engine, owns = _create_engine(url), True
         super().__init__(engine, url=mask(engine.url), owns_engine=owns)
         self._sync_run_commits = sync_run_commits
+        compiled = self._s.claim.compile(dialect=engine.dialect)
+        self._claim_sql = compiled.string
+        self._claim_params: dict[str, Any] = dict(compiled.params)
         # The same pool, in autocommit mode: each statement is its own transaction.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         try:
@@ -227,6 +242,19 @@ class PostgresBackend(SQLBackend):
                 )
             )
         return jobs
+
+    def claim_jobs(self, queue: str, instance_id: str, limit: int) -> list[Job]:
+        """As SQLBackend.claim_jobs, with the same Core statement compiled once and run at
+        the driver level: SQLAlchemy's per-row result processing was a third of the time."""
+        validate_instance_id(instance_id)
+        if limit <= 0:
+            return []
+        params = dict(self._claim_params, p_queue=queue, p_instance=instance_id, p_limit=limit)
+        with self._tx() as connection:
+            rows = connection.exec_driver_sql(self._claim_sql, params).all()
+        claimed = [job_from_driver_row(row) for row in rows]
+        claimed.sort(key=_claim_order)
+        return claimed
 
     def _complete(self, connection: Connection, refs: Sequence[JobRef]) -> list[int]:
         params = {"ids": [ref.id for ref in refs], "attempts": [ref.attempt for ref in refs]}

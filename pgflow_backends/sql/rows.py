@@ -25,6 +25,7 @@ __all__ = [
     "decode_errors",
     "decode_object",
     "instance_from_row",
+    "job_from_driver_row",
     "job_from_row",
     "run_from_row",
     "step_from_row",
@@ -136,6 +137,29 @@ def job_from_row(row: Sequence[Any], *, conflict: bool = False) -> Job:
         meta=decode_object(row[14]),
         unique_key=row[15],
         conflict=conflict,
+    )
+
+
+def job_from_driver_row(row: Sequence[Any]) -> Job:
+    """A Job from a row of JOB_COLUMNS as the driver returned it (no SQLAlchemy types
+    applied): times are made UTC here."""
+    return Job(
+        id=row[0],
+        queue=row[1],
+        worker=row[2],
+        args=decode_object(row[3]),
+        state=_STATES[row[4]],
+        priority=row[5],
+        attempt=row[6],
+        max_attempts=row[7],
+        scheduled_at=utc(row[8]),
+        inserted_at=utc(row[9]),
+        attempted_at=utc(row[10]),
+        completed_at=utc(row[11]),
+        reserved_by=row[12],
+        errors=decode_errors(row[13]),
+        meta=decode_object(row[14]),
+        unique_key=row[15],
     )
 
 
