@@ -157,7 +157,11 @@ class SQLiteBackend(SQLBackend):
         super().__init__(engine, url=mask(engine.url), owns_engine=owns)
         self._owns_config = owns
         self._hub = _hub_for(_database_key(engine.url))
-        self.ping()
+        try:
+            self.ping()
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteBackend:

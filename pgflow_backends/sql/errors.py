@@ -25,8 +25,9 @@ def translate(exc: DBAPIError, url: str) -> BackendError:
             "or app.migrate()"
         )
     if isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated:
-        return BackendError(
-            f"database {url} is unreachable or failed ({reason}); check that it is running "
-            "and that the URL, user and password are right"
-        )
+        if url.startswith("sqlite"):
+            hint = "check that the file's directory exists and is writable"
+        else:
+            hint = "check that it is running and that the URL, user and password are right"
+        return BackendError(f"database {url} is unreachable or failed ({reason}); {hint}")
     return BackendError(f"database error on {url}: {reason}")

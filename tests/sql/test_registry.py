@@ -162,3 +162,10 @@ def test_a_backend_object_passes_through() -> None:
 
 def _job() -> NewJob:
     return NewJob(worker="tests.sql.Noop")
+
+
+def test_an_sqlite_file_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/missing-dir/x.db"
+    with pytest.raises(BackendError, match="directory exists and is writable") as raised:
+        backend_from_url(url)
+    assert url in str(raised.value)
