@@ -207,38 +207,39 @@ class PostgresBackend(SQLBackend):
             raise translate(exc, self.url) from exc
 
     def _insert_many(self, connection: Connection, batch: Sequence[PreparedJob]) -> list[Job]:
-        params = [job.params for job in batch]
+        new = [item.job for item in batch]
         result = connection.execute(
             _BULK_INSERT,
             {
-                "queues": _text_array([p["p_queue"] for p in params]),
-                "workers": _text_array([p["p_worker"] for p in params]),
-                "args": _text_array([p["p_args"] for p in params]),
-                "metas": _text_array([p["p_meta"] for p in params]),
-                "priorities": _number_array([p["p_priority"] for p in params]),
-                "max_attempts": _number_array([p["p_max_attempts"] for p in params]),
-                "scheduled_at": _time_array([p["p_scheduled_at"] for p in params]),
-                "schedule_in": _number_array([p["p_schedule_in"] for p in params]),
+                "queues": _text_array([job.queue for job in new]),
+                "workers": _text_array([job.worker for job in new]),
+                "args": _text_array([item.args for item in batch]),
+                "metas": _text_array([item.meta for item in batch]),
+                "priorities": _number_array([job.priority for job in new]),
+                "max_attempts": _number_array([job.max_attempts for job in new]),
+                "scheduled_at": _time_array([job.scheduled_at for job in new]),
+                "schedule_in": _number_array([job.schedule_in for job in new]),
             },
         )
         rows = sorted(result.all(), key=_first)
         now: datetime = utc(rows[0][1])  # the id-0 row: the transaction's now()
         jobs: list[Job] = []
-        for (job_id, at), p in zip(rows[1:], params, strict=True):
+        for (job_id, at), item in zip(rows[1:], batch, strict=True):
+            job = item.job
             scheduled_at = now if at is None else utc(at)
             jobs.append(
                 Job(
                     id=job_id,
-                    queue=p["p_queue"],
-                    worker=p["p_worker"],
-                    args=decode_object(p["p_args"]),
+                    queue=job.queue,
+                    worker=job.worker,
+                    args=decode_object(item.args),
                     state=JobState.SCHEDULED if scheduled_at > now else JobState.AVAILABLE,
-                    priority=p["p_priority"],
+                    priority=job.priority,
                     attempt=0,
-                    max_attempts=p["p_max_attempts"],
+                    max_attempts=job.max_attempts,
                     scheduled_at=scheduled_at,
                     inserted_at=now,
-                    meta=decode_object(p["p_meta"]),
+                    meta=decode_object(item.meta),
                 )
             )
         return jobs

@@ -62,7 +62,7 @@ _VALID_NAMES: set[tuple[str, str]] = set()
 class PreparedJob:
     """A NewJob validated and encoded to bind parameters, before anything is written."""
 
-    __slots__ = ("job", "params", "queue", "unique")
+    __slots__ = ("args", "job", "meta", "queue", "unique")
 
     def __init__(self, job: NewJob) -> None:
         names = (job.queue, job.worker)
@@ -88,11 +88,18 @@ class PreparedJob:
         self.job = job
         self.queue = job.queue
         self.unique = job.unique
-        self.params: dict[str, Any] = {
+        self.args = dumps(job.args, what="args")
+        self.meta = dumps(job.meta, what="meta") if job.meta else "{}"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The bind parameters of Statements.insert_job / insert_jobs."""
+        job = self.job
+        return {
             "p_queue": job.queue,
             "p_worker": job.worker,
-            "p_args": dumps(job.args, what="args"),
-            "p_meta": dumps(job.meta, what="meta") if job.meta else "{}",
+            "p_args": self.args,
+            "p_meta": self.meta,
             "p_priority": job.priority,
             "p_max_attempts": job.max_attempts,
             "p_scheduled_at": job.scheduled_at,
