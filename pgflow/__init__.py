@@ -26,11 +26,11 @@ from pgflow.errors import (
 from pgflow.records import Job, JobState, NewJob, RunRecord, RunState, StepRecord, UniqueSpec
 
 if TYPE_CHECKING:
+    from pgflow import schema, testing
+    from pgflow.app import Pgflow
     from pgflow.backoff_policy import Backoff
     from pgflow.definition import Flow, Step, Workflow
     from pgflow.executor import Executor, execute
-    from pgflow import schema, testing
-    from pgflow.app import Pgflow
     from pgflow.registry import backend_from_url, register_backend
     from pgflow.worker import Worker, workflow_worker
 
@@ -79,8 +79,8 @@ __all__ = [
     "JobState",
     "MaxAttemptsExceeded",
     "NewJob",
-    "PgflowError",
     "Pgflow",
+    "PgflowError",
     "RunRecord",
     "RunState",
     "RunStore",

@@ -20,7 +20,7 @@ def _aware(_instance: object, attribute: attrs.Attribute[Any], value: datetime |
         raise ValueError(f"{attribute.name} must be timezone-aware, got naive {value!r}")
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """Where a job is in its life; the values are what the `state` column stores."""
 
     AVAILABLE = "available"
@@ -40,7 +40,7 @@ FINISHED_STATES = frozenset({JobState.COMPLETED, JobState.DISCARDED, JobState.CA
 WAITING_STATES = frozenset({JobState.AVAILABLE, JobState.SCHEDULED, JobState.RETRYABLE})
 
 
-class RunState(str, enum.Enum):
+class RunState(enum.StrEnum):
     """Where a workflow run is: running until its last attempt completes or fails."""
 
     RUNNING = "running"
@@ -48,7 +48,7 @@ class RunState(str, enum.Enum):
     FAILED = "failed"
 
 
-class StepOutcome(str, enum.Enum):
+class StepOutcome(enum.StrEnum):
     """How one attempt of one step ended."""
 
     COMPLETED = "completed"
@@ -158,7 +158,7 @@ class JobError:
 
 @attrs.frozen
 class RescueReport:
-    """What one rescue pass did: stale instances marked offline, jobs made available or discarded."""
+    """One rescue pass: stale instances marked offline, their jobs made available or discarded."""
 
     instances: tuple[str, ...] = ()
     rescued: tuple[int, ...] = ()

@@ -28,7 +28,7 @@ def _blocks(lang: str) -> list[tuple[int, str, str]]:
 
 def test_ci_runs_the_readme_test_command() -> None:
     quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    commands = [body for _, _, body in FENCE_in(quick_start)]
+    commands = [body for _, _, body in fenced_blocks(quick_start)]
     assert len(commands) == 2, "the Quick start gives exactly two commands"
     test_command = commands[1].strip()
     assert "pytest" in test_command
@@ -36,7 +36,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert test_command in ci_script.splitlines()
 
 
-def FENCE_in(text: str) -> list[tuple[str, str, str]]:  # noqa: N802 - mirrors FENCE
+def fenced_blocks(text: str) -> list[tuple[str, str, str]]:
     return [(m.group("lang"), m.group("before"), m.group("body")) for m in FENCE.finditer(text)]
 
 
