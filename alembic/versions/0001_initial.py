@@ -8,6 +8,7 @@ Create Date: 2026-11-26
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -27,7 +28,7 @@ _FINISHED = "state IN ('completed', 'discarded', 'cancelled')"
 _STAGED = "state IN ('scheduled', 'retryable')"
 
 
-def _partial(where: str) -> dict[str, object]:
+def _partial(where: str) -> dict[str, Any]:
     return {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)}
 
 
