@@ -32,7 +32,10 @@ from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 __all__ = [
+    "JOBS_STORAGE",
     "JOB_STATES",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
     "RUN_STATES",
     "STEP_OUTCOMES",
     "JSONType",
