@@ -26,6 +26,7 @@ from pgflow.identifiers import validate_instance_id
 from pgflow.records import Job, JobRef, JobState
 from pgflow_backends.sql.base import PreparedJob, SQLBackend
 from pgflow_backends.sql.errors import translate
+from pgflow_backends.sql.pool import ping_when_idle
 from pgflow_backends.sql.rows import decode_object, job_from_driver_row, utc
 from pgflow_backends.sql.urls import mask, parse
 
@@ -120,9 +121,8 @@ _NOTIFY = text(
 
 def _create_engine(url: URL) -> Engine:
     try:
-        return create_engine(
+        engine = create_engine(
             url,
-            pool_pre_ping=True,
             pool_size=10,
             max_overflow=10,
             # Timestamps then arrive in UTC already (no per-value conversion).
@@ -133,6 +133,8 @@ def _create_engine(url: URL) -> Engine:
             f"{mask(url)}: the PostgreSQL driver psycopg 3 is not installed ({exc}); "
             "run: pip install 'pgflow[postgres]'"
         ) from None
+    ping_when_idle(engine)  # pool_pre_ping's job, without a round trip on every checkout
+    return engine
 
 
 class PostgresBackend(SQLBackend):

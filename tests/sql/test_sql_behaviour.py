@@ -226,3 +226,39 @@ def test_sqlite_hot_queries_use_their_partial_indexes(
         args = tuple(values[key] for key in compiled.positiontup or ())
         plan = [row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", args)]
     assert any(index in line for line in plan), plan
+
+
+def _kill_other_connections(backend: PostgresBackend) -> None:
+    import psycopg
+
+    url = backend.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+@pytest.mark.postgres
+def test_pooled_connections_killed_while_idle_are_replaced_transparently(
+    pg_backend: PostgresBackend,
+) -> None:
+    pg_backend.insert_jobs([NewJob(worker=WORKER)])  # the pool now holds a connection
+    _kill_other_connections(pg_backend)
+    time.sleep(1.2)  # idle long enough to be pinged at checkout
+    assert len(pg_backend.list_jobs()) == 1
+
+
+@pytest.mark.postgres
+def test_a_connection_killed_in_use_is_a_backend_error_then_recovers(
+    pg_backend: PostgresBackend,
+) -> None:
+    from pgflow.errors import BackendError
+
+    pg_backend.insert_jobs([NewJob(worker=WORKER)])
+    _kill_other_connections(pg_backend)
+    try:
+        pg_backend.list_jobs()  # may fail once: the connection was used a moment ago
+    except BackendError as exc:
+        assert "unreachable or failed" in str(exc)
+    assert len(pg_backend.list_jobs()) == 1  # the pool was invalidated: fresh connections
