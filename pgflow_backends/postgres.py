@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import URL, Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from pgflow.backend import JobListener
 from pgflow.errors import BackendError
@@ -205,7 +206,7 @@ class PostgresBackend(SQLBackend):
         try:
             with self._autocommit.connect() as connection:
                 yield connection
-        except DBAPIError as exc:
+        except (DBAPIError, PoolTimeout) as exc:
             raise translate(exc, self.url) from exc
 
     def _insert_many(self, connection: Connection, batch: Sequence[PreparedJob]) -> list[Job]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from pgflow.backend import JobListener
 from pgflow.errors import BackendError, DefinitionError
@@ -186,14 +187,14 @@ class SQLBackend:
                     yield connection
                     info = connection.info
                 self._after_commit(info)
-        except DBAPIError as exc:
+        except (DBAPIError, PoolTimeout) as exc:
             raise translate(exc, self.url) from exc
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
         try:
             yield
-        except DBAPIError as exc:
+        except (DBAPIError, PoolTimeout) as exc:
             raise translate(exc, self.url) from exc
 
     def ping(self) -> None:

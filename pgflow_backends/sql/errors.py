@@ -7,6 +7,7 @@ the SQL parameters (they may hold job arguments).
 from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from pgflow.errors import BackendError
 
@@ -15,8 +16,13 @@ __all__ = ["translate"]
 _MISSING_TABLE = ("no such table", "does not exist", "undefinedtable")
 
 
-def translate(exc: DBAPIError, url: str) -> BackendError:
+def translate(exc: DBAPIError | PoolTimeout, url: str) -> BackendError:
     """A BackendError for `exc`, naming `url` (already masked)."""
+    if isinstance(exc, PoolTimeout):
+        return BackendError(
+            f"no free connection to {url}: every pooled connection stayed busy ({exc}); "
+            "give the engine a larger pool or run fewer concurrent operations"
+        )
     reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
     lowered = reason.lower()
     if "pgflow_" in lowered and any(marker in lowered for marker in _MISSING_TABLE):

@@ -169,3 +169,19 @@ def test_an_sqlite_file_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="directory exists and is writable") as raised:
         backend_from_url(url)
     assert url in str(raised.value)
+
+
+def test_an_exhausted_pool_is_a_backend_error(tmp_path: Path) -> None:
+    engine = create_engine(
+        f"sqlite:///{tmp_path}/pool.db", pool_size=1, max_overflow=0, pool_timeout=0.1
+    )
+    backend = backend_from_url(engine)
+    try:
+        backend.migrate()
+        with engine.connect():  # the application holds the only connection
+            with pytest.raises(BackendError, match="no free connection"):
+                backend.get_job(1)
+        assert backend.get_job(1) is None
+    finally:
+        backend.close()
+        engine.dispose()
