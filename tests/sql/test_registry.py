@@ -178,9 +178,9 @@ def test_an_exhausted_pool_is_a_backend_error(tmp_path: Path) -> None:
     backend = backend_from_url(engine)
     try:
         backend.migrate()
-        with engine.connect():  # the application holds the only connection
-            with pytest.raises(BackendError, match="no free connection"):
-                backend.get_job(1)
+        # The application holds the only connection.
+        with engine.connect(), pytest.raises(BackendError, match="no free connection"):
+            backend.get_job(1)
         assert backend.get_job(1) is None
     finally:
         backend.close()
