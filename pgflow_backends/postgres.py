@@ -113,8 +113,6 @@ _COMPLETE = text(
     """
 )
 
-_STATES = {state.value: state for state in JobState}
-
 _NOTIFY = text(
     f"SELECT pg_notify('{CHANNEL}', q) FROM unnest(CAST(:queues AS TEXT[])) AS q ORDER BY q"
 )
