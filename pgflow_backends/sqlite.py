@@ -17,21 +17,26 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import StaticPool
 
 from pgflow.backend import JobListener
 from pgflow.errors import BackendError
 from pgflow_backends.sql.base import SQLBackend
+from pgflow_backends.sql.errors import translate
 from pgflow_backends.sql.urls import mask, parse
 
 __all__ = ["SQLiteBackend"]
 
 _BUSY_TIMEOUT_MS = 30_000
 _ANNOUNCE = "pgflow_announce"
+#: Execution option: the connection runs single-statement writes, no explicit transaction.
+_SINGLE_STATEMENT = "pgflow_single_statement"
 
 
 class _Hub:
@@ -122,6 +127,8 @@ def _configure(engine: Engine, *, in_memory: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
+        if connection.get_execution_options().get(_SINGLE_STATEMENT):
+            return  # SQLite wraps the one statement in its own implicit transaction
         # Straight to the driver: this runs for every transaction, and the statement needs
         # none of SQLAlchemy's execution machinery (events, caching, result handling).
         connection.connection.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
@@ -156,6 +163,7 @@ class SQLiteBackend(SQLBackend):
             _configure(engine, in_memory=in_memory)
         super().__init__(engine, url=mask(engine.url), owns_engine=owns)
         self._owns_config = owns
+        self._single_engine = engine.execution_options(**{_SINGLE_STATEMENT: True})
         self._hub = _hub_for(_database_key(engine.url))
         try:
             self.ping()
@@ -170,6 +178,24 @@ class SQLiteBackend(SQLBackend):
 
     def _guard(self) -> contextlib.AbstractContextManager[object]:
         return self._hub.lock
+
+    def _run_write(self) -> contextlib.AbstractContextManager[Connection]:
+        """Run and step writes are single statements (start_run's read-back aside, which
+        needs no lock): on pgflow's own engine they skip BEGIN IMMEDIATE and COMMIT, and
+        SQLite makes each statement its own transaction."""
+        if not self._owns_config:
+            return self._tx()
+        return self._single_statements()
+
+    @contextlib.contextmanager
+    def _single_statements(self) -> Iterator[Connection]:
+        self._check_open()
+        try:
+            with self._hub.lock, self._single_engine.connect() as connection:
+                yield connection
+                connection.commit()
+        except (DBAPIError, PoolTimeout) as exc:
+            raise translate(exc, self.url) from exc
 
     def _on_begin(self, connection: Connection) -> None:
         connection.info.pop(_ANNOUNCE, None)
