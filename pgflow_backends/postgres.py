@@ -102,16 +102,15 @@ def _time_array(values: Sequence[datetime | None]) -> str:
 # "(state = 'executing') IS TRUE" rather than "state = 'executing'": the plain form lets the
 # planner pick the rescue index, whose dead entries (every job passes through executing)
 # make it 10x slower between vacuums; this form keeps the primary-key lookups.
-_COMPLETE = text(
-    """
+# Run with exec_driver_sql (psycopg placeholders): it is on the hot path.
+_COMPLETE = """
     UPDATE pgflow_jobs AS j
     SET state = 'completed', completed_at = now(),
         unique_key = CASE WHEN j.unique_release THEN NULL ELSE j.unique_key END
-    FROM unnest(CAST(:ids AS BIGINT[]), CAST(:attempts AS INTEGER[])) AS r(id, attempt)
+    FROM unnest(CAST(%(ids)s AS BIGINT[]), CAST(%(attempts)s AS INTEGER[])) AS r(id, attempt)
     WHERE j.id = r.id AND j.attempt = r.attempt AND (j.state = 'executing') IS TRUE
     RETURNING j.id
-    """
-)
+"""
 
 _NOTIFY = text(
     f"SELECT pg_notify('{CHANNEL}', q) FROM unnest(CAST(:queues AS TEXT[])) AS q ORDER BY q"
@@ -260,7 +259,7 @@ class PostgresBackend(SQLBackend):
 
     def _complete(self, connection: Connection, refs: Sequence[JobRef]) -> list[int]:
         params = {"ids": [ref.id for ref in refs], "attempts": [ref.attempt for ref in refs]}
-        return sorted(connection.execute(_COMPLETE, params).scalars())
+        return sorted(row[0] for row in connection.exec_driver_sql(_COMPLETE, params))
 
     def listener(self) -> JobListener:
         """A dedicated autocommit connection LISTENing on pgflow_jobs; reconnects on failure."""
