@@ -82,13 +82,15 @@ def _claim_order(job: Job) -> tuple[int, datetime, int]:
 
 
 def _text_array(values: Sequence[str]) -> str:
-    """A PostgreSQL array literal of quoted, escaped strings (one bind parameter, parsed by
-    the server: far cheaper than adapting a Python list element by element)."""
-    return (
-        "{"
-        + ",".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values)
-        + "}"
-    )
+    """A PostgreSQL array literal of quoted, escaped strings: one bind parameter that the
+    server parses, far cheaper than adapting a Python list element by element.
+
+    The values are validated names and pgflow's own JSON text, neither of which can hold a
+    NUL character, so NUL can separate them while escaping all of them in one pass.
+    """
+    joined = "\0".join(values)
+    escaped = joined.replace("\\", "\\\\").replace('"', '\\"').replace("\0", '","')
+    return '{"' + escaped + '"}' if values else "{}"
 
 
 def _number_array(values: Sequence[int | float | None]) -> str:

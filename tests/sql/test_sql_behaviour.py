@@ -262,3 +262,20 @@ def test_a_connection_killed_in_use_is_a_backend_error_then_recovers(
     except BackendError as exc:
         assert "unreachable or failed" in str(exc)
     assert len(pg_backend.list_jobs()) == 1  # the pool was invalidated: fresh connections
+
+
+def test_awkward_text_survives_the_bulk_insert(sql_backend: SQLBackend) -> None:
+    awkward = {
+        "quote": 'say "hi"',
+        "backslash": "C:\\temp\\new",
+        "braces": "{a,b}",
+        "null_word": "NULL",
+        "unicode": "naïve ☃ 🎉",
+        "nested": [{"k": 'v,"w"'}, None, 1.5, True],
+    }
+    batch = [NewJob(worker=WORKER, args=awkward, meta={"m": '"\\'}) for _ in range(3)]
+    stored = sql_backend.insert_jobs(batch)
+    for job in stored:
+        assert job.args == awkward and job.meta == {"m": '"\\'}
+        again = sql_backend.get_job(job.id)
+        assert again is not None and again.args == awkward and again.meta == {"m": '"\\'}
