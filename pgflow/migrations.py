@@ -63,7 +63,8 @@ def _config(connection: Connection | None = None) -> Config:
 def head_revision() -> str:
     """The newest revision this pgflow ships."""
     head = ScriptDirectory.from_config(_config()).get_current_head()
-    assert head is not None, "pgflow ships at least one migration"
+    if head is None:
+        raise BackendError("pgflow's migration scripts hold no revision: reinstall pgflow")
     return head
 
 

@@ -55,7 +55,8 @@ def _const(value: str) -> ColumnElement[str]:
     """A state name written into the SQL text, not bound: a partial index's predicate
     (WHERE state = 'available') can then be matched when the statement is planned, also
     as a prepared statement's generic plan. Only pgflow's own constants go here."""
-    assert value.isidentifier(), value
+    if not value.isidentifier():
+        raise ValueError(f"not a state name: {value!r}")
     return literal_column(f"'{value}'", String())
 
 
