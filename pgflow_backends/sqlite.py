@@ -163,6 +163,7 @@ class SQLiteBackend(SQLBackend):
             _configure(engine, in_memory=in_memory)
         super().__init__(engine, url=mask(engine.url), owns_engine=owns)
         self._owns_config = owns
+        self._in_memory = _database_key(engine.url) is None
         self._single_engine = engine.execution_options(**{_SINGLE_STATEMENT: True})
         self._hub = _hub_for(_database_key(engine.url))
         try:
@@ -187,11 +188,20 @@ class SQLiteBackend(SQLBackend):
             return self._tx()
         return self._single_statements()
 
+    def _read(self) -> contextlib.AbstractContextManager[Connection]:
+        """Reads are single SELECTs: on pgflow's own file engine they take neither the write
+        lock nor the process lock (WAL lets readers run beside the writer); an in-memory
+        database has one shared connection, so its reads still queue for it."""
+        if not self._owns_config:
+            return self._tx()
+        return self._single_statements(lock=self._in_memory)
+
     @contextlib.contextmanager
-    def _single_statements(self) -> Iterator[Connection]:
+    def _single_statements(self, *, lock: bool = True) -> Iterator[Connection]:
         self._check_open()
         try:
-            with self._hub.lock, self._single_engine.connect() as connection:
+            guard = self._hub.lock if lock else contextlib.nullcontext()
+            with guard, self._single_engine.connect() as connection:
                 yield connection
                 connection.commit()
         except (DBAPIError, PoolTimeout) as exc:

@@ -143,6 +143,10 @@ class SQLBackend:
         """
         return self._tx()
 
+    def _read(self) -> contextlib.AbstractContextManager[Connection]:
+        """A connection for a read that is a single SELECT."""
+        return self._single()
+
     def _run_write(self) -> contextlib.AbstractContextManager[Connection]:
         """A transaction that writes workflow runs or steps."""
         return self._tx()
@@ -292,12 +296,12 @@ class SQLBackend:
             return connection.execute(self._s.finish_run, params).rowcount == 1
 
     def get_run(self, workflow_id: str) -> RunRecord | None:
-        with self._single() as connection:
+        with self._read() as connection:
             row = connection.execute(self._s.run, {"p_workflow_id": workflow_id}).first()
         return None if row is None else run_from_row(row)
 
     def get_steps(self, workflow_id: str) -> list[StepRecord]:
-        with self._single() as connection:
+        with self._read() as connection:
             rows = connection.execute(self._s.steps, {"p_workflow_id": workflow_id}).all()
         return [step_from_row(row) for row in rows]
 
@@ -310,7 +314,7 @@ class SQLBackend:
         if state is not None:
             statement = statement.where(runs.c.state == RunState(state).value)
         statement = statement.order_by(*self._s.runs_newest_first).limit(max(limit, 0))
-        with self._single() as connection:
+        with self._read() as connection:
             rows = connection.execute(statement).all()
         return [run_from_row(row) for row in rows]
 
@@ -462,7 +466,7 @@ class SQLBackend:
     def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
         if not job_ids:
             return set()
-        with self._single() as connection:
+        with self._read() as connection:
             rows = connection.execute(self._s.executing_meta, {"p_ids": list(job_ids)}).all()
         return {job_id for job_id, meta in rows if (meta or {}).get("cancel_requested")}
 
@@ -476,7 +480,7 @@ class SQLBackend:
         return sorted(queues)
 
     def get_job(self, job_id: int) -> Job | None:
-        with self._single() as connection:
+        with self._read() as connection:
             row = connection.execute(self._s.job, {"p_id": job_id}).first()
         return None if row is None else job_from_row(row)
 
@@ -496,12 +500,12 @@ class SQLBackend:
         if worker is not None:
             statement = statement.where(jobs.c.worker == worker)
         statement = statement.order_by(jobs.c.id).limit(max(limit, 0))
-        with self._single() as connection:
+        with self._read() as connection:
             rows = connection.execute(statement).all()
         return [job_from_row(row) for row in rows]
 
     def job_counts(self) -> list[JobCount]:
-        with self._single() as connection:
+        with self._read() as connection:
             rows = connection.execute(self._s.job_counts).all()
         counts = [
             JobCount(queue=queue, state=state, reserved_by=reserved_by, count=count)
@@ -548,7 +552,7 @@ class SQLBackend:
             connection.execute(self._s.mark_offline, {"p_instance": instance_id})
 
     def list_instances(self) -> list[Instance]:
-        with self._single() as connection:
+        with self._read() as connection:
             rows = connection.execute(self._s.instances).all()
         return [instance_from_row(row) for row in rows]
 
