@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Update,
     and_,
+    any_,
     bindparam,
     case,
     delete,
@@ -60,6 +61,18 @@ def _const(value: str) -> ColumnElement[str]:
     return literal_column(f"'{value}'", String())
 
 
+def _id_in_array(ids: Select[Any]) -> ColumnElement[bool]:
+    """PostgreSQL: id = ANY(ARRAY(subquery)). The ids are collected first (an InitPlan),
+    then fetched by primary key, whatever the planner guesses about the subquery's size;
+    `id IN (subquery)` with a large LIMIT becomes a hash join over the whole table."""
+    return jobs.c.id == any_(func.array(ids.scalar_subquery()))
+
+
+def _id_in_subquery(ids: Select[Any]) -> ColumnElement[bool]:
+    """SQLite: id IN (subquery), which it runs as a list lookup."""
+    return jobs.c.id.in_(ids)
+
+
 def _json(name: str) -> as_json:
     return as_json(bindparam(name, type_=String()))
 
@@ -83,6 +96,7 @@ class Statements:
 
     def __init__(self, dialect: str) -> None:
         insert_fn: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        id_in = _id_in_array if dialect == "postgresql" else _id_in_subquery
         now = db_now()
 
         # -- jobs ------------------------------------------------------------------------
@@ -120,7 +134,7 @@ class Statements:
         self.claim: Update = (
             update(jobs)
             .where(
-                jobs.c.id.in_(
+                id_in(
                     select(jobs.c.id)
                     .where(
                         jobs.c.state == _const("available"), jobs.c.queue == _p("p_queue", String())
@@ -205,7 +219,7 @@ class Statements:
         self.stage: Update = (
             update(jobs)
             .where(
-                jobs.c.id.in_(
+                id_in(
                     select(jobs.c.id)
                     .where(
                         jobs.c.state.in_([_const("scheduled"), _const("retryable")]),
@@ -224,7 +238,7 @@ class Statements:
             jobs.c.queue, jobs.c.state, jobs.c.reserved_by, func.count()
         ).group_by(jobs.c.queue, jobs.c.state, jobs.c.reserved_by)
         self.prune_jobs: Delete = delete(jobs).where(
-            jobs.c.id.in_(
+            id_in(
                 select(jobs.c.id)
                 .where(
                     jobs.c.state.in_([_const(v) for v in _FINISHED]),
