@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from alembic import context
 from sqlalchemy import Connection, create_engine
 
-from alembic import context
 from pgflow.schema import metadata
 
 VERSION_TABLE = "pgflow_alembic_version"

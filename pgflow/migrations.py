@@ -14,12 +14,12 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
-from alembic import command
 from pgflow.errors import BackendError
 
 __all__ = [

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-
 from alembic import op
 
 # The two storage types are part of the on-disk format: their meaning never changes, so a
