@@ -142,10 +142,7 @@ class Statements:
                     .order_by(jobs.c.priority.desc(), jobs.c.scheduled_at, jobs.c.id)
                     .limit(_p("p_limit", Integer()))
                     .with_for_update(skip_locked=True)
-                ),
-                # A claim may commit without waiting for the WAL flush: see
-                # PostgresBackend.claim_jobs for why that loses no guarantee.
-                relaxed_commit(),
+                )
             )
             .values(
                 state="executing",
