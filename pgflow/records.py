@@ -125,6 +125,50 @@ class Job:
     #: True when an insert found an existing unique job and returned it instead.
     conflict: bool = attrs.field(default=False, eq=False)
 
+    @classmethod
+    def trusted(
+        cls,
+        id: int,
+        queue: str,
+        worker: str,
+        args: dict[str, Any],
+        state: JobState,
+        priority: int,
+        attempt: int,
+        max_attempts: int,
+        scheduled_at: datetime,
+        inserted_at: datetime,
+        attempted_at: datetime | None = None,
+        completed_at: datetime | None = None,
+        reserved_by: str | None = None,
+        errors: tuple[dict[str, Any], ...] = (),
+        meta: dict[str, Any] | None = None,
+        unique_key: str | None = None,
+        conflict: bool = False,
+    ) -> Job:
+        """A Job from values a backend already holds in their final types (a JobState,
+        aware datetimes, a tuple): no converters or validators run. For backends' hot paths
+        only; everyone else uses the validating constructor. About 3x cheaper."""
+        self = _new(cls)
+        _set_id(self, id)
+        _set_queue(self, queue)
+        _set_worker(self, worker)
+        _set_args(self, args)
+        _set_state(self, state)
+        _set_priority(self, priority)
+        _set_attempt(self, attempt)
+        _set_max_attempts(self, max_attempts)
+        _set_scheduled_at(self, scheduled_at)
+        _set_inserted_at(self, inserted_at)
+        _set_attempted_at(self, attempted_at)
+        _set_completed_at(self, completed_at)
+        _set_reserved_by(self, reserved_by)
+        _set_errors(self, errors)
+        _set_meta(self, {} if meta is None else meta)
+        _set_unique_key(self, unique_key)
+        _set_conflict(self, conflict)
+        return self
+
     @property
     def ref(self) -> JobRef:
         return JobRef(self.id, self.attempt)
@@ -132,6 +176,29 @@ class Job:
     @property
     def cancel_requested(self) -> bool:
         return bool(self.meta.get("cancel_requested"))
+
+
+_new = object.__new__
+#: The slot setters of Job's fields, in declaration order (bypassing the frozen __setattr__).
+(
+    _set_id,
+    _set_queue,
+    _set_worker,
+    _set_args,
+    _set_state,
+    _set_priority,
+    _set_attempt,
+    _set_max_attempts,
+    _set_scheduled_at,
+    _set_inserted_at,
+    _set_attempted_at,
+    _set_completed_at,
+    _set_reserved_by,
+    _set_errors,
+    _set_meta,
+    _set_unique_key,
+    _set_conflict,
+) = (getattr(Job, field.name).__set__ for field in attrs.fields(Job))
 
 
 @attrs.frozen

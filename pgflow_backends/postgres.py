@@ -28,7 +28,7 @@ from pgflow.records import Job, JobRef, JobState
 from pgflow_backends.sql.base import PreparedJob, SQLBackend
 from pgflow_backends.sql.errors import translate
 from pgflow_backends.sql.pool import ping_when_idle
-from pgflow_backends.sql.rows import decode_object, job_from_driver_row, utc
+from pgflow_backends.sql.rows import job_from_driver_row, stored_copy, utc
 from pgflow_backends.sql.urls import mask, parse
 
 __all__ = ["CHANNEL", "PostgresBackend", "PostgresListener"]
@@ -236,18 +236,18 @@ class PostgresBackend(SQLBackend):
             job = item.job
             scheduled_at = now if at is None else utc(at)
             jobs.append(
-                Job(
+                Job.trusted(
                     id=job_id,
                     queue=job.queue,
                     worker=job.worker,
-                    args=decode_object(item.args),
+                    args=stored_copy(job.args, item.args),
                     state=JobState.SCHEDULED if scheduled_at > now else JobState.AVAILABLE,
                     priority=job.priority,
                     attempt=0,
                     max_attempts=job.max_attempts,
                     scheduled_at=scheduled_at,
                     inserted_at=now,
-                    meta=decode_object(item.meta),
+                    meta=stored_copy(job.meta, item.meta),
                 )
             )
         return jobs

@@ -30,6 +30,7 @@ __all__ = [
     "job_from_row",
     "run_from_row",
     "step_from_row",
+    "stored_copy",
     "utc",
 ]
 
@@ -116,6 +117,24 @@ def decode_object(text: str | None) -> dict[str, Any]:
     return value
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def stored_copy(value: dict[str, Any], text: str) -> dict[str, Any]:
+    """`value` as it comes back after being stored as `text` (its JSON encoding).
+
+    A flat dict of str keys and scalar values survives JSON unchanged (floats are finite:
+    the encoder refuses NaN and infinities), so a shallow copy is the same as decoding and
+    several times cheaper; anything else (lists, nested dicts, tuples, subclasses) is
+    decoded from the text.
+    """
+    scalars = _SCALARS
+    for key, item in value.items():
+        if type(key) is not str or type(item) not in scalars:
+            return decode_object(text)
+    return dict(value)
+
+
 def decode_errors(text: str | None) -> tuple[Any, ...]:
     """The errors column ("[]" until a job first fails)."""
     if not text or text == "[]":
@@ -124,8 +143,10 @@ def decode_errors(text: str | None) -> tuple[Any, ...]:
 
 
 def job_from_row(row: Sequence[Any], *, conflict: bool = False) -> Job:
-    """A Job from a row of JOB_COLUMNS (times already made UTC by UTCDateTime)."""
-    return Job(
+    """A Job from a row of JOB_COLUMNS (times already made UTC by UTCDateTime).
+
+    Job.trusted: every value is already of its final type here, so no converters run."""
+    return Job.trusted(
         id=row[0],
         queue=row[1],
         worker=row[2],
@@ -149,7 +170,7 @@ def job_from_row(row: Sequence[Any], *, conflict: bool = False) -> Job:
 def job_from_driver_row(row: Sequence[Any]) -> Job:
     """A Job from a row of JOB_COLUMNS as the driver returned it (no SQLAlchemy types
     applied): times are made UTC here."""
-    return Job(
+    return Job.trusted(
         id=row[0],
         queue=row[1],
         worker=row[2],
