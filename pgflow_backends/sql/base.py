@@ -166,6 +166,11 @@ class SQLBackend:
         """Called with the connection's info dict after one of pgflow's own transactions
         committed."""
 
+    def _insert_prepared(self, prepared: list[PreparedJob], connection: Any) -> list[Job] | None:
+        """A dialect's faster path for an insert it can do alone, or None to take the
+        general one (a transaction of its own or the caller's, unique keys)."""
+        return None
+
     def _insert_many(self, connection: Connection, batch: Sequence[PreparedJob]) -> list[Job]:
         """Insert jobs that are not unique, returning them in input order."""
         rows = connection.execute(self._s.insert_jobs, [job.params for job in batch]).all()
@@ -327,6 +332,9 @@ class SQLBackend:
         prepared = [PreparedJob(job) for job in jobs]  # validates and encodes: may raise
         if not prepared:
             return []
+        fast = self._insert_prepared(prepared, connection)
+        if fast is not None:
+            return fast
         if connection is None:
             unique = any(job.unique is not None for job in prepared)
             with self._tx() if unique else self._single() as own:
