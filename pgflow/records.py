@@ -96,10 +96,15 @@ class NewJob:
 
 @attrs.frozen
 class JobRef:
-    """A claimed job's fence: writes about it apply only while this attempt still holds it."""
+    """A claimed job's fence: writes about it apply only while this attempt still holds it.
+
+    `claimed_at` (the claim's `attempted_at`, when known) tells two claims of the same
+    attempt number apart: backends whose claims may be lost in a crash check it too.
+    """
 
     id: int
     attempt: int
+    claimed_at: datetime | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -171,7 +176,7 @@ class Job:
 
     @property
     def ref(self) -> JobRef:
-        return JobRef(self.id, self.attempt)
+        return JobRef(self.id, self.attempt, self.attempted_at)
 
     @property
     def cancel_requested(self) -> bool:

@@ -148,10 +148,21 @@ _COMPLETE = """
     UPDATE pgflow_jobs AS j
     SET state = 'completed', completed_at = now(),
         unique_key = CASE WHEN j.unique_release THEN NULL ELSE j.unique_key END
-    FROM unnest(CAST(%(ids)s AS BIGINT[]), CAST(%(attempts)s AS INTEGER[])) AS r(id, attempt)
+    FROM unnest(CAST(%(ids)s AS BIGINT[]), CAST(%(attempts)s AS INTEGER[]),
+                CAST(%(claimed)s AS TIMESTAMPTZ[])) AS r(id, attempt, claimed_at)
     WHERE j.id = r.id AND j.attempt = r.attempt AND (j.state = 'executing') IS TRUE
+      AND (r.claimed_at IS NULL OR j.attempted_at = r.claimed_at)
     RETURNING j.id
 """
+
+
+def _complete_params(refs: Sequence[JobRef]) -> dict[str, Any]:
+    return {
+        "ids": [ref.id for ref in refs],
+        "attempts": [ref.attempt for ref in refs],
+        "claimed": _time_array([ref.claimed_at for ref in refs]),
+    }
+
 
 _NOTIFY = text(
     f"SELECT pg_notify('{CHANNEL}', q) FROM unnest(CAST(:queues AS TEXT[])) AS q ORDER BY q"
@@ -306,13 +317,19 @@ class PostgresBackend(SQLBackend):
         """As SQLBackend.claim_jobs, with the same Core statement compiled once and run at
         the driver level: SQLAlchemy's per-row result processing was a third of the time.
 
-        The claim is one statement in autocommit mode (one round trip) and its commit waits
-        for the WAL flush like every job write. Skipping that wait (SET LOCAL
-        synchronous_commit = off, about 0.2 ms a claim here) is NOT safe with fencing by
-        (id, attempt): a claim lost in a server or OS crash puts the job back at its old
-        attempt, so the next claim reuses the lost claim's attempt number and the runner
-        that got the lost claim could then complete or fail the new claimer's attempt.
-        It becomes safe once writes are fenced by something each claim makes unique.
+        The claim is one statement in autocommit mode (one round trip) that commits without
+        waiting for the WAL flush (relaxed_commit() in the statement: SET LOCAL
+        synchronous_commit = off). That weakens nothing:
+        - a claim lost to a server or OS crash only leaves its jobs `available` again, to
+          be claimed anew (at-least-once, as after any crash);
+        - the runner that got the lost claim cannot write over the next claim, even though
+          that claim reuses the lost one's attempt number: every fenced write (complete,
+          fail, snooze) also matches the claim's own `attempted_at` (JobRef.claimed_at,
+          see `_token`), which differs from claim to claim;
+        - a claim that survives is made durable by the next synchronous commit anyway (WAL
+          is sequential), at the latest its own job's completion.
+        Completions, failures and inserts keep waiting for the flush: a lost completion
+        would leave a job `executing` under a live instance, with no rescue to free it.
         """
         validate_instance_id(instance_id)
         if limit <= 0:
@@ -328,13 +345,18 @@ class PostgresBackend(SQLBackend):
         """As SQLBackend.complete_jobs, at the driver level (one autocommit round trip)."""
         if not refs:
             return []
-        params = {"ids": [ref.id for ref in refs], "attempts": [ref.attempt for ref in refs]}
+        params = _complete_params(refs)
         with self._driver() as conn:
             return sorted(row[0] for row in conn.execute(_COMPLETE, params).fetchall())
 
     def _complete(self, connection: Connection, refs: Sequence[JobRef]) -> list[int]:
-        params = {"ids": [ref.id for ref in refs], "attempts": [ref.attempt for ref in refs]}
+        params = _complete_params(refs)
         return sorted(row[0] for row in connection.exec_driver_sql(_COMPLETE, params))
+
+    def _token(self, ref: JobRef) -> datetime | None:
+        """Claims may be lost in a crash (see claim_jobs), so fenced writes also match the
+        claim's time."""
+        return ref.claimed_at
 
     def listener(self) -> JobListener:
         """A dedicated autocommit connection LISTENing on pgflow_jobs; reconnects on failure."""

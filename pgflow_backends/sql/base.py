@@ -179,6 +179,11 @@ class SQLBackend:
     def listener(self) -> JobListener:
         raise NotImplementedError
 
+    def _token(self, ref: JobRef) -> datetime | None:
+        """The claim time a fenced write must also match, or None to fence by attempt only
+        (enough where claims are durable once returned: SQLite)."""
+        return None
+
     # -- plumbing ---------------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -418,7 +423,7 @@ class SQLBackend:
         self, ref: JobRef, error: dict[str, Any], *, retry_in: float | None
     ) -> JobState | None:
         encoded = dumps(error, what="error")
-        fence = {"p_id": ref.id, "p_attempt": ref.attempt}
+        fence = {"p_id": ref.id, "p_attempt": ref.attempt, "p_claimed_at": self._token(ref)}
         with self._tx() as connection:
             row = connection.execute(self._s.fenced_job, fence).first()
             if row is None:
@@ -446,7 +451,12 @@ class SQLBackend:
     def snooze_job(self, ref: JobRef, seconds: float) -> bool:
         delay = max(float(seconds), 0.0)
         state = JobState.SCHEDULED if delay > 0 else JobState.AVAILABLE
-        params = {"p_id": ref.id, "p_attempt": ref.attempt, "p_state": state.value}
+        params = {
+            "p_id": ref.id,
+            "p_attempt": ref.attempt,
+            "p_claimed_at": self._token(ref),
+            "p_state": state.value,
+        }
         with self._tx() as connection:
             queue = connection.execute(self._s.snooze, dict(params, p_delay=delay)).scalar()
             if queue is None:

@@ -83,11 +83,14 @@ def _p(name: str, type_: Any = None) -> Any:
 
 #: A finished job gives its unique key back when inserted with while_unfinished.
 RELEASED_KEY: ColumnElement[Any] = case((jobs.c.unique_release, null()), else_=jobs.c.unique_key)
-#: The attempt fence: the job is still executing the attempt the caller holds.
+_CLAIMED_AT = _p("p_claimed_at", UTCDateTime())
+#: The attempt fence: the job is still executing the attempt the caller holds, and, when
+#: the backend passes the claim's time (PostgreSQL), under that very claim.
 FENCE = and_(
     jobs.c.id == _p("p_id", Integer()),
     jobs.c.attempt == _p("p_attempt", Integer()),
     jobs.c.state == _const("executing"),
+    or_(_CLAIMED_AT.is_(None), jobs.c.attempted_at == _CLAIMED_AT),
 )
 
 
@@ -142,7 +145,10 @@ class Statements:
                     .order_by(jobs.c.priority.desc(), jobs.c.scheduled_at, jobs.c.id)
                     .limit(_p("p_limit", Integer()))
                     .with_for_update(skip_locked=True)
-                )
+                ),
+                # A claim may commit without waiting for the WAL flush: see
+                # PostgresBackend.claim_jobs for why that loses no guarantee.
+                relaxed_commit(),
             )
             .values(
                 state="executing",

@@ -116,3 +116,62 @@ def test_a_connection_killed_under_the_driver_path_is_a_backend_error_then_recov
         assert "unreachable or failed" in str(exc)
     run()  # the broken connection was discarded: a fresh one works
     assert pg_backend.get_job(job.id) is not None
+
+
+def _lose_the_claim(backend: PostgresBackend, job_id: int) -> None:
+    """What a crash before the claim's WAL flush leaves: the job as it was before the claim."""
+    with backend.engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE pgflow_jobs SET state = 'available', attempt = attempt - 1, "
+                "attempted_at = NULL, reserved_by = NULL WHERE id = :id"
+            ),
+            {"id": job_id},
+        )
+
+
+@pytest.mark.postgres
+def test_the_runner_of_a_lost_claim_cannot_write_over_the_next_claim(
+    pg_backend: PostgresBackend,
+) -> None:
+    """Claims commit without waiting for the WAL flush: after a lost claim the next one
+    reuses its attempt number, and only the claim time tells the two apart."""
+    job = pg_backend.insert_jobs([NewJob(worker=WORKER, queue="lost")])[0]
+    (lost,) = pg_backend.claim_jobs("lost", "node-a", 1)
+    _lose_the_claim(pg_backend, job.id)
+    (again,) = pg_backend.claim_jobs("lost", "node-b", 1)
+    assert again.attempt == lost.attempt and again.attempted_at != lost.attempted_at
+    assert lost.ref == again.ref  # equal as values: the claim time is an extra check only
+
+    error = {"kind": "Boom", "message": "zombie"}
+    assert pg_backend.complete_jobs([lost.ref]) == []
+    assert pg_backend.fail_job(lost.ref, error, retry_in=0.0) is None
+    assert pg_backend.snooze_job(lost.ref, 0.0) is False
+    current = pg_backend.get_job(job.id)
+    assert current is not None and current.state is JobState.EXECUTING
+    assert current.reserved_by == "node-b" and current.errors == ()
+
+    assert pg_backend.complete_jobs([again.ref]) == [job.id]
+
+
+@pytest.mark.postgres
+def test_refs_without_a_claim_time_are_fenced_by_attempt_alone(
+    pg_backend: PostgresBackend,
+) -> None:
+    from pgflow.records import JobRef
+
+    job = pg_backend.insert_jobs([NewJob(worker=WORKER, queue="plain")])[0]
+    (claimed,) = pg_backend.claim_jobs("plain", "node-a", 1)
+    assert claimed.ref.claimed_at == claimed.attempted_at is not None
+    assert pg_backend.complete_jobs([JobRef(job.id, claimed.attempt)]) == [job.id]
+
+
+def test_fenced_writes_on_sqlite_ignore_the_claim_time(sqlite_backend: SQLBackend) -> None:
+    """SQLite claims are durable once returned: the attempt alone fences (and its stored
+    times are floats, so exact time equality would be fragile)."""
+    from pgflow.records import JobRef
+
+    job = sqlite_backend.insert_jobs([NewJob(worker=WORKER, queue="s")])[0]
+    (claimed,) = sqlite_backend.claim_jobs("s", "node-a", 1)
+    skewed = JobRef(job.id, claimed.attempt, datetime(2000, 1, 1, tzinfo=UTC))
+    assert sqlite_backend.snooze_job(skewed, 0.0) is True
