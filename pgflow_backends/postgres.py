@@ -119,22 +119,34 @@ def _inserted(rows: Sequence[Any], batch: Sequence[PreparedJob]) -> list[Job]:
     rows = sorted(rows, key=_first)
     now: datetime = utc(rows[0][1])  # the id-0 row: the transaction's now()
     jobs: list[Job] = []
+    append, trusted = jobs.append, Job.trusted
+    available, scheduled = JobState.AVAILABLE, JobState.SCHEDULED
     for (job_id, at), item in zip(rows[1:], batch, strict=True):
         job = item.job
-        scheduled_at = now if at is None else utc(at)
-        jobs.append(
-            Job.trusted(
-                id=job_id,
-                queue=job.queue,
-                worker=job.worker,
-                args=stored_copy(job.args, item.args),
-                state=JobState.SCHEDULED if scheduled_at > now else JobState.AVAILABLE,
-                priority=job.priority,
-                attempt=0,
-                max_attempts=job.max_attempts,
-                scheduled_at=scheduled_at,
-                inserted_at=now,
-                meta=stored_copy(job.meta, item.meta),
+        if at is None:
+            scheduled_at, state = now, available
+        else:
+            scheduled_at = utc(at)
+            state = scheduled if scheduled_at > now else available
+        meta = job.meta
+        # Positional: this loop runs once per inserted job (keywords cost ~0.5 us here).
+        append(
+            trusted(
+                job_id,
+                job.queue,
+                job.worker,
+                stored_copy(job.args, item.args),
+                state,
+                job.priority,
+                0,
+                job.max_attempts,
+                scheduled_at,
+                now,
+                None,
+                None,
+                None,
+                (),
+                stored_copy(meta, item.meta) if meta else {},
             )
         )
     return jobs
