@@ -282,24 +282,27 @@ class PostgresBackend(SQLBackend):
         (insert, claim, complete): SQLAlchemy's Connection and result machinery cost about
         0.12 ms a call here, as much as a round trip. Errors are translated as on the
         SQLAlchemy path, and a connection that broke is invalidated (not returned to the
-        pool). Each statement is atomic and its commit waits for the WAL flush."""
+        pool), and the connection goes back in the autocommit mode it came in. Each
+        statement is atomic; its commit waits for the WAL flush unless the statement says
+        otherwise (claims: see claim_jobs)."""
         self._check_open()
         try:
             fairy = self.engine.raw_connection()
         except (DBAPIError, PoolTimeout) as exc:
             raise translate(exc, self.url) from exc
         conn: Any = fairy.driver_connection
+        previous = conn.autocommit  # transactional on pgflow's engines; an app's may differ
         try:
             conn.autocommit = True
             yield conn
-            conn.autocommit = False  # the pool hands out transactional connections
+            conn.autocommit = previous
         except psycopg.Error as exc:
             dialect = self.engine.dialect
             lost = bool(conn.closed) or dialect.is_disconnect(cast(Any, exc), fairy, None)
             if lost:
                 fairy.invalidate(exc)
             else:
-                conn.autocommit = False
+                conn.autocommit = previous
             wrapped = cast(
                 DBAPIError,
                 DBAPIError.instance(

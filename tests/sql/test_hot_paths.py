@@ -175,3 +175,27 @@ def test_fenced_writes_on_sqlite_ignore_the_claim_time(sqlite_backend: SQLBacken
     (claimed,) = sqlite_backend.claim_jobs("s", "node-a", 1)
     skewed = JobRef(job.id, claimed.attempt, datetime(2000, 1, 1, tzinfo=UTC))
     assert sqlite_backend.snooze_job(skewed, 0.0) is True
+
+
+@pytest.mark.postgres
+def test_an_application_engine_keeps_its_own_autocommit_setting(
+    pg_backend: PostgresBackend,
+) -> None:
+    from sqlalchemy import create_engine
+
+    engine = create_engine(pg_backend.engine.url, isolation_level="AUTOCOMMIT", pool_size=1)
+    try:
+        backend = PostgresBackend(engine)
+        job = backend.insert_jobs([NewJob(worker=WORKER, queue="app")])[0]
+        (claimed,) = backend.claim_jobs("app", "node-a", 1)
+        assert backend.complete_jobs([claimed.ref]) == [job.id]
+        raw = engine.raw_connection()
+        try:
+            assert raw.driver_connection.autocommit is True  # type: ignore[union-attr]
+        finally:
+            raw.close()
+        backend.close()  # the application's engine is left open
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()
