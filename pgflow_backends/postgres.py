@@ -206,7 +206,9 @@ class PostgresBackend(SQLBackend):
 
     Workflow run and step records are written with `synchronous_commit = off` unless
     `sync_run_commits=True`: a commit then costs no WAL flush (several milliseconds on
-    ordinary disks). Jobs (insert, claim, complete, fail) always commit synchronously.
+    ordinary disks). Inserts, completions and failures of jobs always commit synchronously;
+    claims do not (safe because writes are fenced by attempt and claim time: see
+    claim_jobs).
     """
 
     def __init__(
