@@ -21,6 +21,7 @@ from typing import Any, overload
 import attrs
 
 from pgflow.backend import Backend
+from pgflow.background_loop import BackgroundLoop
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.errors import DefinitionError
 from pgflow.identifiers import validate_instance_id, validate_queue
@@ -28,7 +29,6 @@ from pgflow.records import Instance, InstanceInfo, Job, JobCount, JobState, NewJ
 from pgflow.runtime.cron import CronScheduler, parse_cron
 from pgflow.runtime.heartbeat import Heartbeat
 from pgflow.runtime.leader import Leader
-from pgflow.runtime.loop import AsyncLoop
 from pgflow.runtime.producer import Producer
 from pgflow.runtime.reconnect import RetryDelay
 from pgflow.runtime.signals import stop_on_signals
@@ -154,7 +154,7 @@ class Pgflow:
         self._lock = threading.Lock()
         self._producers: dict[str, Producer] = {}
         self._threads: tuple[Heartbeat, Wakeup, Leader] | None = None
-        self._async_loop = AsyncLoop()
+        self._async_loop = BackgroundLoop("pgflow-asyncio")
         self._stop_requested = threading.Event()
         self._extra = {"instance_id": self.instance_id}
 

@@ -21,7 +21,7 @@ from datetime import datetime
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
-from pgflow.engine.loop import LOOP, LoopReentryError
+from pgflow.engine.loop import LOOP, LoopReentryError, refuse_reentry
 from pgflow.engine.runners import POOL, wait_for
 from pgflow.errors import SerializationError, WorkflowError
 from pgflow.records import StepOutcome, StepRecord
@@ -174,7 +174,7 @@ class Attempt:
                 return awaitable  # declared async but returned a plain value: keep it
             awaitable = _await(awaitable)
         if self.run.inside_loop:
-            LOOP.refuse_reentry(awaitable)
+            refuse_reentry(awaitable)
         future = LOOP.submit(awaitable)
         with self.lock:
             if self.abandoned:

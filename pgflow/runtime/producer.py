@@ -38,7 +38,7 @@ from pgflow.runtime.reconnect import Guard
 
 if TYPE_CHECKING:
     from pgflow.backend import Backend
-    from pgflow.runtime.loop import AsyncLoop
+    from pgflow.background_loop import BackgroundLoop
 
 logger = logging.getLogger("pgflow.runtime")
 
@@ -70,7 +70,7 @@ class Producer:
         instance_id: str,
         poll_interval: float,
         clock: Clock,
-        async_loop: AsyncLoop,
+        async_loop: BackgroundLoop,
     ) -> None:
         self.backend = backend
         self.queue = queue
