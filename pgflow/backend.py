@@ -9,6 +9,7 @@ for SQL backends, so clock skew between workers does not matter.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from pgflow.records import (
@@ -201,6 +202,11 @@ class JobQueue(Protocol):
 
     def release_leadership(self, instance_id: str) -> None:
         """Give the lease up if this instance holds it."""
+        ...
+
+    def database_time(self) -> datetime:
+        """The backend's current time (the database's clock, timezone-aware UTC), for the
+        decisions the runtime makes on time itself, such as which cron slot is due."""
         ...
 
     def listener(self) -> JobListener:

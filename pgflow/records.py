@@ -68,11 +68,13 @@ class UniqueSpec:
     Two jobs are duplicates when worker, queue and the chosen `keys` of args (all args when
     None) are equal and they fall in the same `period` (seconds; None means forever). With
     `while_unfinished`, the key is released once the job completes, is discarded or cancelled.
+    `scope` adds an explicit discriminator (an idempotency key, a cron slot) that is not an arg.
     """
 
     period: float | None = None
     keys: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_keys)
     while_unfinished: bool = False
+    scope: str | None = None
 
 
 @attrs.frozen

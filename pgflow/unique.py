@@ -44,7 +44,7 @@ def unique_key(new_job: NewJob, now: datetime) -> str | None:
         bucket = math.floor(now.timestamp() / spec.period)
     dumps(args, what="args")  # raises SerializationError naming the offending key
     canonical = json.dumps(
-        [new_job.worker, new_job.queue, args, bucket, spec.period],
+        [new_job.worker, new_job.queue, args, bucket, spec.period, spec.scope],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

@@ -72,3 +72,13 @@ def test_non_json_args_name_the_key() -> None:
 def test_a_naive_now_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         _key(datetime(2026, 1, 1), args={}, unique=UniqueSpec())
+
+
+def test_a_scope_separates_otherwise_equal_jobs() -> None:
+    first = _key(args={"x": 1}, unique=UniqueSpec(scope="cron * * * * * 12:00"))
+    again = _key(args={"x": 1}, unique=UniqueSpec(scope="cron * * * * * 12:00"))
+    other = _key(args={"x": 1}, unique=UniqueSpec(scope="cron * * * * * 12:01"))
+    unscoped = _key(args={"x": 1}, unique=UniqueSpec())
+
+    assert first == again
+    assert len({first, other, unscoped}) == 3

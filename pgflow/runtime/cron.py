@@ -1,17 +1,17 @@
 """Cron: enqueue each due slot of each entry exactly once across every instance.
 
-Slots are whole minutes (five-field expressions, UTC). A slot is inserted only during its own
-minute, as a unique job over a 60-second period: the backend's unique key then includes the
-minute, so two instances inserting the same slot (a leader hand-over, a paused leader waking
-up) collide on the unique index and one insert returns the other's job. A slot missed for a
-whole minute (no leader) is skipped rather than run late, which keeps that key unambiguous.
+Slots are whole minutes (five-field expressions, UTC) of the database's clock, so instances
+whose own clocks disagree still agree on the slot. Each slot is inserted as a unique job
+scoped by expression and slot time: two instances inserting the same slot (a leader hand-over,
+a paused leader waking up) collide on the unique index and one insert returns the other's
+job. A slot missed for its whole minute (no leader) is skipped rather than run late.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -25,11 +25,6 @@ if TYPE_CHECKING:
     from pgflow.backend import JobQueue
 
 logger = logging.getLogger("pgflow.runtime")
-
-SLOT_SECONDS = 60
-#: Slots are not inserted later than this into their minute, so a moderate clock difference
-#: between this host and the database cannot push an insert into the next minute's key.
-INSERT_WINDOW = timedelta(seconds=45)
 
 
 @attrs.frozen
@@ -84,8 +79,6 @@ class CronScheduler:
     def due(self, now: datetime) -> list[tuple[int, CronEntry]]:
         """(index, entry) of entries whose slot is due at `now` and not yet inserted here."""
         slot = slot_of(now)
-        if now - slot > INSERT_WINDOW:
-            return []
         return [
             (index, entry)
             for index, entry in enumerate(self.entries)
@@ -99,7 +92,7 @@ class CronScheduler:
         for index, entry in self.due(now):
             new = entry.worker.new(
                 entry.args,
-                unique=UniqueSpec(period=SLOT_SECONDS),
+                unique=UniqueSpec(scope=f"cron {entry.expression} {slot.isoformat()}"),
                 meta={"cron": entry.expression, "cron_slot": slot.isoformat()},
             )
             [job] = backend.insert_jobs([new])

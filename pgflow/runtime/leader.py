@@ -110,7 +110,7 @@ class Leader:
             if pruned:
                 logger.info("pruned %d finished jobs", pruned, extra=self._extra)
         if self.cron is not None:
-            self.cron.tick(self.backend, self.clock.now())
+            self.cron.tick(self.backend, self.backend.database_time())
 
     def rescue(self) -> None:
         report = self.backend.rescue_stale(self.stale_timeout)

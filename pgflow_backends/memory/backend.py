@@ -309,6 +309,12 @@ class InMemoryBackend:
             self._check_open()
             return self._runs.select(None, None, None)
 
+    def database_time(self) -> datetime:
+        """This backend's clock: the FakeClock's time in tests."""
+        with self._lock:
+            self._check_open()
+            return self._now()
+
     # -- internals -------------------------------------------------------------------------
 
     def _now(self) -> datetime:

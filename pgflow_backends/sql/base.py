@@ -569,6 +569,11 @@ class SQLBackend:
         with self._single() as connection:
             connection.execute(self._s.mark_offline, {"p_instance": instance_id})
 
+    def database_time(self) -> datetime:
+        with self._read() as connection:
+            now: datetime = connection.execute(self._s.now).scalar_one()
+        return now
+
     def list_instances(self) -> list[Instance]:
         with self._read() as connection:
             rows = connection.execute(self._s.instances).all()

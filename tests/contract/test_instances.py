@@ -174,3 +174,15 @@ def test_an_expired_lease_can_be_taken_over(backend: Backend) -> None:
 
     assert backend.acquire_leadership("node-b", ttl=60) is True
     assert backend.acquire_leadership("node-a", ttl=60) is False
+
+
+def test_database_time_is_the_backends_clock(backend: Backend) -> None:
+    from datetime import UTC, datetime
+
+    before = datetime.now(UTC)
+    observed = backend.database_time()
+    after = datetime.now(UTC)
+
+    assert observed.utcoffset() is not None
+    # Same machine: the database's clock agrees with ours to well within a few seconds.
+    assert (before - observed).total_seconds() < 5 and (observed - after).total_seconds() < 5
