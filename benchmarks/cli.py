@@ -32,6 +32,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="compare pgflow with procrastinate, pgqueuer, Oban, DBOS, Celery and the plain-SQL "
+        "floor (pip install -e '.[bench]'); writes a chart under benchmarks/results/",
+    )
+    parser.add_argument(
         "--postgres-admin-url",
         default=postgres.DEFAULT_ADMIN_URL,
         metavar="URL",
@@ -64,6 +70,10 @@ def run_one(benchmark: Benchmark, ctx: RunContext) -> list[Row]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.peers:
+        from benchmarks.peers import runner
+
+        return runner.main(quick=args.quick, json_path=args.json, admin_url=args.postgres_admin_url)
     if args.list:
         for b in catalog.BENCHMARKS:
             print(f"{b.name:<22} suite {b.suite:<12} {b.description}")

@@ -1,0 +1,159 @@
+"""The peers table: figures per system, then ratios to the best peer and to the floor."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.peers.spec import Outcome
+
+#: (metric, header, higher is better)
+COLUMNS: tuple[tuple[str, str, bool], ...] = (
+    ("insert_one", "insert 1/call /s", True),
+    ("insert_bulk", "insert bulk /s", True),
+    ("drain_1", "drain 1 proc /s", True),
+    ("drain_2", "drain 2 proc /s", True),
+    ("latency_p50_ms", "start p50 ms", False),
+    ("latency_p95_ms", "p95 ms", False),
+    ("latency_p99_ms", "p99 ms", False),
+    ("flow_inprocess", "wf in-proc /s", True),
+    ("flow_distributed", "wf distrib /s", True),
+    ("rss_mb", "worker RSS MB", False),
+)
+FLOOR_ONE = "floor (SQL, 1 job/stmt)"
+FLOOR_BATCH = "floor (SQL, 100 jobs/stmt)"
+#: Which floor row and metric each column is compared with (throughput columns only).
+FLOOR_REFERENCE: dict[str, tuple[str, str]] = {
+    "insert_one": (FLOOR_ONE, "insert_one"),
+    "insert_bulk": (FLOOR_BATCH, "insert_bulk"),
+    "drain_1": (FLOOR_BATCH, "drain_2"),
+    "drain_2": (FLOOR_BATCH, "drain_2"),
+}
+
+
+def floor_outcomes(figures: dict[str, float]) -> list[Outcome]:
+    """The floor as two table rows: one job per statement, and 100 per statement.
+
+    Its "drain" is claim + complete on one connection until the queue is empty.
+    """
+    one = Outcome(FLOOR_ONE, "psycopg, one connection, autocommit, 3 round trips per job")
+    one.metrics = {"insert_one": figures["insert_one"], "drain_1": figures["drain_one"]}
+    one.notes["lifecycle"] = f"insert+claim+complete {figures['lifecycle_one']:,.0f} jobs/s"
+    batch = Outcome(FLOOR_BATCH, "psycopg, one connection, 3 statements per 100 jobs")
+    batch.metrics = {
+        "insert_bulk": figures["insert_bulk"],
+        "drain_1": figures["drain_batched"],
+        "drain_2": figures["drain_batched"],
+    }
+    batch.notes["lifecycle"] = f"insert+claim+complete {figures['lifecycle_batched']:,.0f} jobs/s"
+    batch.notes["drain_2"] = "one connection (same figure as drain 1 proc)"
+    return [one, batch]
+
+
+def _cell(outcome: Outcome, key: str) -> str:
+    value = outcome.metrics.get(key)
+    if value is None or not math.isfinite(value):
+        return "-"
+    if key.endswith("_ms"):
+        return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    return f"{value:,.0f}"
+
+
+def _grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            str(c).rjust(w) if i else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def is_floor(outcome: Outcome) -> bool:
+    return outcome.system.startswith("floor")
+
+
+def best_peer(outcomes: Sequence[Outcome], key: str, higher: bool) -> float | None:
+    values = [
+        o.metrics[key]
+        for o in outcomes
+        if not is_floor(o) and key in o.metrics and math.isfinite(o.metrics[key])
+    ]
+    if not values:
+        return None
+    return max(values) if higher else min(values)
+
+
+def render(outcomes: Sequence[Outcome]) -> str:
+    """Figures, ratio to the best peer, fraction of the floor, then every note."""
+    header = ["system", *(label for _, label, _ in COLUMNS)]
+    figures = [[o.system, *(_cell(o, key) for key, _, _ in COLUMNS)] for o in outcomes]
+    parts = ["Figures (throughput per second; latency in ms; - = not measured, see notes)"]
+    parts.append(_grid(header, figures))
+
+    ratio_rows = []
+    for o in outcomes:
+        if is_floor(o) or o.status != "ok":
+            continue
+        cells = [o.system]
+        for key, _, higher in COLUMNS:
+            best = best_peer(outcomes, key, higher)
+            value = o.metrics.get(key)
+            if best is None or value is None or not math.isfinite(value) or value <= 0:
+                cells.append("-")
+            else:
+                ratio = value / best if higher else best / value
+                cells.append("best" if math.isclose(ratio, 1.0) else f"{ratio:.2f}x")
+        ratio_rows.append(cells)
+    parts.append("\nRatio to the best peer (1 = best; below 1 = behind, for latency and RSS too)")
+    parts.append(_grid(header, ratio_rows))
+
+    floors = {o.system: o for o in outcomes if is_floor(o)}
+    floor_header = ["system", *(label for key, label, _ in COLUMNS if key in FLOOR_REFERENCE)]
+    floor_rows = []
+    for o in outcomes:
+        if is_floor(o) or o.status != "ok":
+            continue
+        cells = [o.system]
+        for key, _, _ in COLUMNS:
+            if key not in FLOOR_REFERENCE:
+                continue
+            system, metric = FLOOR_REFERENCE[key]
+            reference = floors.get(system, Outcome(system)).metrics.get(metric)
+            value = o.metrics.get(key)
+            cells.append(f"{value / reference:.2f}" if value and reference else "-")
+        floor_rows.append(cells)
+    parts.append(
+        "\nFraction of the plain-SQL floor (insert 1/call vs 1 job/stmt; bulk and drains vs "
+        "100 jobs/stmt)"
+    )
+    parts.append(_grid(floor_header, floor_rows))
+
+    parts.append("\nConfiguration and notes")
+    for o in outcomes:
+        parts.append(f"- {o.system}: {o.config}" + ("" if o.status == "ok" else f" [{o.status}]"))
+        for key, note in o.notes.items():
+            parts.append(f"    {key}: {note}")
+    return "\n".join(parts)
+
+
+def write_json(
+    path: Path, machine: dict[str, Any], settings: dict[str, Any], outcomes: Sequence[Outcome]
+) -> None:
+    document = {
+        "machine": machine,
+        "settings": settings,
+        "systems": [o.to_json() for o in outcomes],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, allow_nan=False, default=_finite) + "\n")
+
+
+def _finite(value: object) -> object:
+    return None

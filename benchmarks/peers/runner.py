@@ -1,0 +1,130 @@
+"""`python -m benchmarks --peers`: every system in a fresh database, one after the other.
+
+The floor runs first, then pgflow and each peer; a peer that is not installed or fails
+keeps its row with the reason. The table goes to stdout, the bar to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import postgres
+from benchmarks import report as bench_report
+from benchmarks.peers import chart, floor, measure, report, spec
+from benchmarks.peers.progress import Progress
+from benchmarks.peers.sink import Sink
+
+#: (module, class) of every system, pgflow first.
+SYSTEMS: tuple[tuple[str, str], ...] = (
+    ("pgflow_peer", "PgflowPeer"),
+    ("procrastinate_peer", "ProcrastinatePeer"),
+    ("pgqueuer_peer", "PgqueuerPeer"),
+    ("oban_peer", "ObanPeer"),
+    ("dbos_peer", "DbosPeer"),
+    ("celery_peer", "CeleryPeer"),
+)
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+DEFAULT_CHART = RESULTS / "peers.png"
+
+
+def _instantiate(module: str, cls: str) -> spec.Peer:
+    peer: spec.Peer = getattr(spec.load(module), cls)()
+    return peer
+
+
+def _measure_floor(admin_url: str, sizes: measure.Sizes, progress: Progress) -> list[spec.Outcome]:
+    progress.tick("floor: plain SQL lifecycle")
+    try:
+        with postgres.temporary_database(admin_url) as url:
+            return report.floor_outcomes(floor.measure(url, sizes.drain))
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        return [spec.Outcome(report.FLOOR_ONE, status=f"error: {type(exc).__name__}: {exc}")]
+
+
+def _measure_system(
+    module: str, cls: str, admin_url: str, sizes: measure.Sizes, sink: Sink, progress: Progress
+) -> spec.Outcome:
+    steps = len(measure.STEPS)
+    try:
+        peer = _instantiate(module, cls)
+        peer.check()
+    except spec.NotInstalled as exc:
+        progress.skip(steps)
+        return spec.Outcome(cls.removesuffix("Peer"), status=str(exc))
+    except Exception as exc:
+        progress.skip(steps)
+        return spec.Outcome(cls.removesuffix("Peer"), status=f"error: {type(exc).__name__}: {exc}")
+    try:
+        with postgres.temporary_database(admin_url) as url:
+            peer.setup(url)
+            try:
+                return measure.run_peer(peer, url, sink, sizes, progress.tick)
+            finally:
+                peer.close()
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        return spec.Outcome(peer.name, peer.config, status=f"error: {type(exc).__name__}: {exc}")
+
+
+def run(
+    *,
+    quick: bool,
+    admin_url: str = postgres.DEFAULT_ADMIN_URL,
+    systems: Sequence[tuple[str, str]] = SYSTEMS,
+    sizes: measure.Sizes | None = None,
+    show_progress: bool = True,
+) -> list[spec.Outcome]:
+    """Measure the floor and `systems`; return one or two outcomes per entry, in order."""
+    chosen = sizes or (measure.QUICK if quick else measure.FULL)
+    progress = Progress(1 + len(systems) * len(measure.STEPS), enabled=show_progress)
+    sink = Sink()
+    try:
+        outcomes = _measure_floor(admin_url, chosen, progress)
+        for module, cls in systems:
+            outcomes.append(_measure_system(module, cls, admin_url, chosen, sink, progress))
+    finally:
+        sink.close()
+        progress.close()
+    return outcomes
+
+
+def main(
+    *,
+    quick: bool,
+    json_path: Path | None,
+    admin_url: str = postgres.DEFAULT_ADMIN_URL,
+    chart_path: Path | None = None,
+) -> int:
+    """Run, print the table, write the chart (and JSON when asked); 1 if anything failed."""
+    machine = bench_report.machine_info(postgres.server_version(admin_url))
+    print(bench_report.render_header(machine, quick), flush=True)
+    outcomes = run(quick=quick, admin_url=admin_url)
+    print()
+    print(report.render(outcomes))
+    target = chart_path or (RESULTS / ("peers-quick.png" if quick else "peers.png"))
+    title = (
+        f"pgflow and peers, {machine['date']}, {machine['usable_cpus']} CPUs "
+        f"({machine['cpu_model']}), {machine['postgresql']}, {machine['python']}"
+        + (" [quick]" if quick else "")
+    )
+    print(f"\nchart written to {chart.write_chart(target, outcomes, title)}")
+    if json_path is not None:
+        settings: dict[str, Any] = {
+            "quick": quick,
+            "concurrency_per_process": spec.CONCURRENCY,
+            "sizes": vars(measure.QUICK if quick else measure.FULL),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        report.write_json(json_path, machine, settings, outcomes)
+        print(f"figures written to {json_path}")
+    failed = any(
+        o.status.startswith("error") or any(n.startswith("error") for n in o.notes.values())
+        for o in outcomes
+    )
+    return 1 if failed else 0
