@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING
 
 from pgflow.records import InstanceInfo
 from pgflow.runtime.reconnect import Guard
+from pgflow.runtime.service import ServiceThread
 
 if TYPE_CHECKING:
     from pgflow.backend import JobQueue
@@ -15,23 +15,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pgflow.runtime")
 
 
-class Heartbeat:
+class Heartbeat(ServiceThread):
     """Refreshes the instance's heartbeat every `interval`; re-registers if presumed dead."""
 
     def __init__(self, backend: JobQueue, info: InstanceInfo, interval: float) -> None:
         self.backend = backend
         self.info = info
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="pgflow-heartbeat", daemon=True)
-        self._extra = {"instance_id": info.instance_id}
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
+        super().__init__("pgflow-heartbeat", info.instance_id)
 
     def _main(self) -> None:
         guard = Guard("heartbeat", self._stop, self._extra)

@@ -8,7 +8,6 @@ jobs and inserts cron slots at a time; when it dies, another takes over within o
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 from pgflow.clock import Clock
 from pgflow.runtime.cron import CronScheduler
 from pgflow.runtime.reconnect import Guard
+from pgflow.runtime.service import ServiceThread
 
 if TYPE_CHECKING:
     from pgflow.backend import JobQueue
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pgflow.runtime")
 
 
-class Leader:
+class Leader(ServiceThread):
     """Campaigns for the lease every `interval`; while leader, runs the due duties."""
 
     def __init__(
@@ -53,16 +53,10 @@ class Leader:
         self.is_leader = False
         self._next_rescue = 0.0
         self._next_prune = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="pgflow-leader", daemon=True)
-        self._extra = {"instance_id": instance_id}
-
-    def start(self) -> None:
-        self._thread.start()
+        super().__init__("pgflow-leader", instance_id)
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
+        super().stop(timeout)
         if self.is_leader:
             self.is_leader = False
             try:

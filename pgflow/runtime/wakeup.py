@@ -7,11 +7,11 @@ notification delays work by at most one poll interval.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from pgflow.runtime.reconnect import Guard
+from pgflow.runtime.service import ServiceThread
 
 if TYPE_CHECKING:
     from pgflow.backend import JobListener, JobQueue
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pgflow.runtime")
 
 
-class Wakeup:
+class Wakeup(ServiceThread):
     """Listens on its own thread and calls `on_hint(queues)` for every announcement."""
 
     def __init__(
@@ -34,16 +34,7 @@ class Wakeup:
         self.on_hint = on_hint
         self.wait_timeout = wait_timeout
         self._listener: JobListener | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="pgflow-listener", daemon=True)
-        self._extra = {"instance_id": instance_id}
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
+        super().__init__("pgflow-listener", instance_id)
 
     def _main(self) -> None:
         guard = Guard("listener", self._stop, self._extra)
