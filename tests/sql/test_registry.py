@@ -17,7 +17,7 @@ from pgflow_backends.memory import InMemoryBackend
 from pgflow_backends.postgres import PostgresBackend
 from pgflow_backends.sql.urls import parse
 from pgflow_backends.sqlite import SQLiteBackend
-from tests.sql.fake_backend import FakeBackend
+from tests.sql.plugin_backend import FakeBackend
 
 
 def test_memory_and_sqlite_schemes(tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_register_backend_wins_over_everything() -> None:
 
 def test_entry_points_are_consulted_after_the_built_ins(monkeypatch: pytest.MonkeyPatch) -> None:
     point = importlib.metadata.EntryPoint(
-        name="fakeep", value="tests.sql.fake_backend:FakeBackend", group="pgflow.backends"
+        name="fakeep", value="tests.sql.plugin_backend:FakeBackend", group="pgflow.backends"
     )
 
     def entry_points(*, group: str) -> list[importlib.metadata.EntryPoint]:
