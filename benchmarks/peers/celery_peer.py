@@ -66,6 +66,7 @@ def serve(url: str, queue: str, concurrency: int, stop: Any) -> None:
             "-n",
             f"peer{os.getpid()}@%h",
             "--loglevel=WARNING",
+            "--quiet",  # no start-up banner on the table's stdout
         ]
     )
 

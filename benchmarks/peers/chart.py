@@ -57,6 +57,9 @@ def write_chart(path: Path, outcomes: Sequence[Outcome], title: str) -> Path:
     bottom.legend(fontsize="small")
     bottom.grid(axis="y", which="both", alpha=0.3)
 
+    absent = [f"{o.system}: {o.status}" for o in outcomes if not o.metrics]
+    if absent:
+        fig.text(0.01, 0.002, "Not measured - " + "; ".join(absent), fontsize="small")
     fig.suptitle(title, fontsize="medium")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -143,6 +143,37 @@ def render(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(parts)
 
 
+def render_markdown(outcomes: Sequence[Outcome], machine: dict[str, Any], quick: bool) -> str:
+    """The figures as a Markdown table, with the machine and each system's configuration."""
+    lines = [
+        f"# pgflow and its peers ({'quick' if quick else 'full'} run, {machine['date']})",
+        "",
+        f"Machine: {machine['usable_cpus']} usable CPUs ({machine['cpu_model']}), "
+        f"{machine['platform']}; {machine['python']}; {machine['postgresql']}. "
+        "Reproduce with `pip install -e '.[bench]'` and `python -m benchmarks --peers` "
+        "(Celery needs Redis on 127.0.0.1:6379).",
+        "",
+        "Inserts: no-op jobs through each system's client, one per call and in its bulk API. "
+        "Drains: pre-inserted no-op jobs, timed from the first to the last job the task "
+        "body reported done. Start latency: sequential jobs on an idle, running worker, "
+        "the task's start minus the insert call's start. Workflows: 3 no-op steps, each "
+        "recorded. RSS: peak resident set of one worker process (with its pool children).",
+        "",
+        "| system | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
+        "|---|" + "---:|" * len(COLUMNS),
+    ]
+    for o in outcomes:
+        cells = [_cell(o, key) for key, _, _ in COLUMNS]
+        if o.status != "ok":
+            cells = [o.status, *["-"] * (len(COLUMNS) - 1)]
+        lines.append(f"| {o.system} | " + " | ".join(cells) + " |")
+    lines += ["", "Configuration (every worker process gets the same concurrency) and notes:", ""]
+    for o in outcomes:
+        lines.append(f"- **{o.system}**: {o.config or '-'}")
+        lines += [f"  - {key}: {note}" for key, note in o.notes.items()]
+    return "\n".join(lines) + "\n"
+
+
 def write_json(
     path: Path, machine: dict[str, Any], settings: dict[str, Any], outcomes: Sequence[Outcome]
 ) -> None:

@@ -114,6 +114,9 @@ def main(
         + (" [quick]" if quick else "")
     )
     print(f"\nchart written to {chart.write_chart(target, outcomes, title)}")
+    table = target.with_suffix(".md")
+    table.write_text(report.render_markdown(outcomes, machine, quick))
+    print(f"Markdown table written to {table}")
     if json_path is not None:
         settings: dict[str, Any] = {
             "quick": quick,
