@@ -54,6 +54,9 @@ def serve(url: str, queue: str, concurrency: int, stop: Any) -> None:
                 break
         os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
 
+    # The worker prints its start-up banner on stdout, where the results table goes.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
     worker_ready.connect(ready, weak=False)
     threading.Thread(target=watch, daemon=True).start()
     app.worker_main(
@@ -66,7 +69,6 @@ def serve(url: str, queue: str, concurrency: int, stop: Any) -> None:
             "-n",
             f"peer{os.getpid()}@%h",
             "--loglevel=WARNING",
-            "--quiet",  # no start-up banner on the table's stdout
         ]
     )
 
@@ -103,8 +105,12 @@ class CeleryPeer(spec.Peer):
 
         self.producer_cm.__exit__(None, None, None)
         client = redis.Redis.from_url(BROKER)
-        if self.queues:
-            client.delete(*self.queues)
+        if self.queues:  # the lists, and kombu's routing keys for them
+            client.delete(
+                *self.queues,
+                *(f"_kombu.binding.{q}" for q in self.queues),
+                *(f"_kombu.binding_permanent.{q}" for q in self.queues),
+            )
         client.close()
         self.app.close()
 
