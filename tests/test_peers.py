@@ -87,12 +87,18 @@ def test_floor_and_pgflow_rows_are_measured_and_a_missing_peer_is_reported(
     assert "pgflow" in table and report.FLOOR_BATCH in table
     assert "not installed" in table
 
-    path = chart.write_chart(tmp_path / "peers.png", outcomes, "smoke")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     document = tmp_path / "peers.json"
     report.write_json(document, {"machine": "test"}, {"quick": True}, outcomes)
     systems = {s["system"]: s for s in json.loads(document.read_text())["systems"]}
     assert systems["Missing"]["status"].startswith("not installed")
+
+
+def test_the_chart_is_a_png_and_names_the_systems_not_measured(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the chart needs the bench extra")
+    measured = spec.Outcome("fast", metrics={"drain_1": 10.0, "latency_p50_ms": 2.0})
+    absent = spec.Outcome("gone", status="not installed (gone)")
+    path = chart.write_chart(tmp_path / "peers.png", [measured, absent], "smoke")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_ratios_compare_with_the_best_peer_and_the_floor() -> None:

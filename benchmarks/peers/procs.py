@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,12 +68,24 @@ def _peak_kb(pid: int) -> int:
 
 
 def _children(pid: int) -> list[int]:
-    import psutil  # type: ignore[import-untyped]
-
-    try:
-        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
+    """Every descendant of `pid`, from Linux's /proc/<pid>/task/<tid>/children lists."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children", encoding="ascii") as listing:
+                    kids = [int(child) for child in listing.read().split()]
+            except OSError:
+                continue
+            found += kids
+            pending += kids
+    return found
 
 
 def _tree_peak_kb(pid: int) -> int:
@@ -80,17 +93,10 @@ def _tree_peak_kb(pid: int) -> int:
 
 
 def _kill_tree(pid: int) -> None:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        victims = [*root.children(recursive=True), root]
-    except psutil.NoSuchProcess:
-        return
-    for victim in victims:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            victim.kill()
-    psutil.wait_procs(victims, timeout=5)
+    """SIGKILL a process and its descendants (children first, so none is re-parented alive)."""
+    for victim in [*reversed(_children(pid)), pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
 
 
 @contextlib.contextmanager
