@@ -108,6 +108,7 @@ def test_ratios_compare_with_the_best_peer_and_the_floor() -> None:
             "insert_bulk": 50000.0,
             "drain_one": 900.0,
             "drain_batched": 20000.0,
+            "drain_batched_10": 9000.0,
             "lifecycle_one": 300.0,
             "lifecycle_batched": 10000.0,
         }

@@ -50,6 +50,7 @@ def measure(url: str, total: int) -> dict[str, float]:
             "insert_bulk": _insert(conn, "many", total, BATCH),
             "drain_one": _drain(conn, "one", total, 1),
             "drain_batched": _drain(conn, "many", total, BATCH),
+            "drain_batched_10": _refill_and_drain(conn, total, 10),
             "lifecycle_one": _lifecycle(conn, total, 1),
             "lifecycle_batched": _lifecycle(conn, total, BATCH),
         }
@@ -80,6 +81,15 @@ def _drain(conn: Any, queue: str, total: int, batch: int) -> float:
     if done != total:
         raise RuntimeError(f"floor drained {done} of {total} jobs")
     return done / elapsed
+
+
+def _refill_and_drain(conn: Any, total: int, batch: int) -> float:
+    """Claim + complete `batch` at a time (the workers' concurrency) on freshly inserted jobs."""
+    queue = f"drain{batch}"
+    for start in range(0, total, BATCH):
+        args = [f'{{"i": {i}}}' for i in range(start, min(start + BATCH, total))]
+        conn.execute(INSERT_MANY, (queue, args))
+    return _drain(conn, queue, total, batch)
 
 
 def _lifecycle(conn: Any, total: int, batch: int) -> float:

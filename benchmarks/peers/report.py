@@ -50,6 +50,10 @@ def floor_outcomes(figures: dict[str, float]) -> list[Outcome]:
     }
     batch.notes["lifecycle"] = f"insert+claim+complete {figures['lifecycle_batched']:,.0f} jobs/s"
     batch.notes["drain_2"] = "one connection (same figure as drain 1 proc)"
+    batch.notes["drain_10"] = (
+        f"claim+complete 10 jobs/stmt (the workers' concurrency): "
+        f"{figures['drain_batched_10']:,.0f} jobs/s"
+    )
     return [one, batch]
 
 
