@@ -21,7 +21,6 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from pgflow.backend import JobListener
 from pgflow.errors import BackendError, DefinitionError
 from pgflow.identifiers import validate_instance_id, validate_queue, validate_worker_name
-from pgflow.migrations import check_schema, upgrade
 from pgflow.records import (
     Instance,
     InstanceInfo,
@@ -220,12 +219,16 @@ class SQLBackend:
 
     def migrate(self) -> None:
         """Upgrade the schema to head: idempotent, and safe when processes race to do it."""
+        from pgflow.migrations import upgrade  # Alembic loads only where migrations run
+
         self._check_open()
         with self._translated():
             upgrade(self.engine)
 
     def check_schema(self) -> None:
         """Raise BackendError saying what to do when the schema is missing or outdated."""
+        from pgflow.migrations import check_schema
+
         self._check_open()
         with self._translated():
             check_schema(self.engine, self.url)
