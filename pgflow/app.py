@@ -23,7 +23,7 @@ import attrs
 from pgflow.backend import Backend
 from pgflow.background_loop import BackgroundLoop
 from pgflow.clock import SYSTEM_CLOCK, Clock
-from pgflow.errors import DefinitionError
+from pgflow.errors import DefinitionError, SchemaError
 from pgflow.identifiers import validate_instance_id, validate_queue
 from pgflow.records import Instance, InstanceInfo, Job, JobCount, JobState, NewJob
 from pgflow.runtime.cron import CronScheduler, parse_cron
@@ -284,13 +284,17 @@ class Pgflow:
     def _register(self, info: InstanceInfo) -> bool:
         """Register before claiming anything; retry while the database is unreachable.
 
-        Returns False when a stop was requested before registration succeeded.
+        Returns False when a stop was requested before registration succeeded. A database
+        that answers but lacks the schema raises SchemaError at once: waiting cannot fix it.
         """
         delay = RetryDelay()
         while not self._stop_requested.is_set():
             try:
+                self.backend.check_schema()
                 self.backend.register_instance(info)
                 return True
+            except SchemaError:
+                raise
             except Exception as exc:
                 wait = delay.next()
                 logger.warning(

@@ -15,6 +15,11 @@ class BackendError(PgflowError):
     """The storage behind a backend cannot be reached, found or used as it is."""
 
 
+class SchemaError(BackendError):
+    """The database answers, but pgflow's schema there is missing, older or newer than the code;
+    retrying cannot help, migrating (or upgrading pgflow) does."""
+
+
 class SerializationError(PgflowError, TypeError):
     """A value that must be stored as JSON is not JSON-serialisable; `path` names where."""
 

@@ -20,7 +20,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 
-from pgflow.errors import BackendError
+from pgflow.errors import BackendError, SchemaError
+from pgflow.schema import VERSION_TABLE
 
 __all__ = [
     "VERSION_TABLE",
@@ -31,7 +32,6 @@ __all__ = [
     "upgrade",
 ]
 
-VERSION_TABLE = "pgflow_alembic_version"
 #: Key of the PostgreSQL advisory lock held while migrating ("pgflow" in ASCII).
 _PG_LOCK_KEY = 0x7067666C6F77
 
@@ -126,7 +126,7 @@ def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
 
 
 def check_schema(bind: Engine | Connection, url: str) -> None:
-    """Raise BackendError saying what to do unless the schema is exactly at head.
+    """Raise SchemaError saying what to do unless the schema is exactly at head.
 
     `url` is the masked URL to name in the message.
     """
@@ -134,7 +134,7 @@ def check_schema(bind: Engine | Connection, url: str) -> None:
     head = head_revision()
     fix = f"run `pgflow migrate --url {url}` or app.migrate()"
     if current is None:
-        raise BackendError(f"schema not migrated in {url}: {fix}")
+        raise SchemaError(f"schema not migrated in {url}: {fix}")
     if current == head:
         return
     scripts = ScriptDirectory.from_config(_config())
@@ -143,10 +143,10 @@ def check_schema(bind: Engine | Connection, url: str) -> None:
     except Exception:
         known = False
     if known:
-        raise BackendError(
+        raise SchemaError(
             f"schema is older than this pgflow (rev {current}, need {head}) in {url}: {fix}"
         )
-    raise BackendError(
+    raise SchemaError(
         f"schema is newer than this pgflow (rev {current}, this pgflow knows up to {head}) "
         f"in {url}: upgrade pgflow"
     )

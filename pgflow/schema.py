@@ -106,6 +106,12 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(value) for value in values)})"
 
 
+#: pgflow's own Alembic version table, apart from the application's `alembic_version`.
+VERSION_TABLE = "pgflow_alembic_version"
+#: The head migration this code expects (tests check it against alembic/versions), so a
+#: worker can verify the schema with one query, without loading Alembic.
+SCHEMA_REVISION = "0001"
+
 metadata = MetaData()
 
 jobs = Table(

@@ -24,6 +24,10 @@ def test_a_worker_process_does_not_load_alembic() -> None:
     loaded = _modules_after(
         "import pgflow, pgflow.app, pgflow.cli\n"
         "import pgflow_backends.sqlite, pgflow_backends.postgres\n"
-        "pgflow.backend_from_url('sqlite://')"
+        "backend = pgflow.backend_from_url('sqlite://')\n"
+        "backend.migrate()\n"
+        "for name in [m for m in sys.modules if m.startswith(('alembic', 'pgflow.migrations'))]:\n"
+        "    del sys.modules[name]\n"
+        "backend.check_schema()  # a worker's start-up check: one query, no Alembic"
     )
     assert "alembic" not in loaded

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -35,7 +35,14 @@ from pgflow.records import (
     RunState,
     StepRecord,
 )
-from pgflow.schema import PRIORITY_MAX, PRIORITY_MIN, jobs, runs
+from pgflow.schema import (
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    SCHEMA_REVISION,
+    VERSION_TABLE,
+    jobs,
+    runs,
+)
 from pgflow.serialization import dumps
 from pgflow.unique import unique_key
 from pgflow_backends.sql.errors import translate
@@ -227,11 +234,28 @@ class SQLBackend:
 
     def check_schema(self) -> None:
         """Raise BackendError saying what to do when the schema is missing or outdated."""
-        from pgflow.migrations import check_schema
-
         self._check_open()
         with self._translated():
+            if self._schema_is_current():
+                return
+            from pgflow.migrations import check_schema  # only to explain what is wrong
+
             check_schema(self.engine, self.url)
+
+    def _schema_is_current(self) -> bool:
+        """One query, no Alembic: does the version table hold exactly SCHEMA_REVISION?"""
+        try:
+            with self.engine.connect() as connection:
+                found = (
+                    connection.execute(
+                        text(f"SELECT version_num FROM {VERSION_TABLE}")  # a constant name
+                    )
+                    .scalars()
+                    .all()
+                )
+        except DBAPIError:
+            return False  # no table, or no server: the full check says which
+        return found == [SCHEMA_REVISION]
 
     def close(self) -> None:
         """Release connections (the engine's pool, unless the application owns the engine)."""

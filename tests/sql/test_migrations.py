@@ -129,3 +129,27 @@ def test_script_location_holds_env_and_versions() -> None:
     assert (location / "env.py").is_file()
     assert not (location / "__init__.py").exists()  # would shadow the alembic package
     assert any(location.joinpath("versions").glob("0001_*.py"))
+
+
+def test_the_schema_revision_constant_is_the_migrations_head() -> None:
+    from pgflow.migrations import head_revision
+    from pgflow.schema import SCHEMA_REVISION
+
+    assert head_revision() == SCHEMA_REVISION
+
+
+def test_an_app_refuses_to_start_on_an_unmigrated_database(sqlite_url: str) -> None:
+    import pgflow
+    from pgflow.errors import SchemaError
+
+    app = pgflow.Pgflow(sqlite_url, instance_id="unmigrated")
+    try:
+        with pytest.raises(SchemaError, match="schema not migrated.*pgflow migrate"):
+            app.start()
+        assert not app.running
+        app.migrate()
+        app.start()
+        assert app.running
+    finally:
+        app.stop(timeout=5)
+        app.close()
