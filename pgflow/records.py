@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from pgflow.errors import DefinitionError
+
 
 def _aware(_instance: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
     """Reject naive datetimes: a record must never be ambiguous about its time zone."""
@@ -46,6 +48,14 @@ class RunState(enum.StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+
+
+def final_run_state(state: RunState | str) -> RunState:
+    """The state a run may finish in (completed or failed); DefinitionError otherwise."""
+    state = RunState(state)
+    if state is RunState.RUNNING:
+        raise DefinitionError(f"finish_run needs completed or failed, not {state.value!r}")
+    return state
 
 
 class StepOutcome(enum.StrEnum):

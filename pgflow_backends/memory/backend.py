@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pgflow.backend import JobListener
 from pgflow.clock import SYSTEM_CLOCK, Clock
-from pgflow.errors import BackendError, DefinitionError
+from pgflow.errors import BackendError
 from pgflow.identifiers import validate_instance_id
 from pgflow.records import (
     Instance,
@@ -29,14 +29,13 @@ from pgflow.records import (
     RunRecord,
     RunState,
     StepRecord,
+    final_run_state,
 )
 from pgflow.serialization import dumps
 from pgflow_backends.memory.cluster import InstanceTable
 from pgflow_backends.memory.jobs import JobTable
 from pgflow_backends.memory.listener import ListenerHub
 from pgflow_backends.memory.runs import RunTable
-
-_FINAL_RUN_STATES = frozenset({RunState.COMPLETED, RunState.FAILED})
 
 
 class InMemoryBackend:
@@ -131,9 +130,7 @@ class InMemoryBackend:
         output: Any = None,
         error: dict[str, Any] | None = None,
     ) -> bool:
-        state = RunState(state)
-        if state not in _FINAL_RUN_STATES:
-            raise DefinitionError(f"finish_run needs completed or failed, not {state.value!r}")
+        state = final_run_state(state)
         encoded_output = dumps(output, what="output")
         encoded_error = None if error is None else dumps(error, what="error")
         with self._lock:

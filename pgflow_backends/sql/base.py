@@ -34,6 +34,7 @@ from pgflow.records import (
     RunRecord,
     RunState,
     StepRecord,
+    final_run_state,
 )
 from pgflow.schema import (
     PRIORITY_MAX,
@@ -60,7 +61,6 @@ __all__ = ["PreparedJob", "SQLBackend"]
 
 logger = logging.getLogger("pgflow.backend")
 
-_FINAL_RUN_STATES = frozenset({RunState.COMPLETED, RunState.FAILED})
 _UNIQUE_RETRIES = 5
 #: (queue, worker) pairs already validated; a small cache that keeps bulk inserts cheap.
 _VALID_NAMES: set[tuple[str, str]] = set()
@@ -319,9 +319,7 @@ class SQLBackend:
         output: Any = None,
         error: dict[str, Any] | None = None,
     ) -> bool:
-        state = RunState(state)
-        if state not in _FINAL_RUN_STATES:
-            raise DefinitionError(f"finish_run needs completed or failed, not {state.value!r}")
+        state = final_run_state(state)
         params = {
             "p_workflow_id": workflow_id,
             "p_attempt": attempt,
