@@ -143,3 +143,13 @@ def test_unknown_runs_read_as_nothing(backend: Backend) -> None:
     assert backend.get_run("nope") is None
     assert backend.get_steps("nope") == []
     assert backend.list_runs() == []
+
+
+def test_a_run_cannot_finish_as_running(backend: Backend) -> None:
+    from pgflow.errors import DefinitionError
+
+    backend.start_run(workflow_id="wf-running", workflow="flows.x", input={}, max_attempts=1)
+    with pytest.raises(DefinitionError, match="completed or failed, not 'running'"):
+        backend.finish_run("wf-running", 1, RunState.RUNNING)
+    run = backend.get_run("wf-running")
+    assert run is not None and run.state is RunState.RUNNING
