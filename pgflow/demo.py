@@ -93,7 +93,7 @@ def run_demo(db_path: str = DEFAULT_DB) -> None:
     print(f"   execute(ProcessData, {{'data': 'hello'}}, backend=URL) -> {result}")
     _show_run(url, run_id)
 
-    print("\n2. A failing input, max_attempts=3, Backoff(base=0.1) (0.1 s, then 0.01 s)")
+    print("\n2. A failing input, max_attempts=3, Backoff(base=2, factor=0.05) (0.1 s, then 0.2 s)")
     run_id = _new_id("empty")
     try:
         pgflow.execute(
@@ -102,7 +102,7 @@ def run_demo(db_path: str = DEFAULT_DB) -> None:
             backend=url,
             workflow_id=run_id,
             max_attempts=3,
-            backoff=pgflow.Backoff(base=0.1),
+            backoff=pgflow.Backoff(base=2, factor=0.05),
         )
     except pgflow.MaxAttemptsExceeded as exc:
         reason = exc.reason
