@@ -315,6 +315,15 @@ def migrate(url: str | None, log_level: str) -> None:
     help="Seconds between polls for due jobs (default: the library's).",
 )
 @click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    default=30.0,
+    show_default=True,
+    help="On SIGINT/SIGTERM, how long running jobs may take to finish before they are "
+    "left to be retried.",
+)
+@click.option(
     "--migrate/--no-migrate",
     "run_migrations",
     default=False,
@@ -330,6 +339,7 @@ def worker(
     heartbeat_interval: float,
     stale_timeout: float,
     poll_interval: float | None,
+    shutdown_timeout: float,
     run_migrations: bool,
     log_level: str,
 ) -> None:
@@ -351,6 +361,7 @@ def worker(
             "instance_id": instance_id or None,
             "heartbeat_interval": heartbeat_interval,
             "stale_timeout": stale_timeout,
+            "shutdown_timeout": shutdown_timeout,
         }
         if poll_interval is not None:
             options["poll_interval"] = poll_interval

@@ -104,6 +104,16 @@ def test_bad_queues_spec_is_a_click_error_naming_the_flag(
     assert fake_backend.opened == []
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_bad_shutdown_timeout_is_a_click_error_naming_the_flag(
+    runner: CliRunner, fake_backend: type[FakeBackend], value: str
+) -> None:
+    result = runner.invoke(cli.cli, ["worker", "--url", "memory://", "--shutdown-timeout", value])
+    assert result.exit_code == 2
+    assert "--shutdown-timeout" in result.output
+    assert fake_backend.opened == []
+
+
 def test_missing_url_names_the_flag_and_the_env_vars(runner: CliRunner) -> None:
     for command in (["migrate"], ["status"], ["worker"]):
         result = runner.invoke(cli.cli, command)
@@ -320,7 +330,8 @@ def test_worker_command_runs_jobs_then_stops_on_sigterm(tmp_path: Path, sqlite_u
     env = {k: v for k, v in os.environ.items() if k not in ("PGFLOW_URL", "DATABASE_URL")}
     proc = subprocess.Popen(
         [*PGFLOW, "worker", "--url", sqlite_url, "--queues", "default=2",
-         "--import", "cli_demo_workers", "--instance-id", "cli-w1", "--poll-interval", "0.05"],
+         "--import", "cli_demo_workers", "--instance-id", "cli-w1", "--poll-interval", "0.05",
+         "--shutdown-timeout", "10"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
