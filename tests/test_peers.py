@@ -122,3 +122,37 @@ def test_ratios_compare_with_the_best_peer_and_the_floor() -> None:
     floor_block = table.split("Fraction of the plain-SQL floor")[1].split("Configuration")[0]
     fast_line = next(line for line in floor_block.splitlines() if line.startswith("fast"))
     assert "0.50" in fast_line  # 10,000 of the batched floor's 20,000 jobs/s
+
+
+OBAN_METRICS = (
+    "insert_one",
+    "insert_bulk",
+    "drain_1",
+    "drain_2",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "rss_mb",
+)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_oban_row_is_measured_or_names_why_not(postgres_server: str) -> None:
+    """Oban runs in its own Python >= 3.12 venv; without one the row says what is missing."""
+    outcomes = runner.run(
+        quick=True,
+        admin_url=postgres_server,
+        systems=[("oban_peer", "ObanPeer")],
+        sizes=TINY,
+        show_progress=False,
+    )
+    oban = next(o for o in outcomes if o.system.startswith("Oban"))
+    if oban.status.startswith("not installed"):
+        assert oban.status.removeprefix("not installed").strip(" :"), oban.status
+        return
+    assert oban.status == "ok", oban.status
+    for key in OBAN_METRICS:
+        assert math.isfinite(oban.metrics[key]) and oban.metrics[key] > 0, key
+    assert all(key.startswith("flow") for key in oban.notes), oban.notes
