@@ -144,7 +144,7 @@ def test_an_app_refuses_to_start_on_an_unmigrated_database(sqlite_url: str) -> N
 
     app = pgflow.Pgflow(sqlite_url, instance_id="unmigrated")
     try:
-        with pytest.raises(SchemaError, match="schema not migrated.*pgflow migrate"):
+        with pytest.raises(SchemaError, match=r"schema not migrated.*pgflow migrate"):
             app.start()
         assert not app.running
         app.migrate()
