@@ -11,7 +11,7 @@ import threading
 from typing import Any
 
 from benchmarks.peers import sink, spec
-from benchmarks.peers.procs import parent_gone
+from benchmarks.peers.procs import wait_for_stop
 
 BROKER = "redis://127.0.0.1:6379/0"
 
@@ -49,9 +49,7 @@ def serve(url: str, queue: str, concurrency: int, stop: Any) -> None:
         sink.report(f"r {os.getpid()}")
 
     def watch() -> None:
-        while not stop.wait(timeout=0.2):
-            if parent_gone(parent):
-                break
+        wait_for_stop(stop, parent)
         os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown
 
     # The worker prints its start-up banner on stdout, where the results table goes.

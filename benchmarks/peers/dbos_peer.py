@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.peers import sink, spec
-from benchmarks.peers.procs import parent_gone
+from benchmarks.peers.procs import wait_for_stop
 
 APP = "peers"
 _registered: dict[str, Any] = {}
@@ -73,9 +73,7 @@ def serve(url: str, queue: str, concurrency: int, stop: Any) -> None:
     DBOS.register_queue(queue, worker_concurrency=concurrency)
     sink.report(f"r {os.getpid()}")
     try:
-        while not stop.wait(timeout=0.2):
-            if parent_gone(parent):
-                break
+        wait_for_stop(stop, parent)
     finally:
         DBOS.destroy(workflow_completion_timeout_sec=5)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pgflow
 from benchmarks.peers import sink, spec
-from benchmarks.peers.procs import parent_gone
+from benchmarks.peers.procs import wait_for_stop
 
 
 class PeerNoop(pgflow.Worker, queue=spec.NOOP_QUEUES[1]):
@@ -56,9 +56,7 @@ def serve(url: str, queue: str, concurrency: int, stop: Any) -> None:
     app.start()
     sink.report(f"r {os.getpid()}")
     try:
-        while not stop.wait(timeout=0.2):
-            if parent_gone(parent):
-                break
+        wait_for_stop(stop, parent)
     finally:
         app.stop(timeout=10.0)
 

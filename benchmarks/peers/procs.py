@@ -38,6 +38,13 @@ def parent_gone(parent: int) -> bool:
     return os.getppid() != parent
 
 
+def wait_for_stop(stop: Any, parent: int) -> None:
+    """Block until the runner sets `stop` or the parent process `parent` has died."""
+    while not stop.wait(timeout=0.2):
+        if parent_gone(parent):
+            return
+
+
 @dataclass
 class Workers:
     """Handles on running worker processes of one peer."""
