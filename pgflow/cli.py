@@ -149,6 +149,18 @@ def url_option(func: F) -> F:
     )(func)
 
 
+def seconds_option(flag: str, default: float | None, help_text: str) -> Callable[[F], F]:
+    """A `--flag SECONDS` option taking a number of seconds > 0."""
+    return click.option(
+        flag,
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
+        default=default,
+        show_default=default is not None,
+        help=help_text,
+    )
+
+
 def log_level_option(default: str) -> Callable[[F], F]:
     """`--log-level`, with a per-command default: INFO for a worker, WARNING otherwise."""
 
@@ -291,37 +303,20 @@ def migrate(url: str | None, log_level: str) -> None:
     callback=_instance_callback,
     help="Name of this instance in pgflow_instances. Default: $INSTANCE_ID, else host+pid.",
 )
-@click.option(
-    "--heartbeat-interval",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    default=5.0,
-    show_default=True,
-    help="Seconds between heartbeats.",
-)
-@click.option(
+@seconds_option("--heartbeat-interval", 5.0, "Seconds between heartbeats.")
+@seconds_option(
     "--stale-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    default=300.0,
-    show_default=True,
-    help="Seconds without heartbeat after which an instance's jobs are rescued.",
+    300.0,
+    "Seconds without heartbeat after which an instance's jobs are rescued.",
 )
-@click.option(
-    "--poll-interval",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    default=None,
-    help="Seconds between polls for due jobs (default: the library's).",
+@seconds_option(
+    "--poll-interval", None, "Seconds between polls for due jobs (default: the library's)."
 )
-@click.option(
+@seconds_option(
     "--shutdown-timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="SECONDS",
-    default=30.0,
-    show_default=True,
-    help="On SIGINT/SIGTERM, how long running jobs may take to finish before they are "
-    "left to be retried.",
+    30.0,
+    "On SIGINT/SIGTERM, how long running jobs may take to finish before they are left to be "
+    "retried.",
 )
 @click.option(
     "--migrate/--no-migrate",
