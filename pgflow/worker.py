@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 
 from pgflow.backoff_policy import Backoff
+from pgflow.cancellation import CancelFlag
 from pgflow.errors import DefinitionError
 from pgflow.identifiers import validate_queue, validate_worker_name
 from pgflow.records import Job, NewJob, UniqueSpec
@@ -87,13 +88,14 @@ class Worker:
     """Base class of jobs: subclass it, set options as class keywords, define `perform`.
 
     ``class Send(pgflow.Worker, queue="mail", max_attempts=5): def perform(self, job): ...``
-    A fresh instance runs each job; `self.cancelled` is set when cancellation is requested.
+    A fresh instance runs each job; `self.cancelled` (`is_set()`, `wait(timeout)`, as on a
+    `threading.Event`) is set when cancellation is requested.
     """
 
     options: ClassVar[WorkerOptions]
 
     def __init__(self) -> None:
-        self.cancelled = threading.Event()
+        self.cancelled = CancelFlag()
 
     def __init_subclass__(
         cls,

@@ -15,9 +15,8 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-import psycopg
 from sqlalchemy import URL, Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -27,6 +26,7 @@ from pgflow.errors import BackendError
 from pgflow.identifiers import validate_instance_id
 from pgflow.records import Job, JobRef, JobState
 from pgflow_backends.sql.base import PreparedJob, SQLBackend
+from pgflow_backends.sql.driver import DriverConnections
 from pgflow_backends.sql.errors import translate
 from pgflow_backends.sql.pool import ping_when_idle
 from pgflow_backends.sql.rows import job_from_driver_row, stored_copy, utc
@@ -169,10 +169,22 @@ _COMPLETE = """
 
 
 def _complete_params(refs: Sequence[JobRef]) -> dict[str, Any]:
+    # Jobs claimed together share their claim time: format each distinct time once.
+    texts: dict[datetime, str] = {}
+    claimed = []
+    for ref in refs:
+        at = ref.claimed_at
+        if at is None:
+            claimed.append("NULL")
+            continue
+        formatted = texts.get(at)
+        if formatted is None:
+            formatted = texts[at] = f'"{at.isoformat()}"'
+        claimed.append(formatted)
     return {
         "ids": [ref.id for ref in refs],
         "attempts": [ref.attempt for ref in refs],
-        "claimed": _time_array([ref.claimed_at for ref in refs]),
+        "claimed": "{" + ",".join(claimed) + "}",
     }
 
 
@@ -228,6 +240,7 @@ class PostgresBackend(SQLBackend):
             engine, owns = _create_engine(url), True
         super().__init__(engine, url=mask(engine.url), owns_engine=owns)
         self._sync_run_commits = sync_run_commits
+        self._connections = DriverConnections(engine, self.url, self._check_open)
         compiled = self._s.claim.compile(dialect=engine.dialect)
         self._claim_sql = compiled.string
         self._claim_params: dict[str, Any] = dict(compiled.params)
@@ -278,45 +291,17 @@ class PostgresBackend(SQLBackend):
         except (DBAPIError, PoolTimeout) as exc:
             raise translate(exc, self.url) from exc
 
-    @contextlib.contextmanager
-    def _driver(self) -> Iterator[Any]:
+    def _driver(self) -> contextlib.AbstractContextManager[Any]:
         """A pooled psycopg connection in autocommit mode, for the hot single statements
-        (insert, claim, complete): SQLAlchemy's Connection and result machinery cost about
-        0.12 ms a call here, as much as a round trip. Errors are translated as on the
-        SQLAlchemy path, and a connection that broke is invalidated (not returned to the
-        pool), and the connection goes back in the autocommit mode it came in. Each
-        statement is atomic; its commit waits for the WAL flush unless the statement says
-        otherwise (claims: see claim_jobs)."""
-        self._check_open()
-        try:
-            fairy = self.engine.raw_connection()
-        except (DBAPIError, PoolTimeout) as exc:
-            raise translate(exc, self.url) from exc
-        conn: Any = fairy.driver_connection
-        previous = conn.autocommit  # transactional on pgflow's engines; an app's may differ
-        try:
-            conn.autocommit = True
-            yield conn
-            conn.autocommit = previous
-        except psycopg.Error as exc:
-            dialect = self.engine.dialect
-            lost = bool(conn.closed) or dialect.is_disconnect(cast(Any, exc), fairy, None)
-            if lost:
-                fairy.invalidate(exc)
-            else:
-                conn.autocommit = previous
-            wrapped = cast(
-                DBAPIError,
-                DBAPIError.instance(
-                    None, None, exc, psycopg.Error, connection_invalidated=lost, dialect=dialect
-                ),
-            )
-            raise translate(wrapped, self.url) from exc
-        except BaseException:
-            fairy.invalidate()  # interrupted mid-statement: its state is unknown
-            raise
-        finally:
-            fairy.close()
+        (insert, claim, complete). Each statement is atomic; its commit waits for the WAL
+        flush unless the statement says otherwise (claims: see claim_jobs)."""
+        return self._connections.connect()
+
+    def hold_connection(self) -> contextlib.AbstractContextManager[None]:
+        """Keep one connection for this thread's hot statements until the block ends:
+        the runtime's claimer and acknowledger threads skip the pool's checkout and checkin
+        per statement."""
+        return self._connections.hold()
 
     def _insert_prepared(self, prepared: list[PreparedJob], connection: Any) -> list[Job] | None:
         """Jobs without unique keys, inserted by pgflow itself: the driver-level path."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
+from pgflow.cancellation import CancelFlag
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.errors import Discard, PgflowError, Snooze, StepFailed
 from pgflow.records import Job, JobError, JobRef, JobState
@@ -36,6 +37,7 @@ __all__ = [
     "failed_outcome",
     "is_async_job",
     "job_log_extra",
+    "record_completions",
     "record_outcomes",
     "run_job",
 ]
@@ -79,7 +81,7 @@ class JobControl:
     """The handle through which a running job learns that it should stop."""
 
     def __init__(self) -> None:
-        self.cancelled = threading.Event()
+        self.cancelled = CancelFlag()
         self.shutdown = False
         self._callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -365,7 +367,7 @@ def record_outcomes(
     done: list[Outcome] = []
     completions = [o for o in outcomes if o.kind is OutcomeKind.COMPLETED]
     if completions:
-        changed = set(backend.complete_jobs([o.ref for o in completions]))
+        changed = set(backend.complete_jobs([o.job.ref for o in completions]))
         for outcome in completions:
             done.append(attrs.evolve(outcome, recorded=True, fenced=outcome.job.id not in changed))
     for outcome in outcomes:
@@ -387,6 +389,21 @@ def record_outcomes(
     for outcome in done:
         _log_outcome(outcome, instance_id)
     return done
+
+
+def record_completions(
+    backend: JobQueue, completions: Sequence[Outcome], *, instance_id: str | None = None
+) -> int:
+    """`record_outcomes` for a batch of completions, when the caller needs no outcomes back
+    (the producer): one write, and only fenced ones logged above DEBUG. Returns how many
+    were written (not fenced)."""
+    changed = set(backend.complete_jobs([o.job.ref for o in completions]))
+    debug = logger.isEnabledFor(logging.DEBUG)
+    for outcome in completions:
+        fenced = outcome.job.id not in changed
+        if fenced or debug:
+            _log_outcome(attrs.evolve(outcome, recorded=True, fenced=fenced), instance_id)
+    return len(changed)
 
 
 def _log_outcome(outcome: Outcome, instance_id: str | None) -> None:

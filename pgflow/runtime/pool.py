@@ -2,20 +2,25 @@
 
 Unlike `concurrent.futures.ThreadPoolExecutor`, whose threads are joined at interpreter exit,
 a job still stuck after the shutdown timeout cannot keep a stopping worker process alive:
-it is abandoned (and rescued elsewhere), as the drain promised.
+it is abandoned (and rescued elsewhere), as the drain promised. Results go to a callback,
+not a Future: a Future builds a Condition per call, a measurable cost per job.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_Work = tuple[Future[Any], Callable[[], Any]]
+#: Receives (result, None) when the call returned, (None, exception) when it raised.
+Done = Callable[[T | None, BaseException | None], None]
+_Work = tuple[Callable[[], Any], Done[Any]]
+
+logger = logging.getLogger("pgflow.runtime")
 
 
 class DaemonPool:
@@ -30,9 +35,8 @@ class DaemonPool:
         self._idle = 0
         self._closed = False
 
-    def submit(self, fn: Callable[[], T]) -> Future[T]:
-        """Run `fn()` on a pool thread; its result or exception lands in the returned Future."""
-        future: Future[T] = Future()
+    def submit(self, fn: Callable[[], T], done: Done[T]) -> None:
+        """Run `fn()` on a pool thread, then `done` there with its result or exception."""
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"pool {self._name} is shut down")
@@ -44,24 +48,28 @@ class DaemonPool:
                 thread.start()
             else:
                 self._idle -= 1
-        self._queue.put((future, fn))
-        return future
+        self._queue.put((fn, done))
 
     def _work(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            future, fn = item
-            if future.set_running_or_notify_cancel():
-                try:
-                    result = fn()
-                except BaseException as exc:  # handed to the future's owner
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
+            fn, done = item
+            try:
+                result = fn()
+            except BaseException as exc:  # handed to the submitter
+                self._report(done, None, exc)
+            else:
+                self._report(done, result, None)
             with self._lock:
                 self._idle += 1
+
+    def _report(self, done: Done[Any], result: Any, exc: BaseException | None) -> None:
+        try:
+            done(result, exc)
+        except BaseException:  # a broken callback must not kill the pool thread
+            logger.exception("pool %s: completion callback failed", self._name)
 
     def shutdown(self) -> None:
         """Let idle threads exit; busy ones exit after their call (nobody waits for them)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import threading
@@ -31,6 +32,7 @@ from pgflow.runtime.execution import (
     failed_outcome,
     is_async_job,
     job_log_extra,
+    record_completions,
     record_outcomes,
 )
 from pgflow.runtime.pool import DaemonPool
@@ -55,7 +57,13 @@ ABORT_ACK_SECONDS = 1.0
 class _Running:
     job: Job
     control: JobControl
-    future: concurrent.futures.Future[Outcome] | None = None
+
+
+def _held_connection(backend: Backend) -> contextlib.AbstractContextManager[None]:
+    """The backend's `hold_connection()` where it has one (an optional capability: SQL
+    backends keep one pooled connection for a busy thread instead of one per statement)."""
+    hold = getattr(backend, "hold_connection", None)
+    return hold() if hold is not None else contextlib.nullcontext()
 
 
 class Producer:
@@ -165,7 +173,8 @@ class Producer:
 
     def _main(self) -> None:
         try:
-            self._claim_loop()
+            with _held_connection(self.backend):
+                self._claim_loop()
         finally:
             self._claimer_done.set()
             self._ack_wake.set()
@@ -191,6 +200,10 @@ class Producer:
 
     def _ack_main(self) -> None:
         """Write outcomes as they come; after the claimer stops, until none is left."""
+        with _held_connection(self.backend):
+            self._ack_loop()
+
+    def _ack_loop(self) -> None:
         guard = Guard(f"queue {self.queue!r} acknowledgements", self._abort, self._extra)
         while True:
             self._ack_wake.wait(self.poll_interval)
@@ -304,38 +317,45 @@ class Producer:
             "clock": self.clock,
             "control": item.control,
         }
-        future: concurrent.futures.Future[Outcome]
         try:
             if is_async_job(job):
                 future = asyncio.run_coroutine_threadsafe(
                     execute_job_async(job, **kwargs), self._async_loop.loop
                 )
+                future.add_done_callback(functools.partial(self._on_async_done, job))
             else:
-                future = self._pool.submit(functools.partial(execute_job, job, **kwargs))
+                self._pool.submit(
+                    functools.partial(execute_job, job, **kwargs),
+                    functools.partial(self._on_done, job),
+                )
         except Exception as exc:  # e.g. the loop or pool is gone: the attempt fails, retried
-            future = concurrent.futures.Future()
-            future.set_exception(exc)
-        item.future = future
+            self._on_done(job, None, exc)
 
-        def done(finished: concurrent.futures.Future[Outcome]) -> None:
-            self._on_done(job, finished)
-
-        future.add_done_callback(done)
-
-    def _on_done(self, job: Job, future: concurrent.futures.Future[Outcome]) -> None:
-        """Runs in the pool or loop thread: queue the outcome and wake the producer."""
+    def _on_async_done(self, job: Job, future: concurrent.futures.Future[Outcome]) -> None:
         try:
             outcome = future.result()
         except BaseException as exc:  # cancelled at shutdown, or a bug in the runtime
+            self._on_done(job, None, exc)
+        else:
+            self._on_done(job, outcome, None)
+
+    def _on_done(self, job: Job, outcome: Outcome | None, error: BaseException | None) -> None:
+        """Runs in the pool or loop thread: queue the outcome and wake the producer."""
+        if outcome is None:
             logger.error(
                 "job %s: runner failed: %r",
                 job.id,
-                exc,
+                error,
                 extra=job_log_extra(job, self.instance_id),
             )
             # Still an outcome: a job left executing under a live instance would never
             # be rescued.
-            outcome = failed_outcome(job, exc, instance_id=self.instance_id, clock=self.clock)
+            outcome = failed_outcome(
+                job,
+                error or RuntimeError("runner returned nothing"),
+                instance_id=self.instance_id,
+                clock=self.clock,
+            )
         with self._lock:
             self._running.pop(job.id, None)
             self._finished.append(outcome)
@@ -355,7 +375,7 @@ class Producer:
         completions = [o for o in batch if o.kind is OutcomeKind.COMPLETED]
         others = [o for o in batch if o.kind is not OutcomeKind.COMPLETED]
         if completions:
-            record_outcomes(self.backend, completions, instance_id=self.instance_id)
+            record_completions(self.backend, completions, instance_id=self.instance_id)
             self._forget(completions)
         for outcome in others:
             record_outcomes(self.backend, [outcome], instance_id=self.instance_id)
