@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import importlib
+import inspect
 import math
 import threading
 from collections.abc import Iterator, Mapping
@@ -93,6 +94,8 @@ class Worker:
     """
 
     options: ClassVar[WorkerOptions]
+    #: Whether `perform` is `async def`, worked out once per class (the runtime asks per job).
+    perform_is_async: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.cancelled = CancelFlag()
@@ -149,6 +152,7 @@ class Worker:
             timeout=timeout,
             backoff=backoff,
         )
+        cls.perform_is_async = inspect.iscoroutinefunction(cls.perform)
         if cls.perform is not Worker.perform:
             with _REGISTRY_LOCK:
                 _REGISTRY[name] = cls

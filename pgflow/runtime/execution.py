@@ -129,7 +129,7 @@ def is_async_job(job: Job) -> bool:
         worker_cls = resolve_worker(job.worker)
     except PgflowError:
         return False
-    return inspect.iscoroutinefunction(worker_cls.perform)
+    return worker_cls.perform_is_async
 
 
 def failed_outcome(
@@ -238,7 +238,7 @@ def execute_job(
         worker_cls = resolve_worker(job.worker)
     except PgflowError as exc:
         return run.failed(exc, None)
-    if inspect.iscoroutinefunction(worker_cls.perform):
+    if worker_cls.perform_is_async:
         return _run_coroutine(
             lambda: execute_job_async(
                 job, instance_id=instance_id, backend=backend, clock=clock, control=control
