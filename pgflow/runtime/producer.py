@@ -359,8 +359,12 @@ class Producer:
         with self._lock:
             self._running.pop(job.id, None)
             self._finished.append(outcome)
-        self._ack_wake.set()
-        self._wake.set()
+        # Setting a set Event still takes its Condition; skipping is safe because each loop
+        # clears its event before it reads the state changed above.
+        if not self._ack_wake.is_set():
+            self._ack_wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _flush(self) -> None:
         """Acknowledge finished jobs: completions in one batch, the others one by one.
