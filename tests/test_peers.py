@@ -4,13 +4,17 @@ Timings are never asserted, only that every figure was taken and is positive."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from benchmarks.peers import chart, measure, report, runner, spec
+from benchmarks.peers import chart, measure, procs, report, runner, spec
+from benchmarks.peers.celery_peer import CeleryPeer
 
 TINY = measure.Sizes(
     insert_one=20,
@@ -28,6 +32,8 @@ PGFLOW_METRICS = (
     "insert_bulk",
     "drain_1",
     "drain_2",
+    "drain_wide_1",
+    "drain_wide_2",
     "latency_p50_ms",
     "latency_p95_ms",
     "latency_p99_ms",
@@ -67,10 +73,10 @@ def test_floor_and_pgflow_rows_are_measured_and_a_missing_peer_is_reported(
         show_progress=False,
     )
     by_name = {o.system: o for o in outcomes}
-    floor_one, floor_batch = by_name[report.FLOOR_ONE], by_name[report.FLOOR_BATCH]
-    for key in ("insert_one", "drain_1"):
-        assert floor_one.metrics[key] > 0
-    for key in ("insert_bulk", "drain_1"):
+    assert by_name[report.FLOOR_ONE].metrics["insert_one"] > 0
+    assert by_name[report.FLOOR_TEN].metrics["drain_1"] > 0
+    floor_batch = by_name[report.FLOOR_BATCH]
+    for key in ("insert_bulk", "drain_wide_1"):
         assert floor_batch.metrics[key] > 0
 
     pgflow = by_name["pgflow"]
@@ -101,27 +107,169 @@ def test_the_chart_is_a_png_and_names_the_systems_not_measured(tmp_path: Path) -
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+FLOOR_FIGURES = {
+    "insert_one": 1000.0,
+    "insert_bulk": 50000.0,
+    "drain_one": 900.0,
+    "drain_batched": 20000.0,
+    "drain_batched_10": 8000.0,
+    "lifecycle_one": 300.0,
+    "lifecycle_batched": 10000.0,
+}
+
+
 def test_ratios_compare_with_the_best_peer_and_the_floor() -> None:
-    floor = report.floor_outcomes(
-        {
-            "insert_one": 1000.0,
-            "insert_bulk": 50000.0,
-            "drain_one": 900.0,
-            "drain_batched": 20000.0,
-            "drain_batched_10": 9000.0,
-            "lifecycle_one": 300.0,
-            "lifecycle_batched": 10000.0,
-        }
+    floor = report.floor_outcomes(FLOOR_FIGURES)
+    fast = spec.Outcome(
+        "fast", metrics={"drain_1": 4000.0, "drain_wide_1": 10000.0, "latency_p50_ms": 2.0}
     )
-    fast = spec.Outcome("fast", metrics={"drain_1": 10000.0, "latency_p50_ms": 2.0})
-    slow = spec.Outcome("slow", metrics={"drain_1": 5000.0, "latency_p50_ms": 4.0})
+    slow = spec.Outcome(
+        "slow", metrics={"drain_1": 2000.0, "drain_wide_1": 5000.0, "latency_p50_ms": 4.0}
+    )
     table = report.render([*floor, fast, slow])
     ratio_block = table.split("Ratio to the best peer")[1].split("Fraction of")[0]
     slow_line = next(line for line in ratio_block.splitlines() if line.startswith("slow"))
     assert "0.50x" in slow_line
     floor_block = table.split("Fraction of the plain-SQL floor")[1].split("Configuration")[0]
+    header = next(line for line in floor_block.splitlines() if line.startswith("system"))
     fast_line = next(line for line in floor_block.splitlines() if line.startswith("fast"))
-    assert "0.50" in fast_line  # 10,000 of the batched floor's 20,000 jobs/s
+    columns = [part.strip() for part in header.split("  ") if part.strip()][1:]
+    cells = dict(zip(columns, fast_line.split()[1:], strict=True))
+    assert cells["drain 1p x10 /s"] == "0.50"  # 4,000 of the 10-per-statement floor's 8,000
+    assert cells["drain 1p x100 /s"] == "0.50"  # 10,000 of the 100-per-statement 20,000
+    assert "x10 drains vs claim+complete 10 jobs/stmt" in floor_block
+
+
+def test_each_floor_row_fills_the_columns_it_is_the_reference_of() -> None:
+    floors = {o.system: o for o in report.floor_outcomes(FLOOR_FIGURES)}
+    assert list(floors) == [report.FLOOR_ONE, report.FLOOR_TEN, report.FLOOR_BATCH]
+    for column, (system, metric) in report.FLOOR_REFERENCE.items():
+        assert metric == column, column
+        assert column in floors[system].metrics, (column, system)
+    assert floors[report.FLOOR_TEN].metrics == {"drain_1": 8000.0, "drain_2": 8000.0}
+    assert floors[report.FLOOR_BATCH].metrics["drain_wide_2"] == 20000.0
+    assert "drain_1" not in floors[report.FLOOR_ONE].metrics  # 1 job/stmt is only a note
+    assert "900" in floors[report.FLOOR_ONE].notes["drain"]
+
+
+def test_the_markdown_names_the_wide_drains_and_what_the_floor_rows_are() -> None:
+    machine = {
+        "date": "today",
+        "usable_cpus": 2,
+        "cpu_model": "cpu",
+        "platform": "linux",
+        "python": "CPython",
+        "postgresql": "PostgreSQL",
+    }
+    celery = spec.Outcome("Celery", metrics={"drain_1": 1000.0})
+    celery.notes["drain_wide_1"] = CeleryPeer.wide_drain_skip
+    text = report.render_markdown([*report.floor_outcomes(FLOOR_FIGURES), celery], machine, True)
+    assert "| drain 1p x100 /s | drain 2p x100 /s |" in text
+    assert f"| {report.FLOOR_TEN} | - | - | 8,000 | 8,000 | - | - |" in text
+    assert "x100 drains vs 100 jobs/stmt" in text
+    assert "drain_wide_1: not measured: the prefork pool" in text
+
+
+class FakeSink:
+    """Every job reported done, one second apart from the first to the last."""
+
+    def __init__(self, total: int) -> None:
+        self.done = total
+        self.first_done_ns = 0
+        self.last_done_ns = 1_000_000_000
+
+
+class FakeWorkers:
+    def check_alive(self) -> None:
+        pass
+
+    def peak_rss_mb(self) -> float:
+        return 50.0
+
+
+class RecordingPeer(spec.Peer):
+    """Records the drains' inserts; has no other feature."""
+
+    name = "recording"
+    module = "recording_peer"
+
+    def __init__(self, skip: str = "") -> None:
+        self.wide_drain_skip = skip
+        self.inserted: list[tuple[str, int]] = []
+
+    def insert_one(self, i: int) -> None:
+        raise spec.Unsupported("no inserts")
+
+    def insert_bulk(self, start: int, count: int) -> None:
+        raise spec.Unsupported("no inserts")
+
+    def insert_noops(self, queue: str, count: int) -> None:
+        self.inserted.append((queue, count))
+
+    def counts_by_sink(self) -> bool:
+        return True
+
+
+def _drains_only(
+    monkeypatch: pytest.MonkeyPatch, peer: RecordingPeer
+) -> tuple[spec.Outcome, list[tuple[str, int, int]], list[float]]:
+    """Run only the drain steps of `peer`, with fake workers; return the calls they made."""
+    started: list[tuple[str, int, int]] = []
+    budgets: list[float] = []
+
+    @contextlib.contextmanager
+    def fake_workers(
+        module: str, url: str, queue: str, count: int, sink: Any, concurrency: int = 0
+    ) -> Iterator[FakeWorkers]:
+        started.append((queue, count, concurrency))
+        yield FakeWorkers()
+
+    real_await = measure._await_done
+
+    def recording_await(*args: Any, **kwargs: Any) -> tuple[float, int]:
+        budgets.append(kwargs["budget"])
+        return real_await(*args, **kwargs)
+
+    monkeypatch.setattr(procs, "workers", fake_workers)
+    monkeypatch.setattr(measure, "_await_done", recording_await)
+    monkeypatch.setattr(measure, "STEPS", tuple(s for s in measure.STEPS if "drain" in s[0]))
+    sizes = measure.Sizes(1, 1, 1, 100, 1, 1, 1, 1, drain_budget=60.0)
+    sink: Any = FakeSink(sizes.drain)
+    outcome = measure.run_peer(peer, "postgresql:///unused", sink, sizes, lambda _: None)
+    return outcome, started, budgets
+
+
+def test_the_wide_drains_run_wide_workers_on_their_own_queues(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    peer = RecordingPeer()
+    outcome, started, budgets = _drains_only(monkeypatch, peer)
+    assert [key for key, _ in measure.STEPS][-2:] == ["drain_wide_1", "drain_wide_2"]
+    assert started == [
+        (spec.NOOP_QUEUES[1], 1, spec.CONCURRENCY),
+        (spec.NOOP_QUEUES[2], 2, spec.CONCURRENCY),
+        (spec.WIDE_QUEUES[1], 1, spec.WIDE_CONCURRENCY),
+        (spec.WIDE_QUEUES[2], 2, spec.WIDE_CONCURRENCY),
+    ]
+    assert [queue for queue, _ in peer.inserted] == [queue for queue, _, _ in started]
+    assert budgets == [60.0, 60.0, measure.WIDE_BUDGET, measure.WIDE_BUDGET]
+    assert set(outcome.metrics) == {"drain_1", "drain_2", "drain_wide_1", "drain_wide_2", "rss_mb"}
+    assert outcome.metrics["drain_wide_2"] == pytest.approx(99.0)  # 99 gaps in one second
+    assert not outcome.notes
+
+
+def test_a_peer_with_a_wide_drain_skip_reason_gets_it_as_the_note(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert "-c 100 would start 100 processes" in CeleryPeer.wide_drain_skip
+    peer = RecordingPeer(skip=CeleryPeer.wide_drain_skip)
+    outcome, started, _ = _drains_only(monkeypatch, peer)
+    assert [concurrency for _, _, concurrency in started] == [spec.CONCURRENCY] * 2
+    assert outcome.notes == {
+        "drain_wide_1": CeleryPeer.wide_drain_skip,
+        "drain_wide_2": CeleryPeer.wide_drain_skip,
+    }
+    assert {"drain_1", "drain_2", "rss_mb"} == set(outcome.metrics)
 
 
 OBAN_METRICS = (

@@ -6,13 +6,15 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.peers.spec import Outcome
+from benchmarks.peers.spec import CONCURRENCY, WIDE_CONCURRENCY, Outcome
 
 THROUGHPUT = (
     ("insert_one", "insert 1/call"),
     ("insert_bulk", "insert bulk"),
-    ("drain_1", "drain, 1 proc"),
-    ("drain_2", "drain, 2 proc"),
+    ("drain_1", f"drain, 1 proc x {CONCURRENCY}"),
+    ("drain_2", f"drain, 2 proc x {CONCURRENCY}"),
+    ("drain_wide_1", f"drain, 1 proc x {WIDE_CONCURRENCY}"),
+    ("drain_wide_2", f"drain, 2 proc x {WIDE_CONCURRENCY}"),
     ("flow_inprocess", "3-step wf in-process"),
     ("flow_distributed", "3-step wf distributed"),
 )
@@ -33,16 +35,18 @@ def write_chart(path: Path, outcomes: Sequence[Outcome], title: str) -> Path:
 
     systems = [o for o in outcomes if o.metrics]
     names = [o.system for o in systems]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 10), constrained_layout=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(14, 10), constrained_layout=True)
     width = 0.8 / len(THROUGHPUT)
     for index, (key, label) in enumerate(THROUGHPUT):
         xs = [i + (index - (len(THROUGHPUT) - 1) / 2) * width for i in range(len(systems))]
         top.bar(xs, [_value(o, key) for o in systems], width, label=label)
     top.set_yscale("log")
+    low, high = top.get_ylim()
+    top.set_ylim(low, high * 20)  # headroom above the tallest bars for the legend
     top.set_ylabel("per second (log scale, higher is better)")
     top.set_xticks(range(len(systems)), names, rotation=15)
     top.set_title("Throughput")
-    top.legend(ncols=3, fontsize="small")
+    top.legend(ncols=4, fontsize="small", loc="upper center")
     top.grid(axis="y", which="both", alpha=0.3)
 
     timed = [o for o in systems if _value(o, "latency_p50_ms") > 0]

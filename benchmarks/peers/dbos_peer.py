@@ -15,6 +15,9 @@ from benchmarks.peers import sink, spec
 from benchmarks.peers.procs import wait_for_stop
 
 APP = "peers"
+#: Most system-database connections per worker process: at one per slot, the two
+#: 100-slot workers of a wide drain would take every connection the server allows (100).
+MAX_POOL = 22
 _registered: dict[str, Any] = {}
 
 
@@ -68,7 +71,8 @@ def serve(url: str, queue: str, concurrency: int, stop: Any) -> None:
     _register()
     # One application per queue: a DBOS process dequeues every queue its application has
     # registered, and jobs left over from a budget-limited drain must not run here.
-    DBOS(config=_config(url, f"{APP}_{queue}", concurrency + 2))  # type: ignore[arg-type]
+    pool = min(concurrency + 2, MAX_POOL)
+    DBOS(config=_config(url, f"{APP}_{queue}", pool))  # type: ignore[arg-type]
     DBOS.launch()
     DBOS.register_queue(queue, worker_concurrency=concurrency)
     sink.report(f"r {os.getpid()}")
@@ -83,7 +87,8 @@ class DbosPeer(spec.Peer):
     module = "dbos_peer"
     config = (
         f"register_queue(worker_concurrency={spec.CONCURRENCY}) per process, queue polling "
-        f"1 s (default); sys_db_pool_size {spec.CONCURRENCY + 2}"
+        f"1 s (default); sys_db_pool_size {spec.CONCURRENCY + 2} "
+        f"({MAX_POOL} in the {spec.WIDE_CONCURRENCY}-slot drains)"
     )
     bulk_note = "no bulk enqueue API: 1,000 DBOSClient.enqueue calls"
 

@@ -22,6 +22,8 @@ from benchmarks.peers.sink import Sink
 STALL_TIMEOUT = 30.0
 #: Seconds an enqueue-to-start sample may take (DBOS polls its queues every second).
 START_TIMEOUT = 10.0
+#: Most seconds a wide drain may run (DBOS, polling once a second, would spend a minute each).
+WIDE_BUDGET = 30.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("flow_inprocess", "3-step workflow in-process"),
     ("drain_1", "drain, 1 worker process"),
     ("drain_2", "drain, 2 worker processes"),
+    ("drain_wide_1", f"drain, 1 process x {spec.WIDE_CONCURRENCY} slots"),
+    ("drain_wide_2", f"drain, 2 processes x {spec.WIDE_CONCURRENCY} slots"),
     ("latency", "enqueue-to-start latency"),
     ("flow_distributed", "3-step workflow as distributed job"),
 )
@@ -66,6 +70,8 @@ def run_peer(
         "flow_inprocess": lambda: _flow_inprocess(peer, sizes),
         "drain_1": lambda: _drain(peer, url, sink, sizes, 1, outcome),
         "drain_2": lambda: _drain(peer, url, sink, sizes, 2, outcome),
+        "drain_wide_1": lambda: _drain(peer, url, sink, sizes, 1, outcome, wide=True),
+        "drain_wide_2": lambda: _drain(peer, url, sink, sizes, 2, outcome, wide=True),
         "latency": lambda: _latency(peer, url, sink, sizes),
         "flow_distributed": lambda: _flows_distributed(peer, url, sink, sizes, outcome),
     }
@@ -187,21 +193,33 @@ def _check_recorded(peer: spec.Peer, queue: str, total: int, flows: bool) -> Non
 
 
 def _drain(
-    peer: spec.Peer, url: str, sink: Sink, sizes: Sizes, processes: int, outcome: spec.Outcome
+    peer: spec.Peer,
+    url: str,
+    sink: Sink,
+    sizes: Sizes,
+    processes: int,
+    outcome: spec.Outcome,
+    wide: bool = False,
 ) -> dict[str, float]:
-    queue = spec.NOOP_QUEUES[processes]
+    """Drain pre-inserted no-ops with `processes` workers, CONCURRENCY or (wide) more slots."""
+    if wide:
+        if peer.wide_drain_skip:
+            raise spec.Unsupported(peer.wide_drain_skip)
+        key, queue = f"drain_wide_{processes}", spec.WIDE_QUEUES[processes]
+        concurrency, budget = spec.WIDE_CONCURRENCY, min(sizes.drain_budget, WIDE_BUDGET)
+    else:
+        key, queue = f"drain_{processes}", spec.NOOP_QUEUES[processes]
+        concurrency, budget = spec.CONCURRENCY, sizes.drain_budget
     total = sizes.drain
     peer.insert_noops(queue, total)
-    with procs.workers(peer.module, url, queue, processes, sink) as workers:
-        rate, done = _await_done(
-            peer, sink, workers, total, queue, flows=False, budget=sizes.drain_budget
-        )
+    with procs.workers(peer.module, url, queue, processes, sink, concurrency) as workers:
+        rate, done = _await_done(peer, sink, workers, total, queue, flows=False, budget=budget)
         rss = workers.peak_rss_mb()
-    _budget_note(outcome, f"drain_{processes}", done, total, sizes.drain_budget)
+    _budget_note(outcome, key, done, total, budget)
     if done == total:
         _check_recorded(peer, queue, total, flows=False)
-    figures = {f"drain_{processes}": rate}
-    if processes == 1:
+    figures = {key: rate}
+    if processes == 1 and not wide:  # the worker's RSS as configured for every other figure
         figures["rss_mb"] = rss
     return figures
 

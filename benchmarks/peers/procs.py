@@ -108,16 +108,22 @@ def _kill_tree(pid: int) -> None:
 
 @contextlib.contextmanager
 def workers(
-    module: str, url: str, queue: str, count: int, sink: sink_module.Sink
+    module: str,
+    url: str,
+    queue: str,
+    count: int,
+    sink: sink_module.Sink,
+    concurrency: int = spec.CONCURRENCY,
 ) -> Iterator[Workers]:
-    """Start `count` worker processes of `module` on `queue`; yield once all are ready."""
+    """Start `count` processes of `module` serving `queue` with `concurrency` slots each;
+    yield once all are ready."""
     mp = multiprocessing.get_context("spawn")
     stop = mp.Event()
     sink.reset()
     processes = [
         mp.Process(
             target=_serve,
-            args=(module, url, queue, spec.CONCURRENCY, sink.address, stop),
+            args=(module, url, queue, concurrency, sink.address, stop),
             name=f"peer-{module}-{i}",
         )
         for i in range(count)

@@ -8,14 +8,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.peers.spec import Outcome
+from benchmarks.peers.spec import CONCURRENCY, WIDE_CONCURRENCY, Outcome
 
 #: (metric, header, higher is better)
 COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("insert_one", "insert 1/call /s", True),
     ("insert_bulk", "insert bulk /s", True),
-    ("drain_1", "drain 1 proc /s", True),
-    ("drain_2", "drain 2 proc /s", True),
+    ("drain_1", f"drain 1p x{CONCURRENCY} /s", True),
+    ("drain_2", f"drain 2p x{CONCURRENCY} /s", True),
+    ("drain_wide_1", f"drain 1p x{WIDE_CONCURRENCY} /s", True),
+    ("drain_wide_2", f"drain 2p x{WIDE_CONCURRENCY} /s", True),
     ("latency_p50_ms", "start p50 ms", False),
     ("latency_p95_ms", "p95 ms", False),
     ("latency_p99_ms", "p99 ms", False),
@@ -24,37 +26,48 @@ COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("rss_mb", "worker RSS MB", False),
 )
 FLOOR_ONE = "floor (SQL, 1 job/stmt)"
+FLOOR_TEN = "floor (SQL, 10 jobs/stmt)"
 FLOOR_BATCH = "floor (SQL, 100 jobs/stmt)"
-#: Which floor row and metric each column is compared with (throughput columns only).
+#: Which floor row and metric each column is compared with (throughput columns only): the
+#: drains with as many jobs per statement as the workers have slots per process.
 FLOOR_REFERENCE: dict[str, tuple[str, str]] = {
     "insert_one": (FLOOR_ONE, "insert_one"),
     "insert_bulk": (FLOOR_BATCH, "insert_bulk"),
-    "drain_1": (FLOOR_BATCH, "drain_2"),
-    "drain_2": (FLOOR_BATCH, "drain_2"),
+    "drain_1": (FLOOR_TEN, "drain_1"),
+    "drain_2": (FLOOR_TEN, "drain_2"),
+    "drain_wide_1": (FLOOR_BATCH, "drain_wide_1"),
+    "drain_wide_2": (FLOOR_BATCH, "drain_wide_2"),
 }
+#: What each Fraction column is compared with, for the sentences above the tables.
+FLOOR_SENTENCE = (
+    f"insert 1/call vs 1 job/stmt; the x{CONCURRENCY} drains vs claim+complete "
+    f"{CONCURRENCY} jobs/stmt; insert bulk and the x{WIDE_CONCURRENCY} drains vs "
+    f"{WIDE_CONCURRENCY} jobs/stmt"
+)
 
 
 def floor_outcomes(figures: dict[str, float]) -> list[Outcome]:
-    """The floor as two table rows: one job per statement, and 100 per statement.
+    """The floor as three table rows: one, 10 and 100 jobs per statement.
 
-    Its "drain" is claim + complete on one connection until the queue is empty.
+    Its "drain" is claim + complete on one connection until the queue is empty; each row
+    fills the columns it is the like-for-like reference of (FLOOR_REFERENCE).
     """
     one = Outcome(FLOOR_ONE, "psycopg, one connection, autocommit, 3 round trips per job")
-    one.metrics = {"insert_one": figures["insert_one"], "drain_1": figures["drain_one"]}
+    one.metrics = {"insert_one": figures["insert_one"]}
     one.notes["lifecycle"] = f"insert+claim+complete {figures['lifecycle_one']:,.0f} jobs/s"
+    one.notes["drain"] = f"claim+complete 1 job/stmt: {figures['drain_one']:,.0f} jobs/s"
+    ten = Outcome(FLOOR_TEN, "psycopg, one connection, claim and complete 10 jobs per statement")
+    ten.metrics = {"drain_1": figures["drain_batched_10"], "drain_2": figures["drain_batched_10"]}
+    ten.notes["drain_2"] = "one connection (same figure as drain_1)"
     batch = Outcome(FLOOR_BATCH, "psycopg, one connection, 3 statements per 100 jobs")
     batch.metrics = {
         "insert_bulk": figures["insert_bulk"],
-        "drain_1": figures["drain_batched"],
-        "drain_2": figures["drain_batched"],
+        "drain_wide_1": figures["drain_batched"],
+        "drain_wide_2": figures["drain_batched"],
     }
     batch.notes["lifecycle"] = f"insert+claim+complete {figures['lifecycle_batched']:,.0f} jobs/s"
-    batch.notes["drain_2"] = "one connection (same figure as drain 1 proc)"
-    batch.notes["drain_10"] = (
-        f"claim+complete 10 jobs/stmt (the workers' concurrency): "
-        f"{figures['drain_batched_10']:,.0f} jobs/s"
-    )
-    return [one, batch]
+    batch.notes["drain_wide_2"] = "one connection (same figure as drain_wide_1)"
+    return [one, ten, batch]
 
 
 def _cell(outcome: Outcome, key: str) -> str:
@@ -133,10 +146,7 @@ def render(outcomes: Sequence[Outcome]) -> str:
             value = o.metrics.get(key)
             cells.append(f"{value / reference:.2f}" if value and reference else "-")
         floor_rows.append(cells)
-    parts.append(
-        "\nFraction of the plain-SQL floor (insert 1/call vs 1 job/stmt; bulk and drains vs "
-        "100 jobs/stmt)"
-    )
+    parts.append(f"\nFraction of the plain-SQL floor ({FLOOR_SENTENCE})")
     parts.append(_grid(floor_header, floor_rows))
 
     parts.append("\nConfiguration and notes")
@@ -159,9 +169,16 @@ def render_markdown(outcomes: Sequence[Outcome], machine: dict[str, Any], quick:
         "",
         "Inserts: no-op jobs through each system's client, one per call and in its bulk API. "
         "Drains: pre-inserted no-op jobs, timed from the first to the last job the task "
-        "body reported done. Start latency: sequential jobs on an idle, running worker, "
+        f"body reported done, by 1 or 2 worker processes (1p, 2p) of {CONCURRENCY} slots "
+        f"each (x{CONCURRENCY}) and of {WIDE_CONCURRENCY} slots each (x{WIDE_CONCURRENCY}). "
+        "Start latency: sequential jobs on an idle, running worker, "
         "the task's start minus the insert call's start. Workflows: 3 no-op steps, each "
-        "recorded. RSS: peak resident set of one worker process (with its pool children).",
+        "recorded. RSS: peak resident set of one worker process (with its pool children) "
+        f"in the x{CONCURRENCY} drain by 1 process.",
+        "",
+        "The floor rows are plain SQL on one psycopg connection (FOR UPDATE SKIP LOCKED), "
+        "each filled in where it is the like-for-like reference of the systems' column: "
+        f"{FLOOR_SENTENCE}.",
         "",
         "| system | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
         "|---|" + "---:|" * len(COLUMNS),
@@ -171,7 +188,12 @@ def render_markdown(outcomes: Sequence[Outcome], machine: dict[str, Any], quick:
         if o.status != "ok":
             cells = [o.status, *["-"] * (len(COLUMNS) - 1)]
         lines.append(f"| {o.system} | " + " | ".join(cells) + " |")
-    lines += ["", "Configuration (every worker process gets the same concurrency) and notes:", ""]
+    lines += [
+        "",
+        f"Configuration (every worker process gets the same concurrency: {CONCURRENCY} slots, "
+        f"{WIDE_CONCURRENCY} in the x{WIDE_CONCURRENCY} drains) and notes:",
+        "",
+    ]
     for o in outcomes:
         lines.append(f"- **{o.system}**: {o.config or '-'}")
         lines += [f"  - {key}: {note}" for key, note in o.notes.items()]

@@ -118,10 +118,13 @@ def main(
     table.write_text(report.render_markdown(outcomes, machine, quick))
     print(f"Markdown table written to {table}")
     if json_path is not None:
+        sizes = measure.QUICK if quick else measure.FULL
         settings: dict[str, Any] = {
             "quick": quick,
             "concurrency_per_process": spec.CONCURRENCY,
-            "sizes": vars(measure.QUICK if quick else measure.FULL),
+            "wide_concurrency_per_process": spec.WIDE_CONCURRENCY,
+            "wide_drain_budget_s": min(sizes.drain_budget, measure.WIDE_BUDGET),
+            "sizes": vars(sizes),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         report.write_json(json_path, machine, settings, outcomes)

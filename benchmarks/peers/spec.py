@@ -14,8 +14,12 @@ from typing import Any
 
 #: Queue limit (concurrent jobs per worker process) given to every system alike.
 CONCURRENCY = 10
+#: Slots per worker process in the "wide" drains: as many jobs in flight per process as the
+#: floor's batched drain claims per statement, so that comparison is like for like.
+WIDE_CONCURRENCY = 100
 #: Queue names: one per measurement, so an earlier measurement's jobs never count.
 NOOP_QUEUES = {1: "drain_one", 2: "drain_two"}
+WIDE_QUEUES = {1: "wide_one", 2: "wide_two"}
 STAMP_QUEUE = "latency"
 FLOW_QUEUE = "flows"
 #: The no-op workflow's input.
@@ -48,6 +52,8 @@ class Peer:
     config = ""
     #: How "insert in bulk" is done by this system.
     bulk_note = ""
+    #: Why the wide drains (WIDE_CONCURRENCY slots per process) are not measured; "" = they are.
+    wide_drain_skip = ""
 
     def check(self) -> None:
         """Raise NotInstalled when the system cannot be imported."""
