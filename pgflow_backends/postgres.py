@@ -181,9 +181,11 @@ def _complete_params(refs: Sequence[JobRef]) -> dict[str, Any]:
         if formatted is None:
             formatted = texts[at] = f'"{at.isoformat()}"'
         claimed.append(formatted)
+    # Array literals as text, like the bulk insert's: adapting Python lists element by
+    # element costs more than the statement's own parsing.
     return {
-        "ids": [ref.id for ref in refs],
-        "attempts": [ref.attempt for ref in refs],
+        "ids": _number_array([ref.id for ref in refs]),
+        "attempts": _number_array([ref.attempt for ref in refs]),
         "claimed": "{" + ",".join(claimed) + "}",
     }
 
