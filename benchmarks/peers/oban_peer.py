@@ -33,7 +33,8 @@ class ObanPeer(spec.Peer):
     module = "oban_peer"
     config = (
         f"Oban(pool=Oban.create_pool(url)) defaults (pool of 1-10 connections, PostgreSQL "
-        f"notifier, stager 1 s), queues={{q: {spec.CONCURRENCY}}} per process; Python 3.12 "
+        f"notifier, stager 1 s), queues={{q: {spec.CONCURRENCY}}} per process "
+        f"({spec.WIDE_CONCURRENCY} in the x100 drains); Python 3.12 "
         f"venv, so each parent insert call also crosses a pipe to an inserter process"
     )
     bulk_note = "oban.enqueue_many([...1,000 NoopWorker.new(args, queue=q)])"

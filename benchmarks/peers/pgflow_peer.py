@@ -65,7 +65,8 @@ class PgflowPeer(spec.Peer):
     name = "pgflow"
     module = "pgflow_peer"
     config = (
-        f"Pgflow(queues={{q: {spec.CONCURRENCY}}}) per process, defaults otherwise "
+        f"Pgflow(queues={{q: {spec.CONCURRENCY}}}) per process "
+        f"({spec.WIDE_CONCURRENCY} in the x100 drains), defaults otherwise "
         "(LISTEN/NOTIFY wake-ups)"
     )
     bulk_note = "app.insert([...1,000 jobs])"

@@ -57,7 +57,8 @@ class PgqueuerPeer(spec.Peer):
     module = "pgqueuer_peer"
     config = (
         f"PgQueuer.run() defaults (batch_size 10, LISTEN/NOTIFY), entrypoint "
-        f"concurrency_limit={spec.CONCURRENCY} per process; asyncpg driver"
+        f"concurrency_limit={spec.CONCURRENCY} per process ({spec.WIDE_CONCURRENCY} in the x100 "
+        "drains); asyncpg driver"
     )
     bulk_note = "Queries.enqueue([...1,000 entrypoints], payloads, priorities)"
 

@@ -52,7 +52,8 @@ class ProcrastinatePeer(spec.Peer):
     name = "procrastinate"
     module = "procrastinate_peer"
     config = (
-        f"run_worker(concurrency={spec.CONCURRENCY}) per process, defaults otherwise "
+        f"run_worker(concurrency={spec.CONCURRENCY}) per process ({spec.WIDE_CONCURRENCY} in the "
+        "x100 drains), defaults otherwise "
         "(LISTEN/NOTIFY, fetch_job_polling_interval 5 s)"
     )
     bulk_note = "task.batch_defer(...1,000 jobs)"
