@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 
 from pgflow.backend import Backend
+from pgflow.records import NewJob
 
-from .support import insert
+from .support import WORKER, insert
 
 
 def test_an_insert_wakes_a_listener_with_its_queue(backend: Backend) -> None:
@@ -16,6 +17,17 @@ def test_an_insert_wakes_a_listener_with_its_queue(backend: Backend) -> None:
 
         assert "mail" in listener.wait(5.0)
         assert listener.wait(0.05) == set()  # what was returned is forgotten
+    finally:
+        listener.close()
+
+
+def test_a_scheduled_insert_does_not_wake_a_listener(backend: Backend) -> None:
+    listener = backend.listener()
+    try:
+        backend.insert_jobs([NewJob(worker=WORKER, queue="later", schedule_in=3600.0)])
+        insert(backend, queue="now")
+
+        assert listener.wait(5.0) == {"now"}
     finally:
         listener.close()
 

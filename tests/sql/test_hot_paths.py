@@ -78,6 +78,29 @@ def test_inserted_jobs_read_back_equal(sql_backend: SQLBackend) -> None:
         assert sql_backend.get_job(job.id) == job
 
 
+@pytest.mark.parametrize(
+    "job",
+    [
+        NewJob(worker=WORKER, args={"i": 1}, priority=-2, max_attempts=7),
+        NewJob(worker=WORKER, args={"t": (1, 2)}, meta={"m": [1]}),  # decoded back from JSON
+        NewJob(worker=WORKER, schedule_in=3600.0),
+        NewJob(worker=WORKER, scheduled_at=datetime(2000, 1, 1, tzinfo=UTC)),  # due: available
+        NewJob(worker=WORKER, scheduled_at=datetime(2999, 1, 1, tzinfo=UTC)),
+    ],
+    ids=["plain", "json", "schedule_in", "past", "future"],
+)
+def test_a_single_insert_reads_back_equal(sql_backend: SQLBackend, job: NewJob) -> None:
+    """One job takes its own statement on PostgreSQL; it must store what a batch would."""
+    (stored,) = sql_backend.insert_jobs([job])
+    (batched, _) = sql_backend.insert_jobs([job, job])
+    assert sql_backend.get_job(stored.id) == stored
+    assert stored.state == batched.state
+    assert stored.args == batched.args and stored.meta == batched.meta
+    assert (stored.priority, stored.max_attempts) == (job.priority, job.max_attempts)
+    if job.scheduled_at is not None:
+        assert stored.scheduled_at == job.scheduled_at
+
+
 @pytest.mark.postgres
 def test_the_driver_path_leaves_pooled_connections_transactional(
     pg_backend: PostgresBackend,
