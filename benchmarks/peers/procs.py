@@ -23,6 +23,8 @@ from benchmarks.peers import spec
 READY_TIMEOUT = 60.0
 #: Seconds a worker gets to stop gracefully before its process tree is killed.
 STOP_TIMEOUT = 15.0
+#: Seconds a worker has to notice the stop event before it is sent SIGTERM.
+STOP_GRACE = 2.0
 #: Pause after every worker reported ready, so listeners and pools are settled.
 SETTLE = 0.3
 
@@ -143,6 +145,13 @@ def workers(
     finally:
         stop.set()
         trees = {p.pid: _children(p.pid) for p in processes if p.pid is not None}
+        deadline = time.monotonic() + STOP_GRACE
+        for process in processes:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+        for process in processes:  # e.g. Oban's, which exec'd and cannot see `stop`
+            if process.pid is not None and process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
         for process in processes:
             process.join(timeout=STOP_TIMEOUT)
         for process in processes:
