@@ -74,15 +74,16 @@ _BULK_INSERT = f"""
 # One job (the common app.insert(job) call): scalar parameters instead of eight one-element
 # arrays, which spares the server the unnest and the UNION (~60 us of a ~350 us insert).
 # The row carries the transaction's now() beside the id, like _BULK_INSERT's id-0 row.
+# Its parameters are PreparedJob.params (the general insert's; the unique ones go unused).
 _INSERT_ONE = f"""
     WITH ins AS (
         INSERT INTO pgflow_jobs (queue, worker, args, meta, errors, state, priority, attempt,
                                  max_attempts, scheduled_at, inserted_at)
-        SELECT %(queue)s, %(worker)s, CAST(%(args)s AS JSONB), CAST(%(meta)s AS JSONB),
+        SELECT %(p_queue)s, %(p_worker)s, CAST(%(p_args)s AS JSONB), CAST(%(p_meta)s AS JSONB),
                '[]'::jsonb, CASE WHEN t.at > now() THEN 'scheduled' ELSE 'available' END,
-               %(priority)s, 0, %(max_attempts)s, t.at, now()
-        FROM (SELECT COALESCE(CAST(%(scheduled_at)s AS TIMESTAMPTZ),
-                              now() + make_interval(secs => CAST(%(schedule_in)s AS FLOAT8)),
+               %(p_priority)s, 0, %(p_max_attempts)s, t.at, now()
+        FROM (SELECT COALESCE(CAST(%(p_scheduled_at)s AS TIMESTAMPTZ),
+                              now() + make_interval(secs => CAST(%(p_schedule_in)s AS FLOAT8)),
                               now()) AS at) AS t
         RETURNING id, queue, state, scheduled_at
     ), notified AS (
@@ -93,20 +94,6 @@ _INSERT_ONE = f"""
            CASE WHEN ins.scheduled_at = now() THEN NULL ELSE ins.scheduled_at END, notified.n
     FROM ins, notified
 """
-
-
-def _one_params(item: PreparedJob) -> dict[str, Any]:
-    job = item.job
-    return {
-        "queue": job.queue,
-        "worker": job.worker,
-        "args": item.args,
-        "meta": item.meta,
-        "priority": job.priority,
-        "max_attempts": job.max_attempts,
-        "scheduled_at": job.scheduled_at,
-        "schedule_in": job.schedule_in,
-    }
 
 
 def _first(row: Any) -> Any:
@@ -348,7 +335,7 @@ class PostgresBackend(SQLBackend):
             return None
         if len(prepared) == 1:
             with self._driver() as conn:
-                row = conn.execute(_INSERT_ONE, _one_params(prepared[0])).fetchone()
+                row = conn.execute(_INSERT_ONE, prepared[0].params).fetchone()
             return _inserted([(0, row[1]), (row[0], row[2])], prepared)
         with self._driver() as conn:
             rows = conn.execute(_BULK_INSERT, _bulk_params(prepared)).fetchall()

@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from benchmarks.peers import sink, spec
-from benchmarks.peers.procs import parent_gone
+from benchmarks.peers.procs import wait_for_stop_async
 
 
 async def _queries(url: str) -> Any:
@@ -41,8 +41,7 @@ def serve(url: str, queue: str, concurrency: int, stop: Any) -> None:
 
         runner = asyncio.create_task(manager.run())
         sink.report(f"r {os.getpid()}")
-        while not stop.is_set() and not parent_gone(parent) and not runner.done():
-            await asyncio.sleep(0.2)
+        await wait_for_stop_async(stop, parent, runner)
         manager.shutdown.set()
         try:
             await asyncio.wait_for(runner, timeout=10)

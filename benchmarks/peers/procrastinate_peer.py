@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from benchmarks.peers import sink, spec
-from benchmarks.peers.procs import parent_gone
+from benchmarks.peers.procs import wait_for_stop_async
 
 
 def _app(url: str, pool_size: int) -> Any:
@@ -39,8 +39,7 @@ def serve(url: str, queue: str, concurrency: int, stop: Any) -> None:
                 app.run_worker_async(queues=[queue], concurrency=concurrency, wait=True)
             )
             sink.report(f"r {os.getpid()}")
-            while not stop.is_set() and not parent_gone(parent) and not worker.done():
-                await asyncio.sleep(0.2)
+            await wait_for_stop_async(stop, parent, worker)
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(worker, timeout=10)

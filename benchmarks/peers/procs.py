@@ -7,6 +7,7 @@ context manager therefore kills the whole process tree of any worker that did no
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -45,6 +46,12 @@ def wait_for_stop(stop: Any, parent: int) -> None:
     while not stop.wait(timeout=0.2):
         if parent_gone(parent):
             return
+
+
+async def wait_for_stop_async(stop: Any, parent: int, serving: asyncio.Future[Any]) -> None:
+    """wait_for_stop for asyncio workers: also returns when `serving` (the worker task) ended."""
+    while not stop.is_set() and not parent_gone(parent) and not serving.done():
+        await asyncio.sleep(0.2)
 
 
 @dataclass

@@ -114,13 +114,13 @@ def render(outcomes: Sequence[Outcome]) -> str:
     parts = ["Figures (throughput per second; latency in ms; - = not measured, see notes)"]
     parts.append(_grid(header, figures))
 
+    measured = [o for o in outcomes if not is_floor(o) and o.status == "ok"]
+    bests = {key: best_peer(outcomes, key, higher) for key, _, higher in COLUMNS}
     ratio_rows = []
-    for o in outcomes:
-        if is_floor(o) or o.status != "ok":
-            continue
+    for o in measured:
         cells = [o.system]
         for key, _, higher in COLUMNS:
-            best = best_peer(outcomes, key, higher)
+            best = bests[key]
             value = o.metrics.get(key)
             if best is None or value is None or not math.isfinite(value) or value <= 0:
                 cells.append("-")
@@ -134,9 +134,7 @@ def render(outcomes: Sequence[Outcome]) -> str:
     floors = {o.system: o for o in outcomes if is_floor(o)}
     floor_header = ["system", *(label for key, label, _ in COLUMNS if key in FLOOR_REFERENCE)]
     floor_rows = []
-    for o in outcomes:
-        if is_floor(o) or o.status != "ok":
-            continue
+    for o in measured:
         cells = [o.system]
         for key, _, _ in COLUMNS:
             if key not in FLOOR_REFERENCE:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from pgflow_backends.postgres import PostgresBackend
+from pgflow_backends.sql.base import SQLBackend
 from pgflow_backends.sqlite import SQLiteBackend
 
 
@@ -36,3 +37,11 @@ def sql_url(request: pytest.FixtureRequest) -> str:
     name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     url: str = request.getfixturevalue(name)
     return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sql_backend(request: pytest.FixtureRequest) -> SQLBackend:
+    """A migrated SQLite and PostgreSQL backend in turn."""
+    name = "sqlite_backend" if request.param == "sqlite" else "pg_backend"
+    backend: SQLBackend = request.getfixturevalue(name)
+    return backend

@@ -1,4 +1,5 @@
-"""Starting the helper scripts of these tests as real, separate processes."""
+"""Helpers of the SQL tests: helper scripts run as real, separate processes, and killing
+connections server-side."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pgflow_backends.postgres import PostgresBackend
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,3 +61,16 @@ def _release(
         assert all(proc.poll() is None for proc in procs), "a helper process died early"
         time.sleep(0.02)
     go.touch()
+
+
+def kill_other_connections(backend: PostgresBackend) -> None:
+    """Terminate every session on `backend`'s database but this one: a server-side drop of
+    pooled and held connections, as a restart or a network cut would leave them."""
+    import psycopg
+
+    url = backend.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )

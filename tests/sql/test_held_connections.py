@@ -13,7 +13,7 @@ from pgflow.records import NewJob
 from pgflow_backends.postgres import PostgresBackend
 from pgflow_backends.sql import driver
 
-from .test_sql_behaviour import _kill_other_connections
+from .helpers import kill_other_connections
 
 WORKER = "tests.sql.Noop"
 pytestmark = pytest.mark.postgres
@@ -50,7 +50,7 @@ def test_a_held_connection_that_breaks_is_replaced_at_the_next_statement(
 ) -> None:
     with pg_backend.hold_connection():
         first = _backend_pid(pg_backend)
-        _kill_other_connections(pg_backend)
+        kill_other_connections(pg_backend)
         with pytest.raises(BackendError, match="unreachable or failed"):
             pg_backend.claim_jobs("held", "node-a", 1)
         second = _backend_pid(pg_backend)
@@ -66,7 +66,7 @@ def test_a_held_connection_is_pinged_after_a_quiet_spell(
     monkeypatch.setattr(driver, "HELD_IDLE_SECONDS", 0.0)
     with pg_backend.hold_connection():
         first = _backend_pid(pg_backend)
-        _kill_other_connections(pg_backend)
+        kill_other_connections(pg_backend)
         assert _backend_pid(pg_backend) != first
 
 

@@ -14,16 +14,9 @@ from pgflow_backends.postgres import PostgresBackend
 from pgflow_backends.sql.base import SQLBackend
 from pgflow_backends.sql.rows import stored_copy
 
-from .test_sql_behaviour import _kill_other_connections
+from .helpers import kill_other_connections
 
 WORKER = "tests.sql.Noop"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def sql_backend(request: pytest.FixtureRequest) -> SQLBackend:
-    name = "sqlite_backend" if request.param == "sqlite" else "pg_backend"
-    backend: SQLBackend = request.getfixturevalue(name)
-    return backend
 
 
 def test_a_trusted_job_equals_the_validated_one() -> None:
@@ -132,7 +125,7 @@ def test_a_connection_killed_under_the_driver_path_is_a_backend_error_then_recov
         return pg_backend.complete_jobs([job.ref])
 
     job = pg_backend.insert_jobs([NewJob(worker=WORKER, queue="k")])[0]
-    _kill_other_connections(pg_backend)
+    kill_other_connections(pg_backend)
     try:
         run()  # the pooled connection was used a moment ago: not pinged, so this may fail
     except BackendError as exc:

@@ -16,15 +16,10 @@ from pgflow_backends.postgres import PostgresBackend
 from pgflow_backends.sql.base import SQLBackend
 from pgflow_backends.sqlite import SQLiteBackend
 
+from .helpers import kill_other_connections
+
 WORKER = "tests.sql.Noop"
 HOSTILE = "x'; DROP TABLE pgflow_jobs; --"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def sql_backend(request: pytest.FixtureRequest) -> SQLBackend:
-    name = "sqlite_backend" if request.param == "sqlite" else "pg_backend"
-    backend: SQLBackend = request.getfixturevalue(name)
-    return backend
 
 
 def test_an_insert_in_a_rolled_back_caller_transaction_leaves_no_job(
@@ -228,23 +223,12 @@ def test_sqlite_hot_queries_use_their_partial_indexes(
     assert any(index in line for line in plan), plan
 
 
-def _kill_other_connections(backend: PostgresBackend) -> None:
-    import psycopg
-
-    url = backend.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-
-
 @pytest.mark.postgres
 def test_pooled_connections_killed_while_idle_are_replaced_transparently(
     pg_backend: PostgresBackend,
 ) -> None:
     pg_backend.insert_jobs([NewJob(worker=WORKER)])  # the pool now holds a connection
-    _kill_other_connections(pg_backend)
+    kill_other_connections(pg_backend)
     time.sleep(1.2)  # idle long enough to be pinged at checkout
     assert len(pg_backend.list_jobs()) == 1
 
@@ -256,7 +240,7 @@ def test_a_connection_killed_in_use_is_a_backend_error_then_recovers(
     from pgflow.errors import BackendError
 
     pg_backend.insert_jobs([NewJob(worker=WORKER)])
-    _kill_other_connections(pg_backend)
+    kill_other_connections(pg_backend)
     try:
         pg_backend.list_jobs()  # may fail once: the connection was used a moment ago
     except BackendError as exc:
