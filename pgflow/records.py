@@ -141,6 +141,8 @@ class Job:
     unique_key: str | None = None
     #: True when an insert found an existing unique job and returned it instead.
     conflict: bool = attrs.field(default=False, eq=False)
+    #: What perform returned (JSON), once the job completed.
+    result: Any = None
 
     @classmethod
     def trusted(
@@ -162,6 +164,7 @@ class Job:
         meta: dict[str, Any] | None = None,
         unique_key: str | None = None,
         conflict: bool = False,
+        result: Any = None,
     ) -> Job:
         """A Job from values a backend already holds in their final types (a JobState,
         aware datetimes, a tuple): no converters or validators run. For backends' hot paths
@@ -184,6 +187,7 @@ class Job:
         _set_meta(self, {} if meta is None else meta)
         _set_unique_key(self, unique_key)
         _set_conflict(self, conflict)
+        _set_result(self, result)
         return self
 
     @property
@@ -215,6 +219,7 @@ _new = object.__new__
     _set_meta,
     _set_unique_key,
     _set_conflict,
+    _set_result,
 ) = (getattr(Job, field.name).__set__ for field in attrs.fields(Job))
 
 
@@ -257,6 +262,8 @@ class InstanceInfo:
     hostname: str = ""
     pid: int = 0
     queues: dict[str, int] = attrs.field(factory=dict)
+    #: Unique per process start: tells a restart under the same id from the earlier process.
+    incarnation: str = ""
 
 
 @attrs.frozen
@@ -270,6 +277,10 @@ class Instance:
     hostname: str = ""
     pid: int = 0
     queues: dict[str, int] = attrs.field(factory=dict)
+    #: The process that registered under this id last.
+    incarnation: str = ""
+    #: Threads of timed-out work still running there (each still holds its queue slot).
+    abandoned: int = 0
 
 
 @attrs.frozen
@@ -297,6 +308,10 @@ class RunRecord:
     error: dict[str, Any] | None = None
     finished_at: datetime | None = attrs.field(default=None, validator=_aware)
     job_id: int | None = None
+    #: Hash of the definition the run was started with (None for runs from before 0.2).
+    fingerprint: str | None = None
+    #: That definition, as JSON: step names in order (later, the graph).
+    definition: Any = None
 
 
 @attrs.frozen

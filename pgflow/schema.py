@@ -40,6 +40,7 @@ __all__ = [
     "STEP_OUTCOMES",
     "JSONType",
     "UTCDateTime",
+    "cron_slots",
     "instances",
     "jobs",
     "leader",
@@ -110,7 +111,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 VERSION_TABLE = "pgflow_alembic_version"
 #: The head migration this code expects (tests check it against alembic/versions), so a
 #: worker can verify the schema with one query, without loading Alembic.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 metadata = MetaData()
 
@@ -142,6 +143,8 @@ jobs = Table(
     Column("inserted_at", UTCDateTime(), nullable=False),
     Column("attempted_at", UTCDateTime()),
     Column("completed_at", UTCDateTime()),
+    # What perform returned (JSON), kept on the completed job.
+    Column("result", JSONType),
     CheckConstraint(_in("state", JOB_STATES), name="pgflow_jobs_state_check"),
     CheckConstraint(
         f"priority BETWEEN {PRIORITY_MIN} AND {PRIORITY_MAX}", name="pgflow_jobs_priority_check"
@@ -211,6 +214,10 @@ instances = Table(
     Column("hostname", String(255), nullable=False, server_default=text("''")),
     Column("pid", Integer, nullable=False, server_default=text("0")),
     Column("queues", JSONType, nullable=False),
+    # The process that registered under the id last; claims of earlier ones are rescued.
+    Column("incarnation", String(64), nullable=False, server_default=text("''")),
+    # Threads of timed-out work still running in the instance (each still holds its slot).
+    Column("abandoned", Integer, nullable=False, server_default=text("0")),
     CheckConstraint("status IN ('online', 'offline')", name="pgflow_instances_status_check"),
 )
 
@@ -228,6 +235,10 @@ runs = Table(
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime()),
     Column("job_id", BigInteger),
+    # The definition the run was started with (step names in order, later the graph) and
+    # its hash: a resume under another definition is refused.
+    Column("fingerprint", String(64)),
+    Column("definition", JSONType),
     CheckConstraint(_in("state", RUN_STATES), name="pgflow_runs_state_check"),
     CheckConstraint("max_attempts >= 1 AND attempt >= 1", name="pgflow_runs_attempt_check"),
 )
@@ -268,4 +279,13 @@ leader = Table(
     Column("name", String(63), primary_key=True),
     Column("instance_id", String(128), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+cron_slots = Table(
+    "pgflow_cron",
+    metadata,
+    # One row per cron entry: the newest slot enqueued, kept apart from the jobs so that
+    # pruning a slot's job never lets the same slot be enqueued again.
+    Column("name", String(255), primary_key=True),
+    Column("last_slot", UTCDateTime(), nullable=False),
 )

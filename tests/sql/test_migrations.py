@@ -15,7 +15,14 @@ from pgflow.schema import metadata
 from pgflow_backends.sql.urls import parse
 from tests.sql.helpers import run_helpers
 
-TABLES = {"pgflow_jobs", "pgflow_instances", "pgflow_runs", "pgflow_steps", "pgflow_leader"}
+TABLES = {
+    "pgflow_jobs",
+    "pgflow_instances",
+    "pgflow_runs",
+    "pgflow_steps",
+    "pgflow_leader",
+    "pgflow_cron",
+}
 
 
 @pytest.fixture
