@@ -189,6 +189,11 @@ class JobQueue(Protocol):
         """Every registered instance, online first."""
         ...
 
+    def set_abandoned(self, instance_id: str, count: int) -> None:
+        """Store how many threads of timed-out work still run in the instance (for status);
+        an unknown instance is left alone."""
+        ...
+
     def rescue_stale(self, stale_after: float) -> RescueReport:
         """Mark instances whose heartbeat is older than `stale_after` seconds offline, then
         make every job left executing by an instance that is not online available again,

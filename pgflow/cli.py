@@ -468,11 +468,15 @@ def render_status(
                 item.hostname or "-",
                 item.pid or "-",
                 ",".join(f"{name}={limit}" for name, limit in item.queues.items()) or "-",
+                item.abandoned,
             )
             for item in shown
         ]
         parts.append(
-            render_table(("instance", "status", "last heartbeat", "host", "pid", "queues"), rows)
+            render_table(
+                ("instance", "status", "last heartbeat", "host", "pid", "queues", "abandoned"),
+                rows,
+            )
         )
     else:
         parts.append("(none)")
@@ -503,6 +507,7 @@ def status_data(
                 "hostname": item.hostname,
                 "pid": item.pid,
                 "queues": item.queues,
+                "abandoned": item.abandoned,
             }
             for item in instances
         ],

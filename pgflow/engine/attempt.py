@@ -21,6 +21,7 @@ from datetime import datetime
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
+from pgflow.abandoned import ABANDONED
 from pgflow.engine.loop import LOOP, LoopReentryError, refuse_reentry
 from pgflow.engine.runners import POOL, wait_for
 from pgflow.errors import SerializationError, WorkflowError
@@ -68,6 +69,7 @@ class Attempt:
     __slots__ = (
         "_done",
         "abandoned",
+        "counted",
         "failure",
         "fatal",
         "finished",
@@ -91,6 +93,7 @@ class Attempt:
         self.value = value
         self.lock = _new_lock()
         self.abandoned = False
+        self.counted = False  # abandoned while its runner still ran: in ABANDONED.steps
         self.finished = False
         self.running = False
         self.failure: BaseException | None = None
@@ -121,6 +124,9 @@ class Attempt:
         finally:
             with self.lock:
                 self.finished = True
+                counted = self.counted
+            if counted:
+                ABANDONED.end_step()
             self._done.release()
 
     def _steps(self) -> None:
@@ -245,6 +251,7 @@ class Attempt:
         `run.timeouts`. On expiry the attempt is abandoned, an async step's task is
         cancelled, and a timed-out step record is written from this thread.
         """
+        ABANDONED.check_room(self._describe)
         done = self._done = _new_lock()
         done.acquire()
         POOL.run(self._run_on_runner)
@@ -280,9 +287,22 @@ class Attempt:
             if self._expire(deadline):
                 return
 
+    def _describe(self) -> str:
+        run = self.run
+        step = run.workflow.steps[min(self.index, len(run.workflow.steps) - 1)].name
+        return f"workflow {run.workflow.name!r} run {run.workflow_id} step {step!r}"
+
+    def _mark_abandoned(self) -> None:
+        """Abandon the attempt (caller holds `lock`); a runner still running is counted
+        (and logged) in ABANDONED until it returns."""
+        self.abandoned = True
+        if not self.finished and not self.counted:
+            self.counted = True
+            ABANDONED.add_step(self._describe())
+
     def _abandon(self) -> None:
         with self.lock:
-            self.abandoned = True
+            self._mark_abandoned()
             future = self.future
         if future is not None:
             future.cancel()
@@ -309,7 +329,7 @@ class Attempt:
                 expired = run.timeout
             if expired is None:
                 return False
-            self.abandoned = True
+            self._mark_abandoned()
             self.timed_out = expired
             future, running = self.future, self.running
             duration = _perf() - self.started_perf if running else 0.0

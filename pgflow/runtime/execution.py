@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
+from pgflow.abandoned import ABANDONED
 from pgflow.cancellation import CancelFlag
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.errors import Discard, PgflowError, Snooze, StepFailed
@@ -85,6 +86,10 @@ class JobControl:
         self.shutdown = False
         self._callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+        # A timed-out sync perform's thread runs on: counted in ABANDONED until it ends.
+        self._thread_abandoned = False
+        self._thread_ended = False
+        self._on_thread_end: list[Callable[[], None]] = []
 
     def cancel(self, *, shutdown: bool = False) -> None:
         """Set `cancelled` and run the registered callbacks (e.g. cancelling an async task).
@@ -108,6 +113,36 @@ class JobControl:
                 self._callbacks.append(callback)
                 return
         callback()
+
+    def abandon_thread(self, what: str) -> bool:
+        """The attempt's thread outlived its timeout: count it as abandoned until it ends.
+        False when it has ended already (its outcome is there to use)."""
+        with self._lock:
+            if self._thread_ended:
+                return False
+            self._thread_abandoned = True
+            ABANDONED.add_job(what)
+        return True
+
+    def thread_ended(self) -> None:
+        """Called by the attempt's thread as it exits; releases what it held if abandoned."""
+        with self._lock:
+            self._thread_ended = True
+            abandoned = self._thread_abandoned
+            callbacks, self._on_thread_end = self._on_thread_end, []
+        if abandoned:
+            ABANDONED.end_job()
+        for callback in callbacks:
+            callback()
+
+    def hold_until_thread_ends(self, callback: Callable[[], None]) -> bool:
+        """If the attempt's thread was abandoned and still runs, call `callback` when it
+        ends and return True (the caller keeps its slot occupied meanwhile)."""
+        with self._lock:
+            if not self._thread_abandoned or self._thread_ended:
+                return False
+            self._on_thread_end.append(callback)
+        return True
 
 
 def job_log_extra(job: Job, instance_id: str | None, **more: Any) -> dict[str, Any]:
@@ -249,16 +284,24 @@ def execute_job(
     if timeout is None:
         return _call_sync(run, worker_cls, backend)
     # A thread cannot be killed: the attempt is abandoned at its deadline (its late result is
-    # ignored) and `cancelled` is set so cooperative code can stop.
+    # ignored), `cancelled` is set so cooperative code can stop, and the thread is counted in
+    # ABANDONED (a producer keeps its slot occupied) until it really ends.
     box: list[Outcome] = []
-    thread = threading.Thread(
-        target=lambda: box.append(_call_sync(run, worker_cls, backend)),
-        name=f"pgflow-job-{job.id}",
-        daemon=True,
-    )
+
+    def attempt() -> None:
+        try:
+            box.append(_call_sync(run, worker_cls, backend))
+        finally:
+            control.thread_ended()
+
+    thread = threading.Thread(target=attempt, name=f"pgflow-job-{job.id}", daemon=True)
     thread.start()
     thread.join(timeout)
-    if box:
+    if not box and control.abandon_thread(
+        f"job {job.id} ({job.worker}) attempt {job.attempt}/{job.max_attempts}"
+    ):
+        return run.timed_out(timeout, worker_cls)
+    if box:  # it returned just at the deadline
         return box[0]
     return run.timed_out(timeout, worker_cls)
 

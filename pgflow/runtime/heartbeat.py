@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from pgflow.abandoned import ABANDONED
 from pgflow.records import InstanceInfo
 from pgflow.runtime.reconnect import Guard
 from pgflow.runtime.service import ServiceThread
@@ -31,6 +32,7 @@ class Heartbeat(ServiceThread):
 
     def beat(self) -> None:
         """One heartbeat; an instance marked offline (its jobs rescued) registers again."""
+        self.backend.set_abandoned(self.info.instance_id, ABANDONED.total)
         if not self.backend.heartbeat(self.info.instance_id):
             logger.warning(
                 "instance %s had been marked offline (presumed dead); registering again",

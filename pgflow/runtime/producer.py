@@ -89,6 +89,7 @@ class Producer:
         self._async_loop = async_loop
         self._lock = threading.Lock()
         self._running: dict[int, _Running] = {}
+        self._abandoned = 0  # slots held by timed-out performs whose threads still run
         self._finished: deque[Outcome] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()  # stop claiming, drain
@@ -250,7 +251,7 @@ class Producer:
 
     def _claim(self) -> None:
         with self._lock:
-            free = self.limit - len(self._running)
+            free = self.limit - len(self._running) - self._abandoned
             if free <= 0 or not self._maybe_more:
                 return
             if self._running and free < self._batch_floor:
@@ -357,7 +358,10 @@ class Producer:
                 clock=self.clock,
             )
         with self._lock:
-            self._running.pop(job.id, None)
+            item = self._running.pop(job.id, None)
+            # A timed-out perform whose thread runs on keeps its slot until the thread ends.
+            if item is not None and item.control.hold_until_thread_ends(self._release_slot):
+                self._abandoned += 1
             self._finished.append(outcome)
         # Setting a set Event still takes its Condition; skipping is safe because each loop
         # clears its event before it reads the state changed above.
@@ -365,6 +369,12 @@ class Producer:
             self._ack_wake.set()
         if not self._wake.is_set():
             self._wake.set()
+
+    def _release_slot(self) -> None:
+        """An abandoned perform's thread ended: its slot is free again."""
+        with self._lock:
+            self._abandoned -= 1
+        self._wake.set()
 
     def _flush(self) -> None:
         """Acknowledge finished jobs: completions in one batch, the others one by one.

@@ -267,6 +267,11 @@ class InMemoryBackend:
             self._check_open()
             return self._instances.list()
 
+    def set_abandoned(self, instance_id: str, count: int) -> None:
+        with self._lock:
+            self._check_open()
+            self._instances.set_abandoned(instance_id, count)
+
     def rescue_stale(self, stale_after: float) -> RescueReport:
         with self._lock:
             self._check_open()

@@ -47,6 +47,11 @@ class InstanceTable:
         if instance is not None:
             self._instances[instance_id] = attrs.evolve(instance, status=OFFLINE)
 
+    def set_abandoned(self, instance_id: str, count: int) -> None:
+        instance = self._instances.get(instance_id)
+        if instance is not None:
+            self._instances[instance_id] = attrs.evolve(instance, abandoned=count)
+
     def mark_stale_offline(self, cutoff: datetime) -> list[str]:
         """Mark online instances whose heartbeat is older than `cutoff` offline; return them."""
         stale = sorted(

@@ -594,6 +594,10 @@ class SQLBackend:
         with self._single() as connection:
             connection.execute(self._s.mark_offline, {"p_instance": instance_id})
 
+    def set_abandoned(self, instance_id: str, count: int) -> None:
+        with self._single() as connection:
+            connection.execute(self._s.set_abandoned, {"p_instance": instance_id, "p_count": count})
+
     def database_time(self) -> datetime:
         with self._read() as connection:
             now: datetime = connection.execute(self._s.now).scalar_one()

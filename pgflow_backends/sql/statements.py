@@ -301,6 +301,11 @@ class Statements:
             .where(instances.c.instance_id == _p("p_instance", String()))
             .values(status="online", heartbeat_at=now)
         )
+        self.set_abandoned: Update = (
+            update(instances)
+            .where(instances.c.instance_id == _p("p_instance", String()))
+            .values(abandoned=_p("p_count", Integer()))
+        )
         self.mark_offline: Update = (
             update(instances)
             .where(instances.c.instance_id == _p("p_instance", String()))
