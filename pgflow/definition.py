@@ -11,6 +11,7 @@ import inspect
 import math
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, overload
 
@@ -266,11 +267,55 @@ def _from_seed(obj: object) -> Workflow:
     return Workflow(name, tuple(steps))
 
 
-# Resolved seed-form workflows, keyed weakly by the class or module that defines them.
-_seed_cache: weakref.WeakKeyDictionary[Any, Workflow] = weakref.WeakKeyDictionary()
-# Objects that cannot be weakly referenced are cached by id, holding the object alive.
-_strong_cache: dict[int, tuple[object, Workflow]] = {}
+# Resolved seed-form workflows by the identity of the class, module or object defining
+# them (never by its __eq__: two equal objects may define different steps), held weakly so
+# a dropped definition frees its entry.
+_seed_cache: dict[int, tuple[weakref.ref[Any], Workflow]] = {}
+#: How many seed objects that cannot be weakly referenced keep their resolved workflow.
+STRONG_CACHE_SIZE = 64
+# Those are cached by id too, each entry holding its object alive (so its id cannot be
+# reused while cached); the least recently used go first.
+_strong_cache: OrderedDict[int, tuple[object, Workflow]] = OrderedDict()
 _cache_lock = threading.Lock()
+
+
+def _cached(obj: object) -> Workflow | None:
+    key = id(obj)
+    entry = _seed_cache.get(key)
+    if entry is not None and entry[0]() is obj:
+        return entry[1]
+    held = _strong_cache.get(key)
+    if held is not None and held[0] is obj:
+        with _cache_lock:
+            if key in _strong_cache:
+                _strong_cache.move_to_end(key)
+        return held[1]
+    return None
+
+
+def _forget_seed(key: int, ref: weakref.ref[Any]) -> None:
+    """The definition was collected: drop its entry (unless its id was reused since).
+    No lock: the collector may call this in a thread that holds `_cache_lock`; at worst a
+    racing new entry is dropped too, which only costs a rebuild."""
+    entry = _seed_cache.get(key)
+    if entry is not None and entry[0] is ref:
+        _seed_cache.pop(key, None)
+
+
+def _remember(obj: object, workflow: Workflow) -> None:
+    key = id(obj)
+    try:
+        ref = weakref.ref(obj, lambda dead: _forget_seed(key, dead))
+    except TypeError:
+        ref = None
+    with _cache_lock:
+        if ref is not None:
+            _seed_cache[key] = (ref, workflow)
+            return
+        _strong_cache[key] = (obj, workflow)
+        _strong_cache.move_to_end(key)
+        while len(_strong_cache) > STRONG_CACHE_SIZE:
+            _strong_cache.popitem(last=False)
 
 
 def resolve_workflow(obj: object) -> Workflow:
@@ -280,13 +325,9 @@ def resolve_workflow(obj: object) -> Workflow:
         return obj  # type: ignore[return-value]
     if kind is Flow:
         return obj.workflow  # type: ignore[attr-defined, no-any-return]
-    try:
-        return _seed_cache[obj]
-    except (KeyError, TypeError):
-        pass
-    held = _strong_cache.get(id(obj))
-    if held is not None and held[0] is obj:
-        return held[1]
+    cached = _cached(obj)
+    if cached is not None:
+        return cached
     if isinstance(obj, Workflow):
         return obj
     if isinstance(obj, Flow):
@@ -297,9 +338,5 @@ def resolve_workflow(obj: object) -> Workflow:
             "pgflow.Workflow, or a class or module with __workflow_steps__"
         )
     workflow = _from_seed(obj)
-    with _cache_lock:
-        try:
-            _seed_cache[obj] = workflow
-        except TypeError:
-            _strong_cache[id(obj)] = (obj, workflow)
+    _remember(obj, workflow)
     return workflow

@@ -18,9 +18,11 @@ Retries wait on the clock: timeouts are real time, backoff waits are `clock.slee
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -77,7 +79,7 @@ class Executor:
     SQLAlchemy Engine) when one is given, and waiting for retries on `clock` (a FakeClock
     in tests). A URL or Engine is opened with `pgflow.backend_from_url` on first use."""
 
-    __slots__ = ("_backend", "_lock", "_store", "clock")
+    __slots__ = ("_backend", "_lock", "_retired", "_store", "_users", "clock")
 
     def __init__(self, backend: RunStore | str | Any = None, clock: Clock | None = None) -> None:
         opened = backend is None or _to_open(backend)
@@ -93,6 +95,8 @@ class Executor:
         self._store: RunStore | None = None if opened else cast(RunStore, backend)
         self._lock = threading.Lock()
         self.clock: Clock = SYSTEM_CLOCK if clock is None else clock
+        self._users = 0  # calls of `pgflow.execute` using this cached executor now
+        self._retired = False  # evicted from that cache: closed when its last call ends
 
     @property
     def backend(self) -> RunStore | None:
@@ -145,6 +149,14 @@ class Executor:
         )
         return run.execute()
 
+    def close(self) -> None:
+        """Close the backend this executor opened from a URL or Engine (a RunStore passed
+        in is the caller's to close); a later run opens it again."""
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None and self._backend is not None and _to_open(self._backend):
+            store.close()  # type: ignore[attr-defined]
+
     def __repr__(self) -> str:
         return f"Executor(backend={self._backend!r}, clock={self.clock!r})"
 
@@ -162,21 +174,72 @@ def _open(url_or_engine: object) -> RunStore:
 
 
 _DEFAULT_EXECUTOR = Executor()
-# One Executor (and so one opened backend) per URL or Engine, so repeated calls reuse it.
-_executors_by_source: dict[object, Executor] = {}
-_executors_lock = threading.Lock()
+#: How many URLs or Engines `pgflow.execute` keeps open at once (least recently used go).
+MAX_CACHED_EXECUTORS = 16
 
 
-def _executor_for(backend: object) -> Executor:
-    if _to_open(backend):
-        executor = _executors_by_source.get(backend)
-        if executor is None:
-            with _executors_lock:
-                executor = _executors_by_source.get(backend)
-                if executor is None:
-                    executor = _executors_by_source[backend] = Executor(backend)
+class _ExecutorCache:
+    """One Executor (and so one opened backend) per URL or Engine, reused by later calls.
+
+    Bounded: past `MAX_CACHED_EXECUTORS` the least recently used is evicted and its backend
+    closed as soon as no call is still running on it.
+    """
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[object, Executor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def checkout(self, source: object) -> Executor:
+        """The executor for `source`, counted as in use until `checkin`."""
+        with self._lock:
+            executor = self._entries.get(source)
+            if executor is None:
+                executor = self._entries[source] = Executor(source)
+            else:
+                self._entries.move_to_end(source)
+            executor._users += 1
+            idle = self._evict(len(self._entries) - MAX_CACHED_EXECUTORS)
+        for old in idle:
+            old.close()
         return executor
-    return Executor(backend)
+
+    def checkin(self, executor: Executor) -> None:
+        with self._lock:
+            executor._users -= 1
+            last = executor._retired and executor._users == 0
+        if last:
+            executor.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            idle = self._evict(len(self._entries))
+        for old in idle:
+            old.close()
+
+    def _evict(self, count: int) -> list[Executor]:
+        """Retire the `count` least recently used (lock held); return those idle now."""
+        idle = []
+        for _ in range(max(count, 0)):
+            _source, old = self._entries.popitem(last=False)
+            old._retired = True
+            if old._users == 0:
+                idle.append(old)
+        return idle
+
+
+_EXECUTORS = _ExecutorCache()
+
+
+def close_all() -> None:
+    """Close the backends `pgflow.execute(..., backend=URL or Engine)` opened (also at exit);
+    calls still running finish first, and later calls open them again."""
+    _EXECUTORS.close_all()
+
+
+atexit.register(close_all)
 
 
 def execute(
@@ -194,17 +257,26 @@ def execute(
     """Run `workflow` on `input` in this process; see `Executor.execute` for the options.
 
     `backend` is a RunStore, a URL ("memory://", "sqlite:///runs.db", ...) or an SQLAlchemy
-    Engine; a URL or Engine is opened once and reused by later calls. Without a backend
-    nothing is stored or serialised.
+    Engine; a URL or Engine is opened once and reused by later calls (the
+    `MAX_CACHED_EXECUTORS` most recently used stay open; `close_all()` closes them). Without
+    a backend nothing is stored or serialised.
     """
-    executor = _DEFAULT_EXECUTOR if backend is None else _executor_for(backend)
-    return executor.execute(
-        workflow,
-        input,
-        max_attempts=max_attempts,
-        timeout=timeout,
-        step_timeout=step_timeout,
-        backoff=backoff,
-        workflow_id=workflow_id,
-        log_context=log_context,
-    )
+    cached = backend is not None and _to_open(backend)
+    if cached:
+        executor = _EXECUTORS.checkout(backend)
+    else:
+        executor = _DEFAULT_EXECUTOR if backend is None else Executor(backend)
+    try:
+        return executor.execute(
+            workflow,
+            input,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            step_timeout=step_timeout,
+            backoff=backoff,
+            workflow_id=workflow_id,
+            log_context=log_context,
+        )
+    finally:
+        if cached:
+            _EXECUTORS.checkin(executor)

@@ -46,6 +46,7 @@ class _Hub:
         self.lock = threading.RLock()
         self.condition = threading.Condition(threading.Lock())
         self.listeners: weakref.WeakSet[SQLiteListener] = weakref.WeakSet()
+        self.backends = 0  # open backends on this file; the hub is dropped at zero
 
     def announce(self, queues: Iterable[str]) -> None:
         queues = set(queues)
@@ -62,14 +63,28 @@ _hubs_lock = threading.Lock()
 
 
 def _hub_for(key: str | None) -> _Hub:
-    """The hub of a database file (one per file per process); a private one for memory."""
+    """The hub of a database file (one per file per process); a private one for memory.
+    Each call counts one more backend on it, until `_release_hub`."""
     if key is None:
         return _Hub()
     with _hubs_lock:
         hub = _hubs.get(key)
         if hub is None:
             hub = _hubs[key] = _Hub()
+        hub.backends += 1
         return hub
+
+
+def _release_hub(key: str | None) -> None:
+    """A backend on the file closed (or was collected): forget the hub after the last."""
+    if key is None:
+        return
+    with _hubs_lock:
+        hub = _hubs.get(key)
+        if hub is not None:
+            hub.backends -= 1
+            if hub.backends <= 0:
+                del _hubs[key]
 
 
 class SQLiteListener:
@@ -165,7 +180,10 @@ class SQLiteBackend(SQLBackend):
         self._owns_config = owns
         self._in_memory = _database_key(engine.url) is None
         self._single_engine = engine.execution_options(**{_SINGLE_STATEMENT: True})
-        self._hub = _hub_for(_database_key(engine.url))
+        key = _database_key(engine.url)
+        self._hub = _hub_for(key)
+        # Runs once: at close, or when a backend never closed is collected.
+        self._release_hub = weakref.finalize(self, _release_hub, key)
         try:
             self.ping()
         except BaseException:
@@ -223,6 +241,13 @@ class SQLiteBackend(SQLBackend):
         queues = info.pop(_ANNOUNCE, None)
         if queues:
             self._hub.announce(queues)
+
+    def close(self) -> None:
+        """Release connections, then this backend's share of the file's hub."""
+        try:
+            super().close()
+        finally:
+            self._release_hub()
 
     def listener(self) -> JobListener:
         """In-process hints only (see the module docstring); polling covers other processes."""
