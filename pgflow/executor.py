@@ -12,8 +12,9 @@ run in the caller's thread, as plain calls. Otherwise they run on reusable daemo
 threads while the caller waits with a deadline. A sync step cannot be killed, so a timed-out
 one keeps its runner until it returns, but never starts another step and its result is
 dropped; at most `pgflow.abandoned.ABANDONED.limit` such runners may be left, after which
-timed steps are refused (TooManyAbandonedThreads) until some return. Async steps run on one shared background event loop and are cancelled at their
-deadline; a blocking call inside an `async def` step stalls every other async step.
+timed steps are refused (TooManyAbandonedThreads) until some return. Async steps run on
+one shared background event loop and are cancelled at their deadline; a blocking call
+inside an `async def` step stalls every other async step.
 Retries wait on the clock: timeouts are real time, backoff waits are `clock.sleep`.
 """
 

@@ -138,6 +138,8 @@ class JobControl:
     def hold_until_thread_ends(self, callback: Callable[[], None]) -> bool:
         """If the attempt's thread was abandoned and still runs, call `callback` when it
         ends and return True (the caller keeps its slot occupied meanwhile)."""
+        if not self._thread_abandoned:  # set before the outcome is returned: no lock needed
+            return False
         with self._lock:
             if not self._thread_abandoned or self._thread_ended:
                 return False

@@ -32,7 +32,6 @@ class Heartbeat(ServiceThread):
 
     def beat(self) -> None:
         """One heartbeat; an instance marked offline (its jobs rescued) registers again."""
-        self.backend.set_abandoned(self.info.instance_id, ABANDONED.total)
         if not self.backend.heartbeat(self.info.instance_id):
             logger.warning(
                 "instance %s had been marked offline (presumed dead); registering again",
@@ -40,3 +39,4 @@ class Heartbeat(ServiceThread):
                 extra=self._extra,
             )
             self.backend.register_instance(self.info)
+        self.backend.set_abandoned(self.info.instance_id, ABANDONED.total)
