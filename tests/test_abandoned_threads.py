@@ -42,8 +42,9 @@ def no_abandoned_steps() -> None:
 
 
 def test_timed_out_execute_steps_hold_at_most_the_limit_of_threads(
-    no_abandoned_steps: None, monkeypatch: pytest.MonkeyPatch
+    no_abandoned_steps: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="pgflow.runtime")
     monkeypatch.setattr(ABANDONED, "limit", 10)
     release = threading.Event()
     flow = pgflow.Flow("hangs-forever")
@@ -66,6 +67,8 @@ def test_timed_out_execute_steps_hold_at_most_the_limit_of_threads(
                 assert "hangs-forever" in str(exc) and "stuck" in str(exc)
             assert threading.active_count() <= before + 10 + 1
         assert (timed_out, refused, ABANDONED.steps) == (10, 990, 10)
+        counts = [r.abandoned_steps for r in caplog.records if hasattr(r, "abandoned_steps")]
+        assert counts == list(range(1, 11))  # one WARNING per abandoned step, with the count
     finally:
         release.set()
     # Once the stuck steps return, their threads are no longer counted and execute runs again.
