@@ -9,10 +9,12 @@ start timed steps while `ABANDONED.limit` of its threads are still running.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from pgflow.errors import PgflowError
 
@@ -62,11 +64,12 @@ class AbandonedThreads:
                 "cannot be killed, so make the hanging steps return or raise the limit"
             )
 
-    def add_step(self, what: str) -> None:
-        self._add(what, step=True)
+    def add_step(self, what: str, extra: Mapping[str, Any] | None = None) -> None:
+        self._add(what, extra, step=True)
 
-    def add_job(self, what: str) -> None:
-        self._add(what, step=False)
+    def add_job(self, what: str, extra: Mapping[str, Any] | None = None) -> None:
+        """A perform's thread outlived its timeout (it keeps its queue slot meanwhile)."""
+        self._add(what, extra, step=False)
 
     def end_step(self) -> None:
         with self._lock:
@@ -76,22 +79,29 @@ class AbandonedThreads:
         with self._lock:
             self._jobs -= 1
 
-    def _add(self, what: str, *, step: bool) -> None:
+    def _add(self, what: str, extra: Mapping[str, Any] | None, *, step: bool) -> None:
         with self._lock:
             if step:
                 self._steps += 1
             else:
                 self._jobs += 1
             steps, jobs = self._steps, self._jobs
-        logger.warning(
-            "%s timed out; its thread cannot be stopped and runs on "
-            "(%d abandoned step threads, limit %d; %d abandoned job threads)",
-            what,
-            steps,
-            self.limit,
-            jobs,
-            extra={"abandoned_steps": steps, "abandoned_jobs": jobs, "abandoned_limit": self.limit},
-        )
+        # A broken handler or filter must not fail the caller.
+        with contextlib.suppress(Exception):
+            logger.warning(
+                "%s timed out; its thread cannot be stopped and runs on "
+                "(%d abandoned step threads, limit %d; %d abandoned job threads)",
+                what,
+                steps,
+                self.limit,
+                jobs,
+                extra={
+                    **(extra or {}),
+                    "abandoned_steps": steps,
+                    "abandoned_jobs": jobs,
+                    "abandoned_limit": self.limit,
+                },
+            )
 
     def _forget(self) -> None:
         """After fork the abandoned threads do not exist in the child."""

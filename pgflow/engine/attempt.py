@@ -287,10 +287,13 @@ class Attempt:
             if self._expire(deadline):
                 return
 
+    def _step_name(self) -> str:
+        steps = self.run.workflow.steps
+        return steps[min(self.index, len(steps) - 1)].name
+
     def _describe(self) -> str:
         run = self.run
-        step = run.workflow.steps[min(self.index, len(run.workflow.steps) - 1)].name
-        return f"workflow {run.workflow.name!r} run {run.workflow_id} step {step!r}"
+        return f"workflow {run.workflow.name!r} run {run.workflow_id} step {self._step_name()!r}"
 
     def _mark_abandoned(self) -> None:
         """Abandon the attempt (caller holds `lock`); a runner still running is counted
@@ -298,7 +301,14 @@ class Attempt:
         self.abandoned = True
         if not self.finished and not self.counted:
             self.counted = True
-            ABANDONED.add_step(self._describe())
+            run = self.run
+            fields = {
+                "workflow_id": run.workflow_id,
+                "workflow": run.workflow.name,
+                "step": self._step_name(),
+                "attempt": self.number,
+            }
+            ABANDONED.add_step(self._describe(), fields)
 
     def _abandon(self) -> None:
         with self.lock:

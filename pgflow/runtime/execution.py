@@ -114,14 +114,14 @@ class JobControl:
                 return
         callback()
 
-    def abandon_thread(self, what: str) -> bool:
+    def abandon_thread(self, what: str, extra: dict[str, Any] | None = None) -> bool:
         """The attempt's thread outlived its timeout: count it as abandoned until it ends.
         False when it has ended already (its outcome is there to use)."""
         with self._lock:
             if self._thread_ended:
                 return False
             self._thread_abandoned = True
-            ABANDONED.add_job(what)
+            ABANDONED.add_job(what, extra)
         return True
 
     def thread_ended(self) -> None:
@@ -300,7 +300,8 @@ def execute_job(
     thread.start()
     thread.join(timeout)
     if not box and control.abandon_thread(
-        f"job {job.id} ({job.worker}) attempt {job.attempt}/{job.max_attempts}"
+        f"job {job.id} ({job.worker}) attempt {job.attempt}/{job.max_attempts}",
+        job_log_extra(job, instance_id),
     ):
         return run.timed_out(timeout, worker_cls)
     if box:  # it returned just at the deadline
