@@ -83,7 +83,7 @@ MOST = [0]
 ENTERED = [0]
 
 
-class HangsPastTimeout(Worker, queue="tight", timeout=0.2, max_attempts=1):
+class HangsPastTimeout(Worker, queue="tight", timeout=1.0, max_attempts=1):
     """Ignores its timeout until GATE opens; counts how many performs run at once."""
 
     def perform(self, job: Job) -> Any:
