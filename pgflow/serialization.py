@@ -1,4 +1,8 @@
-"""JSON, and only JSON, for everything stored: job args, run inputs, step outputs, errors."""
+"""JSON, and only JSON, for everything stored: job args, run inputs, step outputs, errors.
+
+Every stored value passes through `dumps`, so the rules all backends share live here: JSON
+only, no NUL character (PostgreSQL's JSONB cannot hold one), and a size limit.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,74 @@ import json
 import math
 from typing import Any
 
-from pgflow.errors import SerializationError
+from pgflow.errors import DefinitionError, SerializationError
+
+#: The default `max_payload_bytes`: 4 MiB of JSON per stored value. Large enough for any
+#: reasonable argument list or result, small enough that a claim of a batch of jobs, or a
+#: run's history, stays a modest read; bigger data belongs in object storage, passed by key.
+DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+#: How the encoder writes a NUL character (it always escapes control characters).
+_ESCAPED_NUL = "\\u0000"
 
 
-def dumps(value: Any, *, what: str) -> str:
-    """Encode `value` as JSON text, or raise SerializationError naming `what` and the key."""
+def dumps(value: Any, *, what: str, limit: int | None = None, owner: str = "") -> str:
+    """Encode `value` as JSON text, or raise SerializationError naming `what` and the key.
+
+    `limit` bounds the UTF-8 size of the text (None: no bound); `owner` ("job for 'w'")
+    prefixes messages so the error names the thing at fault. Both extra checks are cheap:
+    a substring test and a length comparison on text already produced.
+    """
     try:
-        return _encoder.encode(value)
+        text = _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         path, culprit = find_unserialisable(value)
         where = f"{what}{path}" if path else what
         raise SerializationError(
-            f"{where} is not JSON-serialisable: {culprit} ({exc})", path=where
+            f"{_prefix(owner)}{where} is not JSON-serialisable: {culprit} ({exc})", path=where
         ) from None
+    if _ESCAPED_NUL in text:  # may be a literal backslash-u text, hence the exact search
+        nul_at = find_nul(value)
+        if nul_at is not None:
+            where = f"{what}{nul_at}"
+            raise SerializationError(
+                f"{_prefix(owner)}{where} holds a NUL character (\\u0000), which PostgreSQL "
+                "cannot store; remove it or encode the value (e.g. base64)",
+                path=where,
+            )
+    if limit is not None and len(text) * 4 > limit:  # a character is at most 4 bytes
+        check_size(text, what=what, limit=limit, owner=owner)
+    return text
+
+
+def check_size(text: str, *, what: str, limit: int | None, owner: str = "") -> None:
+    """Raise SerializationError when JSON `text` is over `limit` bytes of UTF-8."""
+    if limit is None or len(text) * 4 <= limit:
+        return
+    size = len(text) if len(text) > limit else len(text.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise SerializationError(
+            f"{_prefix(owner)}{what} is {size:,} bytes of JSON, over the limit of {limit:,} "
+            "(max_payload_bytes); store large data elsewhere and pass a reference",
+            path=what,
+        )
+
+
+def check_limit(limit: object) -> int | None:
+    """A valid `max_payload_bytes` (a positive int, or None for no limit), else
+    DefinitionError."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise DefinitionError(
+            f"max_payload_bytes must be a positive integer or None, got {limit!r}"
+        )
+    return limit
+
+
+def _prefix(owner: str) -> str:
+    return f"{owner}: " if owner else ""
 
 
 def loads(text: str | bytes | None) -> Any:
@@ -31,6 +88,25 @@ def loads(text: str | bytes | None) -> Any:
 def roundtrip(value: Any, *, what: str) -> Any:
     """The value as it will come back from storage: validates and deep-copies in one go."""
     return json.loads(dumps(value, what=what))
+
+
+def find_nul(value: Any, path: str = "") -> str | None:
+    """The path of the first string (value or key) holding a NUL character, or None."""
+    if isinstance(value, str):
+        return path if "\0" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\0" in key:
+                return f"{path}[{key!r}]"
+            found = find_nul(item, f"{path}[{key!r}]")
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = find_nul(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def find_unserialisable(value: Any, path: str = "") -> tuple[str, str]:
