@@ -1,4 +1,4 @@
-"""Payload limits and unstorable text: refused at write time, naming the culprit, nothing written."""
+"""Payload limits and unstorable text: refused at write time, naming the culprit, none written."""
 
 from __future__ import annotations
 
