@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from pgflow.errors import DefinitionError, SerializationError
 
@@ -26,8 +27,10 @@ def dumps(value: Any, *, what: str, limit: int | None = None, owner: str = "") -
     """Encode `value` as JSON text, or raise SerializationError naming `what` and the key.
 
     `limit` bounds the UTF-8 size of the text (None: no bound); `owner` ("job for 'w'")
-    prefixes messages so the error names the thing at fault. Both extra checks are cheap:
-    a substring test and a length comparison on text already produced.
+    prefixes messages so the error names the thing at fault. Text no database can store
+    (NUL, lone surrogates) is refused too. The extra checks are cheap on text already
+    produced: a substring test, an O(1) isascii() and a length; only non-ASCII text is
+    encoded to count its bytes.
     """
     try:
         text = _encoder.encode(value)
@@ -38,7 +41,7 @@ def dumps(value: Any, *, what: str, limit: int | None = None, owner: str = "") -
             f"{_prefix(owner)}{where} is not JSON-serialisable: {culprit} ({exc})", path=where
         ) from None
     if _ESCAPED_NUL in text:  # may be a literal backslash-u text, hence the exact search
-        nul_at = find_nul(value)
+        nul_at = find_string(value, _has_nul)
         if nul_at is not None:
             where = f"{what}{nul_at}"
             raise SerializationError(
@@ -46,8 +49,20 @@ def dumps(value: Any, *, what: str, limit: int | None = None, owner: str = "") -
                 "cannot store; remove it or encode the value (e.g. base64)",
                 path=where,
             )
-    if limit is not None and len(text) * 4 > limit:  # a character is at most 4 bytes
-        check_size(text, what=what, limit=limit, owner=owner)
+    if not text.isascii():  # isascii() is O(1); only other text needs the UTF-8 check
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            where = f"{what}{find_string(value, _has_lone_surrogate) or ''}"
+            raise SerializationError(
+                f"{_prefix(owner)}{where} holds a lone surrogate character, which is not "
+                "valid Unicode text and cannot be stored",
+                path=where,
+            ) from None
+        if limit is not None and size > limit:
+            _too_large(size, what=what, limit=limit, owner=owner)
+    elif limit is not None and len(text) > limit:
+        _too_large(len(text), what=what, limit=limit, owner=owner)
     return text
 
 
@@ -57,11 +72,15 @@ def check_size(text: str, *, what: str, limit: int | None, owner: str = "") -> N
         return
     size = len(text) if len(text) > limit else len(text.encode("utf-8", "surrogatepass"))
     if size > limit:
-        raise SerializationError(
-            f"{_prefix(owner)}{what} is {size:,} bytes of JSON, over the limit of {limit:,} "
-            "(max_payload_bytes); store large data elsewhere and pass a reference",
-            path=what,
-        )
+        _too_large(size, what=what, limit=limit, owner=owner)
+
+
+def _too_large(size: int, *, what: str, limit: int, owner: str) -> NoReturn:
+    raise SerializationError(
+        f"{_prefix(owner)}{what} is {size:,} bytes of JSON, over the limit of {limit:,} "
+        "(max_payload_bytes); store large data elsewhere and pass a reference",
+        path=what,
+    )
 
 
 def check_limit(limit: object) -> int | None:
@@ -90,20 +109,32 @@ def roundtrip(value: Any, *, what: str) -> Any:
     return json.loads(dumps(value, what=what))
 
 
-def find_nul(value: Any, path: str = "") -> str | None:
-    """The path of the first string (value or key) holding a NUL character, or None."""
+def _has_nul(text: str) -> bool:
+    return "\0" in text
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def find_string(value: Any, bad: Callable[[str], bool], path: str = "") -> str | None:
+    """The path of the first string (value or key) for which `bad` is true, or None."""
     if isinstance(value, str):
-        return path if "\0" in value else None
+        return path if bad(value) else None
     if isinstance(value, dict):
         for key, item in value.items():
-            if isinstance(key, str) and "\0" in key:
+            if isinstance(key, str) and bad(key):
                 return f"{path}[{key!r}]"
-            found = find_nul(item, f"{path}[{key!r}]")
+            found = find_string(item, bad, f"{path}[{key!r}]")
             if found is not None:
                 return found
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            found = find_nul(item, f"{path}[{index}]")
+            found = find_string(item, bad, f"{path}[{index}]")
             if found is not None:
                 return found
     return None

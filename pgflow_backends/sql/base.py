@@ -569,8 +569,8 @@ class SQLBackend:
         if not job_ids:
             return set()
         with self._read() as connection:
-            rows = connection.execute(self._s.executing_meta, {"p_ids": list(job_ids)}).all()
-        return {job_id for job_id, meta in rows if (meta or {}).get("cancel_requested")}
+            flagged = connection.execute(self._s.cancel_flagged, {"p_ids": list(job_ids)})
+            return set(flagged.scalars())
 
     def stage_jobs(self, limit: int = 10_000) -> list[str]:
         if limit <= 0:

@@ -242,8 +242,10 @@ class Statements:
             .values(meta=_json("p_meta"))
             .returning(*JOB_COLUMNS)
         )
-        self.executing_meta: Select[Any] = select(jobs.c.id, jobs.c.meta).where(
-            jobs.c.id.in_(bindparam("p_ids", expanding=True)), jobs.c.state == _const("executing")
+        self.cancel_flagged: Select[Any] = select(jobs.c.id).where(
+            jobs.c.id.in_(bindparam("p_ids", expanding=True)),
+            jobs.c.state == _const("executing"),
+            cancel_flag(jobs.c.meta),
         )
         self.stage: Update = (
             update(jobs)

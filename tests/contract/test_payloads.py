@@ -70,6 +70,12 @@ def test_nul_in_a_key_is_refused(backend: Any) -> None:
         backend.insert_jobs([new(args={"a\x00b": 1})])
 
 
+def test_a_lone_surrogate_is_a_serialization_error_naming_the_key(backend: Any) -> None:
+    with pytest.raises(SerializationError, match=r"args\['name'\] holds a lone surrogate"):
+        backend.insert_jobs([new(args={"ok": "é", "name": "bad \ud800 text"})])
+    assert backend.list_jobs() == []
+
+
 def test_the_text_backslash_u0000_is_not_a_nul(backend: Any) -> None:
     job = insert(backend, args={"text": "\\u0000 is how JSON escapes NUL"})
     assert backend.get_job(job.id).args == {"text": "\\u0000 is how JSON escapes NUL"}
