@@ -66,6 +66,15 @@ def dumps(value: Any, *, what: str, limit: int | None = None, owner: str = "") -
     return text
 
 
+def dumps_job_field(value: Any, *, what: str, limit: int | None, worker: str) -> str:
+    """`dumps` for a field of a new job: errors name the job's worker. The name is only
+    formatted on error, so inserting many jobs pays nothing for it."""
+    try:
+        return dumps(value, what=what, limit=limit)
+    except SerializationError as exc:
+        raise SerializationError(f"job for {worker!r}: {exc}", path=exc.path) from None
+
+
 def check_size(text: str, *, what: str, limit: int | None, owner: str = "") -> None:
     """Raise SerializationError when JSON `text` is over `limit` bytes of UTF-8."""
     if limit is None or len(text) * 4 <= limit:

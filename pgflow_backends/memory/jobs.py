@@ -26,7 +26,7 @@ from pgflow.records import (
     NewJob,
     RescueReport,
 )
-from pgflow.serialization import dumps, loads
+from pgflow.serialization import dumps, dumps_job_field, loads
 from pgflow.unique import unique_key
 
 
@@ -343,11 +343,10 @@ class JobTable:
             scheduled_at = job.scheduled_at
         else:
             scheduled_at = now + timedelta(seconds=job.schedule_in or 0.0)
-        owner = f"job for {job.worker!r}"
         return _Prepared(
             job=job,
-            args=dumps(job.args, what="args", limit=limit, owner=owner),
-            meta=dumps(job.meta, what="meta", limit=limit, owner=owner),
+            args=dumps_job_field(job.args, what="args", limit=limit, worker=job.worker),
+            meta=dumps_job_field(job.meta, what="meta", limit=limit, worker=job.worker),
             scheduled_at=scheduled_at,
             unique_key=unique_key(job, now),
         )

@@ -44,7 +44,13 @@ from pgflow.schema import (
     jobs,
     runs,
 )
-from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES, check_limit, check_size, dumps
+from pgflow.serialization import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    check_limit,
+    check_size,
+    dumps,
+    dumps_job_field,
+)
 from pgflow.unique import unique_key
 from pgflow_backends.sql.errors import translate
 from pgflow_backends.sql.rows import (
@@ -96,9 +102,11 @@ class PreparedJob:
         self.job = job
         self.queue = job.queue
         self.unique = job.unique
-        owner = f"job for {job.worker!r}"
-        self.args = dumps(job.args, what="args", limit=limit, owner=owner)
-        self.meta = dumps(job.meta, what="meta", limit=limit, owner=owner) if job.meta else "{}"
+        worker = job.worker
+        self.args = dumps_job_field(job.args, what="args", limit=limit, worker=worker)
+        self.meta = (
+            dumps_job_field(job.meta, what="meta", limit=limit, worker=worker) if job.meta else "{}"
+        )
 
     @property
     def params(self) -> dict[str, Any]:
