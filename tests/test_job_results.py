@@ -17,7 +17,7 @@ from pgflow.app import Pgflow
 from pgflow.errors import DefinitionError, JobStateError
 from pgflow.records import Job, JobState
 from pgflow.registry import backend_from_url
-from pgflow.runtime.execution import OutcomeKind, run_job
+from pgflow.runtime.execution import OutcomeKind, execute_job, record_completions, run_job
 from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES
 from pgflow.worker import Worker
 from pgflow_backends.memory import InMemoryBackend
@@ -177,3 +177,36 @@ def test_backend_from_url_passes_options(tmp_path: Any) -> None:
     finally:
         opened.close()
     assert backend_from_url("memory://", max_payload_bytes=7).max_payload_bytes == 7  # type: ignore[attr-defined]
+
+
+class _CompletionSpy:
+    """Records how complete_jobs was called; every ref counts as written."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, Any]] = []
+
+    def complete_jobs(self, refs: Any, results: Any = None) -> list[int]:
+        self.calls.append((len(refs), results))
+        return [ref.id for ref in refs]
+
+
+def test_a_batch_of_none_results_takes_the_plain_completion() -> None:
+    memory = InMemoryBackend()
+    memory.insert_jobs([ReturnsArgs.new({"value": None}), ReturnsArgs.new({"value": None})])
+    outcomes = [execute_job(job) for job in memory.claim_jobs("results", "spy", 2)]
+    spy = _CompletionSpy()
+
+    assert record_completions(spy, outcomes) == 2  # type: ignore[arg-type]
+
+    assert spy.calls == [(2, None)]
+
+
+def test_results_travel_with_their_refs_when_one_is_set() -> None:
+    memory = InMemoryBackend()
+    memory.insert_jobs([ReturnsArgs.new({"value": None}), ReturnsArgs.new({"value": [1]})])
+    outcomes = [execute_job(job) for job in memory.claim_jobs("results", "spy", 2)]
+    spy = _CompletionSpy()
+
+    record_completions(spy, outcomes)  # type: ignore[arg-type]
+
+    assert spy.calls == [(2, [None, "[1]"])]

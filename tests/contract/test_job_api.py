@@ -30,6 +30,16 @@ def test_complete_stores_each_result_with_its_job(backend: Any) -> None:
     }
 
 
+def test_results_survive_quotes_backslashes_and_braces(backend: Any) -> None:
+    insert(backend)
+    job = claim_one(backend)
+    value = {"q": 'say "hi" \\ {a,b} NULL', "list": ["}", "{", ","]}
+
+    backend.complete_jobs([job.ref], [dumps(value, what="result")])
+
+    assert backend.get_job(job.id).result == value
+
+
 def test_a_fenced_completion_stores_no_result(backend: Any) -> None:
     insert(backend)
     job = claim_one(backend)
