@@ -23,6 +23,12 @@ def test_the_default_limit_is_a_few_megabytes(backend: Any) -> None:
     assert backend.max_payload_bytes == DEFAULT_MAX_PAYLOAD_BYTES == 4 * 1024 * 1024
 
 
+def test_the_default_limit_refuses_five_megabytes_of_args(backend: Any) -> None:
+    with pytest.raises(SerializationError, match="over the limit of 4,194,304"):
+        backend.insert_jobs([new(args=big(5 * 1024 * 1024))])
+    assert backend.list_jobs() == []
+
+
 def test_oversized_args_refuse_the_whole_batch(backend: Any) -> None:
     backend.max_payload_bytes = LIMIT
     batch = [new(args={"n": 1}), new(args=big(LIMIT)), new(args={"n": 3})]
