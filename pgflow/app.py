@@ -8,6 +8,7 @@ protocol, so the same app runs on PostgreSQL, SQLite or in memory.
 
 from __future__ import annotations
 
+import enum
 import importlib
 import logging
 import math
@@ -33,6 +34,7 @@ from pgflow.runtime.producer import Producer
 from pgflow.runtime.reconnect import RetryDelay
 from pgflow.runtime.signals import stop_on_signals
 from pgflow.runtime.wakeup import Wakeup
+from pgflow.serialization import check_limit
 
 __all__ = ["AppStatus", "Pgflow", "default_instance_id"]
 
@@ -79,15 +81,30 @@ def _optional_seconds(name: str, value: object) -> float | None:
     return None if value is None else _seconds(name, value)
 
 
-def _open_backend(target: object) -> Backend:
+class _BackendsOwn(enum.Enum):
+    """`max_payload_bytes` not given: the backend's own setting (4 MiB unless set there)."""
+
+    LIMIT = "the backend's own"
+
+
+def _open_backend(target: object, max_payload_bytes: int | _BackendsOwn | None) -> Backend:
+    options: dict[str, Any] = {}
+    if max_payload_bytes is not _BackendsOwn.LIMIT:
+        options["max_payload_bytes"] = check_limit(max_payload_bytes)
     if isinstance(target, Backend):
+        own = getattr(target, "max_payload_bytes", None)
+        if options and options["max_payload_bytes"] != own:
+            raise DefinitionError(
+                f"Pgflow: max_payload_bytes={max_payload_bytes!r} differs from the given "
+                f"backend's ({own!r}); set it on the backend you built, or pass a URL"
+            )
         return target
     from sqlalchemy import Engine
 
     if isinstance(target, (str, Engine)):
         from pgflow.registry import backend_from_url
 
-        return backend_from_url(target)
+        return backend_from_url(target, **options)
     raise DefinitionError(
         "Pgflow needs a database URL, an SQLAlchemy Engine or a backend object, "
         f"got {type(target).__name__}"
@@ -124,6 +141,7 @@ class Pgflow:
         shutdown_timeout: float = 30.0,
         imports: Iterable[str] = (),
         clock: Clock | None = None,
+        max_payload_bytes: int | _BackendsOwn | None = _BackendsOwn.LIMIT,
     ) -> None:
         for module in imports:
             importlib.import_module(module)
@@ -149,7 +167,7 @@ class Pgflow:
         self.cron = parse_cron(cron)
         self.clock = clock or SYSTEM_CLOCK
         self._owns_backend = not isinstance(url_or_engine_or_backend, Backend)
-        self.backend = _open_backend(url_or_engine_or_backend)
+        self.backend = _open_backend(url_or_engine_or_backend, max_payload_bytes)
         self.poll_interval = poll_interval or _default_poll_interval(self.backend)
         self._lock = threading.Lock()
         self._producers: dict[str, Producer] = {}
@@ -202,6 +220,21 @@ class Pgflow:
         if connection is None:
             self._wake({job.queue for job in stored if job.state is JobState.AVAILABLE})
         return stored[0] if single else stored
+
+    def get_job(self, job_id: int) -> Job | None:
+        """The stored job (with `result` once completed), or None."""
+        return self.backend.get_job(job_id)
+
+    def retry(self, job_id: int) -> Job | None:
+        """Run a finished (completed, discarded, cancelled) or waiting job again, now.
+
+        Its attempts and errors are kept; an exhausted job gets one more attempt. Raises
+        JobStateError for an executing job. Returns the job, or None when there is none.
+        """
+        job = self.backend.retry_job(job_id)
+        if job is not None and job.state is JobState.AVAILABLE:
+            self._wake({job.queue})
+        return job
 
     def cancel(self, job_id: int) -> Job | None:
         """Cancel a waiting job now; ask a running one to stop. Returns the job, or None."""

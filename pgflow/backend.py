@@ -117,9 +117,17 @@ class JobQueue(Protocol):
         executing, attempt + 1, attempted_at = now, reserved_by = instance_id."""
         ...
 
-    def complete_jobs(self, refs: Sequence[JobRef]) -> list[int]:
+    def complete_jobs(
+        self, refs: Sequence[JobRef], results: Sequence[str | None] | None = None
+    ) -> list[int]:
         """Mark jobs completed; return the ids actually changed. A ref whose attempt no
-        longer holds the job (rescued, re-claimed, cancelled) changes nothing."""
+        longer holds the job (rescued, re-claimed, cancelled) changes nothing.
+
+        `results`, when given, pairs each ref with what its perform returned as JSON text
+        (`pgflow.serialization.dumps`, already checked), or None, stored as `Job.result`;
+        None for the whole batch (the common case) stores no result at all. A result over
+        `max_payload_bytes` raises SerializationError, with nothing written.
+        """
         ...
 
     def fail_job(
@@ -150,6 +158,20 @@ class JobQueue(Protocol):
 
     def get_job(self, job_id: int) -> Job | None:
         """The job, or None."""
+        ...
+
+    def retry_job(self, job_id: int) -> Job | None:
+        """Make a finished (completed, discarded, cancelled) or waiting job available now,
+        keeping its attempts and errors: an exhausted job gets one more attempt
+        (max_attempts = attempt + 1); its result and completion time are cleared. An
+        available job is returned unchanged; an executing one raises JobStateError.
+        Returns the job, or None when there is no such job."""
+        ...
+
+    def list_executing(self, queue: str, instance_id: str) -> list[Job]:
+        """The jobs of `queue` executing under `instance_id`, in id order, without their
+        JSON payloads (args, meta, errors and result are left empty): a narrow read for
+        the runtime's bookkeeping."""
         ...
 
     def list_jobs(

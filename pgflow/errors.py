@@ -28,6 +28,10 @@ class SerializationError(PgflowError, TypeError):
         self.path = path
 
 
+class JobStateError(PgflowError, ValueError):
+    """An operation a job's current state does not allow, e.g. retrying an executing job."""
+
+
 class WorkflowError(PgflowError):
     """A workflow run failed; `workflow_id` identifies the run in logs and in the backend."""
 

@@ -76,8 +76,9 @@ class UniqueSpec:
     """Makes an insert return the existing job instead of adding a duplicate.
 
     Two jobs are duplicates when worker, queue and the chosen `keys` of args (all args when
-    None) are equal and they fall in the same `period` (seconds; None means forever). With
-    `while_unfinished`, the key is released once the job completes, is discarded or cancelled.
+    None) are equal and they fall in the same `period` (seconds; None: as long as the first
+    job exists, finished or not, i.e. until it is pruned). With `while_unfinished`, the key
+    is released once the job completes, is discarded or cancelled.
     `scope` adds an explicit discriminator (an idempotency key, a cron slot) that is not an arg.
     """
 

@@ -124,23 +124,29 @@ def _scheme(url: str) -> str:
         ) from None
 
 
-def backend_from_url(url_or_engine: str | Engine | Backend) -> Backend:
+def backend_from_url(url_or_engine: str | Engine | Backend, **options: Any) -> Backend:
     """Open the backend a URL names, or wrap an existing SQLAlchemy Engine (its own pool).
 
-    Raises BackendError, naming the URL with its password masked, for an unknown scheme, a
-    missing driver or an unreachable database.
+    `options` (e.g. `max_payload_bytes=`) go to the backend's constructor; a backend object
+    is returned as it is, so it takes none. Raises BackendError, naming the URL with its
+    password masked, for an unknown scheme, a missing driver or an unreachable database.
     """
     from sqlalchemy import Engine
 
     if isinstance(url_or_engine, Engine):
         scheme = url_or_engine.dialect.name
         factory = _factory(scheme, url_or_engine.url.render_as_string(hide_password=True))
-        backend: Backend = factory(url_or_engine)
+        backend: Backend = factory(url_or_engine, **options)
         return backend
     if not isinstance(url_or_engine, str):
         from pgflow.backend import Backend as BackendProtocol
 
         if isinstance(url_or_engine, BackendProtocol):
+            if options:
+                raise TypeError(
+                    f"backend_from_url: options {sorted(options)} apply when opening a URL; "
+                    "pass them to the backend's constructor instead"
+                )
             return url_or_engine
         raise TypeError(
             "backend_from_url takes a URL string, an SQLAlchemy Engine or a backend, "
@@ -149,7 +155,7 @@ def backend_from_url(url_or_engine: str | Engine | Backend) -> Backend:
     url = url_or_engine
     factory = _factory(_scheme(url), _mask(url))
     try:
-        opened: Backend = factory.from_url(url)
+        opened: Backend = factory.from_url(url, **options)
     except ImportError as exc:
         hint = _DRIVER_HINTS.get((exc.name or "").split(".")[0], str(exc))
         raise BackendError(f"{_mask(url)}: {hint}") from None

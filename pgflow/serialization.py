@@ -1,26 +1,111 @@
-"""JSON, and only JSON, for everything stored: job args, run inputs, step outputs, errors."""
+"""JSON, and only JSON, for everything stored: job args, run inputs, step outputs, errors.
+
+Every stored value passes through `dumps`, so the rules all backends share live here: JSON
+only, no NUL character (PostgreSQL's JSONB cannot hold one), and a size limit.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
-from pgflow.errors import SerializationError
+from pgflow.errors import DefinitionError, SerializationError
+
+#: The default `max_payload_bytes`: 4 MiB of JSON per stored value. Large enough for any
+#: reasonable argument list or result, small enough that a claim of a batch of jobs, or a
+#: run's history, stays a modest read; bigger data belongs in object storage, passed by key.
+DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+#: How the encoder writes a NUL character (it always escapes control characters).
+_ESCAPED_NUL = "\\u0000"
 
 
-def dumps(value: Any, *, what: str) -> str:
-    """Encode `value` as JSON text, or raise SerializationError naming `what` and the key."""
+def dumps(value: Any, *, what: str, limit: int | None = None, owner: str = "") -> str:
+    """Encode `value` as JSON text, or raise SerializationError naming `what` and the key.
+
+    `limit` bounds the UTF-8 size of the text (None: no bound); `owner` ("job for 'w'")
+    prefixes messages so the error names the thing at fault. Text no database can store
+    (NUL, lone surrogates) is refused too. The extra checks are cheap on text already
+    produced: a substring test, an O(1) isascii() and a length; only non-ASCII text is
+    encoded to count its bytes.
+    """
     try:
-        return _encoder.encode(value)
+        text = _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         path, culprit = find_unserialisable(value)
         where = f"{what}{path}" if path else what
         raise SerializationError(
-            f"{where} is not JSON-serialisable: {culprit} ({exc})", path=where
+            f"{_prefix(owner)}{where} is not JSON-serialisable: {culprit} ({exc})", path=where
         ) from None
+    if _ESCAPED_NUL in text:  # may be a literal backslash-u text, hence the exact search
+        nul_at = find_string(value, _has_nul)
+        if nul_at is not None:
+            where = f"{what}{nul_at}"
+            raise SerializationError(
+                f"{_prefix(owner)}{where} holds a NUL character (\\u0000), which PostgreSQL "
+                "cannot store; remove it or encode the value (e.g. base64)",
+                path=where,
+            )
+    if not text.isascii():  # isascii() is O(1); only other text needs the UTF-8 check
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            where = f"{what}{find_string(value, _has_lone_surrogate) or ''}"
+            raise SerializationError(
+                f"{_prefix(owner)}{where} holds a lone surrogate character, which is not "
+                "valid Unicode text and cannot be stored",
+                path=where,
+            ) from None
+        if limit is not None and size > limit:
+            _too_large(size, what=what, limit=limit, owner=owner)
+    elif limit is not None and len(text) > limit:
+        _too_large(len(text), what=what, limit=limit, owner=owner)
+    return text
+
+
+def dumps_job_field(value: Any, *, what: str, limit: int | None, worker: str) -> str:
+    """`dumps` for a field of a new job: errors name the job's worker. The name is only
+    formatted on error, so inserting many jobs pays nothing for it."""
+    try:
+        return dumps(value, what=what, limit=limit)
+    except SerializationError as exc:
+        raise SerializationError(f"job for {worker!r}: {exc}", path=exc.path) from None
+
+
+def check_size(text: str, *, what: str, limit: int | None, owner: str = "") -> None:
+    """Raise SerializationError when JSON `text` is over `limit` bytes of UTF-8."""
+    if limit is None or len(text) * 4 <= limit:
+        return
+    size = len(text) if len(text) > limit else len(text.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        _too_large(size, what=what, limit=limit, owner=owner)
+
+
+def _too_large(size: int, *, what: str, limit: int, owner: str) -> NoReturn:
+    raise SerializationError(
+        f"{_prefix(owner)}{what} is {size:,} bytes of JSON, over the limit of {limit:,} "
+        "(max_payload_bytes); store large data elsewhere and pass a reference",
+        path=what,
+    )
+
+
+def check_limit(limit: object) -> int | None:
+    """A valid `max_payload_bytes` (a positive int, or None for no limit), else
+    DefinitionError."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise DefinitionError(
+            f"max_payload_bytes must be a positive integer or None, got {limit!r}"
+        )
+    return limit
+
+
+def _prefix(owner: str) -> str:
+    return f"{owner}: " if owner else ""
 
 
 def loads(text: str | bytes | None) -> Any:
@@ -31,6 +116,37 @@ def loads(text: str | bytes | None) -> Any:
 def roundtrip(value: Any, *, what: str) -> Any:
     """The value as it will come back from storage: validates and deep-copies in one go."""
     return json.loads(dumps(value, what=what))
+
+
+def _has_nul(text: str) -> bool:
+    return "\0" in text
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def find_string(value: Any, bad: Callable[[str], bool], path: str = "") -> str | None:
+    """The path of the first string (value or key) for which `bad` is true, or None."""
+    if isinstance(value, str):
+        return path if bad(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and bad(key):
+                return f"{path}[{key!r}]"
+            found = find_string(item, bad, f"{path}[{key!r}]")
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = find_string(item, bad, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def find_unserialisable(value: Any, path: str = "") -> tuple[str, str]:

@@ -25,6 +25,7 @@ from pgflow.backend import JobListener
 from pgflow.errors import BackendError
 from pgflow.identifiers import validate_instance_id
 from pgflow.records import Job, JobRef, JobState
+from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES
 from pgflow_backends.sql.base import PreparedJob, SQLBackend
 from pgflow_backends.sql.driver import DriverConnections
 from pgflow_backends.sql.errors import translate
@@ -192,6 +193,33 @@ _COMPLETE = """
 """
 
 
+# The same with results: only for batches where some perform returned a value.
+_COMPLETE_WITH_RESULTS = """
+    UPDATE pgflow_jobs AS j
+    SET state = 'completed', completed_at = now(),
+        unique_key = CASE WHEN j.unique_release THEN NULL ELSE j.unique_key END,
+        result = CAST(r.result AS JSONB)
+    FROM unnest(CAST(%(ids)s AS BIGINT[]), CAST(%(attempts)s AS INTEGER[]),
+                CAST(%(claimed)s AS TIMESTAMPTZ[]), CAST(%(results)s AS TEXT[]))
+         AS r(id, attempt, claimed_at, result)
+    WHERE j.id = r.id AND j.attempt = r.attempt AND (j.state = 'executing') IS TRUE
+      AND (r.claimed_at IS NULL OR j.attempted_at = r.claimed_at)
+    RETURNING j.id
+"""
+
+
+def _nullable_text_array(values: Sequence[str | None]) -> str:
+    """A PostgreSQL array literal of quoted strings, None as NULL."""
+    return (
+        "{"
+        + ",".join(
+            "NULL" if value is None else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for value in values
+        )
+        + "}"
+    )
+
+
 def _complete_params(refs: Sequence[JobRef]) -> dict[str, Any]:
     # Jobs claimed together share their claim time: format each distinct time once.
     texts: dict[datetime, str] = {}
@@ -250,7 +278,11 @@ class PostgresBackend(SQLBackend):
     """
 
     def __init__(
-        self, url_or_engine: str | URL | Engine, *, sync_run_commits: bool = False
+        self,
+        url_or_engine: str | URL | Engine,
+        *,
+        sync_run_commits: bool = False,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         if isinstance(url_or_engine, Engine):
             engine, owns = url_or_engine, False
@@ -264,7 +296,9 @@ class PostgresBackend(SQLBackend):
             if url.get_backend_name() != "postgresql":
                 raise BackendError(f"PostgresBackend needs a postgresql:// URL, not {mask(url)}")
             engine, owns = _create_engine(url), True
-        super().__init__(engine, url=mask(engine.url), owns_engine=owns)
+        super().__init__(
+            engine, url=mask(engine.url), owns_engine=owns, max_payload_bytes=max_payload_bytes
+        )
         self._sync_run_commits = sync_run_commits
         self._connections = DriverConnections(engine, self.url, self._check_open)
         compiled = self._s.claim.compile(dialect=engine.dialect)
@@ -279,9 +313,11 @@ class PostgresBackend(SQLBackend):
             raise
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresBackend:
+    def from_url(
+        cls, url: str, *, max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES
+    ) -> PostgresBackend:
         """Open `url` (the registry's entry point)."""
-        return cls(url)
+        return cls(url, max_payload_bytes=max_payload_bytes)
 
     def _announce(self, connection: Connection, queues: set[str], *, own: bool) -> None:
         # NOTIFY is transactional: delivered on commit, dropped on rollback.
@@ -373,13 +409,27 @@ class PostgresBackend(SQLBackend):
         claimed.sort(key=_claim_order)
         return claimed
 
-    def complete_jobs(self, refs: Sequence[JobRef]) -> list[int]:
-        """As SQLBackend.complete_jobs, at the driver level (one autocommit round trip)."""
+    def complete_jobs(
+        self, refs: Sequence[JobRef], results: Sequence[str | None] | None = None
+    ) -> list[int]:
+        """As SQLBackend.complete_jobs, at the driver level (one autocommit round trip);
+        a batch without results keeps the statement that writes none."""
         if not refs:
             return []
+        checked = self._checked_results(refs, results)
         params = _complete_params(refs)
+        statement = _COMPLETE
+        if checked is not None:
+            params["results"] = _nullable_text_array(checked)
+            statement = _COMPLETE_WITH_RESULTS
         with self._driver() as conn:
-            return sorted(row[0] for row in conn.execute(_COMPLETE, params).fetchall())
+            return sorted(row[0] for row in conn.execute(statement, params).fetchall())
+
+    def _complete_with_results(
+        self, connection: Connection, refs: Sequence[JobRef], results: Sequence[str | None]
+    ) -> list[int]:
+        params = dict(_complete_params(refs), results=_nullable_text_array(results))
+        return sorted(row[0] for row in connection.exec_driver_sql(_COMPLETE_WITH_RESULTS, params))
 
     def _complete(self, connection: Connection, refs: Sequence[JobRef]) -> list[int]:
         params = _complete_params(refs)

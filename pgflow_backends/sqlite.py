@@ -27,6 +27,7 @@ from sqlalchemy.pool import StaticPool
 
 from pgflow.backend import JobListener
 from pgflow.errors import BackendError
+from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES
 from pgflow_backends.sql.base import SQLBackend
 from pgflow_backends.sql.errors import translate
 from pgflow_backends.sql.urls import mask, parse
@@ -156,7 +157,12 @@ class SQLiteBackend(SQLBackend):
     engine's configuration alone and starts its own transactions with BEGIN IMMEDIATE.
     """
 
-    def __init__(self, url_or_engine: str | URL | Engine = "sqlite://") -> None:
+    def __init__(
+        self,
+        url_or_engine: str | URL | Engine = "sqlite://",
+        *,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
         if isinstance(url_or_engine, Engine):
             engine, owns = url_or_engine, False
             if engine.dialect.name != "sqlite":
@@ -176,7 +182,9 @@ class SQLiteBackend(SQLBackend):
                 options["poolclass"] = StaticPool
             engine, owns = create_engine(url, **options), True
             _configure(engine, in_memory=in_memory)
-        super().__init__(engine, url=mask(engine.url), owns_engine=owns)
+        super().__init__(
+            engine, url=mask(engine.url), owns_engine=owns, max_payload_bytes=max_payload_bytes
+        )
         self._owns_config = owns
         self._in_memory = _database_key(engine.url) is None
         self._single_engine = engine.execution_options(**{_SINGLE_STATEMENT: True})
@@ -191,9 +199,11 @@ class SQLiteBackend(SQLBackend):
             raise
 
     @classmethod
-    def from_url(cls, url: str) -> SQLiteBackend:
+    def from_url(
+        cls, url: str, *, max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES
+    ) -> SQLiteBackend:
         """Open `url` (the registry's entry point)."""
-        return cls(url)
+        return cls(url, max_payload_bytes=max_payload_bytes)
 
     def _guard(self) -> contextlib.AbstractContextManager[object]:
         return self._hub.lock

@@ -22,8 +22,9 @@ import attrs
 from pgflow.abandoned import ABANDONED
 from pgflow.cancellation import CancelFlag
 from pgflow.clock import SYSTEM_CLOCK, Clock
-from pgflow.errors import Discard, PgflowError, Snooze, StepFailed
+from pgflow.errors import Discard, PgflowError, SerializationError, Snooze, StepFailed
 from pgflow.records import Job, JobError, JobRef, JobState
+from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES, dumps
 from pgflow.worker import CURRENT_BACKEND, Worker, backoff_delay, resolve_worker
 
 if TYPE_CHECKING:
@@ -70,6 +71,8 @@ class Outcome:
     exception: BaseException | None = attrs.field(default=None, eq=False)
     retry_in: float | None = None
     snooze: float | None = None
+    #: `value` as JSON text, stored as Job.result; None when perform returned None.
+    result: str | None = None
     recorded: bool = False
     fenced: bool = False
 
@@ -219,8 +222,20 @@ class _Run:
         self.clock = clock
         self.control = control
 
-    def completed(self, value: Any) -> Outcome:
-        return Outcome(self.job, OutcomeKind.COMPLETED, value=value)
+    def completed(
+        self, value: Any, worker_cls: type[Worker] | None = None, backend: Any = None
+    ) -> Outcome:
+        """Completed, with what perform returned encoded for `Job.result`; a value that
+        is not JSON or is over the backend's size limit fails the attempt instead."""
+        if value is None:  # most jobs: nothing to encode or store
+            return Outcome(self.job, OutcomeKind.COMPLETED)
+        limit = getattr(backend, "max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES)
+        owner = f"job {self.job.id} ({self.job.worker})"
+        try:
+            result = dumps(value, what="result", limit=limit, owner=owner)
+        except SerializationError as exc:
+            return self.failed(exc, worker_cls)
+        return Outcome(self.job, OutcomeKind.COMPLETED, value=value, result=result)
 
     def failed(
         self, exc: BaseException, worker_cls: type[Worker] | None, *, honour_cancel: bool = True
@@ -321,7 +336,7 @@ def _call_sync(run: _Run, worker_cls: type[Worker], backend: Backend | None) -> 
         return run.failed(exc, worker_cls)
     finally:
         CURRENT_BACKEND.reset(token)
-    return run.completed(value)
+    return run.completed(value, worker_cls, backend)
 
 
 def _run_coroutine(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -398,7 +413,7 @@ async def execute_job_async(
         raise  # our caller was cancelled (shutdown), not the job
     except (Exception, SystemExit) as exc:
         return run.failed(exc, worker_cls)
-    return run.completed(value)
+    return run.completed(value, worker_cls, backend)
 
 
 def record_outcomes(
@@ -413,7 +428,7 @@ def record_outcomes(
     done: list[Outcome] = []
     completions = [o for o in outcomes if o.kind is OutcomeKind.COMPLETED]
     if completions:
-        changed = set(backend.complete_jobs([o.job.ref for o in completions]))
+        changed = set(_complete(backend, completions))
         for outcome in completions:
             done.append(attrs.evolve(outcome, recorded=True, fenced=outcome.job.id not in changed))
     for outcome in outcomes:
@@ -443,13 +458,22 @@ def record_completions(
     """`record_outcomes` for a batch of completions, when the caller needs no outcomes back
     (the producer): one write, and only fenced ones logged above DEBUG. Returns how many
     were written (not fenced)."""
-    changed = set(backend.complete_jobs([o.job.ref for o in completions]))
+    changed = set(_complete(backend, completions))
     debug = logger.isEnabledFor(logging.DEBUG)
     for outcome in completions:
         fenced = outcome.job.id not in changed
         if fenced or debug:
             _log_outcome(attrs.evolve(outcome, recorded=True, fenced=fenced), instance_id)
     return len(changed)
+
+
+def _complete(backend: JobQueue, completions: Sequence[Outcome]) -> list[int]:
+    """One batched write; results travel only when some perform returned a value."""
+    refs = [o.job.ref for o in completions]
+    for outcome in completions:
+        if outcome.result is not None:
+            return backend.complete_jobs(refs, [o.result for o in completions])
+    return backend.complete_jobs(refs)
 
 
 def _log_outcome(outcome: Outcome, instance_id: str | None) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from pgflow.clock import Clock
-from pgflow.records import Job, JobError, JobState
+from pgflow.records import Job, JobError
 from pgflow.runtime.execution import (
     JobControl,
     Outcome,
@@ -287,9 +287,7 @@ class Producer:
         # longer executing in the listing that follows.
         with self._lock:
             known = set(self._running) | {outcome.job.id for outcome in self._finished}
-        executing = self.backend.list_jobs(
-            queue=self.queue, state=JobState.EXECUTING, limit=1_000_000
-        )
+        executing = self.backend.list_executing(self.queue, self.instance_id)
         for job in executing:
             if job.reserved_by != self.instance_id or job.id in known:
                 continue

@@ -31,7 +31,7 @@ from pgflow.records import (
     StepRecord,
     final_run_state,
 )
-from pgflow.serialization import dumps
+from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES, check_limit, check_size, dumps
 from pgflow_backends.memory.cluster import InstanceTable
 from pgflow_backends.memory.jobs import JobTable
 from pgflow_backends.memory.listener import ListenerHub
@@ -47,8 +47,15 @@ class InMemoryBackend:
 
     url = "memory://"
 
-    def __init__(self, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
         self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        #: The largest JSON value written, in bytes (None: no limit), as in SQL backends.
+        self.max_payload_bytes = check_limit(max_payload_bytes)
         self._lock = threading.Lock()
         self._hub = ListenerHub(threading.Condition(self._lock))
         self._jobs = JobTable()
@@ -57,12 +64,18 @@ class InMemoryBackend:
         self._closed = False
 
     @classmethod
-    def from_url(cls, url: str, *, clock: Clock | None = None) -> InMemoryBackend:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> InMemoryBackend:
         """Open "memory://" (the registry's entry point); any other URL is a BackendError."""
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme != "memory" or parts.netloc or parts.path or parts.query:
             raise BackendError(f"InMemoryBackend takes the URL 'memory://', not {url!r}")
-        return cls(clock=clock)
+        return cls(clock=clock, max_payload_bytes=max_payload_bytes)
 
     def __repr__(self) -> str:
         return f"InMemoryBackend(clock={self.clock!r})"
@@ -97,7 +110,9 @@ class InMemoryBackend:
         max_attempts: int,
         job_id: int | None = None,
     ) -> RunRecord:
-        encoded = dumps(input, what="input")
+        encoded = dumps(
+            input, what="input", limit=self.max_payload_bytes, owner=f"run {workflow_id!r}"
+        )
         with self._lock:
             self._check_open()
             return self._runs.start(
@@ -115,8 +130,13 @@ class InMemoryBackend:
             self._runs.start_attempt(workflow_id, attempt)
 
     def record_step(self, step: StepRecord) -> bool:
-        output = dumps(step.output, what="output")
-        error = None if step.error is None else dumps(step.error, what="error")
+        limit, owner = self.max_payload_bytes, f"step {step.step!r} of run {step.workflow_id!r}"
+        output = dumps(step.output, what="output", limit=limit, owner=owner)
+        error = (
+            None
+            if step.error is None
+            else dumps(step.error, what="error", limit=limit, owner=owner)
+        )
         with self._lock:
             self._check_open()
             return self._runs.record_step(step, output, error)
@@ -131,8 +151,11 @@ class InMemoryBackend:
         error: dict[str, Any] | None = None,
     ) -> bool:
         state = final_run_state(state)
-        encoded_output = dumps(output, what="output")
-        encoded_error = None if error is None else dumps(error, what="error")
+        limit, owner = self.max_payload_bytes, f"run {workflow_id!r}"
+        encoded_output = dumps(output, what="output", limit=limit, owner=owner)
+        encoded_error = (
+            None if error is None else dumps(error, what="error", limit=limit, owner=owner)
+        )
         with self._lock:
             self._check_open()
             return self._runs.finish(
@@ -166,7 +189,7 @@ class InMemoryBackend:
             )
         with self._lock:
             self._check_open()
-            stored, woken = self._jobs.insert(jobs, self._now())
+            stored, woken = self._jobs.insert(jobs, self._now(), self.max_payload_bytes)
             self._hub.announce(woken)
             return stored
 
@@ -175,17 +198,28 @@ class InMemoryBackend:
             self._check_open()
             return self._jobs.claim(queue, instance_id, limit, self._now())
 
-    def complete_jobs(self, refs: Sequence[JobRef]) -> list[int]:
+    def complete_jobs(
+        self, refs: Sequence[JobRef], results: Sequence[str | None] | None = None
+    ) -> list[int]:
+        if results is not None:
+            if len(results) != len(refs):
+                raise ValueError(f"{len(refs)} refs but {len(results)} results")
+            for ref, result in zip(refs, results, strict=True):
+                if result is not None:
+                    check_size(
+                        result, what="result", limit=self.max_payload_bytes, owner=f"job {ref.id}"
+                    )
         with self._lock:
             self._check_open()
-            return self._jobs.complete(refs, self._now())
+            return self._jobs.complete(refs, self._now(), results)
 
     def fail_job(
         self, ref: JobRef, error: dict[str, Any], *, retry_in: float | None
     ) -> JobState | None:
+        encoded = dumps(error, what="error", limit=self.max_payload_bytes, owner=f"job {ref.id}")
         with self._lock:
             self._check_open()
-            return self._jobs.fail(ref, error, retry_in, self._now())
+            return self._jobs.fail(ref, encoded, retry_in, self._now())
 
     def snooze_job(self, ref: JobRef, seconds: float) -> bool:
         with self._lock:
@@ -219,6 +253,18 @@ class InMemoryBackend:
         with self._lock:
             self._check_open()
             return self._jobs.get(job_id)
+
+    def retry_job(self, job_id: int) -> Job | None:
+        with self._lock:
+            self._check_open()
+            job, woken = self._jobs.retry(job_id, self._now())
+            self._hub.announce(woken)
+            return job
+
+    def list_executing(self, queue: str, instance_id: str) -> list[Job]:
+        with self._lock:
+            self._check_open()
+            return self._jobs.executing(queue, instance_id)
 
     def list_jobs(
         self,

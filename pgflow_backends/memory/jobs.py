@@ -10,11 +10,10 @@ import heapq
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 import attrs
 
-from pgflow.errors import DefinitionError
+from pgflow.errors import DefinitionError, JobStateError
 from pgflow.identifiers import validate_queue, validate_worker_name
 from pgflow.records import (
     FINISHED_STATES,
@@ -27,7 +26,7 @@ from pgflow.records import (
     NewJob,
     RescueReport,
 )
-from pgflow.serialization import dumps, loads
+from pgflow.serialization import dumps, dumps_job_field, loads
 from pgflow.unique import unique_key
 
 
@@ -52,6 +51,7 @@ class _Row:
     completed_at: datetime | None = None
     reserved_by: str | None = None
     errors: list[str] = attrs.Factory(list)
+    result: str | None = None
 
     def to_job(self, *, conflict: bool = False) -> Job:
         return Job(
@@ -72,6 +72,27 @@ class _Row:
             meta=loads(self.meta),
             unique_key=self.unique_key,
             conflict=conflict,
+            result=loads(self.result),
+        )
+
+    def summary(self) -> Job:
+        """The job without its JSON payloads (args, meta, errors, result): what a narrow
+        query reads."""
+        return Job(
+            id=self.id,
+            queue=self.queue,
+            worker=self.worker,
+            args={},
+            state=self.state,
+            priority=self.priority,
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            scheduled_at=self.scheduled_at,
+            inserted_at=self.inserted_at,
+            attempted_at=self.attempted_at,
+            completed_at=self.completed_at,
+            reserved_by=self.reserved_by,
+            unique_key=self.unique_key,
         )
 
     def claim_order(self) -> tuple[int, datetime, int]:
@@ -103,9 +124,11 @@ class JobTable:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def insert(self, jobs: Sequence[NewJob], now: datetime) -> tuple[list[Job], set[str]]:
+    def insert(
+        self, jobs: Sequence[NewJob], now: datetime, limit: int | None
+    ) -> tuple[list[Job], set[str]]:
         """Insert all or none; return the stored jobs and the queues that gained available ones."""
-        prepared = [self._prepare(job, now) for job in jobs]  # may raise: nothing written yet
+        prepared = [self._prepare(job, now, limit) for job in jobs]  # may raise: none written
         stored: list[Job] = []
         woken: set[str] = set()
         for item in prepared:
@@ -133,19 +156,53 @@ class JobTable:
             row.reserved_by = instance_id
         return [row.to_job() for row in chosen]
 
-    def complete(self, refs: Iterable[JobRef], now: datetime) -> list[int]:
+    def complete(
+        self, refs: Sequence[JobRef], now: datetime, results: Sequence[str | None] | None = None
+    ) -> list[int]:
         done: list[int] = []
-        for ref in refs:
+        for index, ref in enumerate(refs):
             row = self._holding(ref)
             if row is not None:
                 self._finish(row, JobState.COMPLETED, now)
+                row.result = None if results is None else results[index]
                 done.append(row.id)
         return done
 
+    def retry(self, job_id: int, now: datetime) -> tuple[Job | None, set[str]]:
+        """Make a finished or waiting job available now (see JobQueue.retry_job)."""
+        row = self.rows.get(job_id)
+        if row is None:
+            return None, set()
+        if row.state is JobState.EXECUTING:
+            raise JobStateError(
+                f"job {job_id} is executing; it can be retried once it has finished "
+                "(cancel it first to stop it)"
+            )
+        if row.state is JobState.AVAILABLE:
+            return row.to_job(), set()
+        meta = loads(row.meta)
+        if meta.pop("cancel_requested", None) is not None:
+            row.meta = dumps(meta, what="meta")
+        row.max_attempts = max(row.max_attempts, row.attempt + 1)
+        row.completed_at = None
+        row.result = None
+        row.scheduled_at = now
+        self._move(row, JobState.AVAILABLE)
+        return row.to_job(), {row.queue}
+
+    def executing(self, queue: str, instance_id: str) -> list[Job]:
+        return [
+            row.summary()
+            for row in self.rows.values()
+            if row.state is JobState.EXECUTING
+            and row.queue == queue
+            and row.reserved_by == instance_id
+        ]
+
     def fail(
-        self, ref: JobRef, error: dict[str, Any], retry_in: float | None, now: datetime
+        self, ref: JobRef, encoded: str, retry_in: float | None, now: datetime
     ) -> JobState | None:
-        encoded = dumps(error, what="error")
+        """Record a failed attempt whose error is already encoded (JSON text)."""
         row = self._holding(ref)
         if row is None:
             return None
@@ -275,7 +332,7 @@ class JobTable:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _prepare(self, job: NewJob, now: datetime) -> _Prepared:
+    def _prepare(self, job: NewJob, now: datetime, limit: int | None) -> _Prepared:
         validate_queue(job.queue)
         validate_worker_name(job.worker)
         if job.scheduled_at is not None and job.schedule_in is not None:
@@ -288,8 +345,8 @@ class JobTable:
             scheduled_at = now + timedelta(seconds=job.schedule_in or 0.0)
         return _Prepared(
             job=job,
-            args=dumps(job.args, what="args"),
-            meta=dumps(job.meta, what="meta"),
+            args=dumps_job_field(job.args, what="args", limit=limit, worker=job.worker),
+            meta=dumps_job_field(job.meta, what="meta", limit=limit, worker=job.worker),
             scheduled_at=scheduled_at,
             unique_key=unique_key(job, now),
         )

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from pgflow.backend import JobListener
-from pgflow.errors import BackendError, DefinitionError
+from pgflow.errors import BackendError, DefinitionError, JobStateError
 from pgflow.identifiers import validate_instance_id, validate_queue, validate_worker_name
 from pgflow.records import (
     Instance,
@@ -44,7 +44,13 @@ from pgflow.schema import (
     jobs,
     runs,
 )
-from pgflow.serialization import dumps
+from pgflow.serialization import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    check_limit,
+    check_size,
+    dumps,
+    dumps_job_field,
+)
 from pgflow.unique import unique_key
 from pgflow_backends.sql.errors import translate
 from pgflow_backends.sql.rows import (
@@ -52,6 +58,7 @@ from pgflow_backends.sql.rows import (
     RUN_COLUMNS,
     instance_from_row,
     job_from_row,
+    job_summary_from_row,
     run_from_row,
     step_from_row,
 )
@@ -71,7 +78,7 @@ class PreparedJob:
 
     __slots__ = ("args", "job", "meta", "queue", "unique")
 
-    def __init__(self, job: NewJob) -> None:
+    def __init__(self, job: NewJob, limit: int | None = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
         names = (job.queue, job.worker)
         if names not in _VALID_NAMES:  # a batch repeats the same few names
             validate_queue(job.queue)
@@ -95,8 +102,11 @@ class PreparedJob:
         self.job = job
         self.queue = job.queue
         self.unique = job.unique
-        self.args = dumps(job.args, what="args")
-        self.meta = dumps(job.meta, what="meta") if job.meta else "{}"
+        worker = job.worker
+        self.args = dumps_job_field(job.args, what="args", limit=limit, worker=worker)
+        self.meta = (
+            dumps_job_field(job.meta, what="meta", limit=limit, worker=worker) if job.meta else "{}"
+        )
 
     @property
     def params(self) -> dict[str, Any]:
@@ -116,8 +126,8 @@ class PreparedJob:
         }
 
 
-def _encode_optional(value: Any, what: str) -> str | None:
-    return None if value is None else dumps(value, what=what)
+def _encode_optional(value: Any, what: str, limit: int | None, owner: str) -> str | None:
+    return None if value is None else dumps(value, what=what, limit=limit, owner=owner)
 
 
 class SQLBackend:
@@ -126,7 +136,17 @@ class SQLBackend:
     #: The URL it was opened with, password masked.
     url: str
 
-    def __init__(self, engine: Engine, *, url: str, owns_engine: bool) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        url: str,
+        owns_engine: bool,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        #: The largest JSON value (args, meta, result, input, output, error) written, in
+        #: bytes; None for no limit. Checked before anything is written.
+        self.max_payload_bytes = check_limit(max_payload_bytes)
         self.engine = engine
         self.url = url
         self._owns_engine = owns_engine
@@ -280,7 +300,9 @@ class SQLBackend:
             "p_workflow_id": workflow_id,
             "p_workflow": workflow,
             "p_max_attempts": max_attempts,
-            "p_input": dumps(input, what="input"),
+            "p_input": dumps(
+                input, what="input", limit=self.max_payload_bytes, owner=f"run {workflow_id!r}"
+            ),
             "p_job_id": job_id,
         }
         with self._run_write() as connection:
@@ -296,14 +318,15 @@ class SQLBackend:
             )
 
     def record_step(self, step: StepRecord) -> bool:
+        limit, owner = self.max_payload_bytes, f"step {step.step!r} of run {step.workflow_id!r}"
         params = {
             "p_workflow_id": step.workflow_id,
             "p_step": step.step,
             "p_idx": step.index,
             "p_attempt": step.attempt,
             "p_outcome": step.outcome.value,
-            "p_output": dumps(step.output, what="output"),
-            "p_error": _encode_optional(step.error, "error"),
+            "p_output": dumps(step.output, what="output", limit=limit, owner=owner),
+            "p_error": _encode_optional(step.error, "error", limit, owner),
             "p_started_at": step.started_at,
             "p_duration": float(step.duration),
         }
@@ -320,12 +343,13 @@ class SQLBackend:
         error: dict[str, Any] | None = None,
     ) -> bool:
         state = final_run_state(state)
+        limit, owner = self.max_payload_bytes, f"run {workflow_id!r}"
         params = {
             "p_workflow_id": workflow_id,
             "p_attempt": attempt,
             "p_state": state.value,
-            "p_output": dumps(output, what="output"),
-            "p_error": _encode_optional(error, "error"),
+            "p_output": dumps(output, what="output", limit=limit, owner=owner),
+            "p_error": _encode_optional(error, "error", limit, owner),
         }
         with self._run_write() as connection:
             return connection.execute(self._s.finish_run, params).rowcount == 1
@@ -359,7 +383,8 @@ class SQLBackend:
         """Insert all or none, in input order; with `connection`, inside the caller's
         transaction (not committed here). Unique jobs use INSERT ... ON CONFLICT DO NOTHING,
         then read the holder of the key: race-free, and never lost to a rolled-back rival."""
-        prepared = [PreparedJob(job) for job in jobs]  # validates and encodes: may raise
+        limit = self.max_payload_bytes
+        prepared = [PreparedJob(job, limit) for job in jobs]  # validates and encodes: may raise
         if not prepared:
             return []
         fast = self._insert_prepared(prepared, connection)
@@ -431,11 +456,54 @@ class SQLBackend:
         claimed.sort(key=lambda job: (-job.priority, job.scheduled_at, job.id))
         return claimed
 
-    def complete_jobs(self, refs: Sequence[JobRef]) -> list[int]:
+    def complete_jobs(
+        self, refs: Sequence[JobRef], results: Sequence[str | None] | None = None
+    ) -> list[int]:
         if not refs:
             return []
-        with self._single() as connection:
-            return self._complete(connection, refs)
+        results = self._checked_results(refs, results)
+        if results is None:
+            with self._single() as connection:
+                return self._complete(connection, refs)
+        with self._tx() as connection:
+            return self._complete_with_results(connection, refs, results)
+
+    def _checked_results(
+        self, refs: Sequence[JobRef], results: Sequence[str | None] | None
+    ) -> Sequence[str | None] | None:
+        """The results to store, size-checked before anything is written; None when there
+        are none to store (the batch then takes the plain completion statement)."""
+        if results is None:
+            return None
+        if len(results) != len(refs):
+            raise ValueError(f"{len(refs)} refs but {len(results)} results")
+        stored = False
+        for ref, result in zip(refs, results, strict=True):
+            if result is not None:
+                check_size(
+                    result, what="result", limit=self.max_payload_bytes, owner=f"job {ref.id}"
+                )
+                stored = True
+        return results if stored else None
+
+    def _complete_with_results(
+        self, connection: Connection, refs: Sequence[JobRef], results: Sequence[str | None]
+    ) -> list[int]:
+        """Jobs without a result in one statement, each one with a result in its own."""
+        plain = [ref for ref, result in zip(refs, results, strict=True) if result is None]
+        done = self._complete(connection, plain) if plain else []
+        for ref, result in zip(refs, results, strict=True):
+            if result is None:
+                continue
+            params = {
+                "p_id": ref.id,
+                "p_attempt": ref.attempt,
+                "p_claimed_at": self._token(ref),
+                "p_result": result,
+            }
+            if connection.execute(self._s.complete_with_result, params).first() is not None:
+                done.append(ref.id)
+        return sorted(done)
 
     def _complete(self, connection: Connection, refs: Sequence[JobRef]) -> list[int]:
         params = {
@@ -447,15 +515,14 @@ class SQLBackend:
     def fail_job(
         self, ref: JobRef, error: dict[str, Any], *, retry_in: float | None
     ) -> JobState | None:
-        encoded = dumps(error, what="error")
+        encoded = dumps(error, what="error", limit=self.max_payload_bytes, owner=f"job {ref.id}")
         fence = {"p_id": ref.id, "p_attempt": ref.attempt, "p_claimed_at": self._token(ref)}
         with self._tx() as connection:
             row = connection.execute(self._s.fenced_job, fence).first()
             if row is None:
                 return None
-            attempt, max_attempts, errors, meta = row
-            errors_json = _append_error(errors, encoded)
-            if (meta or {}).get("cancel_requested"):
+            attempt, max_attempts, cancel_requested = row
+            if cancel_requested:
                 state = JobState.CANCELLED
             elif retry_in is None or attempt >= max_attempts:
                 state = JobState.DISCARDED
@@ -464,12 +531,12 @@ class SQLBackend:
             if state is JobState.RETRYABLE:
                 connection.execute(
                     self._s.retry,
-                    {"p_id": ref.id, "p_errors": errors_json, "p_delay": max(retry_in or 0, 0.0)},
+                    {"p_id": ref.id, "p_error": encoded, "p_delay": max(retry_in or 0, 0.0)},
                 )
             else:
                 connection.execute(
                     self._s.finish_failed,
-                    {"p_id": ref.id, "p_errors": errors_json, "p_state": state.value},
+                    {"p_id": ref.id, "p_error": encoded, "p_state": state.value},
                 )
             return state
 
@@ -510,8 +577,8 @@ class SQLBackend:
         if not job_ids:
             return set()
         with self._read() as connection:
-            rows = connection.execute(self._s.executing_meta, {"p_ids": list(job_ids)}).all()
-        return {job_id for job_id, meta in rows if (meta or {}).get("cancel_requested")}
+            flagged = connection.execute(self._s.cancel_flagged, {"p_ids": list(job_ids)})
+            return set(flagged.scalars())
 
     def stage_jobs(self, limit: int = 10_000) -> list[str]:
         if limit <= 0:
@@ -526,6 +593,35 @@ class SQLBackend:
         with self._read() as connection:
             row = connection.execute(self._s.job, {"p_id": job_id}).first()
         return None if row is None else job_from_row(row)
+
+    def retry_job(self, job_id: int) -> Job | None:
+        with self._tx() as connection:
+            row = connection.execute(self._s.job_for_update, {"p_id": job_id}).first()
+            if row is None:
+                return None
+            job = job_from_row(row)
+            if job.state is JobState.EXECUTING:
+                raise JobStateError(
+                    f"job {job_id} is executing; it can be retried once it has finished "
+                    "(cancel it first to stop it)"
+                )
+            if job.state is JobState.AVAILABLE:
+                return job
+            meta = {key: value for key, value in job.meta.items() if key != "cancel_requested"}
+            params = {
+                "p_id": job_id,
+                "p_max_attempts": max(job.max_attempts, job.attempt + 1),
+                "p_meta": dumps(meta, what="meta"),
+            }
+            retried = job_from_row(connection.execute(self._s.retry_job, params).one())
+            self._announce(connection, {retried.queue}, own=True)
+            return retried
+
+    def list_executing(self, queue: str, instance_id: str) -> list[Job]:
+        params = {"p_queue": queue, "p_instance": instance_id}
+        with self._read() as connection:
+            rows = connection.execute(self._s.executing_jobs, params).all()
+        return [job_summary_from_row(row) for row in rows]
 
     def list_jobs(
         self,
@@ -620,7 +716,7 @@ class SQLBackend:
             rescued: list[int] = []
             discarded: list[int] = []
             woken: set[str] = set()
-            for job_id, attempt, max_attempts, reserved_by, errors in orphans:
+            for job_id, attempt, max_attempts, reserved_by in orphans:
                 lost = JobError(
                     attempt=attempt,
                     at=now,
@@ -628,16 +724,16 @@ class SQLBackend:
                     message=f"instance {reserved_by!r} stopped while running the job",
                     instance_id=reserved_by,
                 )
-                errors_json = _append_error(errors, dumps(lost.to_dict(), what="error"))
+                encoded = dumps(lost.to_dict(), what="error")
                 if attempt >= max_attempts:
                     connection.execute(
                         self._s.finish_failed,
-                        {"p_id": job_id, "p_errors": errors_json, "p_state": "discarded"},
+                        {"p_id": job_id, "p_error": encoded, "p_state": "discarded"},
                     )
                     discarded.append(job_id)
                 else:
                     queue = connection.execute(
-                        self._s.requeue, {"p_id": job_id, "p_errors": errors_json}
+                        self._s.requeue, {"p_id": job_id, "p_error": encoded}
                     ).scalar_one()
                     rescued.append(job_id)
                     woken.add(queue)
@@ -663,9 +759,3 @@ class SQLBackend:
     def release_leadership(self, instance_id: str) -> None:
         with self._single() as connection:
             connection.execute(self._s.release, {"p_instance": instance_id})
-
-
-def _append_error(errors: Any, encoded: str) -> str:
-    """The errors list (as the driver decoded it) with one more encoded error, as JSON text."""
-    existing = dumps(list(errors or ()), what="errors")
-    return f"{existing[:-1]},{encoded}]" if existing != "[]" else f"[{encoded}]"

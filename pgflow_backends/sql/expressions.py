@@ -3,7 +3,9 @@
 Time: every due, stale and age comparison uses `db_now()`, so the workers' clocks never
 matter: PostgreSQL uses `now()` (the transaction's time), SQLite `julianday('now')` turned
 into epoch seconds, which is how `pgflow.schema.UTCDateTime` stores times there.
-JSON: `as_json()` binds text pgflow already encoded. Commits: `relaxed_commit()`.
+JSON: `as_json()` binds text pgflow already encoded; `json_append()` and `cancel_flag()`
+work inside the database, so a write about a job never reads its JSON columns back.
+Commits: `relaxed_commit()`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from pgflow.schema import UTCDateTime
 
-__all__ = ["as_json", "db_now", "db_now_plus", "relaxed_commit"]
+__all__ = ["as_json", "cancel_flag", "db_now", "db_now_plus", "json_append", "relaxed_commit"]
 
 _SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
@@ -46,6 +48,22 @@ class as_json(FunctionElement[Any]):
     type = String()
     inherit_cache = True
     name = "as_json"
+
+
+class json_append(FunctionElement[Any]):
+    """A JSON array column with one more element, given as encoded JSON text."""
+
+    type = String()
+    inherit_cache = True
+    name = "json_append"
+
+
+class cancel_flag(FunctionElement[bool]):
+    """True when a job's meta column holds `"cancel_requested": true`."""
+
+    type = Boolean()
+    inherit_cache = True
+    name = "cancel_flag"
 
 
 class relaxed_commit(FunctionElement[bool]):
@@ -108,3 +126,27 @@ def _relaxed_pg(element: relaxed_commit, compiler: SQLCompiler, **kw: Any) -> st
 @compiles(relaxed_commit, "sqlite")
 def _relaxed_sqlite(element: relaxed_commit, compiler: SQLCompiler, **kw: Any) -> str:
     return "1"  # SQLite has no boolean type: SQLAlchemy renders a boolean WHERE as "1 = 1"
+
+
+@compiles(json_append, "postgresql")
+def _append_pg(element: json_append, compiler: SQLCompiler, **kw: Any) -> str:
+    array, item = (compiler.process(arg, **kw) for arg in element.clauses)
+    return f"({array} || jsonb_build_array(CAST({item} AS JSONB)))"
+
+
+@compiles(json_append, "sqlite")
+def _append_sqlite(element: json_append, compiler: SQLCompiler, **kw: Any) -> str:
+    array, item = (compiler.process(arg, **kw) for arg in element.clauses)
+    return f"json_insert({array}, '$[#]', json({item}))"
+
+
+@compiles(cancel_flag, "postgresql")
+def _cancel_flag_pg(element: cancel_flag, compiler: SQLCompiler, **kw: Any) -> str:
+    meta = compiler.process(_only_arg(element), **kw)
+    return f"COALESCE(({meta} -> 'cancel_requested') = 'true'::jsonb, false)"
+
+
+@compiles(cancel_flag, "sqlite")
+def _cancel_flag_sqlite(element: cancel_flag, compiler: SQLCompiler, **kw: Any) -> str:
+    meta = compiler.process(_only_arg(element), **kw)
+    return f"COALESCE(json_extract({meta}, '$.cancel_requested') = 1, 0)"

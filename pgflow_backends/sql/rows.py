@@ -19,15 +19,18 @@ from pgflow.schema import instances, jobs, runs, steps
 from pgflow.serialization import loads
 
 __all__ = [
+    "CLAIM_COLUMNS",
     "INSTANCE_COLUMNS",
     "JOB_COLUMNS",
     "RUN_COLUMNS",
     "STEP_COLUMNS",
+    "SUMMARY_COLUMNS",
     "decode_errors",
     "decode_object",
     "instance_from_row",
     "job_from_driver_row",
     "job_from_row",
+    "job_summary_from_row",
     "run_from_row",
     "step_from_row",
     "stored_copy",
@@ -52,6 +55,25 @@ JOB_COLUMNS: tuple[ColumnElement[Any], ...] = (
     jobs.c.reserved_by,
     cast(jobs.c.errors, Text).label("errors"),
     cast(jobs.c.meta, Text).label("meta"),
+    jobs.c.unique_key,
+    cast(jobs.c.result, Text).label("result"),
+)
+#: What a claim returns: a claimed job has no result yet (a retried job's was cleared).
+CLAIM_COLUMNS = JOB_COLUMNS[:16]
+#: A job without its JSON payloads, for reads that only need to know which jobs exist.
+SUMMARY_COLUMNS: tuple[ColumnElement[Any], ...] = (
+    jobs.c.id,
+    jobs.c.queue,
+    jobs.c.worker,
+    jobs.c.state,
+    jobs.c.priority,
+    jobs.c.attempt,
+    jobs.c.max_attempts,
+    jobs.c.scheduled_at,
+    jobs.c.inserted_at,
+    jobs.c.attempted_at,
+    jobs.c.completed_at,
+    jobs.c.reserved_by,
     jobs.c.unique_key,
 )
 INSTANCE_COLUMNS: tuple[ColumnElement[Any], ...] = (
@@ -144,7 +166,8 @@ def decode_errors(text: str | None) -> tuple[Any, ...]:
 
 
 def job_from_row(row: Sequence[Any], *, conflict: bool = False) -> Job:
-    """A Job from a row of JOB_COLUMNS (times already made UTC by UTCDateTime).
+    """A Job from a row of JOB_COLUMNS or CLAIM_COLUMNS (times already made UTC by
+    UTCDateTime).
 
     Job.trusted: every value is already of its final type here, so no converters run."""
     return Job.trusted(
@@ -165,11 +188,12 @@ def job_from_row(row: Sequence[Any], *, conflict: bool = False) -> Job:
         meta=decode_object(row[14]),
         unique_key=row[15],
         conflict=conflict,
+        result=loads(row[16]) if len(row) > 16 else None,
     )
 
 
 def job_from_driver_row(row: Sequence[Any]) -> Job:
-    """A Job from a row of JOB_COLUMNS as the driver returned it (no SQLAlchemy types
+    """A Job from a row of CLAIM_COLUMNS as the driver returned it (no SQLAlchemy types
     applied): times are made UTC here."""
     return Job.trusted(
         id=row[0],
@@ -188,6 +212,26 @@ def job_from_driver_row(row: Sequence[Any]) -> Job:
         errors=decode_errors(row[13]),
         meta=decode_object(row[14]),
         unique_key=row[15],
+    )
+
+
+def job_summary_from_row(row: Sequence[Any]) -> Job:
+    """A Job from a row of SUMMARY_COLUMNS: args, meta, errors and result left empty."""
+    return Job.trusted(
+        id=row[0],
+        queue=row[1],
+        worker=row[2],
+        args={},
+        state=_STATES[row[3]],
+        priority=row[4],
+        attempt=row[5],
+        max_attempts=row[6],
+        scheduled_at=row[7],
+        inserted_at=row[8],
+        attempted_at=row[9],
+        completed_at=row[10],
+        reserved_by=row[11],
+        unique_key=row[12],
     )
 
 

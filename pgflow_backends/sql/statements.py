@@ -38,12 +38,21 @@ from sqlalchemy.sql.elements import ColumnElement
 from pgflow.schema import UTCDateTime, instances, jobs, leader, runs, steps
 from pgflow_backends.sql.expressions import (
     as_json,
+    cancel_flag,
     db_now,
     db_now_plus,
+    json_append,
     relaxed_commit,
     seconds,
 )
-from pgflow_backends.sql.rows import INSTANCE_COLUMNS, JOB_COLUMNS, RUN_COLUMNS, STEP_COLUMNS
+from pgflow_backends.sql.rows import (
+    CLAIM_COLUMNS,
+    INSTANCE_COLUMNS,
+    JOB_COLUMNS,
+    RUN_COLUMNS,
+    STEP_COLUMNS,
+    SUMMARY_COLUMNS,
+)
 
 __all__ = ["LEADER_NAME", "Statements", "statements_for"]
 
@@ -156,7 +165,7 @@ class Statements:
                 attempted_at=now,
                 reserved_by=_p("p_instance", String()),
             )
-            .returning(*JOB_COLUMNS)
+            .returning(*CLAIM_COLUMNS)
         )
         self.complete: Update = (
             update(jobs)
@@ -168,17 +177,31 @@ class Statements:
             .values(state="completed", completed_at=now, unique_key=RELEASED_KEY)
             .returning(jobs.c.id)
         )
+        #: One completion that stores a result (the batch statement above stores none).
+        self.complete_with_result: Update = (
+            update(jobs)
+            .where(FENCE)
+            .values(
+                state="completed",
+                completed_at=now,
+                unique_key=RELEASED_KEY,
+                result=_json("p_result"),
+            )
+            .returning(jobs.c.id)
+        )
+        # Only what the decision needs: never the job's args, errors or whole meta.
         self.fenced_job: Select[Any] = (
-            select(jobs.c.attempt, jobs.c.max_attempts, jobs.c.errors, jobs.c.meta)
+            select(jobs.c.attempt, jobs.c.max_attempts, cancel_flag(jobs.c.meta))
             .where(FENCE)
             .with_for_update()
         )
+        appended_error = json_append(jobs.c.errors, _p("p_error", String()))
         self.retry: Update = (
             update(jobs)
             .where(jobs.c.id == _p("p_id", Integer()))
             .values(
                 state="retryable",
-                errors=_json("p_errors"),
+                errors=appended_error,
                 scheduled_at=db_now_plus(seconds("p_delay")),
             )
         )
@@ -187,7 +210,7 @@ class Statements:
             .where(jobs.c.id == _p("p_id", Integer()))
             .values(
                 state=_p("p_state", String()),
-                errors=_json("p_errors"),
+                errors=appended_error,
                 completed_at=now,
                 unique_key=RELEASED_KEY,
             )
@@ -219,8 +242,10 @@ class Statements:
             .values(meta=_json("p_meta"))
             .returning(*JOB_COLUMNS)
         )
-        self.executing_meta: Select[Any] = select(jobs.c.id, jobs.c.meta).where(
-            jobs.c.id.in_(bindparam("p_ids", expanding=True)), jobs.c.state == _const("executing")
+        self.cancel_flagged: Select[Any] = select(jobs.c.id).where(
+            jobs.c.id.in_(bindparam("p_ids", expanding=True)),
+            jobs.c.state == _const("executing"),
+            cancel_flag(jobs.c.meta),
         )
         self.stage: Update = (
             update(jobs)
@@ -240,6 +265,28 @@ class Statements:
             .returning(jobs.c.queue)
         )
         self.job: Select[Any] = select(*JOB_COLUMNS).where(jobs.c.id == _p("p_id", Integer()))
+        self.retry_job: Update = (
+            update(jobs)
+            .where(jobs.c.id == _p("p_id", Integer()), jobs.c.state != _const("executing"))
+            .values(
+                state="available",
+                scheduled_at=now,
+                completed_at=null(),
+                result=null(),
+                max_attempts=_p("p_max_attempts", Integer()),
+                meta=_json("p_meta"),
+            )
+            .returning(*JOB_COLUMNS)
+        )
+        self.executing_jobs: Select[Any] = (
+            select(*SUMMARY_COLUMNS)
+            .where(
+                jobs.c.state == _const("executing"),
+                jobs.c.queue == _p("p_queue", String()),
+                jobs.c.reserved_by == _p("p_instance", String()),
+            )
+            .order_by(jobs.c.id)
+        )
         self.job_counts: Select[Any] = select(
             jobs.c.queue, jobs.c.state, jobs.c.reserved_by, func.count()
         ).group_by(jobs.c.queue, jobs.c.state, jobs.c.reserved_by)
@@ -325,9 +372,7 @@ class Statements:
         )
         online = select(instances.c.instance_id).where(instances.c.status == _const("online"))
         self.orphaned: Select[Any] = (
-            select(
-                jobs.c.id, jobs.c.attempt, jobs.c.max_attempts, jobs.c.reserved_by, jobs.c.errors
-            )
+            select(jobs.c.id, jobs.c.attempt, jobs.c.max_attempts, jobs.c.reserved_by)
             .where(
                 jobs.c.state == _const("executing"),
                 or_(jobs.c.reserved_by.is_(None), jobs.c.reserved_by.not_in(online)),
@@ -338,7 +383,7 @@ class Statements:
         self.requeue: Update = (
             update(jobs)
             .where(jobs.c.id == _p("p_id", Integer()), jobs.c.state == _const("executing"))
-            .values(state="available", errors=_json("p_errors"))
+            .values(state="available", errors=appended_error)
             .returning(jobs.c.queue)
         )
         lease = insert_fn(leader).values(

@@ -166,6 +166,18 @@ def test_unique_key_outlives_completion_by_default(backend: Backend) -> None:
     assert again.conflict and again.id == first.id
 
 
+def test_unique_without_a_period_lasts_until_the_job_is_pruned(backend: Backend) -> None:
+    first = insert(backend, args={"x": 1}, unique=UniqueSpec())
+    backend.complete_jobs([claim_one(backend).ref])
+    assert backend.prune_jobs(max_age=3600) == 0
+    assert insert(backend, args={"x": 1}, unique=UniqueSpec()).conflict
+
+    assert backend.prune_jobs(max_age=-60) == 1  # everything finished counts as old
+
+    again = insert(backend, args={"x": 1}, unique=UniqueSpec())
+    assert not again.conflict and again.id != first.id
+
+
 def test_unique_while_unfinished_is_released_when_finished(backend: Backend) -> None:
     spec = UniqueSpec(while_unfinished=True)
     first = insert(backend, args={"x": 1}, unique=spec)
