@@ -23,7 +23,15 @@ from pgflow.cancellation import CancelFlag
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.errors import Discard, PgflowError, Snooze, StepFailed
 from pgflow.records import Job, JobError, JobRef, JobState
-from pgflow.worker import CURRENT_BACKEND, Worker, backoff_delay, resolve_worker
+from pgflow.runtime.worker_lookup import DEFAULT_LOOKUP, WorkerLookup
+from pgflow.stored_errors import clean_error
+from pgflow.worker import (
+    CURRENT_BACKEND,
+    UnknownWorker,
+    Worker,
+    backoff_delay,
+    registered_worker,
+)
 
 if TYPE_CHECKING:
     from pgflow.backend import Backend, JobQueue
@@ -35,11 +43,11 @@ __all__ = [
     "execute_job",
     "execute_job_async",
     "failed_outcome",
-    "is_async_job",
     "job_log_extra",
     "record_completions",
     "record_outcomes",
     "run_job",
+    "unresolved_outcome",
 ]
 
 logger = logging.getLogger("pgflow.runtime")
@@ -123,25 +131,26 @@ def job_log_extra(job: Job, instance_id: str | None, **more: Any) -> dict[str, A
     }
 
 
-def is_async_job(job: Job) -> bool:
-    """True when the job's worker has an `async def perform` (unknown workers count as sync)."""
-    try:
-        worker_cls = resolve_worker(job.worker)
-    except PgflowError:
-        return False
-    return worker_cls.perform_is_async
-
-
 def failed_outcome(
     job: Job, exc: BaseException, *, instance_id: str | None, clock: Clock = SYSTEM_CLOCK
 ) -> Outcome:
     """The outcome of an attempt that failed outside perform (its runner broke): a retry
     under the worker's policy, or discarded when no attempt is left."""
-    try:
-        worker_cls: type[Worker] | None = resolve_worker(job.worker)
-    except PgflowError:
-        worker_cls = None
-    return _Run(job, instance_id, clock, JobControl()).failed(exc, worker_cls)
+    return _Run(job, instance_id, clock, JobControl()).failed(exc, registered_worker(job.worker))
+
+
+def unresolved_outcome(
+    job: Job,
+    exc: BaseException,
+    *,
+    instance_id: str | None,
+    lookup: WorkerLookup,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Outcome:
+    """The outcome of a job whose worker could not be resolved: an unknown worker is snoozed
+    (a deploy may bring it) until the lookup's window runs out, then discarded; a worker
+    module that failed to import fails the attempt like perform raising would."""
+    return _Run(job, instance_id, clock, JobControl()).unresolved(exc, lookup)
 
 
 def _kind_of(exc: BaseException) -> str:
@@ -154,14 +163,31 @@ def _kind_of(exc: BaseException) -> str:
 def _error_dict(
     job: Job, instance_id: str | None, clock: Clock, kind: str, message: str, tb: str
 ) -> dict[str, Any]:
-    return JobError(
-        attempt=job.attempt,
-        at=clock.now(),
-        kind=kind,
-        message=message,
-        traceback=tb,
-        instance_id=instance_id,
-    ).to_dict()
+    return clean_error(
+        JobError(
+            attempt=job.attempt,
+            at=clock.now(),
+            kind=kind,
+            message=message,
+            traceback=tb,
+            instance_id=instance_id,
+        ).to_dict()
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    """str(exc), or a stand-in when the exception's own __str__ fails."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def _format_traceback(exc: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception:
+        return ""
 
 
 def _discard_reason(exc: BaseException) -> Discard | None:
@@ -191,16 +217,18 @@ class _Run:
         job = self.job
         if isinstance(exc, Snooze):
             return Outcome(job, OutcomeKind.SNOOZED, exception=exc, snooze=exc.seconds)
-        tb = "".join(traceback.format_exception(exc))
-        error = _error_dict(job, self.instance_id, self.clock, _kind_of(exc), str(exc), tb)
+        tb = _format_traceback(exc)
+        error = _error_dict(job, self.instance_id, self.clock, _kind_of(exc), _describe(exc), tb)
         if honour_cancel and self.control.cancelled.is_set():
             if not self.control.shutdown:
                 return Outcome(job, OutcomeKind.CANCELLED, error=error, exception=exc)
-            error = {
-                **error,
-                "kind": "pgflow.Shutdown",
-                "message": f"interrupted by shutdown: {exc}",
-            }
+            error = clean_error(
+                {
+                    **error,
+                    "kind": "pgflow.Shutdown",
+                    "message": f"interrupted by shutdown: {error['message']}",
+                }
+            )
             if job.attempt < job.max_attempts:
                 return Outcome(job, OutcomeKind.RETRY, error=error, exception=exc, retry_in=0.0)
         if _discard_reason(exc) is not None or job.attempt >= job.max_attempts:
@@ -208,6 +236,27 @@ class _Run:
         policy = worker_cls.options.backoff if worker_cls is not None else None
         delay = backoff_delay(policy, job.attempt) if policy is not None else 10.0**job.attempt
         return Outcome(job, OutcomeKind.RETRY, error=error, exception=exc, retry_in=delay)
+
+    def unresolved(self, exc: BaseException, lookup: WorkerLookup) -> Outcome:
+        job = self.job
+        if not isinstance(exc, UnknownWorker):
+            return self.failed(exc, None, honour_cancel=False)
+        extra = job_log_extra(job, self.instance_id, error=_kind_of(exc))
+        seconds = lookup.snooze_for(job)
+        if seconds is not None:
+            logger.warning(
+                "job %s: worker %s is not registered in this process; snoozed %gs (import its "
+                "module with imports=/--import, or allow it with worker_modules=)",
+                job.id,
+                job.worker,
+                seconds,
+                extra=extra,
+            )
+            return Outcome(job, OutcomeKind.SNOOZED, exception=exc, snooze=seconds)
+        error = _error_dict(
+            job, self.instance_id, self.clock, "pgflow.UnknownWorker", _describe(exc), ""
+        )
+        return Outcome(job, OutcomeKind.DISCARDED, error=error, exception=exc)
 
     def timed_out(self, timeout: float, worker_cls: type[Worker]) -> Outcome:
         """A failed attempt like any other; `cancelled` is set so cooperative code stops."""
@@ -229,19 +278,32 @@ def execute_job(
     backend: Backend | None = None,
     clock: Clock = SYSTEM_CLOCK,
     control: JobControl | None = None,
+    worker_cls: type[Worker] | None = None,
+    lookup: WorkerLookup = DEFAULT_LOOKUP,
 ) -> Outcome:
     """Run `job`'s perform in this thread (an async perform on a private event loop) and
-    return its outcome, without writing anything. Never raises for user errors."""
+    return its outcome, without writing anything. Never raises for user errors.
+
+    `worker_cls` is the worker when the caller already resolved it; otherwise `lookup`
+    resolves it, and a failure to do so is the job's outcome.
+    """
     control = control or JobControl()
     run = _Run(job, instance_id, clock, control)
-    try:
-        worker_cls = resolve_worker(job.worker)
-    except PgflowError as exc:
-        return run.failed(exc, None)
+    if worker_cls is None:
+        try:
+            worker_cls = lookup.resolve(job.worker)
+        except PgflowError as exc:
+            return run.unresolved(exc, lookup)
     if worker_cls.perform_is_async:
+        resolved = worker_cls
         return _run_coroutine(
             lambda: execute_job_async(
-                job, instance_id=instance_id, backend=backend, clock=clock, control=control
+                job,
+                instance_id=instance_id,
+                backend=backend,
+                clock=clock,
+                control=control,
+                worker_cls=resolved,
             )
         )
     _log_start(job, instance_id)
@@ -318,14 +380,17 @@ async def execute_job_async(
     backend: Backend | None = None,
     clock: Clock = SYSTEM_CLOCK,
     control: JobControl | None = None,
+    worker_cls: type[Worker] | None = None,
+    lookup: WorkerLookup = DEFAULT_LOOKUP,
 ) -> Outcome:
     """Run an `async def perform` on the running loop; cancellation cancels its task."""
     control = control or JobControl()
     run = _Run(job, instance_id, clock, control)
-    try:
-        worker_cls = resolve_worker(job.worker)
-    except PgflowError as exc:
-        return run.failed(exc, None)
+    if worker_cls is None:
+        try:
+            worker_cls = lookup.resolve(job.worker)
+        except PgflowError as exc:
+            return run.unresolved(exc, lookup)
     _log_start(job, instance_id)
     token = CURRENT_BACKEND.set(backend)
     try:
@@ -449,9 +514,10 @@ def run_job(
     *,
     clock: Clock = SYSTEM_CLOCK,
     control: JobControl | None = None,
+    lookup: WorkerLookup = DEFAULT_LOOKUP,
 ) -> Outcome:
     """Run a claimed job in this thread and record its outcome: the inline form of a producer."""
     outcome = execute_job(
-        job, instance_id=instance_id, backend=backend, clock=clock, control=control
+        job, instance_id=instance_id, backend=backend, clock=clock, control=control, lookup=lookup
     )
     return record_outcomes(backend, [outcome], instance_id=instance_id)[0]
