@@ -356,7 +356,7 @@ class Producer:
                     functools.partial(execute_job, job, **kwargs),
                     functools.partial(self._on_done, job),
                 )
-        except Exception as exc:  # e.g. the loop or pool is gone: the attempt fails, retried
+        except BaseException as exc:  # e.g. the loop or pool is gone: the attempt fails, retried
             self._on_done(job, None, exc)
 
     def _on_async_done(self, job: Job, future: concurrent.futures.Future[Outcome]) -> None:
