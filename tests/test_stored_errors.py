@@ -212,3 +212,30 @@ def test_an_outcome_that_cannot_be_written_at_all_is_dropped_and_released(
     assert backend.refused == 2  # its own error, then the minimal one
     dropped = [r for r in caplog.records if "cannot be written" in r.getMessage()]
     assert [r.levelno for r in dropped] == [logging.ERROR]
+
+
+nul_flow = pgflow.Flow("nul_step_flow")
+
+
+@nul_flow.step
+def nul_step(state: Any) -> Any:
+    raise ValueError("step bad\x00byte")
+
+
+@pytest.mark.postgres
+def test_a_nul_in_a_workflow_step_error_is_stored_cleaned(postgres_url: str) -> None:
+    from pgflow.registry import backend_from_url
+
+    backend = backend_from_url(postgres_url)
+    try:
+        backend.migrate()
+        executor = pgflow.Executor(backend=backend, clock=pgflow.FakeClock())
+        with pytest.raises(pgflow.MaxAttemptsExceeded):
+            executor.execute(nul_flow, {}, workflow_id="nul-run", max_attempts=2)
+        run = backend.get_run("nul-run")
+        assert run is not None and run.state is pgflow.RunState.FAILED
+        assert run.error is not None
+        assert run.error["message"].endswith("ValueError: step bad\\x00byte")
+        assert run.error["traceback"].endswith("ValueError: step bad\\x00byte\n")
+    finally:
+        backend.close()
