@@ -8,6 +8,7 @@ encodable as UTF-8) or megabytes of text. Every error dict that pgflow stores (a
 from __future__ import annotations
 
 import re
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,9 @@ __all__ = [
     "MAX_TRACEBACK_CHARS",
     "clean_error",
     "clean_text",
+    "exception_text",
     "minimal_error",
+    "traceback_text",
 ]
 
 #: Longest message kept; longer ones are cut at the end, with a marker saying so.
@@ -44,6 +47,22 @@ def clean_text(text: str, limit: int, *, keep: str = "head") -> str:
     if keep == "tail":
         return f"{_cut_marker(dropped)}\n{text[-limit:]}"
     return f"{text[:limit]} {_cut_marker(dropped)}"
+
+
+def exception_text(exc: BaseException) -> str:
+    """str(exc), or a stand-in when the exception's own __str__ raises."""
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def traceback_text(exc: BaseException) -> str:
+    """The formatted traceback, or "" when formatting it raises."""
+    try:
+        return "".join(traceback.format_exception(exc))
+    except Exception:
+        return ""
 
 
 def clean_error(error: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,6 @@ import enum
 import inspect
 import logging
 import threading
-import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,7 +23,7 @@ from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.errors import Discard, PgflowError, Snooze, StepFailed
 from pgflow.records import Job, JobError, JobRef, JobState
 from pgflow.runtime.worker_lookup import DEFAULT_LOOKUP, WorkerLookup
-from pgflow.stored_errors import clean_error
+from pgflow.stored_errors import clean_error, exception_text, traceback_text
 from pgflow.worker import (
     CURRENT_BACKEND,
     UnknownWorker,
@@ -175,21 +174,6 @@ def _error_dict(
     )
 
 
-def _describe(exc: BaseException) -> str:
-    """str(exc), or a stand-in when the exception's own __str__ fails."""
-    try:
-        return str(exc)
-    except Exception:
-        return f"<unprintable {type(exc).__name__}>"
-
-
-def _format_traceback(exc: BaseException) -> str:
-    try:
-        return "".join(traceback.format_exception(exc))
-    except Exception:
-        return ""
-
-
 def _discard_reason(exc: BaseException) -> Discard | None:
     """A Discard raised by perform, or by a workflow step that perform ran."""
     if isinstance(exc, Discard):
@@ -217,8 +201,8 @@ class _Run:
         job = self.job
         if isinstance(exc, Snooze):
             return Outcome(job, OutcomeKind.SNOOZED, exception=exc, snooze=exc.seconds)
-        tb = _format_traceback(exc)
-        error = _error_dict(job, self.instance_id, self.clock, _kind_of(exc), _describe(exc), tb)
+        message, tb = exception_text(exc), traceback_text(exc)
+        error = _error_dict(job, self.instance_id, self.clock, _kind_of(exc), message, tb)
         if honour_cancel and self.control.cancelled.is_set():
             if not self.control.shutdown:
                 return Outcome(job, OutcomeKind.CANCELLED, error=error, exception=exc)
@@ -254,7 +238,7 @@ class _Run:
             )
             return Outcome(job, OutcomeKind.SNOOZED, exception=exc, snooze=seconds)
         error = _error_dict(
-            job, self.instance_id, self.clock, "pgflow.UnknownWorker", _describe(exc), ""
+            job, self.instance_id, self.clock, "pgflow.UnknownWorker", exception_text(exc), ""
         )
         return Outcome(job, OutcomeKind.DISCARDED, error=error, exception=exc)
 
