@@ -165,3 +165,28 @@ def test_a_producer_loop_crash_is_restarted(monkeypatch: pytest.MonkeyPatch) -> 
     finally:
         release.set()
         app.stop(timeout=5)
+
+
+class AsyncExits(Worker, queue="mixed", max_attempts=1):
+    async def perform(self, job: Job) -> Any:
+        raise SystemExit("raised by an async perform")
+
+
+class AsyncGood(Worker, queue="mixed"):
+    async def perform(self, job: Job) -> Any:
+        return job.args["n"]
+
+
+def test_an_async_perform_raising_systemexit_does_not_end_the_event_loop() -> None:
+    """asyncio re-raises SystemExit out of the loop: the runtime's loop thread must survive."""
+    app = Pgflow(InMemoryBackend(), queues={"mixed": 4}, instance_id="async-exit", **FAST)
+    bad = app.insert(AsyncExits.new())
+    app.start()
+    try:
+        wait_for(lambda: states(app, [bad]) == [JobState.DISCARDED], "the exiting job")
+        stored = app.backend.get_job(bad.id)
+        assert stored is not None and stored.errors[-1]["kind"] == "SystemExit"
+        later = app.insert([AsyncGood.new({"n": n}) for n in range(3)])
+        wait_for(lambda: states(app, later) == [JobState.COMPLETED] * 3, "later async jobs")
+    finally:
+        app.stop(timeout=5)

@@ -380,7 +380,9 @@ async def execute_job_async(
     try:
         worker = worker_cls()
         worker.cancelled = control.cancelled
-        task = asyncio.ensure_future(worker.perform(job))
+        task = asyncio.ensure_future(_contained(worker.perform(job)))
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        return run.failed(exc, worker_cls)
     finally:
         CURRENT_BACKEND.reset(token)
     loop = asyncio.get_running_loop()
@@ -399,9 +401,29 @@ async def execute_job_async(
         if control.cancelled.is_set() and task.cancelled():
             return run.failed(exc, worker_cls)
         raise  # our caller was cancelled (shutdown), not the job
+    except _Exited as exc:
+        return run.failed(exc.exited, worker_cls)
     except (Exception, SystemExit) as exc:
         return run.failed(exc, worker_cls)
     return run.completed(value)
+
+
+class _Exited(Exception):
+    """Carries a SystemExit or KeyboardInterrupt raised by an async perform out of its task."""
+
+    def __init__(self, exited: BaseException) -> None:
+        super().__init__(type(exited).__name__)
+        self.exited = exited
+
+
+async def _contained(perform: Coroutine[Any, Any, T]) -> T:
+    """Await `perform`, turning SystemExit and KeyboardInterrupt into an ordinary exception:
+    asyncio re-raises those two out of the event loop, which would end the loop's thread
+    and strand every async job running on it."""
+    try:
+        return await perform
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _Exited(exc) from exc
 
 
 def record_outcomes(
