@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import pgflow
 from pgflow.app import Pgflow
 from pgflow.records import InstanceInfo, Job, JobState, NewJob
 from pgflow.runtime.heartbeat import Heartbeat
@@ -190,3 +191,25 @@ def test_an_async_perform_raising_systemexit_does_not_end_the_event_loop() -> No
         wait_for(lambda: states(app, later) == [JobState.COMPLETED] * 3, "later async jobs")
     finally:
         app.stop(timeout=5)
+
+
+exits_flow = pgflow.Flow("exits_in_async_step")
+
+
+@exits_flow.step
+async def exits(state: Any) -> Any:
+    raise SystemExit("raised by an async step")
+
+
+fine_flow = pgflow.Flow("fine_async_step")
+
+
+@fine_flow.step
+async def fine(state: Any) -> Any:
+    return state["n"] + 1
+
+
+def test_an_async_step_raising_systemexit_leaves_the_shared_loop_serving() -> None:
+    with pytest.raises(SystemExit):
+        pgflow.execute(exits_flow, {}, max_attempts=1, timeout=10)
+    assert pgflow.execute(fine_flow, {"n": 1}, max_attempts=1, timeout=10) == 2
