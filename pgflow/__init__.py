@@ -7,6 +7,7 @@ so `import pgflow` stays cheap and never imports a database driver it does not n
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from pgflow.backend import Backend, JobQueue, RunStore
@@ -37,6 +38,10 @@ if TYPE_CHECKING:
     from pgflow.worker import Worker, workflow_worker
 
 __version__ = "0.1.0"
+
+# A library's logger: silent unless the application configures logging (no last-resort
+# handler printing pgflow's records to stderr).
+logging.getLogger("pgflow").addHandler(logging.NullHandler())
 
 # name -> module that defines it; loaded on first attribute access (PEP 562).
 _LAZY = {

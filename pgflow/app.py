@@ -34,7 +34,9 @@ from pgflow.runtime.producer import Producer
 from pgflow.runtime.reconnect import RetryDelay
 from pgflow.runtime.signals import stop_on_signals
 from pgflow.runtime.wakeup import Wakeup
+from pgflow.runtime.worker_lookup import WorkerLookup
 from pgflow.serialization import check_limit
+from pgflow.worker import check_worker_modules
 
 __all__ = ["AppStatus", "Pgflow", "default_instance_id"]
 
@@ -140,11 +142,13 @@ class Pgflow:
         rescue_interval: float | None = None,
         shutdown_timeout: float = 30.0,
         imports: Iterable[str] = (),
+        worker_modules: Iterable[str] = (),
         clock: Clock | None = None,
         max_payload_bytes: int | _BackendsOwn | None = _BackendsOwn.LIMIT,
     ) -> None:
         for module in imports:
             importlib.import_module(module)
+        self.worker_modules = check_worker_modules(worker_modules)
         self.queues = self._check_queues(DEFAULT_QUEUES if queues is None else queues)
         self.instance_id = validate_instance_id(
             default_instance_id() if instance_id is None else instance_id
@@ -166,6 +170,7 @@ class Pgflow:
         self.shutdown_timeout = _seconds("shutdown_timeout", shutdown_timeout)
         self.cron = parse_cron(cron)
         self.clock = clock or SYSTEM_CLOCK
+        self.worker_lookup = WorkerLookup(self.worker_modules, clock=self.clock)
         self._owns_backend = not isinstance(url_or_engine_or_backend, Backend)
         self.backend = _open_backend(url_or_engine_or_backend, max_payload_bytes)
         self.poll_interval = poll_interval or _default_poll_interval(self.backend)
@@ -284,6 +289,7 @@ class Pgflow:
                     poll_interval=self.poll_interval,
                     clock=self.clock,
                     async_loop=self._async_loop,
+                    lookup=self.worker_lookup,
                 )
                 for queue, limit in self.queues.items()
             }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import threading
 import weakref
@@ -16,6 +17,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 _ALL: weakref.WeakSet[BackgroundLoop] = weakref.WeakSet()
+
+logger = logging.getLogger("pgflow.runtime")
 
 
 class BackgroundLoop:
@@ -72,7 +75,7 @@ class BackgroundLoop:
                 def serve() -> None:
                     asyncio.set_event_loop(loop)
                     loop.call_soon(ready.set)
-                    loop.run_forever()
+                    _serve_until_stopped(loop, self.name)
 
                 thread = threading.Thread(target=serve, name=self.name, daemon=True)
                 thread.start()
@@ -84,6 +87,23 @@ class BackgroundLoop:
         """After fork the loop's thread does not exist in the child: start afresh there."""
         self._lock = threading.Lock()
         self._loop = self._thread = self._ident = None
+
+
+def _serve_until_stopped(loop: asyncio.AbstractEventLoop, name: str) -> None:
+    """Run `loop` until `stop()`. asyncio lets a task's SystemExit or KeyboardInterrupt
+    escape `run_forever` (the task itself holds the exception for whoever awaits it), so the
+    loop is resumed: one coroutine must not end the thread every other coroutine runs on."""
+    while True:
+        try:
+            loop.run_forever()
+            return
+        except (SystemExit, KeyboardInterrupt) as exc:
+            logger.error(
+                "loop %s: a coroutine raised %s; the loop carries on",
+                name,
+                type(exc).__name__,
+                extra={"error": type(exc).__name__},
+            )
 
 
 def _forget_all_in_child() -> None:

@@ -297,6 +297,14 @@ def migrate(url: str | None, log_level: str) -> None:
     help="Module defining workers to import first (repeatable), e.g. myapp.workers.",
 )
 @click.option(
+    "--worker-module",
+    "worker_modules",
+    multiple=True,
+    metavar="PREFIX",
+    help="Module prefix whose workers may be imported when a job names them (repeatable), "
+    "e.g. myapp. (other unregistered workers are snoozed, then discarded).",
+)
+@click.option(
     "--instance-id",
     metavar="ID",
     envvar="INSTANCE_ID",
@@ -330,6 +338,7 @@ def worker(
     url: str | None,
     queues: dict[str, int],
     imports: tuple[str, ...],
+    worker_modules: tuple[str, ...],
     instance_id: str | None,
     heartbeat_interval: float,
     stale_timeout: float,
@@ -357,6 +366,7 @@ def worker(
             "heartbeat_interval": heartbeat_interval,
             "stale_timeout": stale_timeout,
             "shutdown_timeout": shutdown_timeout,
+            "worker_modules": worker_modules,
         }
         if poll_interval is not None:
             options["poll_interval"] = poll_interval

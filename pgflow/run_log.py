@@ -2,9 +2,10 @@
 
 Every record carries `workflow_id` and `workflow` as `extra` attributes, plus `step`,
 `attempt`, `max_attempts`, `job_id` and `instance_id` where they apply. Inputs and outputs
-never appear at INFO or above (they may hold secrets). Each call is guarded by
-`isEnabledFor`, so a disabled level costs one cached check, and a handler or filter that
-raises is contained here: logging must never fail a run.
+never appear at INFO or above (they may hold secrets), nor does an exception's message (it
+may quote them): WARNING and ERROR records name its type (`error`), DEBUG adds its text.
+Each call is guarded by `isEnabledFor`, so a disabled level costs one cached check, and a
+handler or filter that raises is contained here: logging must never fail a run.
 """
 
 from __future__ import annotations
@@ -95,20 +96,32 @@ class RunLog:
                 {"attempt": attempt},
             )
 
+    def _error_text(self, step: str, attempt: int, error: BaseException) -> None:
+        """The exception's message, at DEBUG only: it may quote the step's input."""
+        if self._debug:
+            self._emit(
+                logging.DEBUG,
+                "step %s of workflow %s raised %s: %s",
+                (step, self._workflow, type(error).__name__, error),
+                {"step": step, "attempt": attempt, "error": type(error).__name__},
+            )
+
     def attempt_failed(self, step: str, attempt: int, error: BaseException, delay: float) -> None:
         if logger.isEnabledFor(logging.WARNING):
             self._emit(
                 logging.WARNING,
-                "workflow %s attempt %d failed at step %s (%s: %s); retrying in %gs",
-                (self._workflow, attempt, step, type(error).__name__, error, delay),
-                {"step": step, "attempt": attempt, "delay": delay},
+                "workflow %s attempt %d failed at step %s (%s); retrying in %gs",
+                (self._workflow, attempt, step, type(error).__name__, delay),
+                {"step": step, "attempt": attempt, "delay": delay, "error": type(error).__name__},
             )
+        self._error_text(step, attempt, error)
 
     def run_failed(self, step: str, attempt: int, error: BaseException) -> None:
         if logger.isEnabledFor(logging.ERROR):
             self._emit(
                 logging.ERROR,
-                "workflow %s failed at step %s on attempt %d: %s: %s",
-                (self._workflow, step, attempt, type(error).__name__, error),
-                {"step": step, "attempt": attempt},
+                "workflow %s failed at step %s on attempt %d (%s)",
+                (self._workflow, step, attempt, type(error).__name__),
+                {"step": step, "attempt": attempt, "error": type(error).__name__},
             )
+        self._error_text(step, attempt, error)

@@ -132,6 +132,11 @@ class TestQueue:
             self.clock = getattr(self.backend, "clock", None) or SYSTEM_CLOCK
             if mode == "inline":
                 self._patch = _InsertPatch(app, self)
+        # The app's rule for which workers run, except that an unknown worker fails at once:
+        # no deploy will bring it, and a snooze would hide the mistake from the test.
+        from pgflow.runtime.worker_lookup import WorkerLookup
+
+        self._lookup = WorkerLookup(self.app.worker_modules, snooze=None)
 
     # -- context manager -------------------------------------------------------------------
 
@@ -335,7 +340,9 @@ class TestQueue:
         """Run one claimed job through the workers' own execution path."""
         from pgflow.runtime.execution import run_job
 
-        outcome = run_job(self.backend, job, TESTING_INSTANCE, clock=self.clock)
+        outcome = run_job(
+            self.backend, job, TESTING_INSTANCE, clock=self.clock, lookup=self._lookup
+        )
         error = _failure_of(outcome)
         if error is not None:
             error.add_note(

@@ -1,8 +1,10 @@
 """Workers: the classes whose `perform` runs a job, and the registry that finds them by name.
 
-A job row stores only the worker's name; any process that imports the defining module (or can
-import it from the dotted name) can run it. Options are class keywords so that a worker's
-whole configuration is visible in its `class` line.
+A job row stores only the worker's name; a process runs it only when the worker is registered
+there (its module was imported by the app) or its name matches an allowed module prefix
+(`worker_modules`), which may then be imported lazily: a row never picks a module to import.
+Options are class keywords so that a worker's whole configuration is visible in its `class`
+line.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import importlib
 import inspect
 import math
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -20,7 +22,7 @@ import attrs
 
 from pgflow.backoff_policy import Backoff
 from pgflow.cancellation import CancelFlag
-from pgflow.errors import DefinitionError
+from pgflow.errors import DefinitionError, describe_exception
 from pgflow.identifiers import validate_queue, validate_worker_name
 from pgflow.records import Job, NewJob, UniqueSpec
 
@@ -28,8 +30,11 @@ if TYPE_CHECKING:
     from pgflow.backend import Backend
 
 __all__ = [
+    "UnknownWorker",
     "Worker",
+    "WorkerImportError",
     "WorkerOptions",
+    "check_worker_modules",
     "current_backend",
     "resolve_worker",
     "workflow_worker",
@@ -234,6 +239,14 @@ def _unique_spec(owner: str, unique: object) -> UniqueSpec | None:
     )
 
 
+class UnknownWorker(DefinitionError):
+    """No worker of this name is registered here, and its module is not on the allow-list."""
+
+
+class WorkerImportError(DefinitionError):
+    """An allowed worker module raised while being imported (even SystemExit): the job fails."""
+
+
 def _import_candidates(name: str) -> Iterator[tuple[str, list[str]]]:
     """Split `pkg.mod.Class.Inner` (or `pkg.mod:Class.Inner`) into module and attribute path."""
     if ":" in name:
@@ -245,12 +258,51 @@ def _import_candidates(name: str) -> Iterator[tuple[str, list[str]]]:
         yield ".".join(parts[:cut]), parts[cut:]
 
 
-def resolve_worker(name: str) -> type[Worker]:
-    """The worker class registered as `name`, importing its module if needed."""
+def module_allowed(name: str, worker_modules: Sequence[str]) -> bool:
+    """Whether a worker name falls under one of the allowed module prefixes (e.g. "myapp.")."""
+    return any(name.startswith(prefix) for prefix in worker_modules)
+
+
+def check_worker_modules(worker_modules: Iterable[str]) -> tuple[str, ...]:
+    """Validate an allow-list of module prefixes: non-empty strings, no blanks."""
+    if isinstance(worker_modules, str):
+        raise DefinitionError(
+            f"worker_modules must be a sequence of module prefixes such as ('myapp.',), "
+            f"not the string {worker_modules!r}"
+        )
+    checked: list[str] = []
+    for prefix in worker_modules:
+        if not isinstance(prefix, str) or not prefix.strip() or prefix != prefix.strip():
+            raise DefinitionError(
+                f"worker_modules: each entry must be a module prefix such as 'myapp.', "
+                f"got {prefix!r}"
+            )
+        checked.append(prefix)
+    return tuple(checked)
+
+
+def registered_worker(name: str) -> type[Worker] | None:
+    """The worker class registered in this process as `name`, if any."""
     with _REGISTRY_LOCK:
-        found = _REGISTRY.get(name)
+        return _REGISTRY.get(name)
+
+
+def resolve_worker(name: str, *, worker_modules: Sequence[str] = ()) -> type[Worker]:
+    """The worker registered in this process as `name`; its module is imported only when the
+    name matches an allowed prefix in `worker_modules`, so a row alone never picks a module.
+
+    Raises UnknownWorker (not registered, not allowed, or not found in its module) and
+    WorkerImportError (the allowed module raised anything while importing, even SystemExit).
+    """
+    found = registered_worker(name)
     if found is not None:
         return found
+    if not module_allowed(name, worker_modules):
+        raise UnknownWorker(
+            f"unknown worker {name!r}: it is not registered in this process; import the "
+            "module that defines it (imports=/--import), or allow its module prefix with "
+            "Pgflow(worker_modules=...)/--worker-module"
+        )
     problems: list[str] = []
     for module_name, attrs_path in _import_candidates(name):
         try:
@@ -258,12 +310,11 @@ def resolve_worker(name: str) -> type[Worker]:
         except ImportError as exc:
             problems.append(f"{module_name}: {exc}")
             continue
-        except Exception as exc:  # the module exists but fails to import: say so
-            raise DefinitionError(
-                f"worker {name!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        except BaseException as exc:  # a row must not end the calling thread
+            raise WorkerImportError(
+                f"worker {name!r}: importing {module_name!r} failed: {describe_exception(exc)}"
             ) from exc
-        with _REGISTRY_LOCK:
-            found = _REGISTRY.get(name)
+        found = registered_worker(name)
         if found is not None:
             return found
         target: Any = module
@@ -273,9 +324,9 @@ def resolve_worker(name: str) -> type[Worker]:
             return target
         break
     detail = f" ({'; '.join(problems)})" if problems else ""
-    raise DefinitionError(
-        f"unknown worker {name!r}: define it in an imported module or pass its module to "
-        f"imports=/--import{detail}"
+    raise UnknownWorker(
+        f"unknown worker {name!r}: its module is allowed by worker_modules, but no worker of "
+        f"that name was found there{detail}"
     )
 
 

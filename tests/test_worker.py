@@ -18,6 +18,7 @@ import pgflow
 from pgflow.clock import FakeClock
 from pgflow.records import Job, JobState, UniqueSpec
 from pgflow.runtime.execution import JobControl, OutcomeKind, execute_job, failed_outcome, run_job
+from pgflow.runtime.worker_lookup import WorkerLookup
 from pgflow.worker import Worker, current_backend, resolve_worker
 from pgflow_backends.memory import InMemoryBackend
 
@@ -140,10 +141,10 @@ def test_new_builds_a_validated_new_job() -> None:
         Echo.new(unique={"period": 5, "colour": "red"})
 
 
-def test_resolve_worker_by_name_and_by_import() -> None:
+def test_resolve_worker_by_name_and_by_allowed_import() -> None:
     assert resolve_worker(Echo.options.name) is Echo
     with pytest.raises(pgflow.DefinitionError, match="no_such_module"):
-        resolve_worker("no_such_module.Worker")
+        resolve_worker("no_such_module.Worker", worker_modules=("no_such_module.",))
 
 
 def test_backoff_delay_follows_the_policy() -> None:
@@ -278,9 +279,11 @@ def test_cancelled_event_reaches_sync_perform(memory: InMemoryBackend) -> None:
     assert outcome.kind is OutcomeKind.CANCELLED
 
 
-def test_unknown_worker_is_a_failed_attempt_not_a_crash(memory: InMemoryBackend) -> None:
-    memory.insert_jobs([pgflow.NewJob(worker="nowhere.Missing", max_attempts=1)])
-    outcome = run_job(memory, claim_one(memory), "tester")
+def test_unknown_worker_is_discarded_not_a_crash_when_lookup_does_not_snooze(
+    memory: InMemoryBackend,
+) -> None:
+    memory.insert_jobs([pgflow.NewJob(worker="nowhere.Missing", max_attempts=3)])
+    outcome = run_job(memory, claim_one(memory), "tester", lookup=WorkerLookup(snooze=None))
     assert outcome.kind is OutcomeKind.DISCARDED
     assert outcome.error is not None and "unknown worker" in outcome.error["message"]
 
@@ -365,7 +368,8 @@ def test_a_worker_module_that_fails_to_import_fails_the_attempt(
     (tmp_path / "broken_workers_mod.py").write_text("raise RuntimeError('bad config')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     memory.insert_jobs([pgflow.NewJob(worker="broken_workers_mod.Job", max_attempts=1)])
-    outcome = run_job(memory, claim_one(memory), "tester")
+    lookup = WorkerLookup(("broken_workers_mod.",))
+    outcome = run_job(memory, claim_one(memory), "tester", lookup=lookup)
     assert outcome.kind is OutcomeKind.DISCARDED
     assert outcome.error is not None and "bad config" in outcome.error["message"]
 

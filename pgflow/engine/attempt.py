@@ -26,6 +26,7 @@ from pgflow.engine.loop import LOOP, LoopReentryError, refuse_reentry
 from pgflow.engine.runners import POOL, wait_for
 from pgflow.errors import SerializationError, WorkflowError
 from pgflow.records import StepOutcome, StepRecord
+from pgflow.stored_errors import clean_error
 
 if TYPE_CHECKING:
     from pgflow.engine.run import Run
@@ -49,7 +50,9 @@ def error_dict(exc: BaseException) -> dict[str, Any]:
         formatted = "".join(traceback.format_exception(exc))
     except Exception:
         formatted = ""
-    return {"kind": type(exc).__name__, "message": describe(exc), "traceback": formatted}
+    return clean_error(
+        {"kind": type(exc).__name__, "message": describe(exc), "traceback": formatted}
+    )
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

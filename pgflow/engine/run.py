@@ -30,6 +30,7 @@ from pgflow.errors import (
 )
 from pgflow.records import RunState, StepOutcome
 from pgflow.run_log import RunLog
+from pgflow.stored_errors import clean_error
 
 _monotonic = time.monotonic
 
@@ -190,13 +191,15 @@ class Run:
                 self.workflow_id,
                 number,
                 RunState.FAILED,
-                error={
-                    "kind": type(final).__name__,
-                    "message": str(final),
-                    "step": error.step,
-                    "attempt": number,
-                    "traceback": error_dict(cause)["traceback"] if cause else "",
-                },
+                error=clean_error(
+                    {
+                        "kind": type(final).__name__,
+                        "message": str(final),
+                        "step": error.step,
+                        "attempt": number,
+                        "traceback": error_dict(cause)["traceback"] if cause else "",
+                    }
+                ),
             )
         reason = error.reason if isinstance(error, StepFailed) else error
         self.log.run_failed(error.step, number, reason)
@@ -213,7 +216,9 @@ class Run:
                     self.workflow_id,
                     number,
                     RunState.FAILED,
-                    error={"kind": "SerializationError", "message": str(exc), "traceback": ""},
+                    error=clean_error(
+                        {"kind": "SerializationError", "message": str(exc), "traceback": ""}
+                    ),
                 )
         raise exc
 

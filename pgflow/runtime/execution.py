@@ -13,7 +13,6 @@ import enum
 import inspect
 import logging
 import threading
-import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,8 +23,16 @@ from pgflow.cancellation import CancelFlag
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.errors import Discard, PgflowError, SerializationError, Snooze, StepFailed
 from pgflow.records import Job, JobError, JobRef, JobState
+from pgflow.runtime.worker_lookup import DEFAULT_LOOKUP, WorkerLookup
 from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES, dumps
-from pgflow.worker import CURRENT_BACKEND, Worker, backoff_delay, resolve_worker
+from pgflow.stored_errors import clean_error, exception_text, traceback_text
+from pgflow.worker import (
+    CURRENT_BACKEND,
+    UnknownWorker,
+    Worker,
+    backoff_delay,
+    registered_worker,
+)
 
 if TYPE_CHECKING:
     from pgflow.backend import Backend, JobQueue
@@ -37,11 +44,11 @@ __all__ = [
     "execute_job",
     "execute_job_async",
     "failed_outcome",
-    "is_async_job",
     "job_log_extra",
     "record_completions",
     "record_outcomes",
     "run_job",
+    "unresolved_outcome",
 ]
 
 logger = logging.getLogger("pgflow.runtime")
@@ -163,25 +170,26 @@ def job_log_extra(job: Job, instance_id: str | None, **more: Any) -> dict[str, A
     }
 
 
-def is_async_job(job: Job) -> bool:
-    """True when the job's worker has an `async def perform` (unknown workers count as sync)."""
-    try:
-        worker_cls = resolve_worker(job.worker)
-    except PgflowError:
-        return False
-    return worker_cls.perform_is_async
-
-
 def failed_outcome(
     job: Job, exc: BaseException, *, instance_id: str | None, clock: Clock = SYSTEM_CLOCK
 ) -> Outcome:
     """The outcome of an attempt that failed outside perform (its runner broke): a retry
     under the worker's policy, or discarded when no attempt is left."""
-    try:
-        worker_cls: type[Worker] | None = resolve_worker(job.worker)
-    except PgflowError:
-        worker_cls = None
-    return _Run(job, instance_id, clock, JobControl()).failed(exc, worker_cls)
+    return _Run(job, instance_id, clock, JobControl()).failed(exc, registered_worker(job.worker))
+
+
+def unresolved_outcome(
+    job: Job,
+    exc: BaseException,
+    *,
+    instance_id: str | None,
+    lookup: WorkerLookup,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Outcome:
+    """The outcome of a job whose worker could not be resolved: an unknown worker is snoozed
+    (a deploy may bring it) until the lookup's window runs out, then discarded; a worker
+    module that failed to import fails the attempt like perform raising would."""
+    return _Run(job, instance_id, clock, JobControl()).unresolved(exc, lookup)
 
 
 def _kind_of(exc: BaseException) -> str:
@@ -194,14 +202,16 @@ def _kind_of(exc: BaseException) -> str:
 def _error_dict(
     job: Job, instance_id: str | None, clock: Clock, kind: str, message: str, tb: str
 ) -> dict[str, Any]:
-    return JobError(
-        attempt=job.attempt,
-        at=clock.now(),
-        kind=kind,
-        message=message,
-        traceback=tb,
-        instance_id=instance_id,
-    ).to_dict()
+    return clean_error(
+        JobError(
+            attempt=job.attempt,
+            at=clock.now(),
+            kind=kind,
+            message=message,
+            traceback=tb,
+            instance_id=instance_id,
+        ).to_dict()
+    )
 
 
 def _discard_reason(exc: BaseException) -> Discard | None:
@@ -243,16 +253,18 @@ class _Run:
         job = self.job
         if isinstance(exc, Snooze):
             return Outcome(job, OutcomeKind.SNOOZED, exception=exc, snooze=exc.seconds)
-        tb = "".join(traceback.format_exception(exc))
-        error = _error_dict(job, self.instance_id, self.clock, _kind_of(exc), str(exc), tb)
+        message, tb = exception_text(exc), traceback_text(exc)
+        error = _error_dict(job, self.instance_id, self.clock, _kind_of(exc), message, tb)
         if honour_cancel and self.control.cancelled.is_set():
             if not self.control.shutdown:
                 return Outcome(job, OutcomeKind.CANCELLED, error=error, exception=exc)
-            error = {
-                **error,
-                "kind": "pgflow.Shutdown",
-                "message": f"interrupted by shutdown: {exc}",
-            }
+            error = clean_error(
+                {
+                    **error,
+                    "kind": "pgflow.Shutdown",
+                    "message": f"interrupted by shutdown: {error['message']}",
+                }
+            )
             if job.attempt < job.max_attempts:
                 return Outcome(job, OutcomeKind.RETRY, error=error, exception=exc, retry_in=0.0)
         if _discard_reason(exc) is not None or job.attempt >= job.max_attempts:
@@ -260,6 +272,27 @@ class _Run:
         policy = worker_cls.options.backoff if worker_cls is not None else None
         delay = backoff_delay(policy, job.attempt) if policy is not None else 10.0**job.attempt
         return Outcome(job, OutcomeKind.RETRY, error=error, exception=exc, retry_in=delay)
+
+    def unresolved(self, exc: BaseException, lookup: WorkerLookup) -> Outcome:
+        job = self.job
+        if not isinstance(exc, UnknownWorker):
+            return self.failed(exc, None, honour_cancel=False)
+        extra = job_log_extra(job, self.instance_id, error=_kind_of(exc))
+        seconds = lookup.snooze_for(job)
+        if seconds is not None:
+            logger.warning(
+                "job %s: worker %s is not registered in this process; snoozed %gs (import its "
+                "module with imports=/--import, or allow it with worker_modules=)",
+                job.id,
+                job.worker,
+                seconds,
+                extra=extra,
+            )
+            return Outcome(job, OutcomeKind.SNOOZED, exception=exc, snooze=seconds)
+        error = _error_dict(
+            job, self.instance_id, self.clock, "pgflow.UnknownWorker", exception_text(exc), ""
+        )
+        return Outcome(job, OutcomeKind.DISCARDED, error=error, exception=exc)
 
     def timed_out(self, timeout: float, worker_cls: type[Worker]) -> Outcome:
         """A failed attempt like any other; `cancelled` is set so cooperative code stops."""
@@ -281,19 +314,32 @@ def execute_job(
     backend: Backend | None = None,
     clock: Clock = SYSTEM_CLOCK,
     control: JobControl | None = None,
+    worker_cls: type[Worker] | None = None,
+    lookup: WorkerLookup = DEFAULT_LOOKUP,
 ) -> Outcome:
     """Run `job`'s perform in this thread (an async perform on a private event loop) and
-    return its outcome, without writing anything. Never raises for user errors."""
+    return its outcome, without writing anything. Never raises for user errors.
+
+    `worker_cls` is the worker when the caller already resolved it; otherwise `lookup`
+    resolves it, and a failure to do so is the job's outcome.
+    """
     control = control or JobControl()
     run = _Run(job, instance_id, clock, control)
-    try:
-        worker_cls = resolve_worker(job.worker)
-    except PgflowError as exc:
-        return run.failed(exc, None)
+    if worker_cls is None:
+        try:
+            worker_cls = lookup.resolve(job.worker)
+        except PgflowError as exc:
+            return run.unresolved(exc, lookup)
     if worker_cls.perform_is_async:
+        resolved = worker_cls
         return _run_coroutine(
             lambda: execute_job_async(
-                job, instance_id=instance_id, backend=backend, clock=clock, control=control
+                job,
+                instance_id=instance_id,
+                backend=backend,
+                clock=clock,
+                control=control,
+                worker_cls=resolved,
             )
         )
     _log_start(job, instance_id)
@@ -379,20 +425,25 @@ async def execute_job_async(
     backend: Backend | None = None,
     clock: Clock = SYSTEM_CLOCK,
     control: JobControl | None = None,
+    worker_cls: type[Worker] | None = None,
+    lookup: WorkerLookup = DEFAULT_LOOKUP,
 ) -> Outcome:
     """Run an `async def perform` on the running loop; cancellation cancels its task."""
     control = control or JobControl()
     run = _Run(job, instance_id, clock, control)
-    try:
-        worker_cls = resolve_worker(job.worker)
-    except PgflowError as exc:
-        return run.failed(exc, None)
+    if worker_cls is None:
+        try:
+            worker_cls = lookup.resolve(job.worker)
+        except PgflowError as exc:
+            return run.unresolved(exc, lookup)
     _log_start(job, instance_id)
     token = CURRENT_BACKEND.set(backend)
     try:
         worker = worker_cls()
         worker.cancelled = control.cancelled
-        task = asyncio.ensure_future(worker.perform(job))
+        task = asyncio.ensure_future(_contained(worker.perform(job)))
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        return run.failed(exc, worker_cls)
     finally:
         CURRENT_BACKEND.reset(token)
     loop = asyncio.get_running_loop()
@@ -411,9 +462,29 @@ async def execute_job_async(
         if control.cancelled.is_set() and task.cancelled():
             return run.failed(exc, worker_cls)
         raise  # our caller was cancelled (shutdown), not the job
+    except _Exited as exc:
+        return run.failed(exc.exited, worker_cls)
     except (Exception, SystemExit) as exc:
         return run.failed(exc, worker_cls)
     return run.completed(value, worker_cls, backend)
+
+
+class _Exited(Exception):
+    """Carries a SystemExit or KeyboardInterrupt raised by an async perform out of its task."""
+
+    def __init__(self, exited: BaseException) -> None:
+        super().__init__(type(exited).__name__)
+        self.exited = exited
+
+
+async def _contained(perform: Coroutine[Any, Any, T]) -> T:
+    """Await `perform`, turning SystemExit and KeyboardInterrupt into an ordinary exception:
+    asyncio re-raises those two out of the event loop, which would end the loop's thread
+    and strand every async job running on it."""
+    try:
+        return await perform
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _Exited(exc) from exc
 
 
 def record_outcomes(
@@ -519,9 +590,10 @@ def run_job(
     *,
     clock: Clock = SYSTEM_CLOCK,
     control: JobControl | None = None,
+    lookup: WorkerLookup = DEFAULT_LOOKUP,
 ) -> Outcome:
     """Run a claimed job in this thread and record its outcome: the inline form of a producer."""
     outcome = execute_job(
-        job, instance_id=instance_id, backend=backend, clock=clock, control=control
+        job, instance_id=instance_id, backend=backend, clock=clock, control=control, lookup=lookup
     )
     return record_outcomes(backend, [outcome], instance_id=instance_id)[0]

@@ -30,13 +30,15 @@ from pgflow.runtime.execution import (
     execute_job,
     execute_job_async,
     failed_outcome,
-    is_async_job,
     job_log_extra,
     record_completions,
     record_outcomes,
+    unresolved_outcome,
 )
 from pgflow.runtime.pool import DaemonPool
-from pgflow.runtime.reconnect import Guard
+from pgflow.runtime.reconnect import Guard, is_transient, keep_running
+from pgflow.runtime.worker_lookup import DEFAULT_LOOKUP, WorkerLookup
+from pgflow.stored_errors import minimal_error
 
 if TYPE_CHECKING:
     from pgflow.backend import Backend
@@ -79,8 +81,10 @@ class Producer:
         poll_interval: float,
         clock: Clock,
         async_loop: BackgroundLoop,
+        lookup: WorkerLookup = DEFAULT_LOOKUP,
     ) -> None:
         self.backend = backend
+        self.lookup = lookup
         self.queue = queue
         self.limit = limit
         self.instance_id = instance_id
@@ -96,7 +100,8 @@ class Producer:
         self._abort = threading.Event()  # stop now, even with jobs running
         self._hints = 0  # bumped by every external hint that jobs may be available
         self._maybe_more = True
-        self._claim_failed = False
+        # A claim reply or an outcome was lost: jobs may be executing here without a runner.
+        self._release_needed = False
         self._batch_floor = max(1, int(limit * BATCH_FLOOR))
         self._hold_until: float | None = None
         self._pool = DaemonPool(limit, f"pgflow-{queue}")
@@ -174,11 +179,16 @@ class Producer:
 
     def _main(self) -> None:
         try:
-            with _held_connection(self.backend):
-                self._claim_loop()
+            keep_running(
+                f"queue {self.queue!r} producer", self._claim_main, self._abort, self._extra
+            )
         finally:
             self._claimer_done.set()
             self._ack_wake.set()
+
+    def _claim_main(self) -> None:
+        with _held_connection(self.backend):
+            self._claim_loop()
 
     def _claim_loop(self) -> None:
         guard = Guard(f"queue {self.queue!r} producer", self._abort, self._extra)
@@ -201,6 +211,11 @@ class Producer:
 
     def _ack_main(self) -> None:
         """Write outcomes as they come; after the claimer stops, until none is left."""
+        keep_running(
+            f"queue {self.queue!r} acknowledgements", self._ack_serve, self._abort, self._extra
+        )
+
+    def _ack_serve(self) -> None:
         with _held_connection(self.backend):
             self._ack_loop()
 
@@ -231,7 +246,7 @@ class Producer:
 
     def _fill_slots(self, guard: Guard) -> bool:
         """Claim for the free slots (after releasing orphans of a failed claim); False on error."""
-        if self._claim_failed and not guard.attempt(self._release_orphans):
+        if self._release_needed and not guard.attempt(self._release_orphans):
             return False
         return guard.attempt(self._claim)
 
@@ -267,7 +282,7 @@ class Producer:
             jobs = self.backend.claim_jobs(self.queue, self.instance_id, free)
         except Exception:
             # The claim may have committed with its reply lost: look for orphans first.
-            self._claim_failed = True
+            self._release_needed = True
             raise
         with self._lock:
             if len(jobs) < free and self._hints == hints:
@@ -278,10 +293,11 @@ class Producer:
             self._dispatch(job)
 
     def _release_orphans(self) -> None:
-        """Fail (for a retry) jobs the database says we run but we never received.
+        """Fail (for a retry) jobs the database says we run but we do not (or no longer) hold.
 
-        A claim whose reply was lost to a broken connection leaves its jobs executing under
-        this instance, which keeps heartbeating, so no rescue would ever free them.
+        A claim whose reply was lost to a broken connection, or an outcome that could not be
+        written at all, leaves its job executing under this instance, which keeps
+        heartbeating, so no rescue would ever free it.
         """
         # Known first: whatever leaves `_finished` meanwhile was acknowledged, so it is no
         # longer executing in the listing that follows.
@@ -295,7 +311,10 @@ class Producer:
                 attempt=job.attempt,
                 at=self.clock.now(),
                 kind="pgflow.LostClaim",
-                message="claimed, but the reply was lost to a database error; released",
+                message=(
+                    "executing here without a runner (a claim reply or an outcome was lost "
+                    "to a database error); released"
+                ),
                 instance_id=self.instance_id,
             ).to_dict()
             state = self.backend.fail_job(job.ref, error, retry_in=0.0)
@@ -305,19 +324,28 @@ class Producer:
                 state.value if state else "fenced",
                 extra=job_log_extra(job, self.instance_id),
             )
-        self._claim_failed = False
+        self._release_needed = False
 
     def _dispatch(self, job: Job) -> None:
         with self._lock:
             item = self._running[job.id]
+        try:
+            worker_cls = self.lookup.resolve(job.worker)
+        except Exception as exc:  # unknown, or its module failed to import: this job's outcome
+            outcome = unresolved_outcome(
+                job, exc, instance_id=self.instance_id, lookup=self.lookup, clock=self.clock
+            )
+            self._on_done(job, outcome, None)
+            return
         kwargs: dict[str, Any] = {
             "instance_id": self.instance_id,
             "backend": self.backend,
             "clock": self.clock,
             "control": item.control,
+            "worker_cls": worker_cls,
         }
         try:
-            if is_async_job(job):
+            if worker_cls.perform_is_async:
                 future = asyncio.run_coroutine_threadsafe(
                     execute_job_async(job, **kwargs), self._async_loop.loop
                 )
@@ -327,7 +355,7 @@ class Producer:
                     functools.partial(execute_job, job, **kwargs),
                     functools.partial(self._on_done, job),
                 )
-        except Exception as exc:  # e.g. the loop or pool is gone: the attempt fails, retried
+        except BaseException as exc:  # e.g. the loop or pool is gone: the attempt fails, retried
             self._on_done(job, None, exc)
 
     def _on_async_done(self, job: Job, future: concurrent.futures.Future[Outcome]) -> None:
@@ -341,11 +369,12 @@ class Producer:
     def _on_done(self, job: Job, outcome: Outcome | None, error: BaseException | None) -> None:
         """Runs in the pool or loop thread: queue the outcome and wake the producer."""
         if outcome is None:
+            # The kind only: the exception's text may hold the job's input.
             logger.error(
-                "job %s: runner failed: %r",
+                "job %s: runner failed (%s)",
                 job.id,
-                error,
-                extra=job_log_extra(job, self.instance_id),
+                type(error).__name__,
+                extra=job_log_extra(job, self.instance_id, error=type(error).__name__),
             )
             # Still an outcome: a job left executing under a live instance would never
             # be rescued.
@@ -377,8 +406,9 @@ class Producer:
     def _flush(self) -> None:
         """Acknowledge finished jobs: completions in one batch, the others one by one.
 
-        Each acknowledged group leaves the buffer only once written, so after a database
-        error the rest is retried; writes are fenced by attempt, so retrying is safe.
+        Each acknowledged group leaves the buffer only once written, so after a transient
+        database error the rest is retried; writes are fenced by attempt, so retrying is safe.
+        A write refused for what it holds is never retried as is: see `_write_apart`.
         """
         with self._lock:
             if not self._finished:
@@ -387,16 +417,68 @@ class Producer:
         completions = [o for o in batch if o.kind is OutcomeKind.COMPLETED]
         others = [o for o in batch if o.kind is not OutcomeKind.COMPLETED]
         if completions:
-            record_completions(self.backend, completions, instance_id=self.instance_id)
-            self._forget(completions)
+            try:
+                record_completions(self.backend, completions, instance_id=self.instance_id)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                for outcome in completions:  # find the one the database refuses
+                    self._write_apart(outcome)
+            else:
+                self._forget(completions)
         for outcome in others:
-            record_outcomes(self.backend, [outcome], instance_id=self.instance_id)
-            self._forget([outcome])
+            try:
+                record_outcomes(self.backend, [outcome], instance_id=self.instance_id)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                self._write_apart(outcome, exc)
+            else:
+                self._forget([outcome])
 
-    def _forget(self, outcomes: list[Outcome]) -> None:
+    def _write_apart(self, outcome: Outcome, failure: Exception | None = None) -> None:
+        """Write one outcome that a batch could not: with a minimal error if its own was
+        refused, and if even that fails for a non-transient reason, drop it from the buffer
+        (the job is released for a retry) so it never blocks the queue's other outcomes."""
+        write = functools.partial(record_outcomes, self.backend, instance_id=self.instance_id)
+        if failure is None:
+            try:
+                write([outcome])
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                failure = exc
+            else:
+                self._forget([outcome])
+                return
+        if outcome.error is not None:
+            fallback = attrs.evolve(
+                outcome, error=minimal_error(outcome.error, type(failure).__name__)
+            )
+            try:
+                write([fallback])
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                failure = exc
+            else:
+                self._forget([outcome])
+                return
+        logger.error(
+            "job %s: its %s outcome cannot be written (%s); dropped, the job will be released",
+            outcome.job.id,
+            outcome.kind.value,
+            type(failure).__name__,
+            extra=job_log_extra(outcome.job, self.instance_id, error=type(failure).__name__),
+        )
+        self._release_needed = True
+        self._forget([outcome], counted=False)
+
+    def _forget(self, outcomes: list[Outcome], *, counted: bool = True) -> None:
         ids = {id(o) for o in outcomes}
         with self._lock:
             kept = [o for o in self._finished if id(o) not in ids]
             self._finished.clear()
             self._finished.extend(kept)
-            self.completed += len(outcomes)
+            if counted:
+                self.completed += len(outcomes)

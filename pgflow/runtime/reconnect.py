@@ -2,7 +2,9 @@
 
 Every loop of the runtime wraps its work in `Guard.attempt`: an exception is logged as a
 WARNING with structured fields, then the loop waits an exponentially growing, capped and
-jittered delay (from the `backoff` package's generators) before trying again.
+jittered delay (from the `backoff` package's generators) before trying again. Around each
+loop, `keep_running` restarts it after anything short of interpreter shutdown, so no error
+(not even a SystemExit raised by some import) silently ends a runtime thread.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ class Guard:
         """Run `step`; on an exception, log it, wait (interruptibly) and return False."""
         try:
             step()
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             wait = self.delay.next()
             logger.warning(
                 "%s failed (%s: %s); retrying in %.2fs",
@@ -75,3 +79,52 @@ class Guard:
             )
         self.delay.reset()
         return True
+
+
+def keep_running(
+    what: str, loop: Callable[[], None], stop: threading.Event, extra: dict[str, Any]
+) -> None:
+    """Run `loop` until it returns; if it raises anything but KeyboardInterrupt, log the
+    traceback at ERROR, back off and run it again (unless `stop` is set meanwhile)."""
+    delay = RetryDelay()
+    while True:
+        try:
+            loop()
+            return
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            wait = delay.next()
+            logger.error(
+                "%s crashed (%s); restarting it in %.2fs",
+                what,
+                type(exc).__name__,
+                wait,
+                exc_info=True,
+                extra={**extra, "error": type(exc).__name__, "failures": delay.failures},
+            )
+            if stop.wait(wait):
+                return
+
+
+_TRANSIENT_NAMES = frozenset({"OperationalError", "InterfaceError", "DisconnectionError"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a write failed for a reason that retrying the same write may cure (a lost
+    connection, a busy database), judged from the whole chain of causes."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, (OSError, TimeoutError)) or getattr(
+            link, "connection_invalidated", False
+        ):
+            return True
+        cls = type(link)
+        if cls.__name__ in _TRANSIENT_NAMES or (
+            cls.__name__ == "TimeoutError" and cls.__module__.startswith("sqlalchemy")
+        ):
+            return True
+        link = link.__cause__ or link.__context__
+    return False

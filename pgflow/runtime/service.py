@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import threading
 
+from pgflow.runtime.reconnect import keep_running
+
 
 class ServiceThread:
-    """Runs `_main` on a daemon thread named `name`; `stop` sets `_stop` and joins."""
+    """Runs `_main` on a daemon thread named `name`; `stop` sets `_stop` and joins.
+
+    `_main` is restarted (after logging and a backoff) if it ever raises, so the service
+    lives until stopped, whatever happens inside it.
+    """
 
     def __init__(self, name: str, instance_id: str) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._name = name
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._extra = {"instance_id": instance_id}
+
+    def _serve(self) -> None:
+        keep_running(self._name, self._main, self._stop, self._extra)
 
     def start(self) -> None:
         self._thread.start()
