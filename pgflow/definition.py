@@ -71,19 +71,20 @@ class Workflow:
     def _any_step_timeout(self) -> bool:
         return any(step.timeout is not None for step in self.steps)
 
-    @property
-    def definition(self) -> dict[str, Any]:
-        """The shape a run depends on, as JSON: `{"kind": "chain", "steps": [names]}`.
+    #: The shape a run depends on, as JSON: `{"kind": "chain", "steps": [names]}`. Stored
+    #: with each run, so a resume under another shape can be refused and explained. A graph
+    #: adds its own kind and keys; step options (timeouts, attempts) are left out, since
+    #: changing them does not change which stored result belongs to which step.
+    definition: dict[str, Any] = attrs.field(init=False, eq=False, repr=False)
+    #: sha256 (hex) of the canonical JSON of `definition`: equal shapes, equal hashes.
+    fingerprint: str = attrs.field(init=False, eq=False, repr=False)
 
-        Stored with each run, so a resume under another shape can be refused and explained.
-        A graph adds its own kind and keys; step options (timeouts, attempts) are left out,
-        since changing them does not change which stored result belongs to which step.
-        """
-        return {"kind": "chain", "steps": [step.name for step in self.steps]}
+    @definition.default
+    def _chain_definition(self) -> dict[str, Any]:
+        return {"kind": "chain", "steps": [getattr(step, "name", None) for step in self.steps]}
 
-    @property
-    def fingerprint(self) -> str:
-        """sha256 (hex) of the canonical JSON of `definition`: equal shapes, equal hashes."""
+    @fingerprint.default
+    def _fingerprint(self) -> str:
         return definition_fingerprint(self.definition)
 
     def __attrs_post_init__(self) -> None:

@@ -196,7 +196,7 @@ def test_a_resume_under_another_definition_is_refused_naming_the_change(
     _failed_run(backend, before, failing, "def-1")
     calls = Counter[str]()
 
-    with pytest.raises(pgflow.DefinitionError, match=f"run def-1 .*{change}"):
+    with pytest.raises(pgflow.DefinitionError, match=rf"run def-1 .*{change}"):
         Executor(backend).execute(_chain("orders", after, calls), [], workflow_id="def-1")
     assert calls == Counter()
     run = backend.get_run("def-1")
@@ -232,7 +232,8 @@ def test_a_run_stored_without_a_fingerprint_resumes_as_before(backend: Backend) 
     backend.finish_run("legacy-1", 1, RunState.FAILED, error={"kind": "X", "message": "m"})
     calls = Counter[str]()
 
-    result = Executor(backend).execute(_chain("orders", ["a", "b"], calls), [], workflow_id="legacy-1")
+    flow = _chain("orders", ["a", "b"], calls)
+    result = Executor(backend).execute(flow, [], workflow_id="legacy-1")
 
     assert result == ["a", "b"] and calls == Counter({"a": 1, "b": 1})
 
@@ -242,7 +243,7 @@ def test_a_resume_with_another_input_is_refused(backend: Backend) -> None:
     calls = Counter[str]()
     flow = _chain("orders", ["a", "b"], calls)
 
-    with pytest.raises(pgflow.WorkflowError, match="run input-1 .* another input") as caught:
+    with pytest.raises(pgflow.WorkflowError, match=r"run input-1 .* another input") as caught:
         Executor(backend).execute(flow, ["other"], workflow_id="input-1")
     assert caught.value.workflow_id == "input-1"
     assert calls == Counter()
@@ -292,7 +293,7 @@ def test_a_step_retry_inside_a_workflow_job_is_a_scheduled_snooze() -> None:
         drained = t.drain("flows", with_scheduled=True)
 
         assert (drained.snoozed, drained.completed) == (2, 1)
-        assert JOB_CALLS == Counter({"prepare": 1, "call_api": 3})
+        assert dict(JOB_CALLS) == {"prepare": 1, "call_api": 3}
         assert t.clock.now() - started == timedelta(seconds=10 + 100)  # the default backoff
         assert t.clock.sleeps == []  # nothing waited inside perform
         done = t.backend.get_job(job.id)
@@ -316,7 +317,7 @@ def test_a_workflow_job_fails_when_the_step_is_out_of_attempts() -> None:
         drained = t.drain("flows", with_scheduled=True, raise_on_failure=False)
 
         assert (drained.snoozed, drained.discarded) == (2, 1)
-        assert JOB_CALLS == Counter({"prepare": 1, "call_api": 3})
+        assert dict(JOB_CALLS) == {"prepare": 1, "call_api": 3}
         done = t.backend.get_job(job.id)
         assert done is not None and done.state is JobState.DISCARDED
         assert "MaxAttemptsExceeded" in done.errors[-1]["kind"]

@@ -213,7 +213,7 @@ def test_a_completed_run_is_final(backend: Backend) -> None:
 
 def test_a_workflow_id_longer_than_64_characters_is_refused(backend: Backend) -> None:
     long_id = "w" * 65
-    with pytest.raises(DefinitionError, match="workflow_id 'w+' \\(65 characters\\)"):
+    with pytest.raises(DefinitionError, match=r"workflow_id 'w+' \(65 characters\)"):
         backend.start_run(workflow_id=long_id, workflow="w", input={}, max_attempts=1)
     assert backend.list_runs() == []
 
