@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -219,3 +220,46 @@ def test_a_workflow_id_longer_than_64_characters_is_refused(backend: Backend) ->
 
     run, created = backend.start_run(workflow_id="w" * 64, workflow="w", input={}, max_attempts=1)
     assert created and run.workflow_id == "w" * 64
+
+
+def test_concurrent_start_runs_of_one_id_create_it_once(backend: Backend) -> None:
+    callers = 4
+    barrier = threading.Barrier(callers)
+    created: list[bool] = []
+    lock = threading.Lock()
+
+    def start() -> None:
+        barrier.wait(5.0)
+        _, made = backend.start_run(workflow_id="wf-race", workflow="w", input={}, max_attempts=1)
+        with lock:
+            created.append(made)
+
+    threads = [threading.Thread(target=start) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10.0)
+
+    assert sorted(created) == [False] * (callers - 1) + [True]
+
+
+def test_concurrent_start_attempts_from_one_attempt_have_one_winner(backend: Backend) -> None:
+    backend.start_run(workflow_id="wf-race", workflow="w", input={}, max_attempts=3)
+    callers = 4
+    barrier = threading.Barrier(callers)
+    won: list[bool] = []
+    lock = threading.Lock()
+
+    def take_over() -> None:
+        barrier.wait(5.0)
+        result = backend.start_attempt("wf-race", 2)
+        with lock:
+            won.append(result)
+
+    threads = [threading.Thread(target=take_over) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10.0)
+
+    assert sorted(won) == [False] * (callers - 1) + [True]
