@@ -101,7 +101,7 @@ class InMemoryBackend:
     ) -> RunStart:
         validate_workflow_id(workflow_id)
         encoded = dumps(input, what="input")
-        encoded_definition = None if definition is None else dumps(definition, what="definition")
+        encoded_definition = self._runs.encode_definition(definition)
         with self._lock:
             self._check_open()
             return self._runs.start(

@@ -7,12 +7,13 @@ as JSON text, so what a test reads back is exactly what a SQL backend would retu
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import attrs
 
 from pgflow.backend import RunStart
 from pgflow.records import RunRecord, RunState, StepOutcome, StepRecord
-from pgflow.serialization import loads
+from pgflow.serialization import dumps, loads
 
 
 @attrs.define
@@ -81,6 +82,17 @@ class RunTable:
     def __init__(self) -> None:
         self._runs: dict[str, _Run] = {}
         self._steps: dict[str, list[_Step]] = {}
+        self._last_definition: tuple[object, str | None] = (None, None)
+
+    def encode_definition(self, definition: Any) -> str | None:
+        """The definition's JSON text. A workflow makes its definition once and hands the
+        same object to each of its runs, so the last one is remembered by identity (safe
+        without the lock: one tuple is read or replaced at a time)."""
+        seen, text = self._last_definition
+        if definition is None or seen is not definition:
+            text = None if definition is None else dumps(definition, what="definition")
+            self._last_definition = (definition, text)
+        return text
 
     def start(
         self,
