@@ -87,6 +87,42 @@ def test_two_concurrent_executes_of_one_workflow_id_run_each_step_once(
     assert run is not None and (run.state, run.attempt) == (RunState.COMPLETED, 1)
 
 
+def test_a_caller_following_a_run_that_fails_there_gets_its_error_without_running_it(
+    backend: Backend,
+) -> None:
+    store = _WatchedStore(backend)
+    calls = Counter[str]()
+    flow = pgflow.Flow("failing_order")
+
+    @flow.step
+    def charge(order: Any) -> Any:
+        calls["charge"] += 1
+        assert store.second_start.wait(10.0), "the second caller never reached start_run"
+        raise RuntimeError("card declined")
+
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        barrier.wait(5.0)
+        try:
+            Executor(store).execute(flow, {"order": 2}, workflow_id="order-2", max_attempts=1)
+        except pgflow.WorkflowError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30.0)
+
+    assert calls == Counter({"charge": 1})
+    assert sorted(type(error).__name__ for error in errors) == ["StepFailed", "WorkflowError"]
+    (followed,) = [error for error in errors if type(error) is pgflow.WorkflowError]
+    assert "failed in another caller on attempt 1" in str(followed)
+    assert "card declined" in str(followed)
+
+
 class _InterloperClock(pgflow.FakeClock):
     """A fake clock on which another caller completes the run during the backoff wait."""
 
@@ -258,6 +294,20 @@ def test_the_same_input_in_another_key_order_resumes(backend: Backend) -> None:
     again = executor.execute(flow, {"b": {"y": 2, "x": 1}, "a": 1}, workflow_id="keys-1")
 
     assert again == {"a": 1, "b": {"x": 1, "y": 2}, "first": True}
+
+
+def test_an_input_with_non_string_keys_resumes_as_the_same_input(backend: Backend) -> None:
+    calls = Counter[str]()
+    flow = pgflow.Flow("mixed_keys")
+    flow.add_step("first", lambda state: calls.update(["first"]) or "done")
+    executor = Executor(backend)
+    with pytest.raises(pgflow.StepFailed):
+        broken = pgflow.Flow("mixed_keys")
+        broken.add_step("first", lambda state: 1 / 0)
+        executor.execute(broken, {1: "one", "b": 2}, workflow_id="keys-3", max_attempts=1)
+
+    assert executor.execute(flow, {1: "one", "b": 2}, workflow_id="keys-3") == "done"
+    assert calls == Counter({"first": 1})
 
 
 # -- workflow jobs: step retries are scheduled, never slept --------------------------------------

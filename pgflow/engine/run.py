@@ -40,6 +40,7 @@ from pgflow.errors import (
 )
 from pgflow.records import RunRecord, RunState, StepOutcome
 from pgflow.run_log import RunLog
+from pgflow.serialization import roundtrip
 
 _monotonic = time.monotonic
 #: How often a caller following another caller's run polls the store (first, then at most).
@@ -326,6 +327,8 @@ class Run:
         a run still at the same attempt after that is presumed abandoned and taken over.
         """
         waited, poll = 0.0, _FOLLOW_FIRST_POLL
+        if run.state is RunState.RUNNING:
+            self.log.following(run.attempt, self.timeout)
         while True:
             if run.state is RunState.COMPLETED:
                 self.log.run_completed(run.attempt)
@@ -339,6 +342,7 @@ class Run:
                     workflow_id=self.workflow_id,
                 )
             if self.timeout is not None and waited >= self.timeout:
+                self.log.taking_over(run.attempt, waited)
                 resumed = self._resume(run)
                 if isinstance(resumed, _Finished):
                     return resumed.output
@@ -376,7 +380,7 @@ class Run:
                 f"not {self.workflow.name!r}",
                 workflow_id=self.workflow_id,
             )
-        if _canonical(existing.input) != _canonical(self.input):
+        if _canonical(existing.input) != _canonical(roundtrip(self.input, what="input")):
             raise WorkflowError(
                 f"run {self.workflow_id} of workflow {self.workflow.name!r} was started with "
                 "another input; a workflow_id names one run of one input (use a new "
