@@ -323,8 +323,8 @@ class Run:
     def _follow(self, run: RunRecord) -> Any:
         """Wait for a run another caller holds to end; its output, or its error raised.
 
-        Polls on the run's clock for at most `timeout` seconds (unbounded without one);
-        a run still at the same attempt after that is presumed abandoned and taken over.
+        Polls on the run's clock; a run still at the same attempt after `timeout` seconds
+        (never, without one) is presumed abandoned and taken over.
         """
         waited, poll = 0.0, _FOLLOW_FIRST_POLL
         if run.state is RunState.RUNNING:
@@ -350,7 +350,9 @@ class Run:
             self.clock.sleep(poll)
             waited += poll
             poll = min(poll * 2, _FOLLOW_MAX_POLL)
-            run = self._stored()
+            seen, run = run.attempt, self._stored()
+            if run.attempt != seen:
+                waited = 0.0  # moved on to a new attempt: its holder is alive, wait afresh
 
     def _stored(self) -> RunRecord:
         assert self.store is not None
