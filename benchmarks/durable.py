@@ -1,7 +1,7 @@
 """Suite 2a (issue 3): the 3-step workflow run durably, each step recorded in the database.
 
-Measured with default options (the target) and with timeout=None, so a miss can be told
-apart: storage round trips, or the cost of enforcing the whole-run timeout.
+Measured with a whole-run timeout (the target; once the default) and with timeout=None
+(today's default), so a miss can be told apart: storage round trips, or the timeout's cost.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from benchmarks.harness import RATE, Benchmark, Row, RunContext, Target, require
 TARGETS: dict[Kind, float] = {"sqlite": 1_000, "postgres": 300}
 KINDS: tuple[Kind, ...] = ("sqlite", "postgres")
 CASES: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("3-step workflow, default options", {}),
-    ("3-step workflow, timeout=None", {"timeout": None}),
+    ("3-step workflow, timeout=30", {"timeout": 30.0}),
+    ("3-step workflow, timeout=None (default)", {"timeout": None}),
 )
 
 
@@ -43,7 +43,7 @@ def _runner(kind: Kind) -> Callable[[RunContext], list[Row]]:
                         label,
                         samples.metrics(),
                         "workflows/s",
-                        targets if not options else (),
+                        targets if options["timeout"] is not None else (),
                     )
                 )
         return rows

@@ -52,8 +52,8 @@ def _cases(flow: Any) -> tuple[list[Case], list[Row]]:
             (Target(OVERHEAD_PER_STEP, "<", 10 * US, "overhead < 10 µs/step"),),
         ),
         Case(
-            "(b) no backend, default options",
-            no_backend(),
+            "(b) no backend, timeout=30",
+            no_backend(timeout=30.0),
             (Target(MEDIAN, "<", 50 * US, "median < 50 µs"),),
         ),
     ]
@@ -61,7 +61,7 @@ def _cases(flow: Any) -> tuple[list[Case], list[Row]]:
         memory_backend = require("pgflow_backends.memory", "InMemoryBackend")
     except Skip as skip:
         return cases, [
-            Row(NAME, "(c) InMemoryBackend, default options", skipped=str(skip)),
+            Row(NAME, "(c) InMemoryBackend, timeout=30", skipped=str(skip)),
             Row(NAME, "(d) InMemoryBackend, timeout=None", skipped=str(skip)),
         ]
 
@@ -74,8 +74,8 @@ def _cases(flow: Any) -> tuple[list[Case], list[Row]]:
 
     cases += [
         Case(
-            "(c) InMemoryBackend, default options",
-            with_memory(),
+            "(c) InMemoryBackend, timeout=30",
+            with_memory(timeout=30.0),
             (Target(MEDIAN, "<", 100 * US, "median < 100 µs"),),
         ),
         Case("(d) InMemoryBackend, timeout=None", with_memory(timeout=None)),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from pgflow.records import (
     Instance,
@@ -27,6 +27,17 @@ from pgflow.records import (
 )
 
 
+class RunStart(NamedTuple):
+    """What `RunStore.start_run` found: the stored run, and whether this call created it.
+
+    Only the caller that created a run may run its first attempt without a compare-and-set;
+    any other caller is looking at a run someone else started.
+    """
+
+    run: RunRecord
+    created: bool
+
+
 @runtime_checkable
 class RunStore(Protocol):
     """Durable history of workflow runs; all the in-process executor needs."""
@@ -39,16 +50,25 @@ class RunStore(Protocol):
         input: Any,
         max_attempts: int,
         job_id: int | None = None,
-    ) -> RunRecord:
-        """Create the run at attempt 1, state running; if it exists, return it unchanged.
+        fingerprint: str | None = None,
+        definition: Any = None,
+    ) -> RunStart:
+        """Create the run at attempt 1, state running, and return (run, created=True); if
+        it exists, return (run unchanged, created=False).
 
-        Returning an existing run lets a retried job resume the same workflow_id.
-        Raises SerializationError (and writes nothing) when `input` is not JSON.
+        `fingerprint` and `definition` record the workflow definition the run starts with
+        (see `Workflow.fingerprint`). Raises DefinitionError for a workflow_id longer than
+        64 characters, and SerializationError (writing nothing) when `input` is not JSON.
         """
         ...
 
-    def start_attempt(self, workflow_id: str, attempt: int) -> None:
-        """Move the run to `attempt` and state running; later writes are fenced by it."""
+    def start_attempt(self, workflow_id: str, attempt: int) -> bool:
+        """Compare-and-set the run from attempt `attempt - 1` to `attempt`, state running.
+
+        Only a run that is running or failed at exactly `attempt - 1` moves on (its output,
+        error and finish time cleared); True if this call moved it. A completed run, or one
+        another caller already moved, is left alone (False). Later writes are fenced by it.
+        """
         ...
 
     def record_step(self, step: StepRecord) -> bool:

@@ -7,7 +7,10 @@ DefinitionError naming the workflow and step instead of deep inside a run.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import inspect
+import json
 import math
 import threading
 import weakref
@@ -69,6 +72,22 @@ class Workflow:
     def _any_step_timeout(self) -> bool:
         return any(step.timeout is not None for step in self.steps)
 
+    #: The shape a run depends on, as JSON: `{"kind": "chain", "steps": [names]}`. Stored
+    #: with each run, so a resume under another shape can be refused and explained. A graph
+    #: adds its own kind and keys; step options (timeouts, attempts) are left out, since
+    #: changing them does not change which stored result belongs to which step.
+    definition: dict[str, Any] = attrs.field(init=False, eq=False, repr=False)
+    #: sha256 (hex) of the canonical JSON of `definition`: equal shapes, equal hashes.
+    fingerprint: str = attrs.field(init=False, eq=False, repr=False)
+
+    @definition.default
+    def _chain_definition(self) -> dict[str, Any]:
+        return {"kind": "chain", "steps": [getattr(step, "name", None) for step in self.steps]}
+
+    @fingerprint.default
+    def _fingerprint(self) -> str:
+        return definition_fingerprint(self.definition)
+
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise DefinitionError(f"workflow name must be a non-empty string, got {self.name!r}")
@@ -90,6 +109,42 @@ class Workflow:
     @property
     def step_names(self) -> tuple[str, ...]:
         return tuple(step.name for step in self.steps)
+
+
+def definition_fingerprint(definition: Any) -> str:
+    """sha256 hex of `definition` as canonical JSON (sorted keys, no spaces)."""
+    canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def describe_change(stored: Any, current: Any, completed: frozenset[str] = frozenset()) -> str:
+    """How `current` differs from the `stored` definition, in words, e.g. "step 'b' renamed
+    to 'c'"; `completed` names steps already done, which a change before them would skip."""
+    old_kind = stored.get("kind") if isinstance(stored, dict) else None
+    new_kind = current.get("kind") if isinstance(current, dict) else None
+    old = stored.get("steps") if isinstance(stored, dict) else None
+    new = current.get("steps") if isinstance(current, dict) else None
+    if old_kind != new_kind or not isinstance(old, list) or not isinstance(new, list):
+        return f"the definition changed from {stored!r} to {current!r}"
+    if sorted(map(str, old)) == sorted(map(str, new)):
+        return f"steps reordered from {old!r} to {new!r}"
+
+    def named(name: object) -> str:
+        return f"completed step {name!r}" if name in completed else f"step {name!r}"
+
+    changes: list[str] = []
+    matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
+    for tag, a_start, a_end, b_start, b_end in matcher.get_opcodes():
+        removed, added = old[a_start:a_end], new[b_start:b_end]
+        if tag == "replace" and len(removed) == len(added):
+            changes += [f"{named(a)} renamed to {b!r}" for a, b in zip(removed, added, strict=True)]
+        elif tag in ("replace", "delete", "insert"):
+            changes += [f"{named(name)} removed" for name in removed]
+            after = old[a_end] if a_end < len(old) else None
+            for name in added:
+                where = "at the end" if after is None else f"before {named(after)}"
+                changes.append(f"step {name!r} inserted {where}")
+    return "; ".join(changes) or f"steps changed from {old!r} to {new!r}"
 
 
 def check_step(

@@ -5,7 +5,13 @@ A failed attempt is retried after the backoff delay (waited on the executor's cl
 resumes at the step that failed, with the output of the step before it: completed steps
 are checkpoints and do not run again. `timeout` bounds one attempt (from the step it
 resumes at) and `step_timeout` one step; a step that outlives either is abandoned, the
-caller gets StepTimedOut at the deadline, and that counts as a failed attempt.
+caller gets StepTimedOut at the deadline, and that counts as a failed attempt. There is no
+timeout unless one is asked for (as for `Worker` and `workflow_worker`): a sync step cannot
+be killed, so a default deadline would silently leave threads running on.
+
+With a backend and a `workflow_id`, a run is durable and fenced: a completed run returns its
+stored output without running anything, a failed one resumes after its last completed step,
+and one that another caller is executing is waited for (see `pgflow.engine.run`).
 
 Where steps run: with no timeout at all (`timeout=None` and no step timeouts) sync steps
 run in the caller's thread, as plain calls. Otherwise they run on reusable daemon runner
@@ -34,6 +40,7 @@ from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.definition import resolve_workflow
 from pgflow.engine.run import Run
 from pgflow.errors import DefinitionError
+from pgflow.identifiers import validate_workflow_id
 from pgflow.run_log import CONTEXT_KEYS
 
 _NUMBER = (int, float)
@@ -66,8 +73,8 @@ def _check_options(
     _check_seconds("step_timeout", step_timeout)
     if backoff is not None and not isinstance(backoff, Backoff):
         raise DefinitionError(f"backoff must be a pgflow.Backoff, got {backoff!r}")
-    if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
-        raise DefinitionError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
+    if workflow_id is not None:
+        validate_workflow_id(workflow_id)
     if log_context:
         unknown = sorted(set(log_context) - CONTEXT_KEYS)
         if unknown:
@@ -117,7 +124,7 @@ class Executor:
         input: Any,
         *,
         max_attempts: int = 3,
-        timeout: float | None = 30.0,
+        timeout: float | None = None,
         step_timeout: float | None = None,
         backoff: Backoff | None = None,
         workflow_id: str | None = None,
@@ -127,13 +134,18 @@ class Executor:
 
         `workflow` is a Flow, a Workflow, or a class or module with `__workflow_steps__`.
         `max_attempts` bounds attempts (a step's own `max_attempts` wins when that step
-        fails); `backoff` spaces them (default: 10 s, 100 s, 1000 s). `workflow_id` names
-        the run; with a backend, an existing run of that id resumes after its last
-        completed step. `log_context` may carry `job_id` and `instance_id` for log records.
+        fails); `backoff` spaces them (default: 10 s, 100 s, 1000 s). `timeout` (default
+        none) bounds one attempt. `workflow_id` (at most 64 characters) names the run; with a
+        backend, a completed run of that id returns its stored output, a failed one resumes
+        after its last completed step, and one another caller is executing is waited for
+        (up to `timeout`, then taken over). `log_context` may carry `job_id` and
+        `instance_id` for log records.
 
         Raises StepFailed or StepTimedOut when the run fails on its first attempt or a step
         raised Discard, MaxAttemptsExceeded when retries were made and all failed, and
-        SerializationError (never retried) when a recorded input or output is not JSON.
+        SerializationError (never retried) when a recorded input or output is not JSON,
+        DefinitionError when a stored run's steps differ from `workflow`'s, WorkflowError
+        when it was started with another input or failed in the caller it waited for.
         """
         resolved = resolve_workflow(workflow)
         _check_options(max_attempts, timeout, step_timeout, backoff, workflow_id, log_context)
@@ -250,7 +262,7 @@ def execute(
     *,
     backend: RunStore | str | Any = None,
     max_attempts: int = 3,
-    timeout: float | None = 30.0,
+    timeout: float | None = None,
     step_timeout: float | None = None,
     backoff: Backoff | None = None,
     workflow_id: str | None = None,

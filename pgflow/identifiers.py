@@ -55,3 +55,19 @@ def validate_instance_id(instance_id: object) -> str:
             "characters without whitespace, quotes or backslashes"
         )
     return instance_id
+
+
+#: The width of pgflow_runs.workflow_id: a longer id is refused before any backend sees it.
+WORKFLOW_ID_MAX = 64
+
+
+def validate_workflow_id(workflow_id: object) -> str:
+    """Return `workflow_id` if it is a non-empty string that fits the runs table's column."""
+    if not isinstance(workflow_id, str) or not 0 < len(workflow_id) <= WORKFLOW_ID_MAX:
+        shown = workflow_id if not isinstance(workflow_id, str) else workflow_id[:80]
+        length = f" ({len(workflow_id)} characters)" if isinstance(workflow_id, str) else ""
+        raise DefinitionError(
+            f"invalid workflow_id {shown!r}{length}: use a non-empty string of at most "
+            f"{WORKFLOW_ID_MAX} characters"
+        )
+    return workflow_id

@@ -125,3 +125,23 @@ class RunLog:
                 {"step": step, "attempt": attempt, "error": type(error).__name__},
             )
         self._error_text(step, attempt, error)
+
+    def following(self, attempt: int, limit: float | None) -> None:
+        """Another caller holds the run: this one waits for its outcome instead of joining."""
+        if logger.isEnabledFor(logging.INFO):
+            self._emit(
+                logging.INFO,
+                "workflow %s is being executed by another caller (attempt %d); waiting %s",
+                (self._workflow, attempt, "until it ends" if limit is None else f"{limit:g}s"),
+                {"attempt": attempt},
+            )
+
+    def taking_over(self, attempt: int, waited: float) -> None:
+        """A run still at the same attempt after the wait is presumed abandoned."""
+        if logger.isEnabledFor(logging.WARNING):
+            self._emit(
+                logging.WARNING,
+                "workflow %s made no end in %gs (attempt %d); presumed abandoned, taking it over",
+                (self._workflow, waited, attempt),
+                {"attempt": attempt},
+            )

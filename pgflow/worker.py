@@ -342,25 +342,44 @@ def workflow_worker(
 ) -> type[Worker]:
     """A Worker class whose jobs run `workflow` durably with the job's args as input.
 
-    The run's id is f"job-{job.id}", so a retried job resumes after its last completed step.
+    The run's id is f"job-{job.id}", so every attempt of the job resumes after the run's last
+    completed step. Step retries are job retries, never a sleep inside the job's slot: when a
+    step fails and has attempts left (its own `max_attempts`, else this worker's), the job
+    snoozes for the backoff delay (`pgflow.Snooze`: the job attempt is not consumed) and its
+    next run retries that step. When the step is out of attempts, the run fails and so does
+    the job attempt; a job retry left after that gives the step one more attempt. `timeout`
+    (default none, as for `execute` and `Worker`) bounds each job attempt of the run.
     """
     workflow_name = _workflow_name(workflow)
     if name is None:
         name = f"pgflow.workflows.{workflow_name.replace(':', '.')}"
 
     def perform(self: Worker, job: Job) -> Any:
-        from pgflow.executor import Executor
+        from pgflow.clock import SYSTEM_CLOCK
+        from pgflow.definition import resolve_workflow
+        from pgflow.engine.run import RetryDeferred, Run
+        from pgflow.errors import Snooze
 
-        backend = current_backend()
-        executor = Executor(backend=backend) if backend is not None else Executor()
-        kwargs: dict[str, Any] = {
-            "max_attempts": 1,
-            "workflow_id": f"job-{job.id}",
-            "log_context": {"job_id": job.id, "instance_id": job.reserved_by},
-        }
-        # One workflow attempt per job attempt: the job's own retries space them out.
-        kwargs["timeout"] = type(self).options.timeout
-        return executor.execute(workflow, job.args, **kwargs)
+        options = type(self).options
+        store = current_backend()
+        run = Run(
+            resolve_workflow(workflow),
+            job.args,
+            store=store,
+            clock=SYSTEM_CLOCK,
+            # Without a store nothing can resume: one run attempt per job attempt.
+            max_attempts=options.max_attempts if store is not None else 1,
+            timeout=options.timeout,
+            step_timeout=None,
+            backoff=options.backoff,
+            workflow_id=f"job-{job.id}",
+            log_context={"job_id": job.id, "instance_id": job.reserved_by},
+            defer_retries=True,
+        )
+        try:
+            return run.execute()
+        except RetryDeferred as due:
+            raise Snooze(due.delay) from due.error
 
     cls_name = workflow_name.rsplit(".", 1)[-1].replace(":", "_") + "Worker"
     namespace = {"perform": perform, "__module__": __name__, "__qualname__": cls_name}

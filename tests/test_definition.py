@@ -208,3 +208,19 @@ def test_async_callable_objects_are_detected() -> None:
     workflow = Workflow("objects", (Step("call", AsyncCallable()),))
     assert workflow.steps[0].is_async
     assert pgflow.execute(workflow, 1) == 11
+
+
+def test_a_workflows_fingerprint_is_the_sha256_of_its_canonical_definition() -> None:
+    import hashlib
+
+    from pgflow.definition import definition_fingerprint
+
+    flow = pgflow.Flow("fingerprinted")
+    flow.add_step("a", lambda state: state)
+    flow.add_step("b", lambda state: state, max_attempts=2)
+    workflow: Workflow = flow.workflow
+
+    assert workflow.definition == {"kind": "chain", "steps": ["a", "b"]}
+    canonical = b'{"kind":"chain","steps":["a","b"]}'
+    assert workflow.fingerprint == hashlib.sha256(canonical).hexdigest()
+    assert definition_fingerprint({"steps": ["a", "b"], "kind": "chain"}) == workflow.fingerprint

@@ -150,9 +150,15 @@ def test_a_crashed_run_resumes_with_the_stored_input(store: InMemoryBackend) -> 
     run = store.get_run("r5")
     assert run is not None and run.state is RunState.RUNNING
 
-    # The input given on resume is ignored: the run's own stored input and checkpoints win.
-    assert pgflow.execute(flow, {"ignored": 0}, backend=store, workflow_id="r5") == DONE
+    # A running run is presumed live and followed for one attempt's timeout (here on a fake
+    # clock), then presumed abandoned and taken over from its last checkpoint.
+    clock = pgflow.FakeClock()
+    executor = Executor(store, clock=clock)
+    assert executor.execute(flow, {"n": 1}, workflow_id="r5", timeout=5.0) == DONE
     assert calls == Counter({"middle": 1, "last": 1})
+    assert sum(clock.sleeps) >= 5.0
+    run = store.get_run("r5")
+    assert run is not None and (run.state, run.attempt) == (RunState.COMPLETED, 2)
 
 
 def test_a_completed_run_is_not_run_again(store: InMemoryBackend) -> None:
@@ -247,7 +253,7 @@ def test_an_executor_fenced_out_of_its_run_stops(store: InMemoryBackend) -> None
     flow = pgflow.Flow("taken_over")
 
     def taken_over(state: Any) -> Any:
-        store.start_attempt("r10", 7)  # another executor claims the run meanwhile
+        assert store.start_attempt("r10", 2)  # another executor takes the run over meanwhile
         return state
 
     def after(state: Any) -> Any:

@@ -292,7 +292,8 @@ def test_input_is_passed_through_untouched_without_a_backend() -> None:
         ({"timeout": "30"}, "timeout must be None"),
         ({"step_timeout": -2}, "step_timeout must be None"),
         ({"backoff": 10}, "backoff must be a pgflow.Backoff"),
-        ({"workflow_id": ""}, "workflow_id must be a non-empty string"),
+        ({"workflow_id": ""}, "invalid workflow_id ''"),
+        ({"workflow_id": "x" * 65}, "invalid workflow_id 'x+' \\(65 characters\\)"),
         ({"log_context": {"message": "x"}}, "log_context keys must be among"),
     ],
 )

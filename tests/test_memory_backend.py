@@ -216,7 +216,7 @@ def test_start_attempt_reopens_a_finished_run(memory: InMemoryBackend) -> None:
     memory.start_run(workflow_id="wf", workflow="w", input=None, max_attempts=2)
     memory.finish_run("wf", 1, RunState.FAILED, error={"kind": "X"})
 
-    memory.start_attempt("wf", 2)
+    assert memory.start_attempt("wf", 2) is True
 
     run = memory.get_run("wf")
     assert run is not None

@@ -76,7 +76,8 @@ def _fail_on_empty(state: dict[str, Any]) -> dict[str, Any]:
 
 
 class Shout:
-    __workflow_steps__ = (("check", _fail_on_empty), ("shout", _shout))
+    # check fails for good at once: a step with attempts left would snooze its job instead.
+    __workflow_steps__ = (("check", _fail_on_empty, {"max_attempts": 1}), ("shout", _shout))
 
 
 ShoutWorker = pgflow.workflow_worker(Shout, queue="flows")

@@ -339,9 +339,12 @@ def test_workflow_worker_resumes_after_the_last_completed_step(
     STEP_CALLS.clear()
     [inserted] = memory.insert_jobs([FlowWorker.new({"id": 7})])
     first = run_job(memory, claim_one(memory), "tester", clock=clock)
-    assert first.kind is OutcomeKind.RETRY
-    clock.advance(first.retry_in or 0)
+    # A step retry is a snooze for the step's backoff delay: no job attempt is used up.
+    assert (first.kind, first.snooze) == (OutcomeKind.SNOOZED, QUICK.delay(1))
+    clock.advance(first.snooze or 0)
+    memory.stage_jobs()
     second = run_job(memory, claim_one(memory), "tester", clock=clock)
+    assert second.job.attempt == 1
     assert second.kind is OutcomeKind.COMPLETED
     assert second.value == {"id": 7, "fetched": True, "published": True}
     assert STEP_CALLS == ["fetch", "publish", "publish"]  # fetch was not run again

@@ -4,11 +4,20 @@ A retry resumes where the failed attempt stopped: completed steps are checkpoint
 not run again; the failed step runs again with the output of the step before it. With a
 RunStore, the same holds across processes: a run found in the store (same workflow_id)
 continues after its last completed step, at the next attempt number.
+
+Fencing: every attempt after the first is started with a compare-and-set on the stored
+attempt (`RunStore.start_attempt`), so at most one caller runs a given attempt. A completed
+run is final (its stored output is returned, nothing runs). A run that another caller
+created or is executing is followed, not joined: this caller polls the store until it ends
+(and returns its output or raises its error), for at most one attempt's `timeout`; a run
+still running after that is presumed abandoned (its process died) and taken over. A run
+resumed under another definition or another input is refused (DefinitionError, WorkflowError).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -17,10 +26,11 @@ from typing import Any, NoReturn
 from pgflow.backend import RunStore
 from pgflow.backoff_policy import Backoff
 from pgflow.clock import Clock
-from pgflow.definition import Workflow
+from pgflow.definition import Workflow, describe_change
 from pgflow.engine.attempt import Attempt, error_dict
 from pgflow.engine.loop import LOOP
 from pgflow.errors import (
+    DefinitionError,
     Discard,
     MaxAttemptsExceeded,
     SerializationError,
@@ -28,11 +38,25 @@ from pgflow.errors import (
     StepTimedOut,
     WorkflowError,
 )
-from pgflow.records import RunState, StepOutcome
+from pgflow.records import RunRecord, RunState, StepOutcome
 from pgflow.run_log import RunLog
+from pgflow.serialization import roundtrip
 from pgflow.stored_errors import clean_error
 
 _monotonic = time.monotonic
+#: How often a caller following another caller's run polls the store (first, then at most).
+_FOLLOW_FIRST_POLL = 0.05
+_FOLLOW_MAX_POLL = 1.0
+
+
+class RetryDeferred(Exception):
+    """Raised instead of sleeping when retries are deferred: the failed step has attempts
+    left and should run again after `delay` seconds (a workflow job snoozes for it)."""
+
+    def __init__(self, error: WorkflowError, delay: float) -> None:
+        super().__init__(f"{error}; retry in {delay:g}s")
+        self.error = error
+        self.delay = delay
 
 
 class Run:
@@ -43,6 +67,7 @@ class Run:
         "_workflow_id",
         "backoff",
         "clock",
+        "defer_retries",
         "input",
         "inside_loop",
         "job_id",
@@ -68,6 +93,7 @@ class Run:
         backoff: Backoff,
         workflow_id: str | None,
         log_context: Mapping[str, Any] | None,
+        defer_retries: bool = False,
     ) -> None:
         self.workflow = workflow
         self.input = input
@@ -76,6 +102,9 @@ class Run:
         self.max_attempts = max_attempts
         self.timeout = timeout
         self.backoff = backoff
+        # Run by a job: one attempt per call, a due retry is raised (RetryDeferred) for the
+        # job to reschedule, and the run is taken over at once (the job's claim fences it).
+        self.defer_retries = defer_retries and store is not None
         # Called from an async step: this run's async steps could only deadlock.
         self.inside_loop = LOOP.is_current()
         self._given_id = workflow_id is not None
@@ -119,6 +148,10 @@ class Run:
             if isinstance(opened, _Finished):
                 return opened.output
             index, value, number = opened
+        return self._execute_from(index, value, number)
+
+    def _execute_from(self, index: int, value: Any, number: int) -> Any:
+        """Run attempts from step `index` (input `value`), the first being attempt `number`."""
         steps = self.workflow.steps
         self.log.run_started(number, resumed_at=steps[index].name if index else None)
         supervised = self.timeout is not None or self.timeouts is not None
@@ -138,15 +171,20 @@ class Run:
             error = self._step_error(attempt)
             step = steps[attempt.index]
             limit = step.max_attempts if step.max_attempts is not None else self.max_attempts
+            if self.defer_retries:
+                made = self._failures_of(attempt.index)
             if made >= limit or isinstance(attempt.failure, Discard):
                 self._fail(error, number, retried=made > 1)
             delay = self.backoff.delay(made)
             self.log.attempt_failed(step.name, number, attempt.failure or error, delay)
+            if self.defer_retries:
+                raise RetryDeferred(error, delay) from attempt.failure
             self.clock.sleep(delay)
             number += 1
             index, value = attempt.index, attempt.value
-            if self.store is not None:
-                self.store.start_attempt(self.workflow_id, number)
+            if self.store is not None and not self.store.start_attempt(self.workflow_id, number):
+                # Another caller moved the run on while this one waited: follow it instead.
+                return self._follow(self._stored())
 
     # -- outcomes ----------------------------------------------------------------------------
 
@@ -229,50 +267,157 @@ class Run:
         store = self.store
         assert store is not None
         workflow = self.workflow
-        existing = store.get_run(self.workflow_id) if self._given_id else None
-        if existing is None:
-            try:
-                store.start_run(
-                    workflow_id=self.workflow_id,
-                    workflow=workflow.name,
-                    input=self.input,
-                    max_attempts=self.max_attempts,
-                    job_id=self.job_id,
-                )
-            except SerializationError as exc:
-                raise SerializationError(
-                    f"workflow {workflow.name!r}: input is not JSON and cannot be recorded: {exc}",
-                    path=exc.path,
-                ) from exc
-            return 0, self.input, 1
-        if existing.workflow != workflow.name:
-            raise WorkflowError(
-                f"run {self.workflow_id} belongs to workflow {existing.workflow!r}, "
-                f"not {workflow.name!r}",
+        try:
+            existing, created = store.start_run(
                 workflow_id=self.workflow_id,
+                workflow=workflow.name,
+                input=self.input,
+                max_attempts=self.max_attempts,
+                job_id=self.job_id,
+                fingerprint=workflow.fingerprint,
+                definition=workflow.definition,
             )
+        except SerializationError as exc:
+            raise SerializationError(
+                f"workflow {workflow.name!r}: input is not JSON and cannot be recorded: {exc}",
+                path=exc.path,
+            ) from exc
+        if created:
+            return 0, self.input, 1
+        self._check_same_run(existing)
         if existing.state is RunState.COMPLETED:
             self.log.run_completed(existing.attempt)
             return _Finished(existing.output)
-        # Resume: walk the checkpoints (completed steps, matched by index and name) in order.
+        self._check_same_definition(existing)
+        if existing.state is RunState.RUNNING and not self.defer_retries:
+            # Someone else is executing it (or died doing so): follow, do not join.
+            return _Finished(self._follow(existing))
+        return self._resume(existing)
+
+    def _resume(self, existing: RunRecord) -> tuple[int, Any, int] | _Finished:
+        """Take the run over at its next attempt (compare-and-set) and find its checkpoint."""
+        store = self.store
+        assert store is not None
+        number = existing.attempt + 1
+        if not store.start_attempt(self.workflow_id, number):
+            if self.defer_retries:
+                raise WorkflowError(
+                    f"workflow {self.workflow.name!r} run {self.workflow_id} moved past "
+                    f"attempt {existing.attempt} while this job was taking it over",
+                    workflow_id=self.workflow_id,
+                )
+            return _Finished(self._follow(self._stored()))
+        # Walk the checkpoints (completed steps, matched by index and name) in order.
         completed = {
             record.index: record
             for record in store.get_steps(self.workflow_id)
             if record.outcome is StepOutcome.COMPLETED
         }
         index, value = 0, existing.input
-        steps = workflow.steps
+        steps = self.workflow.steps
         while index < len(steps):
             record = completed.get(index)
             if record is None or record.step != steps[index].name:
                 break
             value = record.output
             index += 1
-        number = existing.attempt + 1
-        store.start_attempt(self.workflow_id, number)
         if index == len(steps):
             return _Finished(self._complete(value, number))
         return index, value, number
+
+    def _follow(self, run: RunRecord) -> Any:
+        """Wait for a run another caller holds to end; its output, or its error raised.
+
+        Polls on the run's clock; a run still at the same attempt after `timeout` seconds
+        (never, without one) is presumed abandoned and taken over.
+        """
+        waited, poll = 0.0, _FOLLOW_FIRST_POLL
+        if run.state is RunState.RUNNING:
+            self.log.following(run.attempt, self.timeout)
+        while True:
+            if run.state is RunState.COMPLETED:
+                self.log.run_completed(run.attempt)
+                return run.output
+            if run.state is RunState.FAILED:
+                error = run.error or {}
+                raise WorkflowError(
+                    f"workflow {self.workflow.name!r} run {self.workflow_id} failed in "
+                    f"another caller on attempt {run.attempt}: "
+                    f"{error.get('message', 'no error recorded')}",
+                    workflow_id=self.workflow_id,
+                )
+            if self.timeout is not None and waited >= self.timeout:
+                self.log.taking_over(run.attempt, waited)
+                resumed = self._resume(run)
+                if isinstance(resumed, _Finished):
+                    return resumed.output
+                return self._execute_from(*resumed)
+            self.clock.sleep(poll)
+            waited += poll
+            poll = min(poll * 2, _FOLLOW_MAX_POLL)
+            seen, run = run.attempt, self._stored()
+            if run.attempt != seen:
+                waited = 0.0  # moved on to a new attempt: its holder is alive, wait afresh
+
+    def _stored(self) -> RunRecord:
+        assert self.store is not None
+        run = self.store.get_run(self.workflow_id)
+        if run is None:
+            raise WorkflowError(
+                f"workflow {self.workflow.name!r} run {self.workflow_id} disappeared from "
+                "the store while it was being executed (pruned?)",
+                workflow_id=self.workflow_id,
+            )
+        return run
+
+    def _failures_of(self, index: int) -> int:
+        """How many attempts of step `index` failed or timed out, over the run's life."""
+        assert self.store is not None
+        return sum(
+            1
+            for record in self.store.get_steps(self.workflow_id)
+            if record.index == index and record.outcome is not StepOutcome.COMPLETED
+        )
+
+    def _check_same_run(self, existing: RunRecord) -> None:
+        """Refuse a workflow_id that names a run of another workflow, or with another input."""
+        if existing.workflow != self.workflow.name:
+            raise WorkflowError(
+                f"run {self.workflow_id} belongs to workflow {existing.workflow!r}, "
+                f"not {self.workflow.name!r}",
+                workflow_id=self.workflow_id,
+            )
+        if _canonical(existing.input) != _canonical(roundtrip(self.input, what="input")):
+            raise WorkflowError(
+                f"run {self.workflow_id} of workflow {self.workflow.name!r} was started with "
+                "another input; a workflow_id names one run of one input (use a new "
+                "workflow_id for a new input)",
+                workflow_id=self.workflow_id,
+            )
+
+    def _check_same_definition(self, existing: RunRecord) -> None:
+        """Refuse to resume a run started under another definition (runs from before
+        fingerprints were stored resume as they always did)."""
+        workflow = self.workflow
+        if existing.fingerprint is None or existing.fingerprint == workflow.fingerprint:
+            return
+        assert self.store is not None
+        done = frozenset(
+            record.step
+            for record in self.store.get_steps(self.workflow_id)
+            if record.outcome is StepOutcome.COMPLETED
+        )
+        change = describe_change(existing.definition, workflow.definition, done)
+        raise DefinitionError(
+            f"run {self.workflow_id} of workflow {workflow.name!r} cannot resume: its "
+            f"definition changed since the run started ({change}); finish or discard it "
+            "with the old code, or start a new run under a new workflow_id"
+        )
+
+
+def _canonical(value: Any) -> str:
+    """JSON text with sorted keys: equal values, equal text (stored or freshly given)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class _Finished:

@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from pgflow.backend import JobListener
+from pgflow.backend import JobListener, RunStart
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.errors import BackendError
-from pgflow.identifiers import validate_instance_id
+from pgflow.identifiers import validate_instance_id, validate_workflow_id
 from pgflow.records import (
     Instance,
     InstanceInfo,
@@ -109,10 +109,14 @@ class InMemoryBackend:
         input: Any,
         max_attempts: int,
         job_id: int | None = None,
-    ) -> RunRecord:
+        fingerprint: str | None = None,
+        definition: Any = None,
+    ) -> RunStart:
+        validate_workflow_id(workflow_id)
         encoded = dumps(
             input, what="input", limit=self.max_payload_bytes, owner=f"run {workflow_id!r}"
         )
+        encoded_definition = self._runs.encode_definition(definition)
         with self._lock:
             self._check_open()
             return self._runs.start(
@@ -121,13 +125,15 @@ class InMemoryBackend:
                 input=encoded,
                 max_attempts=max_attempts,
                 job_id=job_id,
+                fingerprint=fingerprint,
+                definition=encoded_definition,
                 now=self._now(),
             )
 
-    def start_attempt(self, workflow_id: str, attempt: int) -> None:
+    def start_attempt(self, workflow_id: str, attempt: int) -> bool:
         with self._lock:
             self._check_open()
-            self._runs.start_attempt(workflow_id, attempt)
+            return self._runs.start_attempt(workflow_id, attempt)
 
     def record_step(self, step: StepRecord) -> bool:
         limit, owner = self.max_payload_bytes, f"step {step.step!r} of run {step.workflow_id!r}"

@@ -7,11 +7,13 @@ as JSON text, so what a test reads back is exactly what a SQL backend would retu
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import attrs
 
+from pgflow.backend import RunStart
 from pgflow.records import RunRecord, RunState, StepOutcome, StepRecord
-from pgflow.serialization import loads
+from pgflow.serialization import dumps, loads
 
 
 @attrs.define
@@ -24,6 +26,8 @@ class _Run:
     input: str
     started_at: datetime
     job_id: int | None
+    fingerprint: str | None = None
+    definition: str | None = None
     output: str | None = None
     error: str | None = None
     finished_at: datetime | None = None
@@ -41,6 +45,8 @@ class _Run:
             error=loads(self.error),
             finished_at=self.finished_at,
             job_id=self.job_id,
+            fingerprint=self.fingerprint,
+            definition=loads(self.definition),
         )
 
 
@@ -76,6 +82,17 @@ class RunTable:
     def __init__(self) -> None:
         self._runs: dict[str, _Run] = {}
         self._steps: dict[str, list[_Step]] = {}
+        self._last_definition: tuple[object, str | None] = (None, None)
+
+    def encode_definition(self, definition: Any) -> str | None:
+        """The definition's JSON text. A workflow makes its definition once and hands the
+        same object to each of its runs, so the last one is remembered by identity (safe
+        without the lock: one tuple is read or replaced at a time)."""
+        seen, text = self._last_definition
+        if definition is None or seen is not definition:
+            text = None if definition is None else dumps(definition, what="definition")
+            self._last_definition = (definition, text)
+        return text
 
     def start(
         self,
@@ -85,9 +102,12 @@ class RunTable:
         input: str,
         max_attempts: int,
         job_id: int | None,
+        fingerprint: str | None,
+        definition: str | None,
         now: datetime,
-    ) -> RunRecord:
+    ) -> RunStart:
         run = self._runs.get(workflow_id)
+        created = run is None
         if run is None:
             run = _Run(
                 workflow_id=workflow_id,
@@ -98,17 +118,26 @@ class RunTable:
                 input=input,
                 started_at=now,
                 job_id=job_id,
+                fingerprint=fingerprint,
+                definition=definition,
             )
             self._runs[workflow_id] = run
             self._steps[workflow_id] = []
-        return run.to_record()
+        return RunStart(run.to_record(), created)
 
-    def start_attempt(self, workflow_id: str, attempt: int) -> None:
+    def start_attempt(self, workflow_id: str, attempt: int) -> bool:
+        """Compare-and-set: only a running or failed run still at `attempt - 1` moves on."""
         run = self._runs.get(workflow_id)
-        if run is not None:
-            run.attempt = attempt
-            run.state = RunState.RUNNING
-            run.output = run.error = run.finished_at = None
+        if (
+            run is None
+            or run.attempt != attempt - 1
+            or run.state not in (RunState.RUNNING, RunState.FAILED)
+        ):
+            return False
+        run.attempt = attempt
+        run.state = RunState.RUNNING
+        run.output = run.error = run.finished_at = None
+        return True
 
     def record_step(self, step: StepRecord, output: str | None, error: str | None) -> bool:
         if self._holding(step.workflow_id, step.attempt) is None:

@@ -18,9 +18,14 @@ from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from pgflow.backend import JobListener
+from pgflow.backend import JobListener, RunStart
 from pgflow.errors import BackendError, DefinitionError, JobStateError
-from pgflow.identifiers import validate_instance_id, validate_queue, validate_worker_name
+from pgflow.identifiers import (
+    validate_instance_id,
+    validate_queue,
+    validate_worker_name,
+    validate_workflow_id,
+)
 from pgflow.records import (
     Instance,
     InstanceInfo,
@@ -295,27 +300,31 @@ class SQLBackend:
         input: Any,
         max_attempts: int,
         job_id: int | None = None,
-    ) -> RunRecord:
+        fingerprint: str | None = None,
+        definition: Any = None,
+    ) -> RunStart:
         params = {
-            "p_workflow_id": workflow_id,
+            "p_workflow_id": validate_workflow_id(workflow_id),
             "p_workflow": workflow,
             "p_max_attempts": max_attempts,
             "p_input": dumps(
                 input, what="input", limit=self.max_payload_bytes, owner=f"run {workflow_id!r}"
             ),
             "p_job_id": job_id,
+            "p_fingerprint": fingerprint,
+            "p_definition": dumps(definition, what="definition"),
         }
         with self._run_write() as connection:
             row = connection.execute(self._s.insert_run, params).first()
             if row is None:
                 row = connection.execute(self._s.run, params).one()
-            return run_from_row(row)
+                return RunStart(run_from_row(row), False)
+            return RunStart(run_from_row(row), True)
 
-    def start_attempt(self, workflow_id: str, attempt: int) -> None:
+    def start_attempt(self, workflow_id: str, attempt: int) -> bool:
+        params = {"p_workflow_id": workflow_id, "p_attempt": attempt, "p_previous": attempt - 1}
         with self._run_write() as connection:
-            connection.execute(
-                self._s.start_attempt, {"p_workflow_id": workflow_id, "p_attempt": attempt}
-            )
+            return connection.execute(self._s.start_attempt, params).rowcount == 1
 
     def record_step(self, step: StepRecord) -> bool:
         limit, owner = self.max_payload_bytes, f"step {step.step!r} of run {step.workflow_id!r}"

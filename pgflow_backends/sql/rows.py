@@ -98,6 +98,8 @@ RUN_COLUMNS: tuple[ColumnElement[Any], ...] = (
     runs.c.error,
     runs.c.finished_at,
     runs.c.job_id,
+    runs.c.fingerprint,
+    runs.c.definition,
 )
 STEP_COLUMNS: tuple[ColumnElement[Any], ...] = (
     steps.c.workflow_id,
@@ -261,6 +263,8 @@ def run_from_row(row: Sequence[Any]) -> RunRecord:
         error=row[8],
         finished_at=row[9],
         job_id=row[10],
+        fingerprint=row[11],
+        definition=row[12],
     )
 
 

@@ -419,6 +419,8 @@ class Statements:
                     runs.c.input,
                     runs.c.started_at,
                     runs.c.job_id,
+                    runs.c.fingerprint,
+                    runs.c.definition,
                 ],
                 select(
                     _p("p_workflow_id", String()),
@@ -429,6 +431,8 @@ class Statements:
                     _json("p_input"),
                     now,
                     _p("p_job_id", Integer()),
+                    _p("p_fingerprint", String()),
+                    _json("p_definition"),
                 ).where(relaxed_commit()),
             )
             .on_conflict_do_nothing(index_elements=[runs.c.workflow_id])
@@ -437,9 +441,15 @@ class Statements:
         self.run: Select[Any] = select(*RUN_COLUMNS).where(
             runs.c.workflow_id == _p("p_workflow_id", String())
         )
+        # A compare-and-set: only a running or failed run still at the attempt before moves on.
         self.start_attempt: Update = (
             update(runs)
-            .where(runs.c.workflow_id == _p("p_workflow_id", String()), relaxed_commit())
+            .where(
+                runs.c.workflow_id == _p("p_workflow_id", String()),
+                runs.c.attempt == _p("p_previous", Integer()),
+                runs.c.state.in_([_const("running"), _const("failed")]),
+                relaxed_commit(),
+            )
             .values(
                 attempt=_p("p_attempt", Integer()),
                 state="running",

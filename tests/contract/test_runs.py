@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime
 
 import pytest
 
 from pgflow.backend import Backend
-from pgflow.errors import SerializationError
+from pgflow.errors import DefinitionError, SerializationError
 from pgflow.records import RunState, StepOutcome, StepRecord
 
 
@@ -30,10 +31,11 @@ def _step(
 
 
 def test_start_run_creates_a_running_run(backend: Backend) -> None:
-    run = backend.start_run(
+    run, created = backend.start_run(
         workflow_id="wf-1", workflow="tests.Flow", input={"data": [1, 2]}, max_attempts=3, job_id=7
     )
 
+    assert created is True
     assert (run.workflow_id, run.workflow, run.state) == ("wf-1", "tests.Flow", RunState.RUNNING)
     assert (run.attempt, run.max_attempts, run.job_id) == (1, 3, 7)
     assert run.input == {"data": [1, 2]}
@@ -43,11 +45,15 @@ def test_start_run_creates_a_running_run(backend: Backend) -> None:
 
 
 def test_start_run_on_an_existing_id_returns_it_unchanged(backend: Backend) -> None:
-    first = backend.start_run(workflow_id="wf-1", workflow="tests.Flow", input=1, max_attempts=3)
+    first, _ = backend.start_run(workflow_id="wf-1", workflow="tests.Flow", input=1, max_attempts=3)
     backend.start_attempt("wf-1", 2)
 
-    again = backend.start_run(workflow_id="wf-1", workflow="other", input=2, max_attempts=9)
+    again, created = backend.start_run(
+        workflow_id="wf-1", workflow="other", input=2, max_attempts=9, fingerprint="f" * 64
+    )
 
+    assert created is False
+    assert again.fingerprint is None
     assert again.workflow_id == first.workflow_id
     assert (again.workflow, again.input, again.max_attempts) == ("tests.Flow", 1, 3)
     assert again.attempt == 2
@@ -146,10 +152,114 @@ def test_unknown_runs_read_as_nothing(backend: Backend) -> None:
 
 
 def test_a_run_cannot_finish_as_running(backend: Backend) -> None:
-    from pgflow.errors import DefinitionError
-
     backend.start_run(workflow_id="wf-running", workflow="flows.x", input={}, max_attempts=1)
     with pytest.raises(DefinitionError, match="completed or failed, not 'running'"):
         backend.finish_run("wf-running", 1, RunState.RUNNING)
     run = backend.get_run("wf-running")
     assert run is not None and run.state is RunState.RUNNING
+
+
+def test_start_run_stores_the_definition_and_its_fingerprint(backend: Backend) -> None:
+    definition = {"kind": "chain", "steps": ["fetch", "total"]}
+    backend.start_run(
+        workflow_id="wf-1",
+        workflow="w",
+        input={},
+        max_attempts=1,
+        fingerprint="a" * 64,
+        definition=definition,
+    )
+    backend.start_run(workflow_id="wf-old", workflow="w", input={}, max_attempts=1)
+
+    run = backend.get_run("wf-1")
+    assert run is not None and (run.fingerprint, run.definition) == ("a" * 64, definition)
+    old = backend.get_run("wf-old")
+    assert old is not None and (old.fingerprint, old.definition) == (None, None)
+
+
+def test_start_attempt_is_a_compare_and_set_on_the_previous_attempt(backend: Backend) -> None:
+    backend.start_run(workflow_id="wf-1", workflow="w", input={}, max_attempts=3)
+
+    assert backend.start_attempt("wf-1", 2) is True
+    assert backend.start_attempt("wf-1", 2) is False  # a second caller saw attempt 1 too
+    assert backend.start_attempt("wf-1", 4) is False  # skipping an attempt is no CAS
+    assert backend.start_attempt("no-such-run", 2) is False
+
+    run = backend.get_run("wf-1")
+    assert run is not None and (run.attempt, run.state) == (2, RunState.RUNNING)
+
+
+def test_start_attempt_reopens_a_failed_run(backend: Backend) -> None:
+    backend.start_run(workflow_id="wf-1", workflow="w", input={}, max_attempts=3)
+    backend.finish_run("wf-1", 1, RunState.FAILED, error={"kind": "X", "message": "m"})
+
+    assert backend.start_attempt("wf-1", 2) is True
+
+    run = backend.get_run("wf-1")
+    assert run is not None
+    assert (run.state, run.attempt, run.error, run.finished_at) == (RunState.RUNNING, 2, None, None)
+
+
+def test_a_completed_run_is_final(backend: Backend) -> None:
+    backend.start_run(workflow_id="wf-1", workflow="w", input={}, max_attempts=3)
+    backend.finish_run("wf-1", 1, RunState.COMPLETED, output={"done": True})
+
+    assert backend.start_attempt("wf-1", 2) is False
+
+    run = backend.get_run("wf-1")
+    assert run is not None
+    assert (run.state, run.attempt, run.output) == (RunState.COMPLETED, 1, {"done": True})
+    assert run.finished_at is not None
+
+
+def test_a_workflow_id_longer_than_64_characters_is_refused(backend: Backend) -> None:
+    long_id = "w" * 65
+    with pytest.raises(DefinitionError, match=r"workflow_id 'w+' \(65 characters\)"):
+        backend.start_run(workflow_id=long_id, workflow="w", input={}, max_attempts=1)
+    assert backend.list_runs() == []
+
+    run, created = backend.start_run(workflow_id="w" * 64, workflow="w", input={}, max_attempts=1)
+    assert created and run.workflow_id == "w" * 64
+
+
+def test_concurrent_start_runs_of_one_id_create_it_once(backend: Backend) -> None:
+    callers = 4
+    barrier = threading.Barrier(callers)
+    created: list[bool] = []
+    lock = threading.Lock()
+
+    def start() -> None:
+        barrier.wait(5.0)
+        _, made = backend.start_run(workflow_id="wf-race", workflow="w", input={}, max_attempts=1)
+        with lock:
+            created.append(made)
+
+    threads = [threading.Thread(target=start) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10.0)
+
+    assert sorted(created) == [False] * (callers - 1) + [True]
+
+
+def test_concurrent_start_attempts_from_one_attempt_have_one_winner(backend: Backend) -> None:
+    backend.start_run(workflow_id="wf-race", workflow="w", input={}, max_attempts=3)
+    callers = 4
+    barrier = threading.Barrier(callers)
+    won: list[bool] = []
+    lock = threading.Lock()
+
+    def take_over() -> None:
+        barrier.wait(5.0)
+        result = backend.start_attempt("wf-race", 2)
+        with lock:
+            won.append(result)
+
+    threads = [threading.Thread(target=take_over) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10.0)
+
+    assert sorted(won) == [False] * (callers - 1) + [True]
