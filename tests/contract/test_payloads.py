@@ -117,7 +117,7 @@ def test_oversized_run_input_and_outputs_are_refused(backend: Any) -> None:
     with pytest.raises(SerializationError, match="run 'wf-big': input is"):
         backend.start_run(workflow_id="wf-big", workflow="w", input=big(LIMIT), max_attempts=1)
     assert backend.get_run("wf-big") is None
-    run = backend.start_run(workflow_id="wf-1", workflow="w", input={}, max_attempts=1)
+    run = backend.start_run(workflow_id="wf-1", workflow="w", input={}, max_attempts=1).run
     step = StepRecord(
         workflow_id="wf-1",
         step="fetch",
@@ -137,6 +137,6 @@ def test_oversized_run_input_and_outputs_are_refused(backend: Any) -> None:
 
 
 def test_a_nul_in_a_step_output_is_refused(backend: Any) -> None:
-    run = backend.start_run(workflow_id="wf-nul", workflow="w", input={}, max_attempts=1)
+    run = backend.start_run(workflow_id="wf-nul", workflow="w", input={}, max_attempts=1).run
     with pytest.raises(SerializationError, match=r"output\['x'\] holds a NUL"):
         backend.finish_run("wf-nul", run.attempt, "completed", output={"x": "\x00"})
