@@ -77,7 +77,12 @@ def fake_backend(monkeypatch: pytest.MonkeyPatch) -> type[FakeBackend]:
 
 def test_parse_queues() -> None:
     assert cli.parse_queues("default=10,priority=5") == {"default": 10, "priority": 5}
-    assert cli.parse_queues(" default = 3 ".replace(" ", "")) == {"default": 3}
+    assert cli.parse_queues(" default = 3 ") == {"default": 3}
+    assert cli.parse_queues("default=10, priority = 5 ,mail") == {
+        "default": 10,
+        "priority": 5,
+        "mail": 10,
+    }
     assert cli.parse_queues("mail") == {"mail": 10}
 
 
@@ -92,6 +97,8 @@ def test_parse_queues() -> None:
         ("a=1,a=2", "given twice"),
         ("x';DROP=1", "invalid queue name"),
         ("a=1=2", "positive integer"),
+        ("default = ", "positive integer"),
+        ("de fault=1", "is not NAME=LIMIT"),
     ],
 )
 def test_bad_queues_spec_is_a_click_error_naming_the_flag(
