@@ -72,7 +72,11 @@ def _parse_line(line: str) -> CronFileEntry:
             f"unknown worker {name!r}: it must be registered in this process "
             "(import the module that defines it with --import)"
         )
-    return expression, worker, _parse_args(parts[CRON_FIELDS + 1] if len(parts) > CRON_FIELDS + 1 else "")
+    return (
+        expression,
+        worker,
+        _parse_args(parts[CRON_FIELDS + 1] if len(parts) > CRON_FIELDS + 1 else ""),
+    )
 
 
 def _parse_args(text: str) -> dict[str, Any]:
