@@ -163,26 +163,26 @@ def seconds_option(flag: str, default: float | None, help_text: str) -> Callable
     )
 
 
-class SecondsOrNone(click.ParamType):
-    """A number of seconds > 0, or `none` (the duty is off): `--prune-after none`."""
+def parse_seconds_or_none(text: str) -> float | None:
+    """A number of seconds > 0, or None for "none" (the duty is off): `--prune-after none`."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{text!r} is neither a number of seconds > 0 nor 'none'")
+    return seconds
 
-    name = "seconds"
 
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float | None:
-        if value is None or isinstance(value, float):
-            return value
-        text = str(value).strip()
-        if text.lower() == "none":
-            return None
-        try:
-            seconds = float(text)
-        except ValueError:
-            seconds = -1.0
-        if not (seconds > 0 and seconds != float("inf")):
-            self.fail(f"{text!r} is neither a number of seconds > 0 nor 'none'", param, ctx)
-        return seconds
+def _seconds_or_none_callback(
+    _ctx: click.Context, param: click.Parameter, value: str
+) -> float | None:
+    try:
+        return parse_seconds_or_none(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
 
 
 def log_level_option(default: str) -> Callable[[F], F]:
@@ -364,7 +364,7 @@ def migrate(url: str | None, log_level: str) -> None:
 )
 @click.option(
     "--prune-after",
-    type=SecondsOrNone(),
+    callback=_seconds_or_none_callback,
     metavar="SECONDS|none",
     default=str(DEFAULT_PRUNE_AFTER),
     show_default=True,
