@@ -592,3 +592,57 @@ def test_worker_command_runs_the_cron_file(tmp_path: Path, sqlite_url: str) -> N
             proc.kill()
             proc.communicate(timeout=10)
         backend.close()
+
+
+# -- the README's command-line examples match the CLI ---------------------------------------------
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def _readme_block_after(marker: str) -> str:
+    """The first fenced block that follows `marker` in the README."""
+    after = README.split(marker, 1)[1]
+    return after.split("```", 2)[1].split("\n", 1)[1]
+
+
+def test_readme_status_example_is_what_status_prints() -> None:
+    from datetime import UTC, datetime
+
+    from pgflow.records import Instance, JobCount
+
+    when = datetime(2026, 11, 26, 7, 18, 39, tzinfo=UTC)
+    printed = cli.render_status(
+        "postgresql://postgres@127.0.0.1/app",
+        [JobCount("default", "completed", "a", 20), JobCount("default", "scheduled", None, 1)],
+        [Instance("a", "online", when, when, "vm", 18585, {"default": 10})],
+        show_all=False,
+    )
+    assert _readme_block_after("`pgflow status` prints the jobs") == printed + "\n"
+
+
+class ReadmeReport(Worker, name="myapp.workers.Report"):
+    def perform(self, job: Job) -> Any:
+        return None
+
+
+class ReadmeCleanup(Worker, name="myapp.workers.Cleanup"):
+    def perform(self, job: Job) -> Any:
+        return None
+
+
+def test_readme_cron_file_example_parses() -> None:
+    from pgflow.cron_file import parse_cron_lines
+
+    text = _readme_block_after("A cron file holds five cron fields")
+    assert parse_cron_lines(text, source="README.md") == [
+        ("*/5 * * * *", ReadmeReport, {"kind": "daily"}),
+        ("0 3 * * 1-5", ReadmeCleanup, {}),
+    ]
+
+
+def test_readme_lists_every_worker_option() -> None:
+    section = README.split("## Command line\n", 1)[1].split("\n## ", 1)[0]
+    for param in cli.worker.params:
+        for flag in param.opts:
+            if flag.startswith("--") and flag != "--help":
+                assert f"`{flag}" in section, flag
