@@ -18,8 +18,9 @@ from typing import Any
 
 from croniter import croniter
 
+from pgflow import worker as worker_registry
 from pgflow.errors import DefinitionError
-from pgflow.worker import Worker, registered_worker
+from pgflow.worker import Worker
 
 __all__ = ["CronFileEntry", "load_cron_file", "parse_cron_lines"]
 
@@ -66,7 +67,7 @@ def _parse_line(line: str) -> CronFileEntry:
     if not croniter.is_valid(expression):
         raise DefinitionError(f"invalid cron expression {expression!r}")
     name = parts[CRON_FIELDS]
-    worker = registered_worker(name)
+    worker = _registered_worker(name)
     if worker is None:
         raise DefinitionError(
             f"unknown worker {name!r}: it must be registered in this process "
@@ -77,6 +78,12 @@ def _parse_line(line: str) -> CronFileEntry:
         worker,
         _parse_args(parts[CRON_FIELDS + 1] if len(parts) > CRON_FIELDS + 1 else ""),
     )
+
+
+def _registered_worker(name: str) -> type[Worker] | None:
+    """The worker registered in this process as `name`; a lookup, never an import."""
+    with worker_registry._REGISTRY_LOCK:
+        return worker_registry._REGISTRY.get(name)
 
 
 def _parse_args(text: str) -> dict[str, Any]:

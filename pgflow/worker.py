@@ -328,9 +328,3 @@ def _workflow_name(workflow: Any) -> str:
     if qualname is None:
         raise DefinitionError(f"workflow_worker: cannot name workflow {workflow!r}")
     return f"{module}.{qualname}"
-
-
-def registered_worker(name: str) -> type[Worker] | None:
-    """The worker registered in this process as `name`, or None; never imports anything."""
-    with _REGISTRY_LOCK:
-        return _REGISTRY.get(name)
