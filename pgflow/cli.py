@@ -423,13 +423,15 @@ def worker(
             "heartbeat_interval": heartbeat_interval,
             "stale_timeout": stale_timeout,
             "shutdown_timeout": shutdown_timeout,
-            "cron": cron,
-            "prune_after": prune_after,
-            "prune_interval": prune_interval,
-            "stage_interval": stage_interval,
         }
         if poll_interval is not None:
             options["poll_interval"] = poll_interval
+        options.update(
+            cron=cron,
+            prune_after=prune_after,
+            prune_interval=prune_interval,
+            stage_interval=stage_interval,
+        )
         if rescue_interval is not None:
             options["rescue_interval"] = rescue_interval
         app = Pgflow(url, **options)
