@@ -20,7 +20,7 @@ import pytest
 
 from pgflow.app import Pgflow
 from tests.distributed.conftest import Cluster, query, wait_until
-from tests.distributed.workers import Count, CronTick, Nap, Sleepy
+from tests.distributed.workers import Count, CronTick, Held, Nap, Sleepy, release
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -99,20 +99,31 @@ def test_sigkill_mid_job_its_jobs_are_rescued_elsewhere(cluster: Cluster, app: P
     assert cluster.procs["survivor"].poll() is None
 
 
+def leader_of(url: str) -> str | None:
+    rows = query(url, "SELECT instance_id FROM pgflow_leader")
+    return rows[0][0] if rows else None
+
+
 def test_sigterm_finishes_running_jobs_starts_none_and_goes_offline(
     cluster: Cluster, app: Pgflow
 ) -> None:
     url = cluster.url
     proc = cluster.spawn("drainer", queues={"default": 2})
     cluster.wait_online("drainer")
-    running = app.insert([Sleepy.new({"seconds": 1.5}, priority=10) for _ in range(2)])
+    running = app.insert([Held.new({"seconds": 60}, priority=10) for _ in range(2)])
     wait_until(
         lambda: count(url, "SELECT count(*) FROM side_effects WHERE event = 'started'") == 2,
         30,
         "two running jobs",
     )
     waiting = app.insert([Sleepy.new({"seconds": 0.1}) for _ in range(5)])
+    wait_until(lambda: leader_of(url) == "drainer", 30, "the drainer to lead")
     cluster.signal("drainer", signal.SIGTERM)
+    # Stopping, the instance tells its producers to stop claiming, then gives up its lease:
+    # once the lease is gone, a claim would be the bug.
+    wait_until(lambda: leader_of(url) is None, 30, "the drainer to give up its lease")
+    assert job_row(url, running[0].id)[0] == "executing"  # both slots still taken
+    release(url, [job.id for job in running])  # frees both slots
     assert proc.wait(30) == 0, cluster.log_of("drainer")
     for job in running:
         assert job_row(url, job.id)[0] == "completed"
