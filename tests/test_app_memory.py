@@ -565,26 +565,52 @@ def test_jobs_of_a_claim_whose_reply_was_lost_are_released(memory: InMemoryBacke
         app.stop(timeout=5)
 
 
+RESCUE_PASSES: list[float] = []  # one entry per rescue pass of the leader under test
+
+
+class CountsRescues:
+    """Wraps a backend; notes each rescue pass in RESCUE_PASSES."""
+
+    def __init__(self, inner: InMemoryBackend) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def rescue_stale(self, stale_timeout: float) -> Any:
+        report = self.inner.rescue_stale(stale_timeout)
+        RESCUE_PASSES.append(time.monotonic())
+        return report
+
+
 class BurnsCpu(Worker):
-    """Busy for `seconds` without sleeping or releasing anything on purpose."""
+    """Busy, without sleeping or releasing anything on purpose, until `passes` more rescue
+    passes have run: each one would have found the instance dead had its heartbeat stalled."""
 
     def perform(self, job: Job) -> Any:
-        deadline = time.monotonic() + float(job.args["seconds"])
+        until = len(RESCUE_PASSES) + int(job.args["passes"])
+        deadline = time.monotonic() + 20
         spins = 0
-        while time.monotonic() < deadline:
+        while len(RESCUE_PASSES) < until:
             spins += 1
+            if time.monotonic() > deadline:
+                raise TimeoutError("the leader ran no rescue passes")
         return spins
 
 
-def test_a_cpu_bound_job_does_not_make_its_instance_look_dead(
-    app_factory: Callable[..., Pgflow], memory: InMemoryBackend
-) -> None:
-    app = app_factory(instance_id="busy", heartbeat_interval=0.1, stale_timeout=0.5)
-    job = app.insert(BurnsCpu.new({"seconds": 1.5}))
+def test_a_cpu_bound_job_does_not_make_its_instance_look_dead(memory: InMemoryBackend) -> None:
+    RESCUE_PASSES.clear()
+    options = {**FAST, "heartbeat_interval": 0.1, "stale_timeout": 0.5, "rescue_interval": 0.5}
+    app = Pgflow(CountsRescues(memory), instance_id="busy", **options)
+    job = app.insert(BurnsCpu.new({"passes": 3}))  # the last pass comes over 1 s into the job
     app.start()
-    assert wait_for(lambda: (memory.get_job(job.id) or job).state is JobState.COMPLETED)
+    try:
+        assert wait_for(lambda: (memory.get_job(job.id) or job).state is JobState.COMPLETED, 30)
+    finally:
+        app.stop(timeout=5)
     stored = memory.get_job(job.id)
     assert stored is not None and stored.attempt == 1  # never rescued meanwhile
+    assert stored.errors == ()
 
 
 def test_a_rescue_counts_as_an_attempt(
