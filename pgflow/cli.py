@@ -26,6 +26,7 @@ from pgflow.identifiers import validate_instance_id, validate_queue
 
 if TYPE_CHECKING:
     from pgflow.backend import Backend
+    from pgflow.cron_file import CronFileEntry
     from pgflow.records import Instance, JobCount
 
 URL_ENV_VARS = ("PGFLOW_URL", "DATABASE_URL")
@@ -276,16 +277,18 @@ def import_modules(names: Sequence[str]) -> None:
             ) from None
 
 
-def load_cron(path: str | None) -> list[Any]:
+def load_cron(path: str | None) -> list[CronFileEntry]:
     """The entries of `--cron-file` (after `--import`: names are of registered workers)."""
     if path is None:
         return []
     from pgflow.cron_file import load_cron_file
 
     try:
-        return list(load_cron_file(path))
+        entries = load_cron_file(path)
     except DefinitionError as exc:
         raise click.BadParameter(str(exc), param_hint="'--cron-file'") from None
+    logger.info("cron file %s: %d entries", path, len(entries), extra={"cron_file": path})
+    return entries
 
 
 # --- commands -------------------------------------------------------------------------------
