@@ -615,9 +615,14 @@ def test_readme_status_example_is_what_status_prints() -> None:
     printed = cli.render_status(
         "postgresql://postgres@127.0.0.1/app",
         [JobCount("default", "completed", "a", 20), JobCount("default", "scheduled", None, 1)],
-        [Instance("a", "online", when, when, "vm", 18585, {"default": 10})],
+        [
+            Instance(
+                "a", "online", when, when, "vm", 18585, {"default": 10},
+                incarnation="5f0c2a9e41d7b3c8", abandoned=0,
+            )
+        ],
         show_all=False,
-    )
+    )  # fmt: skip
     assert _readme_block_after("`pgflow status` prints the jobs") == printed + "\n"
 
 
