@@ -26,11 +26,13 @@ from pgflow.identifiers import validate_instance_id, validate_queue
 
 if TYPE_CHECKING:
     from pgflow.backend import Backend
+    from pgflow.cron_file import CronFileEntry
     from pgflow.records import Instance, JobCount
 
 URL_ENV_VARS = ("PGFLOW_URL", "DATABASE_URL")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_QUEUES = "default=10"
+DEFAULT_PRUNE_AFTER = 7 * 24 * 3600  # a week, as Pgflow(prune_after=...)
 
 # The `extra=` fields pgflow puts on its log records, shown as key=value after the message.
 LOG_FIELDS = (
@@ -45,7 +47,8 @@ LOG_FIELDS = (
     "max_attempts",
 )
 
-_QUEUE_ITEM = re.compile(r"^(?P<name>[^=\s,]+)(?:=(?P<limit>\S*))?$")
+# Spaces around "=" are allowed ("default = 3"), as around the commas.
+_QUEUE_ITEM = re.compile(r"^(?P<name>[^=\s,]+)\s*(?:=\s*(?P<limit>\S*))?$")
 
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("pgflow.cli")
@@ -161,6 +164,28 @@ def seconds_option(flag: str, default: float | None, help_text: str) -> Callable
     )
 
 
+def parse_seconds_or_none(text: str) -> float | None:
+    """A number of seconds > 0, or None for "none" (the duty is off): `--prune-after none`."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{text!r} is neither a number of seconds > 0 nor 'none'")
+    return seconds
+
+
+def _seconds_or_none_callback(
+    _ctx: click.Context, param: click.Parameter, value: str
+) -> float | None:
+    try:
+        return parse_seconds_or_none(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
 def log_level_option(default: str) -> Callable[[F], F]:
     """`--log-level`, with a per-command default: INFO for a worker, WARNING otherwise."""
 
@@ -252,6 +277,20 @@ def import_modules(names: Sequence[str]) -> None:
             ) from None
 
 
+def load_cron(path: str | None) -> list[CronFileEntry]:
+    """The entries of `--cron-file` (after `--import`: names are of registered workers)."""
+    if path is None:
+        return []
+    from pgflow.cron_file import load_cron_file
+
+    try:
+        entries = load_cron_file(path)
+    except DefinitionError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--cron-file'") from None
+    logger.info("cron file %s: %d entries", path, len(entries), extra={"cron_file": path})
+    return entries
+
+
 # --- commands -------------------------------------------------------------------------------
 
 
@@ -326,6 +365,30 @@ def migrate(url: str | None, log_level: str) -> None:
     "On SIGINT/SIGTERM, how long running jobs may take to finish before they are left to be "
     "retried.",
 )
+# Leader duties and cron, as the Pgflow(...) options of the same names.
+@click.option(
+    "--cron-file",
+    type=click.Path(exists=True, dir_okay=False, readable=True),
+    metavar="PATH",
+    help="Cron entries, one a line: five cron fields, a registered worker's name, optional "
+    "JSON args; blank lines and # comments allowed.",
+)
+@click.option(
+    "--prune-after",
+    callback=_seconds_or_none_callback,
+    metavar="SECONDS|none",
+    default=str(DEFAULT_PRUNE_AFTER),
+    show_default=True,
+    help="Seconds after which finished jobs are deleted, or 'none' to keep them.",
+)
+@seconds_option("--prune-interval", 60.0, "Seconds between prunes.")
+@seconds_option("--stage-interval", 0.5, "Seconds between the leader's staging of due jobs.")
+@seconds_option(
+    "--rescue-interval",
+    None,
+    "Seconds between rescues of dead instances' jobs (default: stale timeout / 4, "
+    "between 0.5 and 5).",
+)
 @click.option(
     "--migrate/--no-migrate",
     "run_migrations",
@@ -344,6 +407,11 @@ def worker(
     stale_timeout: float,
     poll_interval: float | None,
     shutdown_timeout: float,
+    cron_file: str | None,
+    prune_after: float | None,
+    prune_interval: float,
+    stage_interval: float,
+    rescue_interval: float | None,
     run_migrations: bool,
     log_level: str,
 ) -> None:
@@ -357,6 +425,7 @@ def worker(
         )
     url = resolve_url(url)
     import_modules(imports)
+    cron = load_cron(cron_file)
     with clean_errors(url):
         from pgflow.app import Pgflow
 
@@ -370,6 +439,14 @@ def worker(
         }
         if poll_interval is not None:
             options["poll_interval"] = poll_interval
+        options.update(
+            cron=cron,
+            prune_after=prune_after,
+            prune_interval=prune_interval,
+            stage_interval=stage_interval,
+        )
+        if rescue_interval is not None:
+            options["rescue_interval"] = rescue_interval
         app = Pgflow(url, **options)
         if run_migrations:
             app.migrate()

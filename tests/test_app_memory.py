@@ -20,6 +20,7 @@ from pgflow.app import Pgflow
 from pgflow.clock import FakeClock
 from pgflow.records import InstanceInfo, Job, JobState
 from pgflow.runtime.cron import CronEntry, CronScheduler, parse_cron
+from pgflow.runtime.producer import Producer
 from pgflow.worker import Worker
 from pgflow_backends.memory import InMemoryBackend
 
@@ -236,41 +237,78 @@ def test_cancellation_requested_elsewhere_is_noticed_by_polling(
 
 
 def test_graceful_stop_finishes_running_jobs_and_claims_no_more(
-    app_factory: Callable[..., Pgflow], memory: InMemoryBackend
+    app_factory: Callable[..., Pgflow], memory: InMemoryBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    stopping = threading.Event()
+    begin_stop = Producer.begin_stop
+
+    def begin_stop_then_tell(self: Producer) -> None:
+        begin_stop(self)
+        stopping.set()
+
+    monkeypatch.setattr(Producer, "begin_stop", begin_stop_then_tell)
     app = app_factory(queues={"default": 1}, instance_id="stopper")
     first = app.insert(Blocks.new())
     app.start()
     assert wait_for(lambda: ran_values("blocks-started") == [first.id])
     second = app.insert(Noop.new())
-    stopper = threading.Thread(target=app.stop, kwargs={"timeout": 10})
+    drained: list[bool] = []
+    stopper = threading.Thread(target=lambda: drained.append(app.stop(timeout=10)))
     stopper.start()
-    time.sleep(0.2)  # give a wrongly written producer the chance to claim `second`
-    GATE.set()
-    stopper.join(10)
-    assert not stopper.is_alive()
+    assert stopping.wait(10)  # the producer was told to stop: from here a claim is the bug
+    GATE.set()  # frees the only slot, which a wrongly written producer would refill
+    stopper.join(15)
+    assert drained == [True]  # the producer thread has ended: no claim can come later
     assert ran_values("blocks-finished") == [first.id]
     assert (memory.get_job(first.id) or first).state is JobState.COMPLETED
     assert (memory.get_job(second.id) or second).state is JobState.AVAILABLE
     assert memory.list_instances()[0].status == "offline"
 
 
-def test_stop_timeout_leaves_the_job_to_be_rescued(
+def test_stop_timeout_interrupts_a_cooperative_job_and_records_a_retry(
     app_factory: Callable[..., Pgflow], memory: InMemoryBackend
 ) -> None:
+    """A job that heeds `self.cancelled` reports within the abort window: retried at once."""
     app = app_factory(instance_id="impatient")
     job = app.insert(Blocks.new())
     app.start()
     assert wait_for(lambda: ran_values("blocks-started") == [job.id])
     assert app.stop(timeout=0.1) is False
-    # Either its interrupted attempt was written as a retry, or (not written in time) the
-    # job is left executing under an offline instance, which the next rescue frees.
-    memory.rescue_stale(300)
+    assert ran_values("blocks-cancelled") == [job.id]
+    memory.stage_jobs()  # no rescue: the interrupted attempt was written by the instance
+    stored = memory.get_job(job.id)
+    assert stored is not None
+    assert (stored.state, stored.attempt) == (JobState.AVAILABLE, 1)
+    assert [e["kind"] for e in stored.errors] == ["pgflow.Shutdown"]
+
+
+class IgnoresCancel(Worker):
+    """Blocks until GATE opens, deaf to cancellation: nothing can interrupt it."""
+
+    def perform(self, job: Job) -> Any:
+        ran("deaf-started", job.id)
+        if not GATE.wait(10):
+            raise TimeoutError("test gate never opened")
+
+
+def test_stop_timeout_leaves_a_job_that_ignores_cancel_to_the_rescue(
+    app_factory: Callable[..., Pgflow], memory: InMemoryBackend
+) -> None:
+    app = app_factory(instance_id="impatient")
+    job = app.insert(IgnoresCancel.new())
+    app.start()
+    assert wait_for(lambda: ran_values("deaf-started") == [job.id])
+    assert app.stop(timeout=0.1) is False
+    left = memory.get_job(job.id)
+    assert left is not None
+    assert (left.state, left.reserved_by, left.errors) == (JobState.EXECUTING, "impatient", ())
+    assert memory.list_instances()[0].status == "offline"
+    memory.rescue_stale(300)  # an offline instance's jobs are rescued whatever their age
     memory.stage_jobs()
     stored = memory.get_job(job.id)
     assert stored is not None
     assert (stored.state, stored.attempt) == (JobState.AVAILABLE, 1)
-    assert [e["kind"] for e in stored.errors] in (["pgflow.Shutdown"], ["rescued"])
+    assert [e["kind"] for e in stored.errors] == ["rescued"]
 
 
 def test_one_leader_at_a_time_and_hand_over(
@@ -346,7 +384,7 @@ def test_database_outage_is_survived(memory: InMemoryBackend) -> None:
         first = app.insert([Noop.new({"i": i}) for i in range(50)])
         assert wait_for(lambda: states(memory).get(JobState.COMPLETED) == 50)
         flaky.down.set()
-        time.sleep(0.3)
+        assert wait_for(lambda: flaky.failures >= 10)  # every thread met the outage
         flaky.down.clear()
         more = app.insert([Noop.new({"i": i}) for i in range(50, 100)])
         assert wait_for(lambda: states(memory).get(JobState.COMPLETED) == 100)
@@ -435,16 +473,18 @@ def test_each_cron_slot_is_enqueued_once_across_instances() -> None:
     )
 
 
-def test_the_leader_runs_cron(memory: InMemoryBackend) -> None:
-    app = Pgflow(memory, cron=[("* * * * *", CronTask)], **FAST)
+def test_the_leader_runs_cron() -> None:
+    clock = FakeClock(datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC))
+    memory = InMemoryBackend(clock=clock)
+    app = Pgflow(memory, cron=[("* * * * *", CronTask)], clock=clock, **FAST)
     app.start()
     try:
-        now = datetime.now(UTC)
-        if now.second < 40:  # the slot of this minute is still insertable
-            assert wait_for(lambda: len(ran_values("cron")) == 1)
-            assert ran_values("cron") == [now.replace(second=0, microsecond=0).isoformat()]
-        else:
-            assert wait_for(lambda: app.is_leader)
+        assert wait_for(lambda: len(ran_values("cron")) == 1)
+        clock.advance(40)  # 12:01:10, the next slot
+        assert wait_for(lambda: len(ran_values("cron")) == 2)
+        # The leader has ticked through both minutes: each slot ran once.
+        assert ran_values("cron") == ["2026-03-01T12:00:00+00:00", "2026-03-01T12:01:00+00:00"]
+        assert len(memory.list_jobs()) == 2
     finally:
         app.stop(timeout=5)
 
@@ -497,26 +537,52 @@ def test_jobs_of_a_claim_whose_reply_was_lost_are_released(memory: InMemoryBacke
         app.stop(timeout=5)
 
 
+RESCUE_PASSES: list[float] = []  # one entry per rescue pass of the leader under test
+
+
+class CountsRescues:
+    """Wraps a backend; notes each rescue pass in RESCUE_PASSES."""
+
+    def __init__(self, inner: InMemoryBackend) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def rescue_stale(self, stale_timeout: float) -> Any:
+        report = self.inner.rescue_stale(stale_timeout)
+        RESCUE_PASSES.append(time.monotonic())
+        return report
+
+
 class BurnsCpu(Worker):
-    """Busy for `seconds` without sleeping or releasing anything on purpose."""
+    """Busy, without sleeping or releasing anything on purpose, until `passes` more rescue
+    passes have run: each one would have found the instance dead had its heartbeat stalled."""
 
     def perform(self, job: Job) -> Any:
-        deadline = time.monotonic() + float(job.args["seconds"])
+        until = len(RESCUE_PASSES) + int(job.args["passes"])
+        deadline = time.monotonic() + 20
         spins = 0
-        while time.monotonic() < deadline:
+        while len(RESCUE_PASSES) < until:
             spins += 1
+            if time.monotonic() > deadline:
+                raise TimeoutError("the leader ran no rescue passes")
         return spins
 
 
-def test_a_cpu_bound_job_does_not_make_its_instance_look_dead(
-    app_factory: Callable[..., Pgflow], memory: InMemoryBackend
-) -> None:
-    app = app_factory(instance_id="busy", heartbeat_interval=0.1, stale_timeout=0.5)
-    job = app.insert(BurnsCpu.new({"seconds": 1.5}))
+def test_a_cpu_bound_job_does_not_make_its_instance_look_dead(memory: InMemoryBackend) -> None:
+    RESCUE_PASSES.clear()
+    options = {**FAST, "heartbeat_interval": 0.1, "stale_timeout": 0.5, "rescue_interval": 0.5}
+    app = Pgflow(CountsRescues(memory), instance_id="busy", **options)
+    job = app.insert(BurnsCpu.new({"passes": 3}))  # the last pass comes over 1 s into the job
     app.start()
-    assert wait_for(lambda: (memory.get_job(job.id) or job).state is JobState.COMPLETED)
+    try:
+        assert wait_for(lambda: (memory.get_job(job.id) or job).state is JobState.COMPLETED, 30)
+    finally:
+        app.stop(timeout=5)
     stored = memory.get_job(job.id)
     assert stored is not None and stored.attempt == 1  # never rescued meanwhile
+    assert stored.errors == ()
 
 
 def test_a_rescue_counts_as_an_attempt(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,8 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from pgflow import cli
-from pgflow.errors import BackendError
-from pgflow.records import InstanceInfo, NewJob
+from pgflow.app import Pgflow as REAL_PGFLOW
+from pgflow.errors import BackendError, DefinitionError
+from pgflow.records import InstanceInfo, Job, NewJob
+from pgflow.worker import Worker
 
 PGFLOW = [sys.executable, "-m", "pgflow"]
 
@@ -77,7 +81,12 @@ def fake_backend(monkeypatch: pytest.MonkeyPatch) -> type[FakeBackend]:
 
 def test_parse_queues() -> None:
     assert cli.parse_queues("default=10,priority=5") == {"default": 10, "priority": 5}
-    assert cli.parse_queues(" default = 3 ".replace(" ", "")) == {"default": 3}
+    assert cli.parse_queues(" default = 3 ") == {"default": 3}
+    assert cli.parse_queues("default=10, priority = 5 ,mail") == {
+        "default": 10,
+        "priority": 5,
+        "mail": 10,
+    }
     assert cli.parse_queues("mail") == {"mail": 10}
 
 
@@ -92,6 +101,8 @@ def test_parse_queues() -> None:
         ("a=1,a=2", "given twice"),
         ("x';DROP=1", "invalid queue name"),
         ("a=1=2", "positive integer"),
+        ("default = ", "positive integer"),
+        ("de fault=1", "is not NAME=LIMIT"),
     ],
 )
 def test_bad_queues_spec_is_a_click_error_naming_the_flag(
@@ -358,3 +369,286 @@ def test_worker_command_runs_jobs_then_stops_on_sigterm(tmp_path: Path, sqlite_u
             proc.kill()
             proc.communicate(timeout=10)
         backend.close()
+
+
+# -- worker options: cron file, pruning, staging, rescue ----------------------------------------
+
+
+class CliCronReport(Worker):
+    """A worker registered in this process, named in the cron files below."""
+
+    def perform(self, job: Job) -> Any:
+        return None
+
+
+REPORT = CliCronReport.options.name
+
+
+class RecordingPgflow:
+    """Stands in for pgflow.app.Pgflow: records the options `pgflow worker` passes."""
+
+    created: ClassVar[list[dict[str, Any]]] = []
+
+    def __init__(self, url: str, **options: Any) -> None:
+        RecordingPgflow.created.append({"url": url, **options})
+
+    def migrate(self) -> None:
+        pass
+
+    def run(self) -> None:
+        pass
+
+
+@pytest.fixture
+def recording_app(monkeypatch: pytest.MonkeyPatch) -> type[RecordingPgflow]:
+    import pgflow.app
+
+    RecordingPgflow.created = []
+    monkeypatch.setattr(pgflow.app, "Pgflow", RecordingPgflow)
+    return RecordingPgflow
+
+
+def test_cron_file_format(tmp_path: Path) -> None:
+    from pgflow.cron_file import load_cron_file
+
+    path = tmp_path / "jobs.cron"
+    path.write_text(
+        "# minute hour day month weekday  worker  args\n"
+        "\n"
+        f'*/5 * * * *   {REPORT}   {{"kind": "daily", "n": [1, 2]}}\n'
+        f"   0 3 * * 1-5 {REPORT}\n"
+        "  # an indented comment\n"
+    )
+    assert load_cron_file(path) == [
+        ("*/5 * * * *", CliCronReport, {"kind": "daily", "n": [1, 2]}),
+        ("0 3 * * 1-5", CliCronReport, {}),
+    ]
+
+
+def test_every_bad_cron_line_is_named_with_file_and_line(tmp_path: Path) -> None:
+    from pgflow.cron_file import load_cron_file
+
+    path = tmp_path / "bad.cron"
+    path.write_text(
+        "# header\n"
+        f"* * * * * {REPORT}\n"
+        f"61 * * * * {REPORT}\n"
+        "* * * * * no_such.Worker\n"
+        f"* * * * * {REPORT} [1, 2]\n"
+        f"* * * * * {REPORT} {{not json\n"
+        "* * *\n"
+    )
+    with pytest.raises(DefinitionError) as caught:
+        load_cron_file(path)
+    lines = str(caught.value).splitlines()
+    assert [line.split(": ", 1)[0] for line in lines] == [f"{path}:{n}" for n in (3, 4, 5, 6, 7)]
+    assert "invalid cron expression '61 * * * *'" in lines[0]
+    assert "unknown worker 'no_such.Worker'" in lines[1] and "--import" in lines[1]
+    assert "must be a JSON object" in lines[2]
+    assert "not valid JSON" in lines[3]
+    assert "five cron fields" in lines[4]
+
+
+def test_a_cron_file_never_imports_the_module_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only registered workers: naming an importable module's class does not import it."""
+    from pgflow.cron_file import load_cron_file
+
+    marker = tmp_path / "imported"
+    (tmp_path / "cron_file_victim.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "import pgflow\n"
+        "class Job(pgflow.Worker):\n"
+        "    def perform(self, job): pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "victim.cron"
+    path.write_text("* * * * * cron_file_victim.Job\n")
+    with pytest.raises(DefinitionError, match=r"victim\.cron:1: unknown worker"):
+        load_cron_file(path)
+    assert not marker.exists()
+    assert "cron_file_victim" not in sys.modules
+
+
+def test_worker_passes_cron_and_leader_options_to_the_app(
+    runner: CliRunner, recording_app: type[RecordingPgflow], tmp_path: Path
+) -> None:
+    cron_file = tmp_path / "app.cron"
+    cron_file.write_text(f'0 * * * * {REPORT} {{"kind": "hourly"}}\n')
+    result = runner.invoke(
+        cli.cli,
+        ["worker", "--url", "memory://", "--cron-file", str(cron_file), "--prune-after", "none",
+         "--prune-interval", "5", "--stage-interval", "0.2", "--rescue-interval", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    [options] = recording_app.created
+    assert options["cron"] == [("0 * * * *", CliCronReport, {"kind": "hourly"})]
+    assert (options["prune_after"], options["prune_interval"]) == (None, 5.0)
+    assert (options["stage_interval"], options["rescue_interval"]) == (0.2, 2.0)
+
+    assert (
+        runner.invoke(cli.cli, ["worker", "--url", "memory://", "--prune-after", "90"]).exit_code
+        == 0
+    )
+    assert recording_app.created[1]["prune_after"] == 90.0
+
+
+def test_worker_defaults_are_the_apps(
+    runner: CliRunner, recording_app: type[RecordingPgflow]
+) -> None:
+    """Options left out behave as Pgflow's own defaults (no second set of numbers to drift)."""
+    result = runner.invoke(cli.cli, ["worker", "--url", "memory://"])
+    assert result.exit_code == 0, result.output
+    [options] = recording_app.created
+    defaults = inspect.signature(REAL_PGFLOW).parameters
+    for name in ("heartbeat_interval", "stale_timeout", "shutdown_timeout", "prune_after",
+                 "prune_interval", "stage_interval"):  # fmt: skip
+        assert options[name] == defaults[name].default, name
+    assert "rescue_interval" not in options and "poll_interval" not in options
+    assert options["cron"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "problem"),
+    [
+        (["--prune-after", "0"], "--prune-after", "nor 'none'"),
+        (["--prune-after", "soon"], "--prune-after", "nor 'none'"),
+        (["--prune-after", "inf"], "--prune-after", "nor 'none'"),
+        (["--prune-interval", "0"], "--prune-interval", "x>0"),
+        (["--stage-interval", "-1"], "--stage-interval", "x>0"),
+        (["--rescue-interval", "never"], "--rescue-interval", "not a valid float"),
+        (["--cron-file", "/no/such/file.cron"], "--cron-file", "does not exist"),
+    ],
+)
+def test_bad_worker_options_name_the_flag(
+    runner: CliRunner, recording_app: type[RecordingPgflow], args: list[str], flag: str,
+    problem: str,
+) -> None:  # fmt: skip
+    result = runner.invoke(cli.cli, ["worker", "--url", "memory://", *args])
+    assert result.exit_code == 2
+    assert flag in result.output and problem in result.output, result.output
+    assert recording_app.created == []
+
+
+def test_a_bad_cron_file_stops_the_worker_before_it_starts(
+    runner: CliRunner, recording_app: type[RecordingPgflow], tmp_path: Path
+) -> None:
+    cron_file = tmp_path / "typo.cron"
+    cron_file.write_text(f"# nightly\n0 3 * * * {REPORT}s\n")
+    result = runner.invoke(cli.cli, ["worker", "--url", "memory://", "--cron-file", str(cron_file)])
+    assert result.exit_code == 2
+    assert "--cron-file" in result.output
+    assert f"typo.cron:2: unknown worker '{REPORT}s'" in result.output
+    assert recording_app.created == []
+
+
+CRON_WORKER_MODULE = """
+import pgflow
+
+
+class Tick(pgflow.Worker, queue="default"):
+    def perform(self, job):
+        return None
+"""
+
+
+def test_worker_command_runs_the_cron_file(tmp_path: Path, sqlite_url: str) -> None:
+    """A real `pgflow worker` resolves the file's names after `--import` and enqueues the
+    current minute's slot with the file's args."""
+    import time
+
+    from pgflow.registry import backend_from_url
+
+    (tmp_path / "cli_cron_workers.py").write_text(CRON_WORKER_MODULE)
+    (tmp_path / "every-minute.cron").write_text(
+        '# every minute\n* * * * * cli_cron_workers.Tick {"from": "file"}\n'
+    )
+    assert _pgflow("migrate", "--url", sqlite_url).returncode == 0
+    backend = backend_from_url(sqlite_url)
+    env = {k: v for k, v in os.environ.items() if k not in ("PGFLOW_URL", "DATABASE_URL")}
+    proc = subprocess.Popen(
+        [*PGFLOW, "worker", "--url", sqlite_url, "--import", "cli_cron_workers",
+         "--cron-file", "every-minute.cron", "--stage-interval", "0.05", "--prune-after", "none",
+         "--poll-interval", "0.05", "--instance-id", "cli-cron"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        jobs: list[Any] = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            jobs = backend.list_jobs(limit=10)
+            if jobs and all(job.state.value == "completed" for job in jobs):
+                break
+            time.sleep(0.05)
+        assert jobs, proc.stderr.read() if proc.poll() is not None and proc.stderr else "no job"
+        assert {job.worker for job in jobs} == {"cli_cron_workers.Tick"}
+        assert {job.state.value for job in jobs} == {"completed"}
+        assert all(job.args == {"from": "file"} and "cron_slot" in job.meta for job in jobs)
+        proc.send_signal(__import__("signal").SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+        backend.close()
+
+
+# -- the README's command-line examples match the CLI ---------------------------------------------
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+
+def _readme_block_after(marker: str) -> str:
+    """The first fenced block that follows `marker` in the README."""
+    after = README.split(marker, 1)[1]
+    return after.split("```", 2)[1].split("\n", 1)[1]
+
+
+def test_readme_status_example_is_what_status_prints() -> None:
+    from datetime import UTC, datetime
+
+    from pgflow.records import Instance, JobCount
+
+    when = datetime(2026, 11, 26, 7, 18, 39, tzinfo=UTC)
+    printed = cli.render_status(
+        "postgresql://postgres@127.0.0.1/app",
+        [JobCount("default", "completed", "a", 20), JobCount("default", "scheduled", None, 1)],
+        [
+            Instance(
+                "a", "online", when, when, "vm", 18585, {"default": 10},
+                incarnation="5f0c2a9e41d7b3c8", abandoned=0,
+            )
+        ],
+        show_all=False,
+    )  # fmt: skip
+    assert _readme_block_after("`pgflow status` prints the jobs") == printed + "\n"
+
+
+class ReadmeReport(Worker, name="myapp.workers.Report"):
+    def perform(self, job: Job) -> Any:
+        return None
+
+
+class ReadmeCleanup(Worker, name="myapp.workers.Cleanup"):
+    def perform(self, job: Job) -> Any:
+        return None
+
+
+def test_readme_cron_file_example_parses() -> None:
+    from pgflow.cron_file import parse_cron_lines
+
+    text = _readme_block_after("A cron file holds five cron fields")
+    assert parse_cron_lines(text, source="README.md") == [
+        ("*/5 * * * *", ReadmeReport, {"kind": "daily"}),
+        ("0 3 * * 1-5", ReadmeCleanup, {}),
+    ]
+
+
+def test_readme_lists_every_worker_option() -> None:
+    section = README.split("## Command line\n", 1)[1].split("\n## ", 1)[0]
+    for param in cli.worker.params:
+        for flag in param.opts:
+            if flag.startswith("--") and flag != "--help":
+                assert re.search(rf"(?<![\w-]){flag}(?![\w-])", section), flag

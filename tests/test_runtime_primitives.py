@@ -31,7 +31,15 @@ def test_setting_a_cancel_flag_wakes_every_waiter(waiters: int) -> None:
     threads = [threading.Thread(target=lambda: woke.append(flag.wait(10))) for _ in range(waiters)]
     for thread in threads:
         thread.start()
-    time.sleep(0.05)  # let them block
+
+    def all_blocked() -> bool:  # each waiter sits in the Condition (CPython's waiter list)
+        cond = flag._cond
+        return cond is not None and len(cond._waiters) == waiters  # type: ignore[attr-defined]
+
+    deadline = time.monotonic() + 10
+    while not all_blocked() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert all_blocked()  # so set() below must wake them, not find the flag before they wait
     flag.set()
     for thread in threads:
         thread.join(5)

@@ -10,9 +10,8 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC
 from typing import Any
 
 import psycopg
@@ -20,7 +19,7 @@ import pytest
 
 from pgflow.app import Pgflow
 from tests.distributed.conftest import Cluster, query, wait_until
-from tests.distributed.workers import Count, CronTick, Nap, Sleepy
+from tests.distributed.workers import Count, CronTick, Held, Nap, Sleepy, release
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -99,20 +98,31 @@ def test_sigkill_mid_job_its_jobs_are_rescued_elsewhere(cluster: Cluster, app: P
     assert cluster.procs["survivor"].poll() is None
 
 
+def leader_of(url: str) -> str | None:
+    rows = query(url, "SELECT instance_id FROM pgflow_leader")
+    return rows[0][0] if rows else None
+
+
 def test_sigterm_finishes_running_jobs_starts_none_and_goes_offline(
     cluster: Cluster, app: Pgflow
 ) -> None:
     url = cluster.url
     proc = cluster.spawn("drainer", queues={"default": 2})
     cluster.wait_online("drainer")
-    running = app.insert([Sleepy.new({"seconds": 1.5}, priority=10) for _ in range(2)])
+    running = app.insert([Held.new({"seconds": 60}, priority=10) for _ in range(2)])
     wait_until(
         lambda: count(url, "SELECT count(*) FROM side_effects WHERE event = 'started'") == 2,
         30,
         "two running jobs",
     )
     waiting = app.insert([Sleepy.new({"seconds": 0.1}) for _ in range(5)])
+    wait_until(lambda: leader_of(url) == "drainer", 30, "the drainer to lead")
     cluster.signal("drainer", signal.SIGTERM)
+    # Stopping, the instance tells its producers to stop claiming, then gives up its lease:
+    # once the lease is gone, a claim would be the bug.
+    wait_until(lambda: leader_of(url) is None, 30, "the drainer to give up its lease")
+    assert job_row(url, running[0].id)[0] == "executing"  # both slots still taken
+    release(url, [job.id for job in running])  # frees both slots
     assert proc.wait(30) == 0, cluster.log_of("drainer")
     for job in running:
         assert job_row(url, job.id)[0] == "completed"
@@ -180,29 +190,56 @@ def test_a_paused_zombie_cannot_overwrite_the_rescue(cluster: Cluster, app: Pgfl
     cluster.wait_online("zombie")
 
 
+def lease_of(url: str) -> tuple[str, Any] | None:
+    rows = query(url, "SELECT instance_id, expires_at FROM pgflow_leader")
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+@pytest.mark.timeout(180)
 def test_two_instances_enqueue_each_cron_slot_once(cluster: Cluster) -> None:
-    """Two instances whose own clocks disagree by 80 s still enqueue each slot once, and the
-    slots are minutes of the database's clock."""
+    """Two instances whose own clocks disagree by 80 s hand cron over within one minute: each
+    slot is enqueued once, during the minute of the database's clock that it names."""
     url = cluster.url
-    db_before = query(url, "SELECT now()")[0][0]
-    for name, skew in (("cron-a", -40.0), ("cron-b", 40.0)):
-        cluster.spawn(name, cron=[("* * * * *", CronTick.__name__)], clock_offset=skew)
-    cluster.wait_online("cron-a", "cron-b")
+    cron = [("* * * * *", CronTick.__name__)]
+    cluster.spawn("cron-ahead", cron=cron, clock_offset=40.0)
+    cluster.wait_online("cron-ahead")
+    wait_until(lambda: (lease_of(url) or ("",))[0] == "cron-ahead", 30, "cron-ahead to lead")
+    successor = cluster.spawn("cron-behind", cron=cron, clock_offset=-40.0)
+    cluster.wait_online("cron-behind")
+    # Early in a minute whose slot the first leader has enqueued, so the hand-over below
+    # happens within that minute: the successor then ticks a slot that already has its job.
     wait_until(
-        lambda: count(url, "SELECT count(*) FROM side_effects WHERE event = 'cron'") >= 1,
-        30,
-        "the cron job to run",
+        lambda: (
+            count(
+                url,
+                "SELECT count(*) FROM pgflow_jobs "
+                "WHERE (meta->>'cron_slot')::timestamptz = date_trunc('minute', now()) "
+                "AND now() - date_trunc('minute', now()) < interval '20 seconds'",
+            )
+            == 1
+        ),
+        90,
+        "the slot of a fresh minute",
     )
-    time.sleep(3.0)  # both instances keep ticking: neither may insert the slot again
-    db_after = query(url, "SELECT now()")[0][0]
-    rows = query(url, "SELECT meta->>'cron_slot', state FROM pgflow_jobs ORDER BY 1")
-    minutes = {
-        (db_before + timedelta(minutes=m)).replace(second=0, microsecond=0).isoformat()
-        for m in range(int((db_after - db_before).total_seconds() // 60) + 2)
-    }
+    [(minute,)] = query(url, "SELECT date_trunc('minute', now())")
+    cluster.signal("cron-ahead", signal.SIGTERM)
+    assert cluster.procs["cron-ahead"].wait(30) == 0, cluster.log_of("cron-ahead")
+    wait_until(lambda: (lease_of(url) or ("",))[0] == "cron-behind", 30, "the hand-over")
+    taken = lease_of(url)
+    # The lease is renewed at the start of each pass: a renewal means a whole pass, cron
+    # included, ran under the successor.
+    wait_until(lambda: lease_of(url) != taken, 30, "a full pass of the successor's duties")
+    assert query(url, "SELECT date_trunc('minute', now())") == [(minute,)], "machine too slow"
+    rows = query(
+        url,
+        "SELECT meta->>'cron_slot', extract(epoch FROM inserted_at - "
+        "(meta->>'cron_slot')::timestamptz) FROM pgflow_jobs ORDER BY id",
+    )
     slots = [slot for slot, _ in rows]
-    assert rows and len(slots) == len(set(slots)), rows  # each slot once
-    assert set(slots) <= minutes, (slots, db_before, db_after)  # the database's minutes
+    assert len(slots) == len(set(slots)), rows  # each slot once
+    assert slots.count(minute.astimezone(UTC).isoformat()) == 1, (rows, minute)
+    for slot, after_slot in rows:  # enqueued during the minute it names
+        assert 0 <= after_slot < 60.5, (slot, after_slot)
     wait_until(
         lambda: (
             count(url, "SELECT count(*) FROM pgflow_jobs WHERE state = 'completed'") == len(rows)
@@ -211,6 +248,7 @@ def test_two_instances_enqueue_each_cron_slot_once(cluster: Cluster) -> None:
         "every cron job to complete",
     )
     assert count(url, "SELECT count(*) FROM side_effects WHERE event = 'cron'") == len(rows)
+    assert successor.poll() is None
 
 
 def _pg_ctlcluster() -> list[str] | None:

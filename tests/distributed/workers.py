@@ -70,6 +70,36 @@ class Sleepy(pgflow.Worker, max_attempts=10, backoff=QUICK):
         record(job, "done")
 
 
+class Held(pgflow.Worker, max_attempts=10, backoff=QUICK):
+    """Records its start, then runs until the test releases it (a `release` side effect with
+    its job id), at most `seconds`; records its end."""
+
+    def perform(self, job: Job) -> None:
+        record(job, "started")
+        deadline = time.monotonic() + float(job.args["seconds"])
+        while time.monotonic() < deadline and not released(job.id):
+            time.sleep(0.02)
+        record(job, "done")
+
+
+def released(job_id: int) -> bool:
+    found = _connection().execute(
+        "SELECT 1 FROM side_effects WHERE job_id = %s AND event = 'release'", (job_id,)
+    )
+    return found.fetchone() is not None
+
+
+def release(url: str, job_ids: list[int]) -> None:
+    """Let `Held` jobs finish (from the test process)."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        for job_id in job_ids:
+            conn.execute(
+                "INSERT INTO side_effects (job_id, instance_id, attempt, event) "
+                "VALUES (%s, 'test', 0, 'release')",
+                (job_id,),
+            )
+
+
 class Nap(pgflow.Worker, max_attempts=10, backoff=QUICK):
     """Only sleeps: many run at once without each holding a database connection."""
 

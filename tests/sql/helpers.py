@@ -3,9 +3,12 @@ connections server-side."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
+import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,3 +77,18 @@ def kill_other_connections(backend: PostgresBackend) -> None:
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+
+
+@contextlib.contextmanager
+def no_idle_ping() -> Iterator[None]:
+    """Within the block, every pooled connection looks freshly used, so checkout skips its
+    ping: the first statement on a connection killed server-side must fail."""
+    from pgflow_backends.sql import pool
+
+    frozen = time.monotonic()
+    real_time = pool.time
+    pool.time = types.SimpleNamespace(monotonic=lambda: frozen)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        pool.time = real_time

@@ -14,7 +14,7 @@ from pgflow_backends.postgres import PostgresBackend
 from pgflow_backends.sql.base import SQLBackend
 from pgflow_backends.sql.rows import stored_copy
 
-from .helpers import kill_other_connections
+from .helpers import kill_other_connections, no_idle_ping
 
 WORKER = "tests.sql.Noop"
 
@@ -125,11 +125,10 @@ def test_a_connection_killed_under_the_driver_path_is_a_backend_error_then_recov
         return pg_backend.complete_jobs([job.ref])
 
     job = pg_backend.insert_jobs([NewJob(worker=WORKER, queue="k")])[0]
+    assert pg_backend.engine.pool.checkedin() == 1  # type: ignore[attr-defined]
     kill_other_connections(pg_backend)
-    try:
-        run()  # the pooled connection was used a moment ago: not pinged, so this may fail
-    except BackendError as exc:
-        assert "unreachable or failed" in str(exc)
+    with no_idle_ping(), pytest.raises(BackendError, match="unreachable or failed"):
+        run()  # the pooled connection was used a moment ago: not pinged, so this fails
     run()  # the broken connection was discarded: a fresh one works
     assert pg_backend.get_job(job.id) is not None
 
