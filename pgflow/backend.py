@@ -131,7 +131,8 @@ class JobQueue(Protocol):
         ...
 
     def snooze_job(self, ref: JobRef, seconds: float) -> bool:
-        """Reschedule at now + seconds without counting the attempt; False when fenced out."""
+        """Reschedule at now + seconds without counting the attempt; False when fenced out.
+        A job whose cancellation was requested becomes cancelled instead (True)."""
         ...
 
     def cancel_job(self, job_id: int) -> Job | None:
@@ -192,7 +193,8 @@ class JobQueue(Protocol):
     def rescue_stale(self, stale_after: float) -> RescueReport:
         """Mark instances whose heartbeat is older than `stale_after` seconds offline, then
         make every job left executing by an instance that is not online available again,
-        or discarded when it has no attempt left (the lost attempt counts)."""
+        or discarded when it has no attempt left (the lost attempt counts), or cancelled
+        when its cancellation was requested."""
         ...
 
     def acquire_leadership(self, instance_id: str, ttl: float) -> bool:

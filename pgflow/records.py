@@ -247,11 +247,14 @@ class JobError:
 
 @attrs.frozen
 class RescueReport:
-    """One rescue pass: stale instances marked offline, their jobs made available or discarded."""
+    """One rescue pass: stale instances marked offline, their jobs made available, discarded
+    or cancelled."""
 
     instances: tuple[str, ...] = ()
     rescued: tuple[int, ...] = ()
     discarded: tuple[int, ...] = ()
+    #: Jobs whose cancellation had been requested: they end cancelled, not run again.
+    cancelled: tuple[int, ...] = ()
 
 
 @attrs.frozen

@@ -108,17 +108,20 @@ class Leader(ServiceThread):
 
     def rescue(self) -> None:
         report = self.backend.rescue_stale(self.stale_timeout)
-        if report.instances or report.rescued or report.discarded:
+        if report.instances or report.rescued or report.discarded or report.cancelled:
             logger.warning(
-                "rescue: instances %s presumed dead; jobs %s made available, %s discarded",
+                "rescue: instances %s presumed dead; jobs %s made available, %s discarded, "
+                "%s cancelled",
                 list(report.instances),
                 list(report.rescued),
                 list(report.discarded),
+                list(report.cancelled),
                 extra={
                     **self._extra,
                     "stale_instances": list(report.instances),
                     "rescued": list(report.rescued),
                     "discarded": list(report.discarded),
+                    "cancelled": list(report.cancelled),
                 },
             )
         if report.rescued:

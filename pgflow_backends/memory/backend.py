@@ -13,6 +13,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import attrs
+
 from pgflow.backend import JobListener
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.errors import BackendError
@@ -191,11 +193,11 @@ class InMemoryBackend:
         with self._lock:
             self._check_open()
             now = self._now()
-            queue = self._jobs.snooze(ref, seconds, now)
-            if queue is None:
+            state = self._jobs.snooze(ref, seconds, now)
+            if state is None:
                 return False
-            if seconds <= 0:
-                self._hub.announce([queue])
+            if state is JobState.AVAILABLE:
+                self._hub.announce([self._jobs.rows[ref.id].queue])
             return True
 
     def cancel_job(self, job_id: int) -> Job | None:
@@ -272,11 +274,14 @@ class InMemoryBackend:
             self._check_open()
             now = self._now()
             stale = self._instances.mark_stale_offline(now - timedelta(seconds=stale_after))
-            report, woken = self._jobs.rescue(self._instances.online(), now)
-            self._hub.announce(woken)
-            return RescueReport(
-                instances=tuple(stale), rescued=report.rescued, discarded=report.discarded
+            online = self._instances.online()
+            report, woken = self._jobs.rescue(
+                lambda row: row.reserved_by not in online,
+                lambda row: f"instance {row.reserved_by!r} stopped while running the job",
+                now,
             )
+            self._hub.announce(woken)
+            return attrs.evolve(report, instances=tuple(stale))
 
     def acquire_leadership(self, instance_id: str, ttl: float) -> bool:
         with self._lock:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+import attrs
 from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -483,9 +484,13 @@ class SQLBackend:
             "p_state": state.value,
         }
         with self._tx() as connection:
-            queue = connection.execute(self._s.snooze, dict(params, p_delay=delay)).scalar()
-            if queue is None:
+            row = connection.execute(self._s.snooze, dict(params, p_delay=delay)).first()
+            if row is None:
                 return False
+            queue, meta = row
+            if (meta or {}).get("cancel_requested"):
+                connection.execute(self._s.cancel_snoozed, {"p_id": ref.id})
+                return True
             if state is JobState.AVAILABLE:
                 self._announce(connection, {queue}, own=True)
             return True
@@ -610,45 +615,69 @@ class SQLBackend:
                 connection.execute(self._s.mark_stale, {"p_age": -float(stale_after)}).scalars()
             )
             orphans = connection.execute(self._s.orphaned).all()
-            if not orphans:
-                return RescueReport(instances=tuple(stale))
-            now: datetime = connection.execute(self._s.now).scalar_one()
-            rescued: list[int] = []
-            discarded: list[int] = []
-            woken: set[str] = set()
-            for job_id, attempt, max_attempts, reserved_by, errors in orphans:
-                lost = JobError(
-                    attempt=attempt,
-                    at=now,
-                    kind="rescued",
-                    message=f"instance {reserved_by!r} stopped while running the job",
-                    instance_id=reserved_by,
-                )
-                errors_json = _append_error(errors, dumps(lost.to_dict(), what="error"))
-                if attempt >= max_attempts:
-                    connection.execute(
-                        self._s.finish_failed,
-                        {"p_id": job_id, "p_errors": errors_json, "p_state": "discarded"},
-                    )
-                    discarded.append(job_id)
-                else:
-                    queue = connection.execute(
-                        self._s.requeue, {"p_id": job_id, "p_errors": errors_json}
-                    ).scalar_one()
-                    rescued.append(job_id)
-                    woken.add(queue)
-            if woken:
-                self._announce(connection, woken, own=True)
-        if rescued or discarded:
-            logger.warning(
-                "rescued %d and discarded %d jobs of stopped instances",
-                len(rescued),
-                len(discarded),
-                extra={"instances": stale, "rescued": rescued, "discarded": discarded},
+            report = self._rescue(
+                connection,
+                orphans,
+                lambda instance: f"instance {instance!r} stopped while running the job",
             )
+        self._log_rescue(report, stale)
+        return attrs.evolve(report, instances=tuple(stale))
+
+    def _rescue(
+        self, connection: Connection, orphans: Sequence[Any], why: Callable[[str | None], str]
+    ) -> RescueReport:
+        """Free jobs (rows of ORPHAN_COLUMNS) whose attempt was lost: available again,
+        discarded when no attempt is left, cancelled when cancellation was requested."""
+        if not orphans:
+            return RescueReport()
+        now: datetime = connection.execute(self._s.now).scalar_one()
+        rescued: list[int] = []
+        discarded: list[int] = []
+        cancelled: list[int] = []
+        woken: set[str] = set()
+        for job_id, attempt, max_attempts, reserved_by, errors, meta in orphans:
+            lost = JobError(
+                attempt=attempt,
+                at=now,
+                kind="rescued",
+                message=why(reserved_by),
+                instance_id=reserved_by,
+            )
+            errors_json = _append_error(errors, dumps(lost.to_dict(), what="error"))
+            if (meta or {}).get("cancel_requested") or attempt >= max_attempts:
+                state = "cancelled" if (meta or {}).get("cancel_requested") else "discarded"
+                connection.execute(
+                    self._s.finish_failed,
+                    {"p_id": job_id, "p_errors": errors_json, "p_state": state},
+                )
+                (cancelled if state == "cancelled" else discarded).append(job_id)
+            else:
+                queue = connection.execute(
+                    self._s.requeue, {"p_id": job_id, "p_errors": errors_json}
+                ).scalar_one()
+                rescued.append(job_id)
+                woken.add(queue)
+        if woken:
+            self._announce(connection, woken, own=True)
         return RescueReport(
-            instances=tuple(stale), rescued=tuple(rescued), discarded=tuple(discarded)
+            rescued=tuple(rescued), discarded=tuple(discarded), cancelled=tuple(cancelled)
         )
+
+    @staticmethod
+    def _log_rescue(report: RescueReport, instances: Sequence[str]) -> None:
+        if report.rescued or report.discarded or report.cancelled:
+            logger.warning(
+                "rescued %d, discarded %d and cancelled %d jobs of lost instances",
+                len(report.rescued),
+                len(report.discarded),
+                len(report.cancelled),
+                extra={
+                    "instances": list(instances),
+                    "rescued": list(report.rescued),
+                    "discarded": list(report.discarded),
+                    "cancelled": list(report.cancelled),
+                },
+            )
 
     def acquire_leadership(self, instance_id: str, ttl: float) -> bool:
         validate_instance_id(instance_id)

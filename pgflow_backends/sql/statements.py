@@ -94,6 +94,17 @@ FENCE = and_(
 )
 
 
+#: What a rescue reads of each job it frees.
+ORPHAN_COLUMNS = (
+    jobs.c.id,
+    jobs.c.attempt,
+    jobs.c.max_attempts,
+    jobs.c.reserved_by,
+    jobs.c.errors,
+    jobs.c.meta,
+)
+
+
 class Statements:
     """Every statement the SQL backends run, for one dialect."""
 
@@ -200,7 +211,19 @@ class Statements:
                 attempt=jobs.c.attempt - 1,
                 scheduled_at=db_now_plus(seconds("p_delay")),
             )
-            .returning(jobs.c.queue)
+            .returning(jobs.c.queue, jobs.c.meta)
+        )
+        #: A snoozed job whose cancellation had been requested: cancelled, not rescheduled
+        #: (the attempt the snooze gave back counts again).
+        self.cancel_snoozed: Update = (
+            update(jobs)
+            .where(jobs.c.id == _p("p_id", Integer()))
+            .values(
+                state="cancelled",
+                attempt=jobs.c.attempt + 1,
+                completed_at=now,
+                unique_key=RELEASED_KEY,
+            )
         )
         self.job_for_update: Select[Any] = (
             select(*JOB_COLUMNS).where(jobs.c.id == _p("p_id", Integer())).with_for_update()
@@ -320,9 +343,7 @@ class Statements:
         )
         online = select(instances.c.instance_id).where(instances.c.status == _const("online"))
         self.orphaned: Select[Any] = (
-            select(
-                jobs.c.id, jobs.c.attempt, jobs.c.max_attempts, jobs.c.reserved_by, jobs.c.errors
-            )
+            select(*ORPHAN_COLUMNS)
             .where(
                 jobs.c.state == _const("executing"),
                 or_(jobs.c.reserved_by.is_(None), jobs.c.reserved_by.not_in(online)),
