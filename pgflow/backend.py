@@ -19,6 +19,7 @@ from pgflow.records import (
     JobCount,
     JobRef,
     JobState,
+    Liveness,
     NewJob,
     RescueReport,
     RunRecord,
@@ -173,17 +174,32 @@ class JobQueue(Protocol):
         seconds; return how many jobs went."""
         ...
 
-    def register_instance(self, info: InstanceInfo) -> None:
-        """Record the instance as online with a fresh heartbeat (insert or update)."""
+    def register_instance(self, info: InstanceInfo) -> RescueReport:
+        """Record the instance as online with a fresh heartbeat (insert or update).
+
+        Every claim belongs to one process incarnation (`info.incarnation`). When the
+        stored incarnation differs, the process that registered before under this id is
+        gone or displaced, and this new one has not claimed anything yet: in the same
+        transaction, every job left executing by the id is rescued as `rescue_stale` does
+        (available again, discarded when no attempt is left, cancelled when requested),
+        with an error saying the earlier incarnation was lost. Returns what was rescued.
+        """
         ...
 
-    def heartbeat(self, instance_id: str) -> bool:
-        """Refresh the heartbeat and mark online; False if the instance had been marked
-        offline or was unknown (it was presumed dead and its jobs may have been rescued)."""
+    def heartbeat(self, instance_id: str, incarnation: str = "") -> Liveness:
+        """Refresh the heartbeat and mark online, and say what the instance must do next.
+
+        PRESUMED_DEAD: the instance was unknown or had been marked offline (its jobs may
+        have been rescued); it registers again. DISPLACED: `incarnation` is given and
+        another incarnation registered under the id since; nothing is written, and the
+        caller must stop claiming and never register again (else the two processes would
+        keep rescuing each other's jobs). ALIVE otherwise.
+        """
         ...
 
-    def mark_offline(self, instance_id: str) -> None:
-        """Mark the instance offline (a clean stop); its heartbeat is left as it was."""
+    def mark_offline(self, instance_id: str, incarnation: str = "") -> None:
+        """Mark the instance offline (a clean stop); its heartbeat is left as it was.
+        With `incarnation`, only while that incarnation is the registered one."""
         ...
 
     def list_instances(self) -> list[Instance]:

@@ -269,6 +269,17 @@ class InstanceInfo:
     incarnation: str = ""
 
 
+class Liveness(enum.StrEnum):
+    """What a heartbeat found: what the instance must do next."""
+
+    #: Refreshed; carry on.
+    ALIVE = "alive"
+    #: Unknown or marked offline (its jobs may have been rescued): register again.
+    PRESUMED_DEAD = "presumed_dead"
+    #: Another process registered under the same id since: stand down, never register again.
+    DISPLACED = "displaced"
+
+
 @attrs.frozen
 class Instance:
     """A registered instance, as stored in `pgflow_instances`."""

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from pgflow.app import Pgflow
-from pgflow.records import Job
+from pgflow.records import InstanceInfo, Job, JobState, Liveness
+from pgflow.runtime.heartbeat import Heartbeat
 from pgflow.worker import Worker
 from pgflow_backends.memory import InMemoryBackend
 
@@ -27,12 +28,17 @@ STARTED_LOCK = threading.Lock()
 
 
 class Stuck(Worker):
-    """Ignores cancellation: only RELEASE (set at teardown) ends it."""
+    """Ignores cancellation: only RELEASE (set by the test or at teardown) ends it."""
 
     def perform(self, job: Job) -> Any:
         with STARTED_LOCK:
             STARTED.append(job.id)
         RELEASE.wait(60)
+
+
+class Quick(Worker):
+    def perform(self, job: Job) -> Any:
+        return None
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -74,3 +80,82 @@ def test_stop_with_stuck_queues_waits_for_them_together(memory: InMemoryBackend)
     # A behaviour bound, not a benchmark: one queue after another took T + ~1 s per queue.
     assert took < timeout + 5.0, f"stop(timeout={timeout}) took {took:.1f}s"
     assert {job.id for job in jobs} == set(STARTED)
+
+
+def _job_state(memory: InMemoryBackend, job_id: int) -> JobState | None:
+    stored = memory.get_job(job_id)
+    return None if stored is None else stored.state
+
+
+def test_a_restart_under_the_same_id_runs_the_lost_job_at_once(memory: InMemoryBackend) -> None:
+    # The earlier process under "worker-1" claimed a job and was SIGKILLed: its row is still
+    # online, with a fresh heartbeat, and stale_timeout is long.
+    memory.register_instance(InstanceInfo(instance_id="worker-1", incarnation="killed"))
+    (job,) = memory.insert_jobs([Quick.new()])
+    memory.claim_jobs("default", "worker-1", 1)
+    app = Pgflow(memory, **{**FAST, "instance_id": "worker-1", "stale_timeout": 3600.0})
+    app.start()
+    try:
+        assert wait_for(lambda: _job_state(memory, job.id) is JobState.COMPLETED)
+    finally:
+        app.stop(timeout=5)
+    stored = memory.get_job(job.id)
+    assert stored is not None and stored.attempt == 2
+    (lost,) = stored.errors
+    assert lost["kind"] == "rescued" and "earlier incarnation" in lost["message"]
+
+
+def test_a_displaced_process_stands_down_and_leaves_the_new_one_alone(
+    memory: InMemoryBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = Pgflow(memory, **{**FAST, "instance_id": "shared"})
+    second = Pgflow(memory, **{**FAST, "instance_id": "shared"})
+    (job,) = first.insert([Stuck.new()])
+    first.start()
+    try:
+        assert wait_for(lambda: STARTED == [job.id])
+        second.start()  # rescues the job of `first`, which is still running it
+        (registered,) = memory.list_instances()
+        assert wait_for(lambda: STARTED == [job.id, job.id])
+
+        assert wait_for(lambda: first.displaced)
+
+        assert not second.displaced
+
+        def reported() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+        assert wait_for(lambda: len(reported()) == 1)
+        assert "'shared' is now registered by another process" in reported()[0]
+        assert registered.incarnation in reported()[0]
+        RELEASE.set()
+        assert wait_for(lambda: _job_state(memory, job.id) is JobState.COMPLETED)
+        assert first.stop(timeout=5) is True
+        (instance,) = memory.list_instances()
+        assert (instance.status, instance.incarnation) == ("online", registered.incarnation)
+        (after,) = second.insert([Quick.new()])
+        assert wait_for(lambda: _job_state(memory, after.id) is JobState.COMPLETED)
+    finally:
+        RELEASE.set()
+        first.stop(timeout=5)
+        second.stop(timeout=5)
+    stored = memory.get_job(job.id)
+    assert stored is not None and stored.attempt == 2  # the first one's late write was fenced
+
+
+def test_a_displaced_heartbeat_never_registers_again(memory: InMemoryBackend) -> None:
+    mine = InstanceInfo(instance_id="shared", hostname="h1", pid=1, incarnation="mine")
+    theirs = InstanceInfo(instance_id="shared", hostname="h2", pid=2, incarnation="theirs")
+    memory.register_instance(mine)
+    memory.register_instance(theirs)
+    calls: list[str] = []
+    heartbeat = Heartbeat(memory, mine, 1.0, on_displaced=lambda: calls.append("displaced"))
+
+    for _ in range(3):
+        heartbeat.beat()
+
+    assert calls == ["displaced"]
+    assert heartbeat.displaced.is_set()
+    (instance,) = memory.list_instances()
+    assert (instance.incarnation, instance.hostname) == ("theirs", "h2")
+    assert memory.heartbeat("shared", "theirs") is Liveness.ALIVE

@@ -53,11 +53,19 @@ class Leader(ServiceThread):
         self.is_leader = False
         self._next_rescue = 0.0
         self._next_prune = 0.0
+        self._standing_down = False
         super().__init__("pgflow-leader", instance_id)
+
+    def stand_down(self) -> None:
+        """Stop campaigning and leading without releasing the lease: another process now
+        holds this instance id (see Heartbeat) and renews the lease under it."""
+        self._standing_down = True
+        self._stop.set()
+        self.is_leader = False
 
     def stop(self, timeout: float = 5.0) -> None:
         super().stop(timeout)
-        if self.is_leader:
+        if self.is_leader and not self._standing_down:
             self.is_leader = False
             try:
                 self.backend.release_leadership(self.instance_id)

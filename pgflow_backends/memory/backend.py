@@ -26,6 +26,7 @@ from pgflow.records import (
     JobCount,
     JobRef,
     JobState,
+    Liveness,
     NewJob,
     RescueReport,
     RunRecord,
@@ -38,6 +39,7 @@ from pgflow_backends.memory.cluster import InstanceTable
 from pgflow_backends.memory.jobs import JobTable
 from pgflow_backends.memory.listener import ListenerHub
 from pgflow_backends.memory.runs import RunTable
+from pgflow_backends.rescue_messages import lost_incarnation, stopped_instance
 
 
 class InMemoryBackend:
@@ -248,21 +250,30 @@ class InMemoryBackend:
 
     # -- instances and leadership ----------------------------------------------------------
 
-    def register_instance(self, info: InstanceInfo) -> None:
+    def register_instance(self, info: InstanceInfo) -> RescueReport:
         validate_instance_id(info.instance_id)
         with self._lock:
             self._check_open()
-            self._instances.register(info, self._now())
+            now = self._now()
+            if not self._instances.register(info, now):
+                return RescueReport()
+            report, woken = self._jobs.rescue(
+                lambda row: row.reserved_by == info.instance_id,
+                lambda row: lost_incarnation(info.instance_id),
+                now,
+            )
+            self._hub.announce(woken)
+            return report
 
-    def heartbeat(self, instance_id: str) -> bool:
+    def heartbeat(self, instance_id: str, incarnation: str = "") -> Liveness:
         with self._lock:
             self._check_open()
-            return self._instances.heartbeat(instance_id, self._now())
+            return self._instances.heartbeat(instance_id, incarnation, self._now())
 
-    def mark_offline(self, instance_id: str) -> None:
+    def mark_offline(self, instance_id: str, incarnation: str = "") -> None:
         with self._lock:
             self._check_open()
-            self._instances.mark_offline(instance_id)
+            self._instances.mark_offline(instance_id, incarnation)
 
     def list_instances(self) -> list[Instance]:
         with self._lock:
@@ -277,7 +288,7 @@ class InMemoryBackend:
             online = self._instances.online()
             report, woken = self._jobs.rescue(
                 lambda row: row.reserved_by not in online,
-                lambda row: f"instance {row.reserved_by!r} stopped while running the job",
+                lambda row: stopped_instance(row.reserved_by),
                 now,
             )
             self._hub.announce(woken)

@@ -30,6 +30,7 @@ from pgflow.records import (
     JobError,
     JobRef,
     JobState,
+    Liveness,
     NewJob,
     RescueReport,
     RunRecord,
@@ -47,6 +48,7 @@ from pgflow.schema import (
 )
 from pgflow.serialization import dumps
 from pgflow.unique import unique_key
+from pgflow_backends.rescue_messages import lost_incarnation, stopped_instance
 from pgflow_backends.sql.errors import translate
 from pgflow_backends.sql.rows import (
     JOB_COLUMNS,
@@ -575,29 +577,41 @@ class SQLBackend:
 
     # -- instances and leadership -----------------------------------------------------------
 
-    def register_instance(self, info: InstanceInfo) -> None:
+    def register_instance(self, info: InstanceInfo) -> RescueReport:
         validate_instance_id(info.instance_id)
         params = {
             "p_instance": info.instance_id,
             "p_hostname": info.hostname,
             "p_pid": info.pid,
             "p_queues": dumps(dict(info.queues), what="queues"),
+            "p_incarnation": info.incarnation,
         }
-        with self._single() as connection:
+        with self._tx() as connection:
+            earlier = connection.execute(self._s.instance_status, params).first()
             connection.execute(self._s.register, params)
+            if earlier is None or earlier[1] == info.incarnation:
+                return RescueReport()
+            held = connection.execute(self._s.held_by, params).all()
+            report = self._rescue(connection, held, lost_incarnation)
+        self._log_rescue(report, [info.instance_id])
+        return report
 
-    def heartbeat(self, instance_id: str) -> bool:
+    def heartbeat(self, instance_id: str, incarnation: str = "") -> Liveness:
         params = {"p_instance": instance_id}
         with self._tx() as connection:
-            status = connection.execute(self._s.instance_status, params).scalar()
-            if status is None:
-                return False
+            row = connection.execute(self._s.instance_status, params).first()
+            if row is None:
+                return Liveness.PRESUMED_DEAD
+            status, registered = row
+            if incarnation and registered != incarnation:
+                return Liveness.DISPLACED
             connection.execute(self._s.heartbeat, params)
-            return bool(status == "online")
+            return Liveness.ALIVE if status == "online" else Liveness.PRESUMED_DEAD
 
-    def mark_offline(self, instance_id: str) -> None:
+    def mark_offline(self, instance_id: str, incarnation: str = "") -> None:
+        params = {"p_instance": instance_id, "p_incarnation": incarnation}
         with self._single() as connection:
-            connection.execute(self._s.mark_offline, {"p_instance": instance_id})
+            connection.execute(self._s.mark_offline, params)
 
     def database_time(self) -> datetime:
         with self._read() as connection:
@@ -618,7 +632,7 @@ class SQLBackend:
             report = self._rescue(
                 connection,
                 orphans,
-                lambda instance: f"instance {instance!r} stopped while running the job",
+                stopped_instance,
             )
         self._log_rescue(report, stale)
         return attrs.evolve(report, instances=tuple(stale))

@@ -62,6 +62,7 @@ INSTANCE_COLUMNS: tuple[ColumnElement[Any], ...] = (
     instances.c.hostname,
     instances.c.pid,
     instances.c.queues,
+    instances.c.incarnation,
 )
 RUN_COLUMNS: tuple[ColumnElement[Any], ...] = (
     runs.c.workflow_id,
@@ -199,6 +200,7 @@ def instance_from_row(row: Sequence[Any]) -> Instance:
         hostname=row[4],
         pid=row[5],
         queues=row[6] or {},
+        incarnation=row[7],
     )
 
 

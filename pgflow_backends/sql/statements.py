@@ -302,6 +302,7 @@ class Statements:
             hostname=_p("p_hostname", String()),
             pid=_p("p_pid", Integer()),
             queues=_json("p_queues"),
+            incarnation=_p("p_incarnation", String()),
         )
         self.register: Insert = upsert.on_conflict_do_update(
             index_elements=[instances.c.instance_id],
@@ -312,11 +313,22 @@ class Statements:
                 "hostname": upsert.excluded.hostname,
                 "pid": upsert.excluded.pid,
                 "queues": upsert.excluded.queues,
+                "incarnation": upsert.excluded.incarnation,
             },
         )
         self.instance_status: Select[Any] = (
-            select(instances.c.status)
+            select(instances.c.status, instances.c.incarnation)
             .where(instances.c.instance_id == _p("p_instance", String()))
+            .with_for_update()
+        )
+        #: Every job the instance id holds: what an earlier incarnation left executing.
+        self.held_by: Select[Any] = (
+            select(*ORPHAN_COLUMNS)
+            .where(
+                jobs.c.state == _const("executing"),
+                jobs.c.reserved_by == _p("p_instance", String()),
+            )
+            .order_by(jobs.c.id)
             .with_for_update()
         )
         self.heartbeat: Update = (
@@ -324,9 +336,13 @@ class Statements:
             .where(instances.c.instance_id == _p("p_instance", String()))
             .values(status="online", heartbeat_at=now)
         )
+        incarnation = _p("p_incarnation", String())
         self.mark_offline: Update = (
             update(instances)
-            .where(instances.c.instance_id == _p("p_instance", String()))
+            .where(
+                instances.c.instance_id == _p("p_instance", String()),
+                or_(incarnation == "", instances.c.incarnation == incarnation),
+            )
             .values(status="offline")
         )
         self.instances: Select[Any] = select(*INSTANCE_COLUMNS).order_by(
