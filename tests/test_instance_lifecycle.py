@@ -113,10 +113,10 @@ def test_a_displaced_process_stands_down_and_leaves_the_new_one_alone(
     (job,) = first.insert([Stuck.new()])
     first.start()
     try:
-        assert wait_for(lambda: STARTED == [job.id])
+        assert wait_for(lambda: [job.id] == STARTED)
         second.start()  # rescues the job of `first`, which is still running it
         (registered,) = memory.list_instances()
-        assert wait_for(lambda: STARTED == [job.id, job.id])
+        assert wait_for(lambda: [job.id, job.id] == STARTED)
 
         assert wait_for(lambda: first.displaced)
 
