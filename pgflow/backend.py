@@ -213,6 +213,17 @@ class JobQueue(Protocol):
         when its cancellation was requested."""
         ...
 
+    def insert_cron_job(self, name: str, slot: datetime, job: NewJob) -> Job | None:
+        """Enqueue cron entry `name`'s job for `slot`, at most once ever.
+
+        In one transaction: a compare-and-set of the entry's last enqueued slot (kept in
+        its own table, untouched by pruning) that succeeds only when `slot` is newer, and
+        the insert of `job`. Returns the job inserted, or None (nothing written) when this
+        slot or a later one was already enqueued, whatever pruning or leader hand-overs
+        happened since. `name` is a stable key of the entry (up to 255 characters).
+        """
+        ...
+
     def acquire_leadership(self, instance_id: str, ttl: float) -> bool:
         """Take or renew the cluster-wide leader lease for `ttl` seconds; True if held.
         At most one instance holds an unexpired lease at any time."""

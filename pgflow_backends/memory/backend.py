@@ -18,7 +18,7 @@ import attrs
 from pgflow.backend import JobListener
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.errors import BackendError
-from pgflow.identifiers import validate_instance_id
+from pgflow.identifiers import validate_cron_name, validate_instance_id
 from pgflow.records import (
     Instance,
     InstanceInfo,
@@ -58,6 +58,7 @@ class InMemoryBackend:
         self._jobs = JobTable()
         self._runs = RunTable()
         self._instances = InstanceTable()
+        self._cron_slots: dict[str, datetime] = {}  # cron entry name -> last slot enqueued
         self._closed = False
 
     @classmethod
@@ -88,6 +89,7 @@ class InMemoryBackend:
             self._jobs = JobTable()
             self._runs = RunTable()
             self._instances = InstanceTable()
+            self._cron_slots = {}
             self._hub.close_all()
 
     # -- runs ------------------------------------------------------------------------------
@@ -293,6 +295,18 @@ class InMemoryBackend:
             )
             self._hub.announce(woken)
             return attrs.evolve(report, instances=tuple(stale))
+
+    def insert_cron_job(self, name: str, slot: datetime, job: NewJob) -> Job | None:
+        validate_cron_name(name)
+        with self._lock:
+            self._check_open()
+            last = self._cron_slots.get(name)
+            if last is not None and last >= slot:
+                return None  # this slot or a later one was enqueued already
+            (stored,), woken = self._jobs.insert([job], self._now())  # may raise: no change
+            self._cron_slots[name] = slot
+            self._hub.announce(woken)
+            return stored
 
     def acquire_leadership(self, instance_id: str, ttl: float) -> bool:
         with self._lock:

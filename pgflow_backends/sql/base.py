@@ -21,7 +21,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from pgflow.backend import JobListener
 from pgflow.errors import BackendError, DefinitionError
-from pgflow.identifiers import validate_instance_id, validate_queue, validate_worker_name
+from pgflow.identifiers import (
+    validate_cron_name,
+    validate_instance_id,
+    validate_queue,
+    validate_worker_name,
+)
 from pgflow.records import (
     Instance,
     InstanceInfo,
@@ -692,6 +697,19 @@ class SQLBackend:
                     "cancelled": list(report.cancelled),
                 },
             )
+
+    def insert_cron_job(self, name: str, slot: datetime, job: NewJob) -> Job | None:
+        validate_cron_name(name)
+        prepared = [PreparedJob(job)]  # validates and encodes: may raise, nothing written
+        params = {"p_name": name, "p_slot": slot}
+        with self._tx() as connection:
+            advanced = connection.execute(self._s.cron_advance, params).first()
+            if advanced is None:
+                advanced = connection.execute(self._s.cron_first, params).first()
+            if advanced is None:
+                return None  # this slot or a later one was enqueued already
+            [stored] = self._insert(connection, prepared, own=True)
+            return stored
 
     def acquire_leadership(self, instance_id: str, ttl: float) -> bool:
         validate_instance_id(instance_id)

@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from pgflow.schema import UTCDateTime, instances, jobs, leader, runs, steps
+from pgflow.schema import UTCDateTime, cron_slots, instances, jobs, leader, runs, steps
 from pgflow_backends.sql.expressions import (
     as_json,
     db_now,
@@ -372,6 +372,21 @@ class Statements:
             .where(jobs.c.id == _p("p_id", Integer()), jobs.c.state == _const("executing"))
             .values(state="available", errors=_json("p_errors"))
             .returning(jobs.c.queue)
+        )
+        #: Cron: advance an entry's last enqueued slot only forward (a compare-and-set)...
+        cron_slot = _p("p_slot", UTCDateTime())
+        self.cron_advance: Update = (
+            update(cron_slots)
+            .where(cron_slots.c.name == _p("p_name", String()), cron_slots.c.last_slot < cron_slot)
+            .values(last_slot=cron_slot)
+            .returning(cron_slots.c.name)
+        )
+        #: ...or record its first slot (nothing when a rival recorded one first).
+        self.cron_first: Insert = (
+            insert_fn(cron_slots)
+            .values(name=_p("p_name", String()), last_slot=cron_slot)
+            .on_conflict_do_nothing(index_elements=[cron_slots.c.name])
+            .returning(cron_slots.c.name)
         )
         lease = insert_fn(leader).values(
             name=LEADER_NAME,
