@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from pgflow.app import Pgflow
-from pgflow.records import InstanceInfo, Job, JobState, Liveness
+from pgflow.clock import SYSTEM_CLOCK
+from pgflow.records import InstanceInfo, Job, JobState, Liveness, RescueReport
 from pgflow.runtime.heartbeat import Heartbeat
+from pgflow.runtime.leader import Leader
 from pgflow.worker import Worker
 from pgflow_backends.memory import InMemoryBackend
 
@@ -159,3 +161,71 @@ def test_a_displaced_heartbeat_never_registers_again(memory: InMemoryBackend) ->
     (instance,) = memory.list_instances()
     assert (instance.incarnation, instance.hostname) == ("theirs", "h2")
     assert memory.heartbeat("shared", "theirs") is Liveness.ALIVE
+
+
+class LeaseStub:
+    """The leader's part of a backend; the lease is taken by a rival while staging runs."""
+
+    def __init__(self, now: list[float]) -> None:
+        self.now = now
+        self.rival_holds = False
+        self.slow_stage = False
+        self.calls: list[str] = []
+
+    def acquire_leadership(self, instance_id: str, ttl: float) -> bool:
+        self.calls.append("acquire")
+        return not self.rival_holds
+
+    def release_leadership(self, instance_id: str) -> None:
+        self.calls.append("release")
+
+    def stage_jobs(self, limit: int = 10_000) -> list[str]:
+        self.calls.append("stage")
+        if self.slow_stage:  # runs past the lease, which a rival takes meanwhile
+            self.now[0] += 10.0
+            self.rival_holds = True
+        return []
+
+    def rescue_stale(self, stale_after: float) -> RescueReport:
+        self.calls.append("rescue")
+        return RescueReport()
+
+    def prune_jobs(self, max_age: float, limit: int = 10_000) -> int:
+        self.calls.append("prune")
+        return 0
+
+
+def test_a_leader_that_lost_its_lease_runs_no_further_duty() -> None:
+    now = [100.0]
+    stub = LeaseStub(now)
+    leader = Leader(
+        backend=stub,  # type: ignore[arg-type]
+        instance_id="node-a",
+        clock=SYSTEM_CLOCK,
+        interval=0.5,
+        stale_timeout=60.0,
+        rescue_interval=5.0,
+        prune_after=60.0,
+        prune_interval=60.0,
+        cron=None,
+        on_staged=lambda queues: None,
+        monotonic=lambda: now[0],
+    )
+    leader.tick()
+    assert stub.calls == ["acquire", "stage", "rescue", "prune"] and leader.is_leader
+
+    stub.calls.clear()
+    stub.slow_stage = True
+    now[0] += 100.0  # rescue and prune are due again
+    leader.tick()
+
+    assert stub.calls == ["acquire", "stage", "acquire"]  # checked, lost: nothing more
+    assert not leader.is_leader
+    stub.calls.clear()
+    stub.slow_stage = False
+    leader.tick()
+    assert stub.calls == ["acquire"]  # still the rival's: no duty at all
+    stub.calls.clear()
+    stub.rival_holds = False
+    leader.tick()
+    assert stub.calls == ["acquire", "stage", "rescue", "prune"] and leader.is_leader
