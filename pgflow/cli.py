@@ -467,12 +467,16 @@ def render_status(
                 _time(item.heartbeat_at),
                 item.hostname or "-",
                 item.pid or "-",
+                item.incarnation[:8] or "-",
                 ",".join(f"{name}={limit}" for name, limit in item.queues.items()) or "-",
             )
             for item in shown
         ]
         parts.append(
-            render_table(("instance", "status", "last heartbeat", "host", "pid", "queues"), rows)
+            render_table(
+                ("instance", "status", "last heartbeat", "host", "pid", "incarnation", "queues"),
+                rows,
+            )
         )
     else:
         parts.append("(none)")
@@ -502,6 +506,7 @@ def status_data(
                 "started_at": item.started_at.isoformat(),
                 "hostname": item.hostname,
                 "pid": item.pid,
+                "incarnation": item.incarnation,
                 "queues": item.queues,
             }
             for item in instances
