@@ -290,6 +290,8 @@ class Pgflow:
             wakeup.start()
             leader.start()
             self._threads = (heartbeat, wakeup, leader)
+            if self._displaced.is_set():  # displaced before the threads were recorded
+                self._stand_down()
         logger.info(
             "instance %s serving %s",
             self.instance_id,
