@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -193,7 +192,25 @@ def test_two_instances_enqueue_each_cron_slot_once(cluster: Cluster) -> None:
         30,
         "the cron job to run",
     )
-    time.sleep(3.0)  # both instances keep ticking: neither may insert the slot again
+    # Hand over: stop the leader; the other takes the lease and runs cron for the same
+    # minute. Three distinct lease expiries of its own mean whole duty passes, cron
+    # included, ran after it took over: it must not have enqueued the slot again.
+    [(leader_id,)] = query(url, "SELECT instance_id FROM pgflow_leader")
+    successor = "cron-b" if leader_id == "cron-a" else "cron-a"
+    cluster.signal(leader_id, signal.SIGTERM)
+    assert cluster.procs[leader_id].wait(20) == 0, cluster.log_of(leader_id)
+    leases: set[Any] = set()
+
+    def successor_renewed() -> bool:
+        leases.update(
+            row[0]
+            for row in query(
+                url, "SELECT expires_at FROM pgflow_leader WHERE instance_id = %s", (successor,)
+            )
+        )
+        return len(leases) >= 3
+
+    wait_until(successor_renewed, 30, f"{successor} to lead for a few ticks")
     db_after = query(url, "SELECT now()")[0][0]
     rows = query(url, "SELECT meta->>'cron_slot', state FROM pgflow_jobs ORDER BY 1")
     minutes = {
