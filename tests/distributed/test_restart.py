@@ -63,3 +63,50 @@ def test_a_worker_restarted_under_its_id_runs_its_lost_job_again(
     [(status, incarnation)] = query(url, "SELECT status, incarnation FROM pgflow_instances")
     assert status == "online" and incarnation not in ("", first_incarnation)
     assert f"restarted: jobs [{job.id}]" in cluster.log_of("fixed")
+
+
+def test_two_live_processes_sharing_an_id_are_reported_and_do_not_fight(
+    cluster: Cluster, app: Pgflow
+) -> None:
+    url = cluster.url
+    first = cluster.spawn("twin")
+    try:
+        first_log = cluster.logs / "twin-first.log"
+        (cluster.logs / "twin.log").rename(first_log)  # the child keeps writing to it
+        cluster.wait_online("twin")
+        [(first_incarnation,)] = query(url, "SELECT incarnation FROM pgflow_instances")
+
+        second = cluster.spawn("twin")  # a second live process given the same id
+
+        wait_until(
+            lambda: "is now registered by another process" in first_log.read_text(),
+            30,
+            "the first process to report that it was displaced",
+        )
+        report = first_log.read_text()
+        assert f"pid {second.pid}" in report and f"pid {first.pid}" in report
+        [(incarnation,)] = query(url, "SELECT incarnation FROM pgflow_instances")
+        assert incarnation != first_incarnation  # the displaced one never registers again
+        jobs = app.insert([SlowFirstAttempt.new({"seconds": 0.0}) for _ in range(5)])
+        wait_until(
+            lambda: (
+                query(
+                    url,
+                    "SELECT count(*) FROM pgflow_jobs WHERE state = 'completed' AND id = ANY(%s)",
+                    ([job.id for job in jobs],),
+                )[0][0]
+                == 5
+            ),
+            30,
+            "the new process to run new jobs",
+        )
+        [(still,)] = query(url, "SELECT incarnation FROM pgflow_instances")
+        assert still == incarnation
+        first.send_signal(signal.SIGTERM)  # a clean stop of the displaced process...
+        assert first.wait(20) == 0, first_log.read_text()
+        [(status,)] = query(url, "SELECT status FROM pgflow_instances")
+        assert status == "online"  # ...leaves the process that holds the id online
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(10)
