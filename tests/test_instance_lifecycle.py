@@ -229,3 +229,23 @@ def test_a_leader_that_lost_its_lease_runs_no_further_duty() -> None:
     stub.rival_holds = False
     leader.tick()
     assert stub.calls == ["acquire", "stage", "rescue", "prune"] and leader.is_leader
+
+
+def test_a_heartbeat_presumed_dead_comes_back_without_displacing_anyone(
+    memory: InMemoryBackend,
+) -> None:
+    mine = InstanceInfo(instance_id="node", hostname="h1", pid=1, incarnation="mine")
+    memory.register_instance(mine)
+    heartbeat = Heartbeat(memory, mine, 1.0)
+    memory.mark_offline("node")
+
+    heartbeat.beat()
+
+    (instance,) = memory.list_instances()
+    assert (instance.status, instance.incarnation) == ("online", "mine")
+    memory.close()
+    gone = InMemoryBackend()
+    heartbeat = Heartbeat(gone, mine, 1.0)
+    heartbeat.beat()  # an unknown instance registers
+    (instance,) = gone.list_instances()
+    assert (instance.status, instance.incarnation) == ("online", "mine")

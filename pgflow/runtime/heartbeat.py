@@ -1,7 +1,8 @@
 """The heartbeat: its own thread, so a job that blocks or burns the CPU never looks dead.
 
-Each beat carries the process's incarnation. An instance presumed dead registers again
-(same incarnation: nothing of its own is rescued). An instance whose id another process has
+Each beat carries the process's incarnation. An instance presumed dead is back online with
+that beat (its row is registered again only if it vanished; same incarnation: nothing of
+its own is rescued). An instance whose id another process has
 registered since is *displaced*: it reports that loudly, stands down (no more claims, no
 leader duties) and never registers again, so two processes sharing an id cannot keep
 rescuing each other's jobs; it stays idle until it is stopped.
@@ -59,11 +60,14 @@ class Heartbeat(ServiceThread):
             self._report_displaced()
         elif liveness is Liveness.PRESUMED_DEAD:
             logger.warning(
-                "instance %s had been marked offline (presumed dead); registering again",
+                "instance %s had been marked offline (presumed dead); online again",
                 self.info.instance_id,
                 extra=self._extra,
             )
-            self.backend.register_instance(self.info)
+            # The beat itself put a known row back online; only a missing row needs a
+            # registration (one that could displace a process newly registered under the id).
+            if self._registered() is None:
+                self.backend.register_instance(self.info)
 
     def _report_displaced(self) -> None:
         first = not self.displaced.is_set()
