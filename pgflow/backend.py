@@ -190,10 +190,11 @@ class JobQueue(Protocol):
         """Refresh the heartbeat and mark online, and say what the instance must do next.
 
         PRESUMED_DEAD: the instance had been marked offline (its jobs may have been
-        rescued; this beat put it back online) or was unknown (it registers again). DISPLACED: `incarnation` is given and
-        another incarnation registered under the id since; nothing is written, and the
-        caller must stop claiming and never register again (else the two processes would
-        keep rescuing each other's jobs). ALIVE otherwise.
+        rescued; this beat put it back online) or was unknown (it registers again).
+        DISPLACED: `incarnation` is given and another incarnation registered under the id
+        since; nothing is written, and the caller must stop claiming and never register
+        again (else the two processes would keep rescuing each other's jobs). ALIVE
+        otherwise. Without `incarnation`, no displacement is detected.
         """
         ...
 
