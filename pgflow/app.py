@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, overload
 
@@ -26,7 +27,15 @@ from pgflow.background_loop import BackgroundLoop
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.errors import DefinitionError, SchemaError
 from pgflow.identifiers import validate_instance_id, validate_queue
-from pgflow.records import Instance, InstanceInfo, Job, JobCount, JobState, NewJob
+from pgflow.records import (
+    Instance,
+    InstanceInfo,
+    Job,
+    JobCount,
+    JobState,
+    NewJob,
+    RescueReport,
+)
 from pgflow.runtime.cron import CronScheduler, parse_cron
 from pgflow.runtime.heartbeat import Heartbeat
 from pgflow.runtime.leader import Leader
@@ -179,6 +188,8 @@ class Pgflow:
         self._threads: tuple[Heartbeat, Wakeup, Leader] | None = None
         self._async_loop = BackgroundLoop("pgflow-asyncio")
         self._stop_requested = threading.Event()
+        self._displaced = threading.Event()
+        self._incarnation = ""
         self._extra = {"instance_id": self.instance_id}
 
     @staticmethod
@@ -272,11 +283,14 @@ class Pgflow:
             if self._threads is not None:
                 raise RuntimeError(f"{self!r} is already running")
             self._stop_requested.clear()
+            self._displaced.clear()
+            self._incarnation = uuid.uuid4().hex  # every start is a new incarnation
             info = InstanceInfo(
                 instance_id=self.instance_id,
                 hostname=socket.gethostname(),
                 pid=os.getpid(),
                 queues=dict(self.queues),
+                incarnation=self._incarnation,
             )
             if not self._register(info):
                 return  # asked to stop while the database was still unreachable
@@ -293,7 +307,9 @@ class Pgflow:
                 )
                 for queue, limit in self.queues.items()
             }
-            heartbeat = Heartbeat(self.backend, info, self.heartbeat_interval)
+            heartbeat = Heartbeat(
+                self.backend, info, self.heartbeat_interval, on_displaced=self._stand_down
+            )
             wakeup = Wakeup(self.backend, self._wake, instance_id=self.instance_id)
             leader = Leader(
                 backend=self.backend,
@@ -313,6 +329,8 @@ class Pgflow:
             wakeup.start()
             leader.start()
             self._threads = (heartbeat, wakeup, leader)
+            if self._displaced.is_set():  # displaced before the threads were recorded
+                self._stand_down()
         logger.info(
             "instance %s serving %s",
             self.instance_id,
@@ -330,7 +348,8 @@ class Pgflow:
         while not self._stop_requested.is_set():
             try:
                 self.backend.check_schema()
-                self.backend.register_instance(info)
+                report = self.backend.register_instance(info)
+                self._log_restart_rescue(report)
                 return True
             except SchemaError:
                 raise
@@ -345,6 +364,43 @@ class Pgflow:
                 )
                 self._stop_requested.wait(wait)
         return False
+
+    def _log_restart_rescue(self, report: RescueReport) -> None:
+        """Registering a new incarnation freed what the earlier process under this id held."""
+        if report.rescued or report.discarded or report.cancelled:
+            logger.warning(
+                "instance %s restarted: jobs %s of its earlier incarnation made available "
+                "again, %s discarded, %s cancelled",
+                self.instance_id,
+                list(report.rescued),
+                list(report.discarded),
+                list(report.cancelled),
+                extra={
+                    **self._extra,
+                    "incarnation": self._incarnation,
+                    "rescued": list(report.rescued),
+                    "discarded": list(report.discarded),
+                    "cancelled": list(report.cancelled),
+                },
+            )
+
+    @property
+    def displaced(self) -> bool:
+        """True once another process registered under this instance id while this one ran:
+        this one then stopped claiming and leading (see the README, "Instances")."""
+        return self._displaced.is_set()
+
+    def _stand_down(self) -> None:
+        """Displaced (from the heartbeat thread): claim nothing more and give up leader
+        duties without releasing the lease, which the id's new process now renews. Jobs
+        running here finish; their writes are fenced if they were rescued meanwhile."""
+        self._displaced.set()
+        threads = self._threads
+        if threads is None:
+            return
+        for producer in list(self._producers.values()):
+            producer.begin_stop()
+        threads[2].stand_down()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop claiming, let running jobs finish (up to `timeout` s), acknowledge, go offline.
@@ -366,7 +422,7 @@ class Pgflow:
             producer.begin_stop()
         leader.stop()
         wakeup.stop()
-        drained = all([producer.join(deadline) for producer in producers])
+        drained = self._join_producers(producers, deadline)
         if not drained:
             logger.warning(
                 "instance %s stopped with jobs still running; they will be rescued",
@@ -379,11 +435,33 @@ class Pgflow:
         logger.info("instance %s offline", self.instance_id, extra=self._extra)
         return drained
 
+    @staticmethod
+    def _join_producers(producers: Sequence[Producer], deadline: float) -> bool:
+        """Join every producer at once, so stuck queues are abandoned together and the
+        stop takes the timeout plus one abort grace, not one grace per stuck queue."""
+        if len(producers) <= 1:
+            return all(producer.join(deadline) for producer in producers)
+        results: list[bool] = [False] * len(producers)
+
+        def join(index: int) -> None:
+            results[index] = producers[index].join(deadline)
+
+        joiners = [
+            threading.Thread(target=join, args=(index,), name=f"pgflow-stop-{p.queue}", daemon=True)
+            for index, p in enumerate(producers)
+        ]
+        for joiner in joiners:
+            joiner.start()
+        for joiner in joiners:
+            joiner.join()
+        return all(results)
+
     def _mark_offline(self) -> None:
         delay = RetryDelay(cap=1.0)
         for _ in range(5):
             try:
-                self.backend.mark_offline(self.instance_id)
+                # Only this incarnation: a process that displaced it stays online.
+                self.backend.mark_offline(self.instance_id, self._incarnation)
                 return
             except Exception as exc:
                 logger.warning(

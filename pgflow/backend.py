@@ -19,6 +19,7 @@ from pgflow.records import (
     JobCount,
     JobRef,
     JobState,
+    Liveness,
     NewJob,
     RescueReport,
     RunRecord,
@@ -159,7 +160,8 @@ class JobQueue(Protocol):
         ...
 
     def snooze_job(self, ref: JobRef, seconds: float) -> bool:
-        """Reschedule at now + seconds without counting the attempt; False when fenced out."""
+        """Reschedule at now + seconds without counting the attempt; False when fenced out.
+        A job whose cancellation was requested becomes cancelled instead (True)."""
         ...
 
     def cancel_job(self, job_id: int) -> Job | None:
@@ -214,17 +216,33 @@ class JobQueue(Protocol):
         seconds; return how many jobs went."""
         ...
 
-    def register_instance(self, info: InstanceInfo) -> None:
-        """Record the instance as online with a fresh heartbeat (insert or update)."""
+    def register_instance(self, info: InstanceInfo) -> RescueReport:
+        """Record the instance as online with a fresh heartbeat (insert or update).
+
+        Every claim belongs to one process incarnation (`info.incarnation`). When the
+        stored incarnation differs, the process that registered before under this id is
+        gone or displaced, and this new one has not claimed anything yet: in the same
+        transaction, every job left executing by the id is rescued as `rescue_stale` does
+        (available again, discarded when no attempt is left, cancelled when requested),
+        with an error saying the earlier incarnation was lost. Returns what was rescued.
+        """
         ...
 
-    def heartbeat(self, instance_id: str) -> bool:
-        """Refresh the heartbeat and mark online; False if the instance had been marked
-        offline or was unknown (it was presumed dead and its jobs may have been rescued)."""
+    def heartbeat(self, instance_id: str, incarnation: str = "") -> Liveness:
+        """Refresh the heartbeat and mark online, and say what the instance must do next.
+
+        PRESUMED_DEAD: the instance had been marked offline (its jobs may have been
+        rescued; this beat put it back online) or was unknown (it registers again).
+        DISPLACED: `incarnation` is given and another incarnation registered under the id
+        since; nothing is written, and the caller must stop claiming and never register
+        again (else the two processes would keep rescuing each other's jobs). ALIVE
+        otherwise. Without `incarnation`, no displacement is detected.
+        """
         ...
 
-    def mark_offline(self, instance_id: str) -> None:
-        """Mark the instance offline (a clean stop); its heartbeat is left as it was."""
+    def mark_offline(self, instance_id: str, incarnation: str = "") -> None:
+        """Mark the instance offline (a clean stop); its heartbeat is left as it was.
+        With `incarnation`, only while that incarnation is the registered one."""
         ...
 
     def list_instances(self) -> list[Instance]:
@@ -239,7 +257,19 @@ class JobQueue(Protocol):
     def rescue_stale(self, stale_after: float) -> RescueReport:
         """Mark instances whose heartbeat is older than `stale_after` seconds offline, then
         make every job left executing by an instance that is not online available again,
-        or discarded when it has no attempt left (the lost attempt counts)."""
+        or discarded when it has no attempt left (the lost attempt counts), or cancelled
+        when its cancellation was requested."""
+        ...
+
+    def insert_cron_job(self, name: str, slot: datetime, job: NewJob) -> Job | None:
+        """Enqueue cron entry `name`'s job for `slot`, at most once ever.
+
+        In one transaction: a compare-and-set of the entry's last enqueued slot (kept in
+        its own table, untouched by pruning) that succeeds only when `slot` is newer, and
+        the insert of `job`. Returns the job inserted, or None (nothing written) when this
+        slot or a later one was already enqueued, whatever pruning or leader hand-overs
+        happened since. `name` is a stable key of the entry (up to 255 characters).
+        """
         ...
 
     def acquire_leadership(self, instance_id: str, ttl: float) -> bool:

@@ -554,6 +554,7 @@ def render_status(
                 _time(item.heartbeat_at),
                 item.hostname or "-",
                 item.pid or "-",
+                item.incarnation[:8] or "-",
                 ",".join(f"{name}={limit}" for name, limit in item.queues.items()) or "-",
                 item.abandoned,
             )
@@ -561,7 +562,16 @@ def render_status(
         ]
         parts.append(
             render_table(
-                ("instance", "status", "last heartbeat", "host", "pid", "queues", "abandoned"),
+                (
+                    "instance",
+                    "status",
+                    "last heartbeat",
+                    "host",
+                    "pid",
+                    "incarnation",
+                    "queues",
+                    "abandoned",
+                ),
                 rows,
             )
         )
@@ -593,6 +603,7 @@ def status_data(
                 "started_at": item.started_at.isoformat(),
                 "hostname": item.hostname,
                 "pid": item.pid,
+                "incarnation": item.incarnation,
                 "queues": item.queues,
                 "abandoned": item.abandoned,
             }

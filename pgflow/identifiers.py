@@ -71,3 +71,15 @@ def validate_workflow_id(workflow_id: object) -> str:
             f"{WORKFLOW_ID_MAX} characters"
         )
     return workflow_id
+
+
+_CRON_NAME_MAX = 255
+
+
+def validate_cron_name(name: object) -> str:
+    """Return `name` if it can key a cron entry's last slot (printable, 1 to 255 chars)."""
+    if not isinstance(name, str) or not 0 < len(name) <= _CRON_NAME_MAX or not name.isprintable():
+        raise DefinitionError(
+            f"invalid cron entry name {name!r}: use 1 to {_CRON_NAME_MAX} printable characters"
+        )
+    return name

@@ -248,11 +248,14 @@ class JobError:
 
 @attrs.frozen
 class RescueReport:
-    """One rescue pass: stale instances marked offline, their jobs made available or discarded."""
+    """One rescue pass: stale instances marked offline, their jobs made available, discarded
+    or cancelled."""
 
     instances: tuple[str, ...] = ()
     rescued: tuple[int, ...] = ()
     discarded: tuple[int, ...] = ()
+    #: Jobs whose cancellation had been requested: they end cancelled, not run again.
+    cancelled: tuple[int, ...] = ()
 
 
 @attrs.frozen
@@ -265,6 +268,17 @@ class InstanceInfo:
     queues: dict[str, int] = attrs.field(factory=dict)
     #: Unique per process start: tells a restart under the same id from the earlier process.
     incarnation: str = ""
+
+
+class Liveness(enum.StrEnum):
+    """What a heartbeat found: what the instance must do next."""
+
+    #: Refreshed; carry on.
+    ALIVE = "alive"
+    #: Unknown or marked offline (its jobs may have been rescued): register again.
+    PRESUMED_DEAD = "presumed_dead"
+    #: Another process registered under the same id since: stand down, never register again.
+    DISPLACED = "displaced"
 
 
 @attrs.frozen

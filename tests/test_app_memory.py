@@ -311,18 +311,36 @@ def test_stop_timeout_leaves_a_job_that_ignores_cancel_to_the_rescue(
     assert [e["kind"] for e in stored.errors] == ["rescued"]
 
 
-def test_one_leader_at_a_time_and_hand_over(
-    app_factory: Callable[..., Pgflow], memory: InMemoryBackend
-) -> None:
-    first = app_factory(instance_id="first")
-    second = app_factory(instance_id="second")
-    first.start()
-    assert wait_for(lambda: first.is_leader)
-    second.start()
-    time.sleep(0.3)
-    assert first.is_leader and not second.is_leader
-    first.stop(timeout=5)
-    assert wait_for(lambda: second.is_leader)
+class CountsRefusedCampaigns(InMemoryBackend):
+    """Counts, per instance, the lease acquisitions that were refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: dict[str, int] = {}
+
+    def acquire_leadership(self, instance_id: str, ttl: float) -> bool:
+        held = super().acquire_leadership(instance_id, ttl)
+        if not held:
+            self.refused[instance_id] = self.refused.get(instance_id, 0) + 1
+        return held
+
+
+def test_one_leader_at_a_time_and_hand_over() -> None:
+    backend = CountsRefusedCampaigns()
+    first = Pgflow(backend, **{**FAST, "instance_id": "first"})
+    second = Pgflow(backend, **{**FAST, "instance_id": "second"})
+    try:
+        first.start()
+        assert wait_for(lambda: first.is_leader)
+        second.start()
+        # Campaigns that really happened and lost, while the first kept the lease.
+        assert wait_for(lambda: backend.refused.get("second", 0) >= 3)
+        assert first.is_leader and not second.is_leader
+        first.stop(timeout=5)
+        assert wait_for(lambda: second.is_leader)
+    finally:
+        first.stop(timeout=5)
+        second.stop(timeout=5)
 
 
 def test_jobs_of_a_dead_instance_are_rescued_by_the_leader(

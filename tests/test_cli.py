@@ -268,7 +268,13 @@ def _migrate_then_status(url: str) -> None:
         (claimed,) = backend.claim_jobs("priority", "instance-a", 1)
         backend.complete_jobs([claimed.ref])
         backend.register_instance(
-            InstanceInfo("instance-a", hostname="h", pid=1, queues={"default": 10})
+            InstanceInfo(
+                "instance-a",
+                hostname="h",
+                pid=1,
+                queues={"default": 10},
+                incarnation="0123456789abcdef",
+            )
         )
     finally:
         backend.close()
@@ -280,7 +286,10 @@ def _migrate_then_status(url: str) -> None:
     assert any(line.split() == ["default", "available", "-", "3"] for line in lines)
     assert any(line.split() == ["priority", "completed", "instance-a", "1"] for line in lines)
     assert "Instances online (1)" in lines
-    assert any(line.startswith("instance-a ") and " online " in line for line in lines)
+    assert any(
+        line.startswith("instance-a ") and " online " in line and " 01234567 " in line
+        for line in lines
+    )
 
     as_json = _pgflow("status", "--json", "--url", url)
     assert as_json.returncode == 0, as_json.stderr
@@ -289,6 +298,7 @@ def _migrate_then_status(url: str) -> None:
         data["jobs"]
     )
     assert [item["instance_id"] for item in data["instances"]] == ["instance-a"]
+    assert data["instances"][0]["incarnation"] == "0123456789abcdef"
 
 
 def test_migrate_and_status_on_sqlite(sqlite_url: str) -> None:

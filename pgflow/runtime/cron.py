@@ -1,14 +1,21 @@
-"""Cron: enqueue each due slot of each entry exactly once across every instance.
+"""Cron: enqueue each due slot of each entry at most once, ever, across every instance.
 
 Slots are whole minutes (five-field expressions, UTC) of the database's clock, so instances
-whose own clocks disagree still agree on the slot. Each slot is inserted as a unique job
-scoped by expression and slot time: two instances inserting the same slot (a leader hand-over,
-a paused leader waking up) collide on the unique index and one insert returns the other's
-job. A slot missed for its whole minute (no leader) is skipped rather than run late.
+whose own clocks disagree still agree on the slot. Each entry's newest enqueued slot is kept
+in `pgflow_cron`, apart from the jobs: `insert_cron_job` advances it (only forward, a
+compare-and-set) and inserts the slot's job in one transaction. Two leaders inserting the
+same slot (a hand-over, a paused leader waking up) cannot both succeed, and pruning the
+slot's job does not let the slot be enqueued again. A slot missed for its whole minute (no
+leader) is skipped rather than run late.
+
+Only the leader runs cron, and only while it holds the lease: the Leader checks the lease
+before each duty pass (cron included) and stops them all as soon as it lost it; the slot's
+compare-and-set is what keeps even a leader that was paused past its lease harmless.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -18,13 +25,17 @@ import attrs
 from croniter import croniter
 
 from pgflow.errors import DefinitionError
-from pgflow.records import Job, UniqueSpec
+from pgflow.records import Job
+from pgflow.serialization import dumps
 from pgflow.worker import Worker
 
 if TYPE_CHECKING:
     from pgflow.backend import JobQueue
 
 logger = logging.getLogger("pgflow.runtime")
+
+#: The longest entry name `pgflow_cron` keys (its column's length).
+NAME_MAX = 255
 
 
 @attrs.frozen
@@ -37,6 +48,18 @@ class CronEntry:
 
     def matches(self, slot: datetime) -> bool:
         return bool(croniter.match(self.expression, slot))
+
+    @property
+    def name(self) -> str:
+        """The entry's stable key in `pgflow_cron`: worker and expression, plus a digest
+        of the args when there are any (entries differing only by args are distinct)."""
+        key = f"{self.worker.options.name} {self.expression}"
+        if self.args:
+            digest = hashlib.sha256(dumps(self.args, what="cron args").encode()).hexdigest()
+            key = f"{key} {digest[:16]}"
+        if len(key) > NAME_MAX:
+            key = f"{key[: NAME_MAX - 65]} {hashlib.sha256(key.encode()).hexdigest()}"
+        return key
 
 
 def parse_cron(entries: Iterable[Sequence[Any]]) -> list[CronEntry]:
@@ -86,24 +109,23 @@ class CronScheduler:
         ]
 
     def tick(self, backend: JobQueue, now: datetime) -> list[Job]:
-        """Insert every due slot (as unique jobs); return the stored jobs, new or existing."""
+        """Enqueue every due slot not enqueued before (anywhere); return the jobs inserted."""
         slot = slot_of(now)
         stored: list[Job] = []
         for index, entry in self.due(now):
             new = entry.worker.new(
-                entry.args,
-                unique=UniqueSpec(scope=f"cron {entry.expression} {slot.isoformat()}"),
-                meta={"cron": entry.expression, "cron_slot": slot.isoformat()},
+                entry.args, meta={"cron": entry.expression, "cron_slot": slot.isoformat()}
             )
-            [job] = backend.insert_jobs([new])
+            job = backend.insert_cron_job(entry.name, slot, new)
             self._done[index] = slot
+            if job is None:
+                continue  # this slot (or a later one) was enqueued already
             stored.append(job)
-            if not job.conflict:
-                logger.info(
-                    "cron %r: enqueued job %s for slot %s",
-                    entry.expression,
-                    job.id,
-                    slot.isoformat(),
-                    extra={"job_id": job.id, "worker": job.worker, "queue": job.queue},
-                )
+            logger.info(
+                "cron %r: enqueued job %s for slot %s",
+                entry.expression,
+                job.id,
+                slot.isoformat(),
+                extra={"job_id": job.id, "worker": job.worker, "queue": job.queue},
+            )
         return stored

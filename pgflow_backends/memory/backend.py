@@ -13,10 +13,12 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import attrs
+
 from pgflow.backend import JobListener, RunStart
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.errors import BackendError
-from pgflow.identifiers import validate_instance_id, validate_workflow_id
+from pgflow.identifiers import validate_cron_name, validate_instance_id, validate_workflow_id
 from pgflow.records import (
     Instance,
     InstanceInfo,
@@ -24,6 +26,7 @@ from pgflow.records import (
     JobCount,
     JobRef,
     JobState,
+    Liveness,
     NewJob,
     RescueReport,
     RunRecord,
@@ -36,6 +39,7 @@ from pgflow_backends.memory.cluster import InstanceTable
 from pgflow_backends.memory.jobs import JobTable
 from pgflow_backends.memory.listener import ListenerHub
 from pgflow_backends.memory.runs import RunTable
+from pgflow_backends.rescue_messages import lost_incarnation, stopped_instance
 
 
 class InMemoryBackend:
@@ -61,6 +65,7 @@ class InMemoryBackend:
         self._jobs = JobTable()
         self._runs = RunTable()
         self._instances = InstanceTable()
+        self._cron_slots: dict[str, datetime] = {}  # cron entry name -> last slot enqueued
         self._closed = False
 
     @classmethod
@@ -97,6 +102,7 @@ class InMemoryBackend:
             self._jobs = JobTable()
             self._runs = RunTable()
             self._instances = InstanceTable()
+            self._cron_slots = {}
             self._hub.close_all()
 
     # -- runs ------------------------------------------------------------------------------
@@ -231,11 +237,11 @@ class InMemoryBackend:
         with self._lock:
             self._check_open()
             now = self._now()
-            queue = self._jobs.snooze(ref, seconds, now)
-            if queue is None:
+            state = self._jobs.snooze(ref, seconds, now)
+            if state is None:
                 return False
-            if seconds <= 0:
-                self._hub.announce([queue])
+            if state is JobState.AVAILABLE:
+                self._hub.announce([self._jobs.rows[ref.id].queue])
             return True
 
     def cancel_job(self, job_id: int) -> Job | None:
@@ -298,21 +304,30 @@ class InMemoryBackend:
 
     # -- instances and leadership ----------------------------------------------------------
 
-    def register_instance(self, info: InstanceInfo) -> None:
+    def register_instance(self, info: InstanceInfo) -> RescueReport:
         validate_instance_id(info.instance_id)
         with self._lock:
             self._check_open()
-            self._instances.register(info, self._now())
+            now = self._now()
+            if not self._instances.register(info, now):
+                return RescueReport()
+            report, woken = self._jobs.rescue(
+                lambda row: row.reserved_by == info.instance_id,
+                lambda row: lost_incarnation(info.instance_id),
+                now,
+            )
+            self._hub.announce(woken)
+            return report
 
-    def heartbeat(self, instance_id: str) -> bool:
+    def heartbeat(self, instance_id: str, incarnation: str = "") -> Liveness:
         with self._lock:
             self._check_open()
-            return self._instances.heartbeat(instance_id, self._now())
+            return self._instances.heartbeat(instance_id, incarnation, self._now())
 
-    def mark_offline(self, instance_id: str) -> None:
+    def mark_offline(self, instance_id: str, incarnation: str = "") -> None:
         with self._lock:
             self._check_open()
-            self._instances.mark_offline(instance_id)
+            self._instances.mark_offline(instance_id, incarnation)
 
     def list_instances(self) -> list[Instance]:
         with self._lock:
@@ -329,11 +344,27 @@ class InMemoryBackend:
             self._check_open()
             now = self._now()
             stale = self._instances.mark_stale_offline(now - timedelta(seconds=stale_after))
-            report, woken = self._jobs.rescue(self._instances.online(), now)
-            self._hub.announce(woken)
-            return RescueReport(
-                instances=tuple(stale), rescued=report.rescued, discarded=report.discarded
+            online = self._instances.online()
+            report, woken = self._jobs.rescue(
+                lambda row: row.reserved_by not in online,
+                lambda row: stopped_instance(row.reserved_by),
+                now,
             )
+            self._hub.announce(woken)
+            return attrs.evolve(report, instances=tuple(stale))
+
+    def insert_cron_job(self, name: str, slot: datetime, job: NewJob) -> Job | None:
+        validate_cron_name(name)
+        with self._lock:
+            self._check_open()
+            last = self._cron_slots.get(name)
+            if last is not None and last >= slot:
+                return None  # this slot or a later one was enqueued already
+            # May raise (bad or oversized job): then nothing changed.
+            (stored,), woken = self._jobs.insert([job], self._now(), self.max_payload_bytes)
+            self._cron_slots[name] = slot
+            self._hub.announce(woken)
+            return stored
 
     def acquire_leadership(self, instance_id: str, ttl: float) -> bool:
         with self._lock:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 import attrs
 
-from pgflow.records import Instance, InstanceInfo
+from pgflow.records import Instance, InstanceInfo, Liveness
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -23,7 +23,9 @@ class InstanceTable:
         self._leader: str | None = None
         self._lease_until: datetime | None = None
 
-    def register(self, info: InstanceInfo, now: datetime) -> None:
+    def register(self, info: InstanceInfo, now: datetime) -> bool:
+        """Insert or update; True when an earlier, different incarnation was registered."""
+        earlier = self._instances.get(info.instance_id)
         self._instances[info.instance_id] = Instance(
             instance_id=info.instance_id,
             status=ONLINE,
@@ -32,19 +34,23 @@ class InstanceTable:
             hostname=info.hostname,
             pid=info.pid,
             queues=dict(info.queues),
+            incarnation=info.incarnation,
         )
+        return earlier is not None and earlier.incarnation != info.incarnation
 
-    def heartbeat(self, instance_id: str, now: datetime) -> bool:
-        """Refresh and mark online; False when it was unknown or had been marked offline."""
+    def heartbeat(self, instance_id: str, incarnation: str, now: datetime) -> Liveness:
+        """Refresh and mark online, unless another incarnation holds the id (DISPLACED)."""
         instance = self._instances.get(instance_id)
         if instance is None:
-            return False
+            return Liveness.PRESUMED_DEAD
+        if incarnation and instance.incarnation != incarnation:
+            return Liveness.DISPLACED
         self._instances[instance_id] = attrs.evolve(instance, status=ONLINE, heartbeat_at=now)
-        return instance.status == ONLINE
+        return Liveness.ALIVE if instance.status == ONLINE else Liveness.PRESUMED_DEAD
 
-    def mark_offline(self, instance_id: str) -> None:
+    def mark_offline(self, instance_id: str, incarnation: str = "") -> None:
         instance = self._instances.get(instance_id)
-        if instance is not None:
+        if instance is not None and (not incarnation or instance.incarnation == incarnation):
             self._instances[instance_id] = attrs.evolve(instance, status=OFFLINE)
 
     def set_abandoned(self, instance_id: str, count: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 import attrs
@@ -216,15 +216,20 @@ class JobTable:
             self._move(row, JobState.RETRYABLE)
         return row.state
 
-    def snooze(self, ref: JobRef, seconds: float, now: datetime) -> str | None:
-        """Reschedule, giving the attempt back; return the queue if the job is available now."""
+    def snooze(self, ref: JobRef, seconds: float, now: datetime) -> JobState | None:
+        """Reschedule, giving the attempt back; return the new state, None when fenced out.
+
+        A job whose cancellation was requested ends cancelled instead of coming back."""
         row = self._holding(ref)
         if row is None:
             return None
+        if loads(row.meta).get("cancel_requested"):
+            self._finish(row, JobState.CANCELLED, now)
+            return row.state
         row.attempt -= 1
         row.scheduled_at = now + timedelta(seconds=max(seconds, 0.0))
         self._move(row, JobState.SCHEDULED if row.scheduled_at > now else JobState.AVAILABLE)
-        return row.queue
+        return row.state
 
     def cancel(self, job_id: int, now: datetime) -> Job | None:
         row = self.rows.get(job_id)
@@ -257,32 +262,43 @@ class JobTable:
             self._move(row, JobState.AVAILABLE)
         return {row.queue for row in chosen}
 
-    def rescue(self, online: set[str], now: datetime) -> tuple[RescueReport, set[str]]:
-        """Requeue (or discard) jobs executing on instances that are not online."""
+    def rescue(
+        self, lost: Callable[[_Row], bool], why: Callable[[_Row], str], now: datetime
+    ) -> tuple[RescueReport, set[str]]:
+        """Requeue, discard or (cancel requested) cancel the executing jobs `lost` picks."""
         rescued: list[int] = []
         discarded: list[int] = []
+        cancelled: list[int] = []
         woken: set[str] = set()
         for row in self.rows.values():
-            if row.state is not JobState.EXECUTING or row.reserved_by in online:
+            if row.state is not JobState.EXECUTING or not lost(row):
                 continue
             error = JobError(
                 attempt=row.attempt,
                 at=now,
                 kind="rescued",
-                message=f"instance {row.reserved_by!r} stopped while running the job",
+                message=why(row),
                 instance_id=row.reserved_by,
             )
             row.errors.append(dumps(error.to_dict(), what="error"))
-            if row.attempt >= row.max_attempts:
+            if loads(row.meta).get("cancel_requested"):
+                cancelled.append(row.id)
+            elif row.attempt >= row.max_attempts:
                 discarded.append(row.id)
             else:
                 rescued.append(row.id)
                 woken.add(row.queue)
+        for job_id in cancelled:
+            self._finish(self.rows[job_id], JobState.CANCELLED, now)
         for job_id in discarded:
             self._finish(self.rows[job_id], JobState.DISCARDED, now)
         for job_id in rescued:
             self._move(self.rows[job_id], JobState.AVAILABLE)
-        report = RescueReport(rescued=tuple(sorted(rescued)), discarded=tuple(sorted(discarded)))
+        report = RescueReport(
+            rescued=tuple(sorted(rescued)),
+            discarded=tuple(sorted(discarded)),
+            cancelled=tuple(sorted(cancelled)),
+        )
         return report, woken
 
     def prune(self, cutoff: datetime, limit: int) -> int:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+import attrs
 from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -21,6 +22,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from pgflow.backend import JobListener, RunStart
 from pgflow.errors import BackendError, DefinitionError, JobStateError
 from pgflow.identifiers import (
+    validate_cron_name,
     validate_instance_id,
     validate_queue,
     validate_worker_name,
@@ -34,6 +36,7 @@ from pgflow.records import (
     JobError,
     JobRef,
     JobState,
+    Liveness,
     NewJob,
     RescueReport,
     RunRecord,
@@ -57,6 +60,7 @@ from pgflow.serialization import (
     dumps_job_field,
 )
 from pgflow.unique import unique_key
+from pgflow_backends.rescue_messages import lost_incarnation, stopped_instance
 from pgflow_backends.sql.errors import translate
 from pgflow_backends.sql.rows import (
     JOB_COLUMNS,
@@ -559,9 +563,13 @@ class SQLBackend:
             "p_state": state.value,
         }
         with self._tx() as connection:
-            queue = connection.execute(self._s.snooze, dict(params, p_delay=delay)).scalar()
-            if queue is None:
+            row = connection.execute(self._s.snooze, dict(params, p_delay=delay)).first()
+            if row is None:
                 return False
+            queue, meta = row
+            if (meta or {}).get("cancel_requested"):
+                connection.execute(self._s.cancel_snoozed, {"p_id": ref.id})
+                return True
             if state is JobState.AVAILABLE:
                 self._announce(connection, {queue}, own=True)
             return True
@@ -675,29 +683,41 @@ class SQLBackend:
 
     # -- instances and leadership -----------------------------------------------------------
 
-    def register_instance(self, info: InstanceInfo) -> None:
+    def register_instance(self, info: InstanceInfo) -> RescueReport:
         validate_instance_id(info.instance_id)
         params = {
             "p_instance": info.instance_id,
             "p_hostname": info.hostname,
             "p_pid": info.pid,
             "p_queues": dumps(dict(info.queues), what="queues"),
+            "p_incarnation": info.incarnation,
         }
-        with self._single() as connection:
+        with self._tx() as connection:
+            earlier = connection.execute(self._s.instance_status, params).first()
             connection.execute(self._s.register, params)
+            if earlier is None or earlier[1] == info.incarnation:
+                return RescueReport()
+            held = connection.execute(self._s.held_by, params).all()
+            report = self._rescue(connection, held, lost_incarnation)
+        self._log_rescue(report, [info.instance_id])
+        return report
 
-    def heartbeat(self, instance_id: str) -> bool:
+    def heartbeat(self, instance_id: str, incarnation: str = "") -> Liveness:
         params = {"p_instance": instance_id}
         with self._tx() as connection:
-            status = connection.execute(self._s.instance_status, params).scalar()
-            if status is None:
-                return False
+            row = connection.execute(self._s.instance_status, params).first()
+            if row is None:
+                return Liveness.PRESUMED_DEAD
+            status, registered = row
+            if incarnation and registered != incarnation:
+                return Liveness.DISPLACED
             connection.execute(self._s.heartbeat, params)
-            return bool(status == "online")
+            return Liveness.ALIVE if status == "online" else Liveness.PRESUMED_DEAD
 
-    def mark_offline(self, instance_id: str) -> None:
+    def mark_offline(self, instance_id: str, incarnation: str = "") -> None:
+        params = {"p_instance": instance_id, "p_incarnation": incarnation}
         with self._single() as connection:
-            connection.execute(self._s.mark_offline, {"p_instance": instance_id})
+            connection.execute(self._s.mark_offline, params)
 
     def set_abandoned(self, instance_id: str, count: int) -> None:
         with self._single() as connection:
@@ -719,45 +739,82 @@ class SQLBackend:
                 connection.execute(self._s.mark_stale, {"p_age": -float(stale_after)}).scalars()
             )
             orphans = connection.execute(self._s.orphaned).all()
-            if not orphans:
-                return RescueReport(instances=tuple(stale))
-            now: datetime = connection.execute(self._s.now).scalar_one()
-            rescued: list[int] = []
-            discarded: list[int] = []
-            woken: set[str] = set()
-            for job_id, attempt, max_attempts, reserved_by in orphans:
-                lost = JobError(
-                    attempt=attempt,
-                    at=now,
-                    kind="rescued",
-                    message=f"instance {reserved_by!r} stopped while running the job",
-                    instance_id=reserved_by,
-                )
-                encoded = dumps(lost.to_dict(), what="error")
-                if attempt >= max_attempts:
-                    connection.execute(
-                        self._s.finish_failed,
-                        {"p_id": job_id, "p_error": encoded, "p_state": "discarded"},
-                    )
-                    discarded.append(job_id)
-                else:
-                    queue = connection.execute(
-                        self._s.requeue, {"p_id": job_id, "p_error": encoded}
-                    ).scalar_one()
-                    rescued.append(job_id)
-                    woken.add(queue)
-            if woken:
-                self._announce(connection, woken, own=True)
-        if rescued or discarded:
-            logger.warning(
-                "rescued %d and discarded %d jobs of stopped instances",
-                len(rescued),
-                len(discarded),
-                extra={"instances": stale, "rescued": rescued, "discarded": discarded},
+            report = self._rescue(
+                connection,
+                orphans,
+                stopped_instance,
             )
+        self._log_rescue(report, stale)
+        return attrs.evolve(report, instances=tuple(stale))
+
+    def _rescue(
+        self, connection: Connection, orphans: Sequence[Any], why: Callable[[str | None], str]
+    ) -> RescueReport:
+        """Free jobs (rows of ORPHAN_COLUMNS) whose attempt was lost: available again,
+        discarded when no attempt is left, cancelled when cancellation was requested."""
+        if not orphans:
+            return RescueReport()
+        now: datetime = connection.execute(self._s.now).scalar_one()
+        rescued: list[int] = []
+        discarded: list[int] = []
+        cancelled: list[int] = []
+        woken: set[str] = set()
+        for job_id, attempt, max_attempts, reserved_by, cancel_requested in orphans:
+            lost = JobError(
+                attempt=attempt,
+                at=now,
+                kind="rescued",
+                message=why(reserved_by),
+                instance_id=reserved_by,
+            )
+            encoded = dumps(lost.to_dict(), what="error")
+            if cancel_requested or attempt >= max_attempts:
+                state = "cancelled" if cancel_requested else "discarded"
+                connection.execute(
+                    self._s.finish_failed,
+                    {"p_id": job_id, "p_error": encoded, "p_state": state},
+                )
+                (cancelled if state == "cancelled" else discarded).append(job_id)
+            else:
+                queue = connection.execute(
+                    self._s.requeue, {"p_id": job_id, "p_error": encoded}
+                ).scalar_one()
+                rescued.append(job_id)
+                woken.add(queue)
+        if woken:
+            self._announce(connection, woken, own=True)
         return RescueReport(
-            instances=tuple(stale), rescued=tuple(rescued), discarded=tuple(discarded)
+            rescued=tuple(rescued), discarded=tuple(discarded), cancelled=tuple(cancelled)
         )
+
+    @staticmethod
+    def _log_rescue(report: RescueReport, instances: Sequence[str]) -> None:
+        if report.rescued or report.discarded or report.cancelled:
+            logger.warning(
+                "rescued %d, discarded %d and cancelled %d jobs of lost instances",
+                len(report.rescued),
+                len(report.discarded),
+                len(report.cancelled),
+                extra={
+                    "instances": list(instances),
+                    "rescued": list(report.rescued),
+                    "discarded": list(report.discarded),
+                    "cancelled": list(report.cancelled),
+                },
+            )
+
+    def insert_cron_job(self, name: str, slot: datetime, job: NewJob) -> Job | None:
+        validate_cron_name(name)
+        prepared = [PreparedJob(job)]  # validates and encodes: may raise, nothing written
+        params = {"p_name": name, "p_slot": slot}
+        with self._tx() as connection:
+            advanced = connection.execute(self._s.cron_advance, params).first()
+            if advanced is None:
+                advanced = connection.execute(self._s.cron_first, params).first()
+            if advanced is None:
+                return None  # this slot or a later one was enqueued already
+            [stored] = self._insert(connection, prepared, own=True)
+            return stored
 
     def acquire_leadership(self, instance_id: str, ttl: float) -> bool:
         validate_instance_id(instance_id)

@@ -84,6 +84,7 @@ INSTANCE_COLUMNS: tuple[ColumnElement[Any], ...] = (
     instances.c.hostname,
     instances.c.pid,
     instances.c.queues,
+    instances.c.incarnation,
     instances.c.abandoned,
 )
 RUN_COLUMNS: tuple[ColumnElement[Any], ...] = (
@@ -246,7 +247,8 @@ def instance_from_row(row: Sequence[Any]) -> Instance:
         hostname=row[4],
         pid=row[5],
         queues=row[6] or {},
-        abandoned=row[7] or 0,
+        incarnation=row[7],
+        abandoned=row[8] or 0,
     )
 
 

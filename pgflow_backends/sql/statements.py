@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from pgflow.schema import UTCDateTime, instances, jobs, leader, runs, steps
+from pgflow.schema import UTCDateTime, cron_slots, instances, jobs, leader, runs, steps
 from pgflow_backends.sql.expressions import (
     as_json,
     cancel_flag,
@@ -100,6 +100,16 @@ FENCE = and_(
     jobs.c.attempt == _p("p_attempt", Integer()),
     jobs.c.state == _const("executing"),
     or_(_CLAIMED_AT.is_(None), jobs.c.attempted_at == _CLAIMED_AT),
+)
+
+
+#: What a rescue reads of each job it frees: never its payloads (errors are appended in SQL).
+ORPHAN_COLUMNS = (
+    jobs.c.id,
+    jobs.c.attempt,
+    jobs.c.max_attempts,
+    jobs.c.reserved_by,
+    cancel_flag(jobs.c.meta),
 )
 
 
@@ -223,7 +233,19 @@ class Statements:
                 attempt=jobs.c.attempt - 1,
                 scheduled_at=db_now_plus(seconds("p_delay")),
             )
-            .returning(jobs.c.queue)
+            .returning(jobs.c.queue, jobs.c.meta)
+        )
+        #: A snoozed job whose cancellation had been requested: cancelled, not rescheduled
+        #: (the attempt the snooze gave back counts again).
+        self.cancel_snoozed: Update = (
+            update(jobs)
+            .where(jobs.c.id == _p("p_id", Integer()))
+            .values(
+                state="cancelled",
+                attempt=jobs.c.attempt + 1,
+                completed_at=now,
+                unique_key=RELEASED_KEY,
+            )
         )
         self.job_for_update: Select[Any] = (
             select(*JOB_COLUMNS).where(jobs.c.id == _p("p_id", Integer())).with_for_update()
@@ -326,6 +348,7 @@ class Statements:
             hostname=_p("p_hostname", String()),
             pid=_p("p_pid", Integer()),
             queues=_json("p_queues"),
+            incarnation=_p("p_incarnation", String()),
         )
         self.register: Insert = upsert.on_conflict_do_update(
             index_elements=[instances.c.instance_id],
@@ -336,11 +359,22 @@ class Statements:
                 "hostname": upsert.excluded.hostname,
                 "pid": upsert.excluded.pid,
                 "queues": upsert.excluded.queues,
+                "incarnation": upsert.excluded.incarnation,
             },
         )
         self.instance_status: Select[Any] = (
-            select(instances.c.status)
+            select(instances.c.status, instances.c.incarnation)
             .where(instances.c.instance_id == _p("p_instance", String()))
+            .with_for_update()
+        )
+        #: Every job the instance id holds: what an earlier incarnation left executing.
+        self.held_by: Select[Any] = (
+            select(*ORPHAN_COLUMNS)
+            .where(
+                jobs.c.state == _const("executing"),
+                jobs.c.reserved_by == _p("p_instance", String()),
+            )
+            .order_by(jobs.c.id)
             .with_for_update()
         )
         self.heartbeat: Update = (
@@ -353,9 +387,13 @@ class Statements:
             .where(instances.c.instance_id == _p("p_instance", String()))
             .values(abandoned=_p("p_count", Integer()))
         )
+        incarnation = _p("p_incarnation", String())
         self.mark_offline: Update = (
             update(instances)
-            .where(instances.c.instance_id == _p("p_instance", String()))
+            .where(
+                instances.c.instance_id == _p("p_instance", String()),
+                or_(incarnation == "", instances.c.incarnation == incarnation),
+            )
             .values(status="offline")
         )
         self.instances: Select[Any] = select(*INSTANCE_COLUMNS).order_by(
@@ -372,7 +410,7 @@ class Statements:
         )
         online = select(instances.c.instance_id).where(instances.c.status == _const("online"))
         self.orphaned: Select[Any] = (
-            select(jobs.c.id, jobs.c.attempt, jobs.c.max_attempts, jobs.c.reserved_by)
+            select(*ORPHAN_COLUMNS)
             .where(
                 jobs.c.state == _const("executing"),
                 or_(jobs.c.reserved_by.is_(None), jobs.c.reserved_by.not_in(online)),
@@ -385,6 +423,21 @@ class Statements:
             .where(jobs.c.id == _p("p_id", Integer()), jobs.c.state == _const("executing"))
             .values(state="available", errors=appended_error)
             .returning(jobs.c.queue)
+        )
+        #: Cron: advance an entry's last enqueued slot only forward (a compare-and-set)...
+        cron_slot = _p("p_slot", UTCDateTime())
+        self.cron_advance: Update = (
+            update(cron_slots)
+            .where(cron_slots.c.name == _p("p_name", String()), cron_slots.c.last_slot < cron_slot)
+            .values(last_slot=cron_slot)
+            .returning(cron_slots.c.name)
+        )
+        #: ...or record its first slot (nothing when a rival recorded one first).
+        self.cron_first: Insert = (
+            insert_fn(cron_slots)
+            .values(name=_p("p_name", String()), last_slot=cron_slot)
+            .on_conflict_do_nothing(index_elements=[cron_slots.c.name])
+            .returning(cron_slots.c.name)
         )
         lease = insert_fn(leader).values(
             name=LEADER_NAME,

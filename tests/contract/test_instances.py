@@ -8,7 +8,7 @@ import pytest
 
 from pgflow.backend import Backend
 from pgflow.errors import DefinitionError
-from pgflow.records import InstanceInfo, JobState
+from pgflow.records import InstanceInfo, JobState, Liveness
 
 from .support import claim_one, insert, register
 
@@ -34,11 +34,11 @@ def test_heartbeat_refreshes_an_online_instance(backend: Backend) -> None:
     (before,) = backend.list_instances()
     time.sleep(0.01)
 
-    assert backend.heartbeat("node-a") is True
+    assert backend.heartbeat("node-a") is Liveness.ALIVE
 
     (after,) = backend.list_instances()
     assert after.heartbeat_at > before.heartbeat_at
-    assert backend.heartbeat("never-registered") is False
+    assert backend.heartbeat("never-registered") is Liveness.PRESUMED_DEAD
     assert [i.instance_id for i in backend.list_instances()] == ["node-a"]
 
 
@@ -53,8 +53,8 @@ def test_mark_offline_keeps_the_heartbeat_and_heartbeat_then_says_false(
     assert _status(backend) == {"node-a": "offline", "node-b": "online"}
     (after,) = [i for i in backend.list_instances() if i.instance_id == "node-a"]
     assert after.heartbeat_at == before.heartbeat_at
-    assert backend.heartbeat("node-a") is False  # it was presumed dead
-    assert backend.heartbeat("node-a") is True  # ...and is back online now
+    assert backend.heartbeat("node-a") is Liveness.PRESUMED_DEAD  # it was presumed dead
+    assert backend.heartbeat("node-a") is Liveness.ALIVE  # ...and is back online now
     assert _status(backend)["node-a"] == "online"
 
 
@@ -120,7 +120,7 @@ def test_rescue_marks_instances_with_an_old_heartbeat_offline(backend: Backend) 
     job = insert(backend)
     claim_one(backend, instance="quiet")
     time.sleep(0.2)
-    assert backend.heartbeat("busy")
+    assert backend.heartbeat("busy") is Liveness.ALIVE
 
     # quiet's heartbeat is >= 0.2 s old; busy's is as old as the gap since the line above
     report = backend.rescue_stale(stale_after=0.15)
@@ -128,7 +128,7 @@ def test_rescue_marks_instances_with_an_old_heartbeat_offline(backend: Backend) 
     assert report.instances == ("quiet",)
     assert report.rescued == (job.id,)
     assert _status(backend) == {"quiet": "offline", "busy": "online"}
-    assert backend.heartbeat("quiet") is False
+    assert backend.heartbeat("quiet") is Liveness.PRESUMED_DEAD
     assert backend.rescue_stale(stale_after=3600).rescued == ()
 
 

@@ -206,9 +206,8 @@ def test_cron_schedulers_racing_on_one_slot_insert_it_once(app: Pgflow) -> None:
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert len(stored) == 6
-    assert len({job.id for job in stored}) == 1
-    assert len(app.backend.list_jobs()) == 1
+    assert len(stored) == 1  # one scheduler won the slot; the others enqueued nothing
+    assert [job.id for job in app.backend.list_jobs()] == [stored[0].id]
 
 
 def _engine_for(url: str, **options: Any) -> sqlalchemy.Engine:

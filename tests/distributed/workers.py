@@ -110,3 +110,13 @@ class Nap(pgflow.Worker, max_attempts=10, backoff=QUICK):
 class CronTick(pgflow.Worker):
     def perform(self, job: Job) -> None:
         record(job, "cron")
+
+
+class SlowFirstAttempt(pgflow.Worker, max_attempts=3, backoff=QUICK):
+    """Records its start; its first attempt works for `seconds`, later ones finish at once."""
+
+    def perform(self, job: Job) -> None:
+        record(job, "started")
+        if job.attempt == 1:
+            time.sleep(float(job.args["seconds"]))
+        record(job, "done")
