@@ -18,7 +18,7 @@ import pytest
 
 import pgflow
 from pgflow.app import Pgflow
-from pgflow.records import InstanceInfo, Job, JobState, NewJob
+from pgflow.records import InstanceInfo, Job, JobState, Liveness, NewJob
 from pgflow.runtime.heartbeat import Heartbeat
 from pgflow.runtime.reconnect import keep_running
 from pgflow.worker import Worker
@@ -90,12 +90,15 @@ class ExitsOnce:
         self.beats = 0
         self.second_beat = threading.Event()
 
-    def heartbeat(self, instance_id: str) -> bool:
+    def heartbeat(self, instance_id: str, incarnation: str = "") -> Liveness:
         self.beats += 1
         if self.beats == 1:
             raise SystemExit("raised inside a service loop")
         self.second_beat.set()
-        return True
+        return Liveness.ALIVE
+
+    def set_abandoned(self, instance_id: str, count: int) -> None:
+        pass
 
 
 def test_a_service_thread_survives_systemexit() -> None:
