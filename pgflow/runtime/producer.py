@@ -440,30 +440,14 @@ class Producer:
         """Write one outcome that a batch could not: with a minimal error if its own was
         refused, and if even that fails for a non-transient reason, drop it from the buffer
         (the job is released for a retry) so it never blocks the queue's other outcomes."""
-        write = functools.partial(record_outcomes, self.backend, instance_id=self.instance_id)
         if failure is None:
-            try:
-                write([outcome])
-            except Exception as exc:
-                if is_transient(exc):
-                    raise
-                failure = exc
-            else:
-                self._forget([outcome])
-                return
-        if outcome.error is not None:
-            fallback = attrs.evolve(
-                outcome, error=minimal_error(outcome.error, type(failure).__name__)
-            )
-            try:
-                write([fallback])
-            except Exception as exc:
-                if is_transient(exc):
-                    raise
-                failure = exc
-            else:
-                self._forget([outcome])
-                return
+            failure = self._refused(outcome)
+        if failure is not None and outcome.error is not None:
+            error = minimal_error(outcome.error, type(failure).__name__)
+            failure = self._refused(attrs.evolve(outcome, error=error))
+        if failure is None:
+            self._forget([outcome])
+            return
         logger.error(
             "job %s: its %s outcome cannot be written (%s); dropped, the job will be released",
             outcome.job.id,
@@ -473,6 +457,16 @@ class Producer:
         )
         self._release_needed = True
         self._forget([outcome], counted=False)
+
+    def _refused(self, outcome: Outcome) -> Exception | None:
+        """Write one outcome; the error when the database refuses it (transient ones raise)."""
+        try:
+            record_outcomes(self.backend, [outcome], instance_id=self.instance_id)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            return exc
+        return None
 
     def _forget(self, outcomes: list[Outcome], *, counted: bool = True) -> None:
         ids = {id(o) for o in outcomes}
