@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,23 +21,15 @@ from pgflow.cli import render_status, status_data
 from pgflow.records import Instance, Job, JobState
 from pgflow.worker import Worker
 from pgflow_backends.memory import InMemoryBackend
+from tests.waiting import wait_for
 
 HANG = 30.0  # a hung step or perform waits this long at most, if a test fails to release it
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture
 def no_abandoned_steps() -> None:
     """Runners abandoned by earlier tests end once released; start from none."""
-    assert wait_until(lambda: ABANDONED.steps == 0)
+    assert wait_for(lambda: ABANDONED.steps == 0)
 
 
 def test_timed_out_execute_steps_hold_at_most_the_limit_of_threads(
@@ -72,7 +63,7 @@ def test_timed_out_execute_steps_hold_at_most_the_limit_of_threads(
     finally:
         release.set()
     # Once the stuck steps return, their threads are no longer counted and execute runs again.
-    assert wait_until(lambda: ABANDONED.steps == 0)
+    assert wait_for(lambda: ABANDONED.steps == 0)
     assert pgflow.execute(flow, 7, timeout=None, step_timeout=5.0) == 7
 
 
@@ -132,15 +123,15 @@ def test_a_timed_out_perform_keeps_its_slot_until_its_thread_ends(
 
     app.start()
     # The two timed-out attempts are recorded at their deadline while their threads hang.
-    assert wait_until(lambda: states().count(JobState.DISCARDED) == 2)
+    assert wait_for(lambda: states().count(JobState.DISCARDED) == 2)
     # Either a third perform starts (the slots were freed: the bug) or the instance reports
     # its two abandoned threads; only then is the gate opened.
-    assert wait_until(lambda: ENTERED[0] > 2 or abandoned() == 2)
+    assert wait_for(lambda: ENTERED[0] > 2 or abandoned() == 2)
     assert ENTERED[0] == 2
     GATE.set()
-    assert wait_until(lambda: states().count(JobState.COMPLETED) == 4)
+    assert wait_for(lambda: states().count(JobState.COMPLETED) == 4)
     assert MOST[0] == 2
-    assert wait_until(lambda: abandoned() == 0)
+    assert wait_for(lambda: abandoned() == 0)
     warnings = [r for r in caplog.records if getattr(r, "abandoned_jobs", None) is not None]
     assert len(warnings) == 2
     assert "timed out" in warnings[0].getMessage()

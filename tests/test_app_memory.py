@@ -23,6 +23,7 @@ from pgflow.runtime.cron import CronEntry, CronScheduler, parse_cron
 from pgflow.runtime.producer import Producer
 from pgflow.worker import Worker
 from pgflow_backends.memory import InMemoryBackend
+from tests.waiting import wait_for
 
 FAST: dict[str, Any] = {"poll_interval": 0.05, "heartbeat_interval": 0.1, "stale_timeout": 1.0,
         "stage_interval": 0.05, "shutdown_timeout": 5.0}  # fmt: skip
@@ -94,15 +95,6 @@ class AsyncBlocks(Worker):
         except asyncio.CancelledError:
             ran("async-blocks-cancelled", job.id)
             raise
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture(autouse=True)

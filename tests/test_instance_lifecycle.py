@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from pgflow.runtime.heartbeat import Heartbeat
 from pgflow.runtime.leader import Leader
 from pgflow.worker import Worker
 from pgflow_backends.memory import InMemoryBackend
+from tests.waiting import wait_for
 
 FAST: dict[str, Any] = {"poll_interval": 0.05, "heartbeat_interval": 0.1, "stale_timeout": 1.0,
         "stage_interval": 0.05, "shutdown_timeout": 5.0}  # fmt: skip
@@ -41,15 +42,6 @@ class Stuck(Worker):
 class Quick(Worker):
     def perform(self, job: Job) -> Any:
         return None
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from pgflow.runtime.heartbeat import Heartbeat
 from pgflow.runtime.reconnect import keep_running
 from pgflow.worker import Worker
 from pgflow_backends.memory import InMemoryBackend
+from tests.waiting import wait_or_fail
 
 FAST: dict[str, Any] = {"poll_interval": 0.05, "heartbeat_interval": 0.1, "stale_timeout": 2.0,
         "stage_interval": 0.05, "shutdown_timeout": 5.0}  # fmt: skip
@@ -31,15 +30,6 @@ FAST: dict[str, Any] = {"poll_interval": 0.05, "heartbeat_interval": 0.1, "stale
 class Good(Worker, queue="mixed"):
     def perform(self, job: Job) -> Any:
         return job.args["n"]
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    assert condition(), f"timed out after {timeout}s waiting for {what}"
 
 
 def states(app: Pgflow, jobs: list[Job]) -> list[JobState]:
@@ -70,7 +60,7 @@ def test_a_module_raising_systemexit_at_import_fails_only_its_job(
     good += app.insert([Good.new({"n": n}) for n in range(3, 6)])
     app.start()
     try:
-        wait_for(lambda: states(app, [*good, bad]) == [JobState.COMPLETED] * 6
+        wait_or_fail(lambda: states(app, [*good, bad]) == [JobState.COMPLETED] * 6
                  + [JobState.DISCARDED], "the batch to end")  # fmt: skip
         stored = app.backend.get_job(bad.id)
         assert stored is not None
@@ -78,7 +68,7 @@ def test_a_module_raising_systemexit_at_import_fails_only_its_job(
         assert error["kind"] == "pgflow.worker.WorkerImportError"
         assert "SystemExit" in error["message"] and module in error["message"]
         later = app.insert([Good.new({"n": n}) for n in range(6, 10)])
-        wait_for(lambda: states(app, later) == [JobState.COMPLETED] * 4, "later jobs")
+        wait_or_fail(lambda: states(app, later) == [JobState.COMPLETED] * 4, "later jobs")
     finally:
         assert app.stop(timeout=5)
 
@@ -162,10 +152,10 @@ def test_a_producer_loop_crash_is_restarted(monkeypatch: pytest.MonkeyPatch) -> 
     app.start()
     try:
         assert started.wait(20)
-        wait_for(lambda: calls["n"] >= 1, "a poll tick while a job runs")
+        wait_or_fail(lambda: calls["n"] >= 1, "a poll tick while a job runs")
         release.set()
         jobs = app.insert([Good.new({"n": n}) for n in range(3)])
-        wait_for(lambda: states(app, [held, *jobs]) == [JobState.COMPLETED] * 4, "jobs")
+        wait_or_fail(lambda: states(app, [held, *jobs]) == [JobState.COMPLETED] * 4, "jobs")
     finally:
         release.set()
         app.stop(timeout=5)
@@ -187,11 +177,11 @@ def test_an_async_perform_raising_systemexit_does_not_end_the_event_loop() -> No
     bad = app.insert(AsyncExits.new())
     app.start()
     try:
-        wait_for(lambda: states(app, [bad]) == [JobState.DISCARDED], "the exiting job")
+        wait_or_fail(lambda: states(app, [bad]) == [JobState.DISCARDED], "the exiting job")
         stored = app.backend.get_job(bad.id)
         assert stored is not None and stored.errors[-1]["kind"] == "SystemExit"
         later = app.insert([AsyncGood.new({"n": n}) for n in range(3)])
-        wait_for(lambda: states(app, later) == [JobState.COMPLETED] * 3, "later async jobs")
+        wait_or_fail(lambda: states(app, later) == [JobState.COMPLETED] * 3, "later async jobs")
     finally:
         app.stop(timeout=5)
 

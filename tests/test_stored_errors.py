@@ -8,7 +8,6 @@ falls back to a minimal error, and if even that is refused, drops it and release
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from pgflow.stored_errors import (
 )
 from pgflow.worker import Worker
 from pgflow_backends.memory import InMemoryBackend
+from tests.waiting import wait_or_fail
 
 FAST: dict[str, Any] = {"poll_interval": 0.05, "heartbeat_interval": 0.1, "stale_timeout": 2.0,
         "stage_interval": 0.05, "shutdown_timeout": 5.0}  # fmt: skip
@@ -56,15 +56,6 @@ class PoisonError(Exception):
 class Poisoned(Worker, queue="acks", max_attempts=1):
     def perform(self, job: Job) -> Any:
         raise PoisonError("poison")
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    assert condition(), f"timed out after {timeout}s waiting for {what}"
 
 
 def stored(app: Pgflow, job: Job) -> Job:
@@ -126,10 +117,10 @@ def test_a_nul_in_an_error_is_stored_cleaned_and_blocks_nothing(postgres_url: st
     app.start()
     try:
         nul = app.insert(NulFails.new())
-        wait_for(lambda: stored(app, nul).attempt == 1, "the NUL job to be claimed")
+        wait_or_fail(lambda: stored(app, nul).attempt == 1, "the NUL job to be claimed")
         others = app.insert([PlainFails.new({"n": n}) for n in range(3)])
         discarded = app.insert(NulDiscarded.new())
-        wait_for(
+        wait_or_fail(
             lambda: (
                 [stored(app, j).state for j in [nul, *others, discarded]]
                 == [JobState.RETRYABLE] * 4 + [JobState.DISCARDED]
@@ -175,7 +166,7 @@ def test_a_refused_error_is_stored_as_a_minimal_error() -> None:
     others = app.insert([PlainFails.new({"n": n}) for n in range(3)])
     app.start()
     try:
-        wait_for(
+        wait_or_fail(
             lambda: (
                 [stored(app, j).state for j in [poisoned, *others]]
                 == [JobState.DISCARDED] + [JobState.RETRYABLE] * 3
@@ -199,7 +190,7 @@ def test_an_outcome_that_cannot_be_written_at_all_is_dropped_and_released(
     others = app.insert([PlainFails.new({"n": n}) for n in range(3)])
     app.start()
     try:
-        wait_for(
+        wait_or_fail(
             lambda: (
                 [stored(app, j).state for j in [poisoned, *others]]
                 == [JobState.DISCARDED] + [JobState.RETRYABLE] * 3

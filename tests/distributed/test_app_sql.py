@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +16,7 @@ from pgflow.app import Pgflow
 from pgflow.records import Job, JobState
 from pgflow.runtime.cron import CronScheduler, parse_cron
 from pgflow.worker import Worker, current_backend
+from tests.waiting import wait_for
 
 FAST: dict[str, Any] = {
     "poll_interval": 0.1,
@@ -101,15 +102,6 @@ def app(url: str) -> Iterator[Pgflow]:
         yield made
     finally:
         made.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_start_serve_stop(app: Pgflow) -> None:
