@@ -233,7 +233,8 @@ class JobQueue(Protocol):
         Every claim belongs to one process incarnation (`info.incarnation`). When the
         stored incarnation differs, the process that registered before under this id is
         gone or displaced, and this new one has not claimed anything yet: in the same
-        transaction, every job left executing by the id is rescued as `rescue_stale` does
+        transaction (which claims fenced by an incarnation of the id wait for, see
+        `claim_jobs`), every job left executing by the id is rescued as `rescue_stale` does
         (available again, discarded when no attempt is left, cancelled when requested),
         with an error saying the earlier incarnation was lost. Returns what was rescued.
         """

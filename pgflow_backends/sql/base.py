@@ -700,6 +700,9 @@ class SQLBackend:
             "p_incarnation": info.incarnation,
         }
         with self._tx() as connection:
+            # First: the row lock that fenced claims of this id wait for (PostgreSQL). A claim
+            # that committed before it is seen by `held_by` (a later statement, so a later
+            # snapshot) and rescued; a claim after it re-checks the new incarnation: nothing.
             earlier = connection.execute(self._s.instance_status, params).first()
             connection.execute(self._s.register, params)
             if earlier is None or earlier[1] == info.incarnation:
