@@ -301,6 +301,7 @@ class Pgflow:
                     limit=limit,
                     instance_id=self.instance_id,
                     poll_interval=self.poll_interval,
+                    incarnation=self._incarnation,
                     clock=self.clock,
                     async_loop=self._async_loop,
                     lookup=self.worker_lookup,

@@ -132,10 +132,19 @@ class JobQueue(Protocol):
         """
         ...
 
-    def claim_jobs(self, queue: str, instance_id: str, limit: int) -> list[Job]:
+    def claim_jobs(
+        self, queue: str, instance_id: str, limit: int, incarnation: str = ""
+    ) -> list[Job]:
         """Reserve up to `limit` available jobs of `queue`: highest priority, then oldest
         scheduled_at, then lowest id. Each job goes to exactly one claimer; it becomes
-        executing, attempt + 1, attempted_at = now, reserved_by = instance_id."""
+        executing, attempt + 1, attempted_at = now, reserved_by = instance_id.
+
+        With `incarnation`, the claim is fenced by it: nothing is claimed unless
+        `instance_id` is registered by that very incarnation. A claim and a registration
+        of the same id serialize, so a process displaced by a newer incarnation (which has
+        not noticed yet) never leaves jobs executing under the id of the live one, where no
+        rescue would free them. With "" (direct callers, tools), no check is made.
+        """
         ...
 
     def complete_jobs(
@@ -190,10 +199,12 @@ class JobQueue(Protocol):
         Returns the job, or None when there is no such job."""
         ...
 
-    def list_executing(self, queue: str, instance_id: str) -> list[Job]:
+    def list_executing(self, queue: str, instance_id: str, incarnation: str = "") -> list[Job]:
         """The jobs of `queue` executing under `instance_id`, in id order, without their
         JSON payloads (args, meta, errors and result are left empty): a narrow read for
-        the runtime's bookkeeping."""
+        the runtime's bookkeeping. With `incarnation`, none unless that incarnation is the
+        one registered under the id (a displaced process must not take the new one's jobs
+        for its own)."""
         ...
 
     def list_jobs(
@@ -222,7 +233,8 @@ class JobQueue(Protocol):
         Every claim belongs to one process incarnation (`info.incarnation`). When the
         stored incarnation differs, the process that registered before under this id is
         gone or displaced, and this new one has not claimed anything yet: in the same
-        transaction, every job left executing by the id is rescued as `rescue_stale` does
+        transaction (which claims fenced by an incarnation of the id wait for, see
+        `claim_jobs`), every job left executing by the id is rescued as `rescue_stale` does
         (available again, discarded when no attempt is left, cancelled when requested),
         with an error saying the earlier incarnation was lost. Returns what was rescued.
         """

@@ -381,7 +381,9 @@ class PostgresBackend(SQLBackend):
         result = connection.exec_driver_sql(_BULK_INSERT, _bulk_params(batch))
         return _inserted(result.all(), batch)
 
-    def claim_jobs(self, queue: str, instance_id: str, limit: int) -> list[Job]:
+    def claim_jobs(
+        self, queue: str, instance_id: str, limit: int, incarnation: str = ""
+    ) -> list[Job]:
         """As SQLBackend.claim_jobs, with the same Core statement compiled once and run at
         the driver level: SQLAlchemy's per-row result processing was a third of the time.
 
@@ -402,7 +404,13 @@ class PostgresBackend(SQLBackend):
         validate_instance_id(instance_id)
         if limit <= 0:
             return []
-        params = dict(self._claim_params, p_queue=queue, p_instance=instance_id, p_limit=limit)
+        params = dict(
+            self._claim_params,
+            p_queue=queue,
+            p_instance=instance_id,
+            p_limit=limit,
+            p_incarnation=incarnation,
+        )
         with self._driver() as conn:
             rows = conn.execute(self._claim_sql, params).fetchall()
         claimed = [job_from_driver_row(row) for row in rows]

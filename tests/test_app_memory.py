@@ -527,8 +527,10 @@ def test_jobs_of_a_claim_whose_reply_was_lost_are_released(memory: InMemoryBacke
     class LosesFirstReply(Flaky):
         lost = False
 
-        def claim_jobs(self, queue: str, instance_id: str, limit: int) -> list[Job]:
-            jobs = self.inner.claim_jobs(queue, instance_id, limit)
+        def claim_jobs(
+            self, queue: str, instance_id: str, limit: int, incarnation: str = ""
+        ) -> list[Job]:
+            jobs = self.inner.claim_jobs(queue, instance_id, limit, incarnation)
             if jobs and not self.lost:
                 self.lost = True
                 raise ConnectionError("server closed the connection unexpectedly")

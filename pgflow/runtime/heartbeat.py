@@ -5,7 +5,8 @@ that beat (its row is registered again only if it vanished; same incarnation: no
 its own is rescued). An instance whose id another process has
 registered since is *displaced*: it reports that loudly, stands down (no more claims, no
 leader duties) and never registers again, so two processes sharing an id cannot keep
-rescuing each other's jobs; it stays idle until it is stopped.
+rescuing each other's jobs; it stays idle until it is stopped. Until its next beat it may
+still try to claim, but every claim is fenced by the incarnation and gets nothing.
 """
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ class Producer:
         limit: int,
         instance_id: str,
         poll_interval: float,
+        incarnation: str = "",
         clock: Clock,
         async_loop: BackgroundLoop,
         lookup: WorkerLookup = DEFAULT_LOOKUP,
@@ -88,6 +89,9 @@ class Producer:
         self.queue = queue
         self.limit = limit
         self.instance_id = instance_id
+        # Every claim is fenced by it: once another incarnation registered under the id, this
+        # producer claims nothing, even before the heartbeat tells the app it was displaced.
+        self.incarnation = incarnation
         self.poll_interval = poll_interval
         self.clock = clock
         self._async_loop = async_loop
@@ -279,7 +283,9 @@ class Producer:
             self._hold_until = None
             hints = self._hints
         try:
-            jobs = self.backend.claim_jobs(self.queue, self.instance_id, free)
+            jobs = self.backend.claim_jobs(
+                self.queue, self.instance_id, free, incarnation=self.incarnation
+            )
         except Exception:
             # The claim may have committed with its reply lost: look for orphans first.
             self._release_needed = True
@@ -297,13 +303,15 @@ class Producer:
 
         A claim whose reply was lost to a broken connection, or an outcome that could not be
         written at all, leaves its job executing under this instance, which keeps
-        heartbeating, so no rescue would ever free it.
+        heartbeating, so no rescue would ever free it. The listing is fenced by the
+        incarnation: displaced, this process must not release what the new one runs (what
+        it listed before is rescued by the registration, so its release is fenced out).
         """
         # Known first: whatever leaves `_finished` meanwhile was acknowledged, so it is no
         # longer executing in the listing that follows.
         with self._lock:
             known = set(self._running) | {outcome.job.id for outcome in self._finished}
-        executing = self.backend.list_executing(self.queue, self.instance_id)
+        executing = self.backend.list_executing(self.queue, self.instance_id, self.incarnation)
         for job in executing:
             if job.reserved_by != self.instance_id or job.id in known:
                 continue

@@ -205,9 +205,13 @@ class InMemoryBackend:
             self._hub.announce(woken)
             return stored
 
-    def claim_jobs(self, queue: str, instance_id: str, limit: int) -> list[Job]:
+    def claim_jobs(
+        self, queue: str, instance_id: str, limit: int, incarnation: str = ""
+    ) -> list[Job]:
         with self._lock:
             self._check_open()
+            if incarnation and not self._instances.holds(instance_id, incarnation):
+                return []  # displaced (or never registered): the claim is fenced
             return self._jobs.claim(queue, instance_id, limit, self._now())
 
     def complete_jobs(
@@ -273,9 +277,11 @@ class InMemoryBackend:
             self._hub.announce(woken)
             return job
 
-    def list_executing(self, queue: str, instance_id: str) -> list[Job]:
+    def list_executing(self, queue: str, instance_id: str, incarnation: str = "") -> list[Job]:
         with self._lock:
             self._check_open()
+            if incarnation and not self._instances.holds(instance_id, incarnation):
+                return []
             return self._jobs.executing(queue, instance_id)
 
     def list_jobs(

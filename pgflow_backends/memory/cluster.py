@@ -38,6 +38,11 @@ class InstanceTable:
         )
         return earlier is not None and earlier.incarnation != info.incarnation
 
+    def holds(self, instance_id: str, incarnation: str) -> bool:
+        """True when `instance_id` is registered by `incarnation`: the fence of a claim."""
+        instance = self._instances.get(instance_id)
+        return instance is not None and instance.incarnation == incarnation
+
     def heartbeat(self, instance_id: str, incarnation: str, now: datetime) -> Liveness:
         """Refresh and mark online, unless another incarnation holds the id (DISPLACED)."""
         instance = self._instances.get(instance_id)

@@ -457,12 +457,19 @@ class SQLBackend:
             # The holder finished (key released) or was pruned in between: try again.
         raise BackendError(f"unique insert kept racing on {self.url}; try again")
 
-    def claim_jobs(self, queue: str, instance_id: str, limit: int) -> list[Job]:
+    def claim_jobs(
+        self, queue: str, instance_id: str, limit: int, incarnation: str = ""
+    ) -> list[Job]:
         # The queue is only compared (bound, never stored), so any string simply matches none.
         validate_instance_id(instance_id)
         if limit <= 0:
             return []
-        params = {"p_queue": queue, "p_instance": instance_id, "p_limit": limit}
+        params = {
+            "p_queue": queue,
+            "p_instance": instance_id,
+            "p_limit": limit,
+            "p_incarnation": incarnation,
+        }
         with self._single() as connection:
             rows = connection.execute(self._s.claim, params).all()
         claimed = [job_from_row(row) for row in rows]
@@ -634,8 +641,8 @@ class SQLBackend:
             self._announce(connection, {retried.queue}, own=True)
             return retried
 
-    def list_executing(self, queue: str, instance_id: str) -> list[Job]:
-        params = {"p_queue": queue, "p_instance": instance_id}
+    def list_executing(self, queue: str, instance_id: str, incarnation: str = "") -> list[Job]:
+        params = {"p_queue": queue, "p_instance": instance_id, "p_incarnation": incarnation}
         with self._read() as connection:
             rows = connection.execute(self._s.executing_jobs, params).all()
         return [job_summary_from_row(row) for row in rows]
@@ -693,6 +700,9 @@ class SQLBackend:
             "p_incarnation": info.incarnation,
         }
         with self._tx() as connection:
+            # First: the row lock that fenced claims of this id wait for (PostgreSQL). A claim
+            # that committed before it is seen by `held_by` (a later statement, so a later
+            # snapshot) and rescued; a claim after it re-checks the new incarnation: nothing.
             earlier = connection.execute(self._s.instance_status, params).first()
             connection.execute(self._s.register, params)
             if earlier is None or earlier[1] == info.incarnation:
@@ -705,7 +715,7 @@ class SQLBackend:
     def heartbeat(self, instance_id: str, incarnation: str = "") -> Liveness:
         params = {"p_instance": instance_id}
         with self._tx() as connection:
-            row = connection.execute(self._s.instance_status, params).first()
+            row = connection.execute(self._s.instance_liveness, params).first()
             if row is None:
                 return Liveness.PRESUMED_DEAD
             status, registered = row

@@ -103,6 +103,26 @@ FENCE = and_(
 )
 
 
+def registered_incarnation(*, lock: bool = True) -> ColumnElement[bool]:
+    """True when no incarnation is given (`p_incarnation` = ''), or when the instance id is
+    registered by that very incarnation: the fence of a claim (and of "my executing jobs").
+
+    One primary-key lookup per statement, not per job. With `lock`, the instance row is read
+    FOR KEY SHARE (PostgreSQL), which waits for a registration's FOR UPDATE of the row and
+    then re-checks it: a claim and a registration of one id serialize, so either the
+    registration sees (and rescues) what the claim took, or the claim takes nothing. A
+    heartbeat's FOR NO KEY UPDATE does not conflict with it. SQLite serializes writers anyway.
+    """
+    incarnation = _p("p_incarnation", String())
+    row: Select[Any] = select(literal_column("1")).where(
+        instances.c.instance_id == _p("p_instance", String()),
+        instances.c.incarnation == incarnation,
+    )
+    if lock:
+        row = row.with_for_update(read=True, key_share=True)
+    return or_(incarnation == literal_column("''", String()), exists(row))
+
+
 #: What a rescue reads of each job it frees: never its payloads (errors are appended in SQL).
 ORPHAN_COLUMNS = (
     jobs.c.id,
@@ -156,6 +176,7 @@ class Statements:
         self.claim: Update = (
             update(jobs)
             .where(
+                registered_incarnation(),
                 id_in(
                     select(jobs.c.id)
                     .where(
@@ -306,6 +327,7 @@ class Statements:
                 jobs.c.state == _const("executing"),
                 jobs.c.queue == _p("p_queue", String()),
                 jobs.c.reserved_by == _p("p_instance", String()),
+                registered_incarnation(lock=False),
             )
             .order_by(jobs.c.id)
         )
@@ -362,10 +384,19 @@ class Statements:
                 "incarnation": upsert.excluded.incarnation,
             },
         )
+        #: Registration's first statement: FOR UPDATE conflicts with a claim's FOR KEY SHARE
+        #: (see `registered_incarnation`), so claims of the id wait for the registration.
         self.instance_status: Select[Any] = (
             select(instances.c.status, instances.c.incarnation)
             .where(instances.c.instance_id == _p("p_instance", String()))
             .with_for_update()
+        )
+        #: The heartbeat's read: FOR NO KEY UPDATE serializes it with registrations (and other
+        #: beats) but not with claims, which never wait on a heartbeat.
+        self.instance_liveness: Select[Any] = (
+            select(instances.c.status, instances.c.incarnation)
+            .where(instances.c.instance_id == _p("p_instance", String()))
+            .with_for_update(key_share=True)
         )
         #: Every job the instance id holds: what an earlier incarnation left executing.
         self.held_by: Select[Any] = (
