@@ -313,7 +313,7 @@ class Producer:
             known = set(self._running) | {outcome.job.id for outcome in self._finished}
         executing = self.backend.list_executing(self.queue, self.instance_id, self.incarnation)
         for job in executing:
-            if job.reserved_by != self.instance_id or job.id in known:
+            if job.id in known:  # the listing holds only this incarnation's jobs
                 continue
             error = JobError(
                 attempt=job.attempt,

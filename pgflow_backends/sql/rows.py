@@ -61,20 +61,8 @@ JOB_COLUMNS: tuple[ColumnElement[Any], ...] = (
 #: What a claim returns: a claimed job has no result yet (a retried job's was cleared).
 CLAIM_COLUMNS = JOB_COLUMNS[:16]
 #: A job without its JSON payloads, for reads that only need to know which jobs exist.
-SUMMARY_COLUMNS: tuple[ColumnElement[Any], ...] = (
-    jobs.c.id,
-    jobs.c.queue,
-    jobs.c.worker,
-    jobs.c.state,
-    jobs.c.priority,
-    jobs.c.attempt,
-    jobs.c.max_attempts,
-    jobs.c.scheduled_at,
-    jobs.c.inserted_at,
-    jobs.c.attempted_at,
-    jobs.c.completed_at,
-    jobs.c.reserved_by,
-    jobs.c.unique_key,
+SUMMARY_COLUMNS: tuple[ColumnElement[Any], ...] = tuple(
+    column for column in JOB_COLUMNS if column.name not in {"args", "errors", "meta", "result"}
 )
 INSTANCE_COLUMNS: tuple[ColumnElement[Any], ...] = (
     instances.c.instance_id,
