@@ -8,9 +8,9 @@ for SQL backends, so clock skew between workers does not matter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from pgflow.records import (
     Instance,
@@ -25,7 +25,12 @@ from pgflow.records import (
     RunRecord,
     RunState,
     StepRecord,
+    StepState,
+    TaskCompletion,
 )
+
+if TYPE_CHECKING:
+    from pgflow.graph.shape import FlowPlan
 
 
 class RunStart(NamedTuple):
@@ -300,6 +305,101 @@ class JobQueue(Protocol):
 
     def listener(self) -> JobListener:
         """A new listener for "jobs inserted or staged" hints."""
+        ...
+
+
+@runtime_checkable
+class FlowStore(Protocol):
+    """Distributed flow runs: each step a task (a job), settled in the task's transaction.
+
+    Kept apart from `Backend`, so a third-party backend without it still runs jobs and
+    in-process workflows; `app.start_run` on it raises BackendError saying so. The three
+    bundled backends implement both.
+
+    Rules every implementation keeps (the contract suite checks them on all three):
+    - Every decision about a ready step comes from `pgflow.graph.ready.decide`, every run
+      result from `pgflow.graph.ready.run_output`, every task job from
+      `pgflow.graph.ready.task_jobs`: the backends store, they do not invent semantics.
+    - Settling is complete in one transaction: no state between two commits strands a run.
+      Cascades (a step completing at once, skipped, an empty map) are resolved in the same
+      transaction, in topological order (`StepPlan.index`), without a depth limit.
+    - A task job that ends discarded or cancelled by ANY path (fail_job with no attempt left
+      or retry_in None, a cancellation, rescue with no attempt left, cancel_job) fails its
+      step (error = the job's last error) and its run, in the same transaction, unless the
+      run is already finished: the run's other unfinished jobs become cancelled (executing
+      ones are also flagged `cancel_requested` so their instance stops them), its live steps
+      (pending/started) become cancelled, and the run failed with an error that names the
+      step (`{"kind", "message", "step", "traceback"}`). A terminal run never keeps a job
+      waiting or executing, nor a live step.
+    - A completed task is counted once: outputs are keyed by (run, step, index) and
+      completions are fenced by (job id, attempt, attempted_at) like `complete_jobs`.
+    - Task jobs are ordinary jobs (claimed, rescued, fenced, listed, counted, pruned) whose
+      `Job.task` is set; new tasks wake their queue's listeners like any insert.
+    - PostgreSQL: completions take `pg_advisory_xact_lock_shared` on each run's key and
+      run-level failures the exclusive lock, taken in ascending key order, before any row;
+      step rows are locked in (run, step_index) order.
+    """
+
+    def start_flow_run(
+        self,
+        plan: FlowPlan,
+        *,
+        workflow_id: str,
+        input: Any,
+        max_attempts: int,
+        connection: Any = None,
+    ) -> RunStart:
+        """Store a new distributed run of `plan` and enqueue its ready steps, atomically.
+
+        In one transaction: the run (state running, attempt 1, fingerprint and definition
+        from the plan, `remaining_steps` = number of steps), one `pgflow_step_states` row
+        per step (pending, remaining_deps = number of dependencies), then every root step is
+        decided (`decide`) and started, completed, skipped or failed, cascading.
+        `max_attempts` is each step's default. An existing `workflow_id` returns that run
+        unchanged with created=False (nothing written; the caller compares definitions).
+        With `connection` (an SQLAlchemy Connection) it joins the caller's transaction.
+        Raises SerializationError (nothing written) when `input` is not JSON or is over
+        the size limit, DefinitionError for an invalid workflow_id.
+        """
+        ...
+
+    def complete_tasks(
+        self, completions: Sequence[TaskCompletion], plans: Mapping[str, FlowPlan]
+    ) -> list[int]:
+        """Record finished tasks and settle what they finish, in one transaction.
+
+        `plans` maps each fingerprint of the completions' runs to its plan. For each
+        completion whose fence holds: the job completes, its output is stored (a duplicate
+        key counts nothing), the step's `tasks_done` grows. A step whose tasks are all done
+        settles: completed with its task's output (a map: the list of element outputs in
+        index order, over the size limit: the step fails with a SerializationError error)
+        or skipped with the task's reason. Then its dependents' `remaining_deps` drop; each
+        that reaches 0 is decided and applied; the run's `remaining_steps` drop, and at 0
+        the run completes with `run_output`. Returns the ids of the jobs whose completion
+        counted (a fenced-out one changes nothing).
+        """
+        ...
+
+    def get_step_states(self, workflow_id: str) -> dict[str, StepState]:
+        """The run's steps by name, in topological order ({} for an unknown run or one
+        run in-process). `attempts` includes tasks still running."""
+        ...
+
+    def fail_run(self, workflow_id: str, error: dict[str, Any]) -> bool:
+        """Fail a running distributed run from outside (e.g. no instance serves its
+        definition): the sweep described above, without a culprit step. False (nothing
+        written) when the run is unknown or already finished."""
+        ...
+
+    def wait_for_run(self, workflow_id: str, timeout: float | None) -> RunRecord | None:
+        """Block until the run is finished or `timeout` seconds passed; return the run as
+        it then is (None when unknown). PostgreSQL waits on LISTEN/NOTIFY (the finishing
+        transaction notifies), the memory backend on a condition, SQLite polls briefly."""
+        ...
+
+    def running_flows(self) -> list[tuple[str, str, int]]:
+        """(flow name, fingerprint, count) of running distributed runs, for the leader's
+        check that some online instance serves each definition."""
         ...
 
 

@@ -16,16 +16,27 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import attrs
 
 from pgflow.errors import DefinitionError
+from pgflow.graph.signature import INPUT, StepSignature, read_signature
+
+if TYPE_CHECKING:
+    from pgflow.backoff_policy import Backoff
+    from pgflow.graph.shape import FlowPlan
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: The options a step may set for itself; anything else is a DefinitionError.
-STEP_OPTIONS = frozenset({"timeout", "max_attempts"})
+STEP_OPTIONS = frozenset(
+    {"timeout", "max_attempts", "depends_on", "backoff", "start_delay", "queue", "when"}
+)
+#: A map step's options: `over` names the one dependency it maps over.
+MAP_OPTIONS = (STEP_OPTIONS - {"depends_on"}) | {"over"}
+#: The kinds of step a flow holds.
+STEP, MAP = "step", "map"
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -36,23 +47,59 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def _names(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class Step:
-    """One named step: a function from the previous step's output to its own output.
+    """One named step: in a chain, a function from the previous step's output to its own
+    output; in a graph, a function of its dependencies' outputs (by name).
 
-    `timeout` (seconds) and `max_attempts` override the run's options for this step.
-    Construct steps through `Flow` or `Workflow`, which validate them with the workflow's name.
+    `timeout` (seconds) and `max_attempts` override the run's options for this step. The
+    graph options: `depends_on` (step names), `kind` ("map": run once per element of
+    `over`'s output, or of the run's input when `over` is None), `backoff`, `start_delay`
+    (seconds after the step is ready), `queue` (where its tasks go) and `when` (a predicate
+    over the step's arguments; false skips the step). Construct steps through `Flow` or
+    `Workflow`, which validate them with the workflow's name.
     """
 
     name: str
-    fn: Callable[[Any], Any]
+    fn: Callable[..., Any]
     timeout: float | None = None
     max_attempts: int | None = None
+    depends_on: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    kind: str = STEP
+    over: str | None = None
+    backoff: Backoff | None = None
+    start_delay: float = 0.0
+    queue: str | None = None
+    when: Callable[..., Any] | None = None
     is_async: bool = attrs.field(init=False)
+    signature: StepSignature = attrs.field(init=False, eq=False, repr=False)
+    #: What `when` accepts (None without `when`).
+    when_signature: StepSignature | None = attrs.field(init=False, eq=False, repr=False)
 
     @is_async.default
     def _detect_async(self) -> bool:
         return callable(self.fn) and _is_async(self.fn)
+
+    @signature.default
+    def _read_signature(self) -> StepSignature:
+        return read_signature(self.fn) if callable(self.fn) else StepSignature(known=False)
+
+    @when_signature.default
+    def _read_when_signature(self) -> StepSignature | None:
+        return None if self.when is None else read_signature(self.when)
+
+    @property
+    def is_map(self) -> bool:
+        return self.kind == MAP
+
+    @property
+    def makes_graph(self) -> bool:
+        """True when this step alone makes its flow a graph (a dependency or a map)."""
+        return bool(self.depends_on) or self.kind == MAP
 
 
 def _as_tuple(steps: Iterable[Step]) -> tuple[Step, ...]:
@@ -65,6 +112,11 @@ class Workflow:
 
     name: str
     steps: tuple[Step, ...] = attrs.field(converter=_as_tuple)
+    #: The queue a distributed run's tasks go to, unless a step names its own.
+    queue: str = "default"
+    #: Declared so that two definitions of one flow (old and new shape) can be registered
+    #: side by side during a rolling deploy; part of the definition when set.
+    version: str | int | None = None
     #: True when some step sets its own timeout, so runs need a supervisor even with none.
     has_step_timeouts: bool = attrs.field(init=False, eq=False, repr=False)
 
@@ -80,13 +132,26 @@ class Workflow:
     #: sha256 (hex) of the canonical JSON of `definition`: equal shapes, equal hashes.
     fingerprint: str = attrs.field(init=False, eq=False, repr=False)
 
+    #: The validated plan every engine runs: topological order, dependents, leaves.
+    plan: FlowPlan = attrs.field(init=False, eq=False, repr=False)
+
     @definition.default
     def _chain_definition(self) -> dict[str, Any]:
-        return {"kind": "chain", "steps": [getattr(step, "name", None) for step in self.steps]}
+        definition: dict[str, Any] = {
+            "kind": "chain",
+            "steps": [getattr(step, "name", None) for step in self.steps],
+        }
+        if self.version is not None:
+            definition["version"] = self.version
+        return definition
 
     @fingerprint.default
     def _fingerprint(self) -> str:
         return definition_fingerprint(self.definition)
+
+    @plan.default
+    def _no_plan_yet(self) -> Any:
+        return None  # built in __attrs_post_init__, once the steps are checked
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -105,10 +170,33 @@ class Workflow:
             if step.name in seen:
                 raise DefinitionError(f"workflow {self.name!r}: duplicate step name {step.name!r}")
             seen.add(step.name)
+        from pgflow.graph.shape import build_plan
+        from pgflow.identifiers import validate_queue
+
+        try:
+            validate_queue(self.queue)
+        except ValueError as exc:
+            raise DefinitionError(f"workflow {self.name!r}: {exc}") from None
+        if self.version is not None and (
+            isinstance(self.version, bool) or not isinstance(self.version, (str, int))
+        ):
+            raise DefinitionError(
+                f"workflow {self.name!r}: version must be a string or an int, got {self.version!r}"
+            )
+        plan = build_plan(self)
+        object.__setattr__(self, "plan", plan)
+        if plan.kind == "graph":
+            object.__setattr__(self, "definition", plan.definition)
+            object.__setattr__(self, "fingerprint", definition_fingerprint(plan.definition))
 
     @property
     def step_names(self) -> tuple[str, ...]:
         return tuple(step.name for step in self.steps)
+
+    @property
+    def is_graph(self) -> bool:
+        """True when some step has a dependency or is a map; otherwise a chain."""
+        return any(step.makes_graph for step in self.steps)
 
 
 def definition_fingerprint(definition: Any) -> str:
@@ -175,23 +263,172 @@ def check_step(
             raise DefinitionError(f"{where}: max_attempts must be >= 1, got {max_attempts!r}")
 
 
-def _make_step(workflow: str, name: object, fn: object, options: Mapping[str, Any]) -> Step:
-    unknown = sorted(set(options) - STEP_OPTIONS)
+def _make_step(
+    workflow: str,
+    name: object,
+    fn: object,
+    options: Mapping[str, Any],
+    *,
+    kind: str = STEP,
+    signature: bool = True,
+) -> Step:
+    allowed = MAP_OPTIONS if kind == MAP else STEP_OPTIONS
+    unknown = sorted(set(options) - allowed)
     if unknown:
+        hint = ""
+        if kind == MAP and "depends_on" in unknown:
+            hint = " (a map depends only on the step it maps over: name it with over=)"
         raise DefinitionError(
             f"workflow {workflow!r} step {name!r}: unknown option(s) {', '.join(unknown)}; "
-            f"allowed: {', '.join(sorted(STEP_OPTIONS))}"
+            f"allowed: {', '.join(sorted(allowed))}{hint}"
         )
     timeout = options.get("timeout")
     max_attempts = options.get("max_attempts")
     check_step(workflow, name, fn, timeout=timeout, max_attempts=max_attempts)
     assert isinstance(name, str) and callable(fn)
-    return Step(
+    where = f"workflow {workflow!r} step {name!r}"
+    depends_on = _dependency_names(where, name, options.get("depends_on", ()))
+    over = options.get("over")
+    if kind == MAP and over is not None:
+        if isinstance(over, (list, tuple, set, frozenset)):
+            raise DefinitionError(f"{where}: a map maps over one dependency, got over={over!r}")
+        depends_on = _dependency_names(where, name, [over])
+    step = Step(
         name,
         fn,
         timeout=None if timeout is None else float(timeout),
         max_attempts=max_attempts,
+        depends_on=depends_on,
+        kind=kind,
+        over=over,
+        backoff=_check_backoff(where, options.get("backoff")),
+        start_delay=_check_start_delay(where, options.get("start_delay", 0.0)),
+        queue=_check_step_queue(where, options.get("queue")),
+        when=_check_when(where, options.get("when")),
     )
+    if signature:
+        check_graph_signature(workflow, step)
+    return step
+
+
+def _dependency_names(where: str, name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise DefinitionError(f"{where}: depends_on must be a list of step names, got {value!r}")
+    names = tuple(value)
+    for dependency in names:
+        if not isinstance(dependency, str) or not dependency:
+            raise DefinitionError(
+                f"{where}: a dependency must be a step name (a non-empty string), "
+                f"got {dependency!r}"
+            )
+        if dependency == name:
+            raise DefinitionError(f"{where}: a step cannot depend on itself")
+    duplicates = sorted({dep for dep in names if names.count(dep) > 1})
+    if duplicates:
+        raise DefinitionError(f"{where}: dependency {duplicates[0]!r} is listed twice")
+    return names
+
+
+def _check_backoff(where: str, value: object) -> Backoff | None:
+    if value is None:
+        return None
+    from pgflow.backoff_policy import Backoff
+
+    if not isinstance(value, Backoff):
+        raise DefinitionError(f"{where}: backoff must be a pgflow.Backoff, got {value!r}")
+    return value
+
+
+def _check_start_delay(where: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DefinitionError(f"{where}: start_delay must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise DefinitionError(f"{where}: start_delay must be >= 0 seconds, got {value!r}")
+    return float(value)
+
+
+def _check_step_queue(where: str, value: object) -> str | None:
+    if value is None:
+        return None
+    from pgflow.identifiers import validate_queue
+
+    try:
+        return validate_queue(value)
+    except DefinitionError as exc:
+        raise DefinitionError(f"{where}: {exc}") from None
+
+
+def _check_when(where: str, value: object) -> Callable[..., Any] | None:
+    if value is None:
+        return None
+    if not callable(value):
+        raise DefinitionError(f"{where}: when must be callable, got {type(value).__name__}")
+    if _is_async(value):
+        raise DefinitionError(f"{where}: when must be a plain function, not async")
+    return value
+
+
+def call_names(step: Step) -> frozenset[str] | None:
+    """The keyword names a graph step is called with (its dependencies, its element or
+    input parameter, `input`); None when its signature cannot be read."""
+    signature = step.signature
+    if not signature.known:
+        return None
+    names = set(step.depends_on) if step.depends_on and not step.is_map else set()
+    if (step.is_map or not step.depends_on) and signature.first is not None:
+        names.add(signature.first)
+    if INPUT in signature.names or signature.var_keyword:
+        names.add(INPUT)
+    return frozenset(names)
+
+
+def check_graph_signature(workflow: str, step: Step) -> None:
+    """Check a step's signature against what the graph will pass it (DefinitionError)."""
+    where = f"workflow {workflow!r} step {step.name!r}"
+    signature = step.signature
+    if signature.known:
+        if signature.positional_only and (step.depends_on and not step.is_map):
+            raise DefinitionError(
+                f"{where}: parameter {signature.positional_only[0]!r} is positional-only; "
+                "dependencies are passed by keyword"
+            )
+        if step.is_map:
+            items = [name for name in signature.names if name != INPUT]
+            if not items and not signature.positional_only and not signature.var_positional:
+                raise DefinitionError(
+                    f"{where}: a map step needs a parameter for the element it is given"
+                )
+            extra = [name for name in items[1:] if name not in signature.defaults]
+            if extra:
+                raise DefinitionError(
+                    f"{where}: a map step takes one element (and optionally `input`); "
+                    f"parameter {extra[0]!r} names nothing it is given"
+                )
+        elif step.depends_on:
+            for parameter in signature.names:
+                if parameter != INPUT and parameter not in step.depends_on:
+                    raise DefinitionError(
+                        f"{where}: parameter {parameter!r} names no dependency "
+                        f"(depends_on={list(step.depends_on)!r})"
+                    )
+            for dependency in step.depends_on:
+                if not signature.accepts(dependency):
+                    raise DefinitionError(
+                        f"{where}: dependency {dependency!r} is missing from the signature "
+                        "(each dependency's output is passed as a keyword argument named "
+                        "after it; add the parameter, or **kwargs)"
+                    )
+    when_signature = step.when_signature
+    if when_signature is not None and when_signature.known and not when_signature.var_keyword:
+        names = call_names(step)
+        if names is not None:
+            unknown = [name for name in when_signature.names if name not in names]
+            unknown = [name for name in unknown if name not in when_signature.defaults]
+            if unknown:
+                raise DefinitionError(
+                    f"{where}: when's parameter {unknown[0]!r} is not one of the step's "
+                    f"arguments ({', '.join(sorted(names)) or 'none'})"
+                )
 
 
 class Flow:
@@ -208,12 +445,25 @@ class Flow:
     The decorator returns the function unchanged, so steps stay plain, testable functions.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, *, queue: str = "default", version: str | int | None = None
+    ) -> None:
         if not isinstance(name, str) or not name:
             raise DefinitionError(f"Flow name must be a non-empty string, got {name!r}")
         self.name = name
+        self.queue = _check_step_queue(f"Flow {name!r}", queue) or "default"
+        if version is not None and (
+            isinstance(version, bool) or not isinstance(version, (str, int))
+        ):
+            raise DefinitionError(
+                f"Flow {name!r}: version must be a string or an int, got {version!r}"
+            )
+        self.version = version
         self._steps: list[Step] = []
         self._workflow: Workflow | None = None
+        from pgflow.graph.registry import flows
+
+        flows.add(self)
 
     @overload
     def step(self, fn: F, /) -> F: ...
@@ -239,16 +489,57 @@ class Flow:
             return self._add(func, name, options)
 
         # Validate options now, so a typo fails at the decorator line, not at decoration.
-        _make_step(self.name, name or "<step>", _validate_only, options)
+        _check_options_only(self.name, name, options, kind=STEP)
         return decorate
 
-    def add_step(self, name: str, fn: Callable[[Any], Any], **options: Any) -> None:
+    @overload
+    def map(self, fn: F, /) -> F: ...
+
+    @overload
+    def map(
+        self,
+        fn: None = None,
+        /,
+        *,
+        over: str | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> Callable[[F], F]: ...
+
+    def map(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        over: str | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Add a map step: its function runs once per element of `over`'s output (of the
+        run's input when `over` is None), in parallel; its output is the list of results in
+        element order. `@flow.map` or `@flow.map(over="fetch", max_attempts=5)`."""
+        if isinstance(fn, str):
+            raise DefinitionError(
+                f"workflow {self.name!r}: say which step a map maps over with "
+                f"@flow.map(over={fn!r})"
+            )
+        options = {**options, "over": over}
+        if fn is not None:
+            return self._add(fn, name, options, kind=MAP)
+
+        def decorate(func: Callable[..., Any]) -> Any:
+            return self._add(func, name, options, kind=MAP)
+
+        _check_options_only(self.name, name, options, kind=MAP)
+        return decorate
+
+    def add_step(self, name: str, fn: Callable[..., Any], **options: Any) -> None:
         """Add a step without decorator syntax (e.g. for functions defined elsewhere)."""
         self._add(fn, name, options)
 
-    def _add(self, fn: F, name: str | None, options: Mapping[str, Any]) -> F:
+    def _add(self, fn: F, name: str | None, options: Mapping[str, Any], *, kind: str = STEP) -> F:
         step_name = name if name is not None else getattr(fn, "__name__", None)
-        step = _make_step(self.name, step_name, fn, options)
+        step = _make_step(self.name, step_name, fn, options, kind=kind)
         if any(existing.name == step.name for existing in self._steps):
             raise DefinitionError(f"workflow {self.name!r}: duplicate step name {step.name!r}")
         self._steps.append(step)
@@ -260,16 +551,37 @@ class Flow:
         """The validated Workflow for the steps declared so far (built once, then reused)."""
         workflow = self._workflow
         if workflow is None:
-            workflow = self._workflow = Workflow(self.name, tuple(self._steps))
+            workflow = self._workflow = Workflow(
+                self.name, tuple(self._steps), queue=self.queue, version=self.version
+            )
         return workflow
+
+    @property
+    def plan(self) -> FlowPlan:
+        """The validated plan (graph-wide checks run here, at first use)."""
+        return self.workflow.plan
+
+    def to_mermaid(self) -> str:
+        """The flow drawn as a Mermaid flowchart (checks the graph first)."""
+        from pgflow.graph.mermaid import to_mermaid
+
+        return to_mermaid(self.workflow)
 
     def __repr__(self) -> str:
         return f"Flow({self.name!r}, steps={[s.name for s in self._steps]!r})"
 
 
-def _validate_only(state: Any) -> Any:
+def _check_options_only(
+    workflow: str, name: str | None, options: Mapping[str, Any], *, kind: str
+) -> None:
+    """Validate decorator options before the function is known, so a typo fails at the
+    decorator line; signature checks wait for the function."""
+    _make_step(workflow, name or "<step>", _any_arguments, options, kind=kind, signature=False)
+
+
+def _any_arguments(*args: Any, **kwargs: Any) -> Any:
     """Stand-in callable used to validate decorator options before the function is known."""
-    return state
+    return args[0] if args else None
 
 
 def qualified_name(obj: object) -> str:

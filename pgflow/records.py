@@ -7,7 +7,7 @@ Timestamps are always timezone-aware UTC datetimes.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +64,8 @@ class StepOutcome(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
+    #: The step's `when` predicate was false, or a dependency it needs was skipped.
+    SKIPPED = "skipped"
 
 
 def _optional_keys(keys: Iterable[str] | None) -> tuple[str, ...] | None:
@@ -89,6 +91,34 @@ class UniqueSpec:
 
 
 @attrs.frozen
+class TaskKey:
+    """Which unit of a distributed flow run a job is: run, step, and map element.
+
+    `index` is the element's position for a map step and 0 for any other step, so
+    `(workflow_id, step, index)` names one unit of work whatever order things ran in.
+    """
+
+    workflow_id: str
+    step: str
+    index: int = 0
+
+
+@attrs.frozen
+class TaskCompletion:
+    """A task that ran to the end: its fence, which unit it was, and what it produced.
+
+    `output` is the step function's return value as JSON text (`pgflow.serialization.dumps`,
+    already checked against the size limit); `skipped` holds the reason instead when the
+    step's `when` was false (then `output` is None).
+    """
+
+    ref: JobRef
+    task: TaskKey
+    output: str | None
+    skipped: str | None = None
+
+
+@attrs.frozen
 class NewJob:
     """A job to insert, as built by `Worker.new`; the backend assigns id and timestamps.
 
@@ -105,6 +135,9 @@ class NewJob:
     schedule_in: float | None = None
     unique: UniqueSpec | None = None
     meta: dict[str, Any] = attrs.field(factory=dict)
+    #: Set on the jobs a flow run's steps become (stored in the job's workflow_id, step and
+    #: task_index columns); None for ordinary jobs.
+    task: TaskKey | None = None
 
 
 @attrs.frozen
@@ -144,6 +177,8 @@ class Job:
     conflict: bool = attrs.field(default=False, eq=False)
     #: What perform returned (JSON), once the job completed.
     result: Any = None
+    #: The flow run unit this job is, for task jobs (None for ordinary jobs).
+    task: TaskKey | None = None
 
     @classmethod
     def trusted(
@@ -166,6 +201,7 @@ class Job:
         unique_key: str | None = None,
         conflict: bool = False,
         result: Any = None,
+        task: TaskKey | None = None,
     ) -> Job:
         """A Job from values a backend already holds in their final types (a JobState,
         aware datetimes, a tuple): no converters or validators run. For backends' hot paths
@@ -189,6 +225,7 @@ class Job:
         _set_unique_key(self, unique_key)
         _set_conflict(self, conflict)
         _set_result(self, result)
+        _set_task(self, task)
         return self
 
     @property
@@ -221,6 +258,7 @@ _new = object.__new__
     _set_unique_key,
     _set_conflict,
     _set_result,
+    _set_task,
 ) = (getattr(Job, field.name).__set__ for field in attrs.fields(Job))
 
 
@@ -268,6 +306,9 @@ class InstanceInfo:
     queues: dict[str, int] = attrs.field(factory=dict)
     #: Unique per process start: tells a restart under the same id from the earlier process.
     incarnation: str = ""
+    #: The flow definitions this process can run tasks of: (flow name, fingerprint) pairs.
+    #: The leader fails runs whose definition no online instance serves for a grace period.
+    flows: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=tuple)
 
 
 class Liveness(enum.StrEnum):
@@ -296,6 +337,8 @@ class Instance:
     incarnation: str = ""
     #: Threads of timed-out work still running there (each still holds its queue slot).
     abandoned: int = 0
+    #: The (flow name, fingerprint) pairs it serves (see InstanceInfo.flows).
+    flows: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=tuple)
 
 
 @attrs.frozen
@@ -325,8 +368,11 @@ class RunRecord:
     job_id: int | None = None
     #: Hash of the definition the run was started with (None for runs from before 0.2).
     fingerprint: str | None = None
-    #: That definition, as JSON: step names in order (later, the graph).
+    #: That definition, as JSON: step names in order, or the graph's shape.
     definition: Any = None
+    #: For runs started with `app.start_run` (each step a task): every step's state by
+    #: name. Empty for in-process runs and runs read without their steps.
+    steps: Mapping[str, StepState] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -341,4 +387,44 @@ class StepRecord:
     started_at: datetime = attrs.field(validator=_aware)
     duration: float
     output: Any = None
+    error: dict[str, Any] | None = None
+
+
+class StepStatus(enum.StrEnum):
+    """Where one step of a distributed flow run is (the `state` of `pgflow_step_states`)."""
+
+    #: Waiting for dependencies.
+    PENDING = "pending"
+    #: Ready: its tasks exist (queued, running or retrying).
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    #: `when` was false, or a dependency it needs (no default) was skipped.
+    SKIPPED = "skipped"
+    #: The run ended (failed) before this step could finish.
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (StepStatus.PENDING, StepStatus.STARTED)
+
+
+@attrs.frozen
+class StepState:
+    """One step of a distributed flow run, as stored: progress counters and the output.
+
+    `tasks_total` is None until the step is ready (a map learns its size from its input);
+    `attempts` is the highest attempt any of its tasks reached.
+    """
+
+    step: str
+    state: StepStatus = attrs.field(converter=StepStatus)
+    attempts: int = 0
+    output: Any = None
+    started_at: datetime | None = attrs.field(default=None, validator=_aware)
+    completed_at: datetime | None = attrs.field(default=None, validator=_aware)
+    tasks_total: int | None = None
+    tasks_done: int = 0
+    skip_reason: str | None = None
+    #: The error that failed the step (the failing task's last error), when failed.
     error: dict[str, Any] | None = None

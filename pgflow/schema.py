@@ -37,7 +37,9 @@ __all__ = [
     "PRIORITY_MAX",
     "PRIORITY_MIN",
     "RUN_STATES",
+    "STEP_KINDS",
     "STEP_OUTCOMES",
+    "STEP_STATES",
     "JSONType",
     "UTCDateTime",
     "cron_slots",
@@ -46,7 +48,9 @@ __all__ = [
     "leader",
     "metadata",
     "runs",
+    "step_states",
     "steps",
+    "task_outputs",
 ]
 
 JOB_STATES = (
@@ -59,7 +63,9 @@ JOB_STATES = (
     "cancelled",
 )
 RUN_STATES = ("running", "completed", "failed")
-STEP_OUTCOMES = ("completed", "failed", "timed_out")
+STEP_OUTCOMES = ("completed", "failed", "timed_out", "skipped")
+STEP_STATES = ("pending", "started", "completed", "failed", "skipped", "cancelled")
+STEP_KINDS = ("step", "map")
 PRIORITY_MIN, PRIORITY_MAX = -32768, 32767
 JOBS_STORAGE = {
     "autovacuum_vacuum_scale_factor": "0.02",
@@ -111,7 +117,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 VERSION_TABLE = "pgflow_alembic_version"
 #: The head migration this code expects (tests check it against alembic/versions), so a
 #: worker can verify the schema with one query, without loading Alembic.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 metadata = MetaData()
 
@@ -145,6 +151,11 @@ jobs = Table(
     Column("completed_at", UTCDateTime()),
     # What perform returned (JSON), kept on the completed job.
     Column("result", JSONType),
+    # For the tasks of a distributed flow run: which run, step and map element (0 for a
+    # step that is not a map). NULL on ordinary jobs.
+    Column("workflow_id", String(64)),
+    Column("step", String(255)),
+    Column("task_index", Integer),
     CheckConstraint(_in("state", JOB_STATES), name="pgflow_jobs_state_check"),
     CheckConstraint(
         f"priority BETWEEN {PRIORITY_MIN} AND {PRIORITY_MAX}", name="pgflow_jobs_priority_check"
@@ -163,6 +174,9 @@ jobs = Table(
 
 _FINISHED = "state IN ('completed', 'discarded', 'cancelled')"
 _STAGED = "state IN ('scheduled', 'retryable')"
+_UNFINISHED_TASK = (
+    "workflow_id IS NOT NULL AND state IN ('available', 'scheduled', 'executing', 'retryable')"
+)
 
 # Claim: WHERE state='available' AND queue=? ORDER BY priority DESC, scheduled_at, id.
 Index(
@@ -204,6 +218,17 @@ Index(
     sqlite_where=text("unique_key IS NOT NULL"),
 )
 
+# A run's unfinished tasks: cancelling or failing a run, and a step's live attempts. Partial,
+# so the million finished tasks of old runs cost it nothing.
+Index(
+    "pgflow_jobs_run_idx",
+    jobs.c.workflow_id,
+    jobs.c.step,
+    jobs.c.task_index,
+    postgresql_where=text(_UNFINISHED_TASK),
+    sqlite_where=text(_UNFINISHED_TASK),
+)
+
 instances = Table(
     "pgflow_instances",
     metadata,
@@ -218,6 +243,8 @@ instances = Table(
     Column("incarnation", String(64), nullable=False, server_default=text("''")),
     # Threads of timed-out work still running in the instance (each still holds its slot).
     Column("abandoned", Integer, nullable=False, server_default=text("0")),
+    # The flow definitions it serves: a JSON list of [flow name, fingerprint] pairs.
+    Column("flows", JSONType, nullable=False, server_default=text("'[]'")),
     CheckConstraint("status IN ('online', 'offline')", name="pgflow_instances_status_check"),
 )
 
@@ -239,8 +266,13 @@ runs = Table(
     # its hash: a resume under another definition is refused.
     Column("fingerprint", String(64)),
     Column("definition", JSONType),
+    # Distributed flow runs only (app.start_run): steps not yet finished; the run completes
+    # in the transaction that brings it to 0. NULL for in-process runs.
+    Column("remaining_steps", Integer),
     CheckConstraint(_in("state", RUN_STATES), name="pgflow_runs_state_check"),
     CheckConstraint("max_attempts >= 1 AND attempt >= 1", name="pgflow_runs_attempt_check"),
+    # Counter updates stay HOT (no index holds a counter) when pages keep room for them.
+    postgresql_with={"fillfactor": "80"},
 )
 Index("pgflow_runs_started_idx", runs.c.started_at)
 Index("pgflow_runs_workflow_idx", runs.c.workflow, runs.c.started_at)
@@ -269,6 +301,8 @@ steps = Table(
     Column("error", JSONType),
     Column("started_at", UTCDateTime(), nullable=False),
     Column("duration", Float, nullable=False),
+    # The map element an attempt ran (in-process graph runs); NULL for whole steps.
+    Column("element", Integer),
     CheckConstraint(_in("outcome", STEP_OUTCOMES), name="pgflow_steps_outcome_check"),
 )
 Index("pgflow_steps_run_idx", steps.c.workflow_id, steps.c.id)
@@ -288,4 +322,48 @@ cron_slots = Table(
     # pruning a slot's job never lets the same slot be enqueued again.
     Column("name", String(255), primary_key=True),
     Column("last_slot", UTCDateTime(), nullable=False),
+)
+
+step_states = Table(
+    "pgflow_step_states",
+    metadata,
+    # One row per step of a distributed flow run, all created when the run starts.
+    Column(
+        "workflow_id",
+        String(64),
+        ForeignKey("pgflow_runs.workflow_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("step", String(255), primary_key=True),
+    # Position in the definition's topological order: rows are always locked in this order.
+    Column("step_index", Integer, nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("state", String(10), nullable=False),
+    # Dependencies not yet settled; the step becomes ready when this reaches 0.
+    Column("remaining_deps", Integer, nullable=False),
+    # How many tasks the step has (a map's element count), NULL until it is ready.
+    Column("tasks_total", Integer),
+    Column("tasks_done", Integer, nullable=False, server_default=text("0")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("output", JSONType),
+    Column("error", JSONType),
+    Column("skip_reason", String(2000)),
+    Column("started_at", UTCDateTime()),
+    Column("completed_at", UTCDateTime()),
+    CheckConstraint(_in("state", STEP_STATES), name="pgflow_step_states_state_check"),
+    CheckConstraint(_in("kind", STEP_KINDS), name="pgflow_step_states_kind_check"),
+    # Counters are updated once per settled task: leave room for HOT updates.
+    postgresql_with={"fillfactor": "70"},
+)
+
+task_outputs = Table(
+    "pgflow_task_outputs",
+    metadata,
+    # Insert-only: one row per completed task (map element), keyed so that a task can never
+    # be counted twice. Aggregated into the step's output, in index order, when it settles.
+    # No foreign key: the key check would lock the run row once per element.
+    Column("workflow_id", String(64), primary_key=True),
+    Column("step", String(255), primary_key=True),
+    Column("task_index", Integer, primary_key=True),
+    Column("output", JSONType),
 )
