@@ -101,3 +101,33 @@ def test_example_runs(block: Block, tmp_path: Path) -> None:
     assert done.returncode == 0, (
         f"{block.page} line {block.line}: example failed:\n{block.body}\n--- stderr:\n{done.stderr}"
     )
+
+
+LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
+
+
+def _anchors(text: str) -> set[str]:
+    """GitHub's anchors for a page's headings (outside code blocks)."""
+    anchors, fenced = set(), False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_relative_links_resolve(page: str) -> None:
+    """A guide moved or a heading renamed must not leave a dead link behind."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    for match in LINK.finditer(text):
+        target = match.group("target")
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (ROOT / page).parent / path if path else ROOT / page
+        assert linked.exists(), f"{page}: {target} does not exist"
+        if anchor and linked.suffix == ".md":
+            assert anchor in _anchors(linked.read_text(encoding="utf-8")), f"{page}: {target}"
