@@ -87,7 +87,7 @@ def running(
     logs: list[IO[bytes]] = []
     try:
         for _ in range(count):
-            log = tempfile.TemporaryFile()
+            log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
             logs.append(log)
             processes.append(
                 subprocess.Popen(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from benchmarks.peers.spec import NotInstalled, Outcome, Unsupported
 
@@ -138,7 +138,7 @@ class GraphPeer:
     name = ""
     settings: Sequence[Setting] = ()
     #: Measurement key -> why this system cannot express it ("" = it can).
-    cannot: dict[str, str] = {}
+    cannot: ClassVar[dict[str, str]] = {}
 
     def check(self) -> None:
         """Raise NotInstalled (its message is the row's status) when the system cannot run."""

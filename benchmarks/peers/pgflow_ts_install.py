@@ -134,8 +134,7 @@ def pgmq_source(admin_url: str, template: str | None) -> str | None:
         if _template_holds_pgmq(admin_url, template):
             return template
         raise NotInstalled(
-            f"{NOT_INSTALLED} (template database {template!r} is missing or has no "
-            "pgmq >= 1.5)"
+            f"{NOT_INSTALLED} (template database {template!r} is missing or has no pgmq >= 1.5)"
         )
     version = _extension_version(admin_url)
     if version is not None and version[:2] >= PGMQ_MINIMUM:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peers import pgflow_ts_install as install
-from benchmarks.peers.graph_spec import GraphPeer, Setting, Started, Workload, WORKLOADS
+from benchmarks.peers.graph_spec import WORKLOADS, GraphPeer, Setting, Started, Workload
 
 WORKER = Path(__file__).resolve().parent / "pgflow_ts" / "worker.mjs"
 #: Seconds between two reads of a run's status while a client waits for its result.
