@@ -147,3 +147,18 @@ def test_unreachable_postgres_is_a_skipped_row_not_a_crash(tmp_path: Path) -> No
     assert "skipped: PostgreSQL unreachable at 127.0.0.1:1" in result.stdout
     [row] = json.loads(out.read_text())["results"]
     assert row["skipped"].startswith("PostgreSQL unreachable")
+
+
+def test_graph_suite_is_selectable_and_skips_without_the_graph_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from benchmarks import catalog, cli, graph_flows
+    from benchmarks.harness import RunContext
+
+    selected = catalog.select(["graph"])
+    assert [b.name for b in selected] == ["graph-inprocess", "graph-postgres"]
+    monkeypatch.setattr(graph_flows, "MISSING", "not measured: graph engine missing")
+    ctx = RunContext(True, tmp_path, "postgresql://unused/postgres")
+    for benchmark in selected:
+        rows = cli.run_one(benchmark, ctx)
+        assert [row.skipped for row in rows] == ["not measured: graph engine missing"]
