@@ -17,6 +17,7 @@ from collections.abc import Callable
 from benchmarks.harness import latency_metrics
 from benchmarks.peers import graph_procs
 from benchmarks.peers.graph_spec import (
+    LATENCY_CHAIN,
     MEASUREMENTS,
     WORKLOADS,
     GraphPeer,
@@ -93,7 +94,7 @@ def _throughput(
 
 
 def _latency(peer: GraphPeer, url: str, setting: Setting, sizes: Sizes) -> dict[str, float]:
-    workload = WORKLOADS["chain"]
+    workload = LATENCY_CHAIN
     pauses = random.Random(42)
     samples: list[int] = []
     argv = peer.worker_command(url, workload, setting)

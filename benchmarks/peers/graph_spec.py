@@ -67,6 +67,10 @@ FANOUT = Workload(
     {"n": FANOUT_WIDTH},
 )
 WORKLOADS: dict[str, Workload] = {w.key: w for w in (CHAIN, DIAMOND, FANOUT)}
+#: The chain again for the latency samples, under its own key: a system whose queue is named
+#: per workload (DBOS) serves them on a queue where no run left by a budget-limited
+#: throughput measurement waits ahead of them.
+LATENCY_CHAIN = Workload("latency", CHAIN.slug, CHAIN.steps, CHAIN.run_input)
 
 
 @dataclass(frozen=True)
