@@ -13,7 +13,19 @@ from typing import Any
 
 import pytest
 
-from benchmarks.peers import chart, measure, procs, report, runner, spec
+from benchmarks.peers import (
+    chart,
+    graph_procs,
+    graph_runner,
+    graph_spec,
+    measure,
+    pgflow_ts_peer,
+    procs,
+    report,
+    runner,
+    spec,
+)
+from benchmarks.peers import pgflow_ts_install as ts_install
 from benchmarks.peers.celery_peer import CeleryPeer
 
 TINY = measure.Sizes(
@@ -307,14 +319,6 @@ def test_the_oban_row_is_measured_or_names_why_not(postgres_server: str) -> None
 
 
 # --- graph workloads (pgflow for TypeScript, DBOS, pgflow graph flows) -------------------
-
-from benchmarks.peers import (  # noqa: E402
-    graph_procs,
-    graph_runner,
-    graph_spec,
-    pgflow_ts_peer,
-)
-from benchmarks.peers import pgflow_ts_install as ts_install  # noqa: E402
 
 
 def test_graph_workloads_are_consistent() -> None:
