@@ -162,3 +162,25 @@ def test_graph_suite_is_selectable_and_skips_without_the_graph_engine(
     for benchmark in selected:
         rows = cli.run_one(benchmark, ctx)
         assert [row.skipped for row in rows] == ["not measured: graph engine missing"]
+
+
+def test_graph_postgres_rows_carry_rates_latency_and_the_issue_targets() -> None:
+    from benchmarks import graph
+
+    metrics = {
+        "chain_1": 1_000.0,
+        "chain_2": 3_500.0,
+        "diamond_2": 900.0,
+        "fanout_2": 100.0,
+        "fanout_2_map_tasks": 10_000.0,
+        "latency_p50_ms": 2.0,
+        "latency_p99_ms": 5.0,
+    }
+    rows = graph._rows("pgflow (x100)", metrics)
+    by_case = {row.case.split(": ", 1)[1]: row for row in rows}
+    assert by_case["3-step chain, 2 worker processes"].verdict() == "PASS"
+    assert by_case["fan-out map tasks, 2 processes"].verdict() == "MISS"
+    latency = by_case["chain start-to-result"]
+    assert latency.metrics == {MEDIAN: 2e6, P99: 5e6}
+    assert latency.verdict() == "PASS"
+    assert "3,500 runs/s" in render_table(rows)
