@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks import distributed, durable, inprocess, primitives
+from benchmarks import distributed, durable, graph, inprocess, primitives
 from benchmarks.harness import Benchmark
 
 BENCHMARKS: list[Benchmark] = [
@@ -10,6 +10,7 @@ BENCHMARKS: list[Benchmark] = [
     *durable.BENCHMARKS,
     *primitives.BENCHMARKS,
     *distributed.BENCHMARKS,
+    *graph.BENCHMARKS,
 ]
 
 

@@ -38,6 +38,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "floor (pip install -e '.[bench]'); writes a chart under benchmarks/results/",
     )
     parser.add_argument(
+        "--pgmq-template",
+        metavar="NAME",
+        help="with --peers: template database holding pgmq >= 1.5, from which pgflow for "
+        "TypeScript's database is made (default $PGFLOW_PGMQ_TEMPLATE; see benchmarks/README.md)",
+    )
+    parser.add_argument(
         "--postgres-admin-url",
         default=postgres.DEFAULT_ADMIN_URL,
         metavar="URL",
@@ -71,9 +77,24 @@ def run_one(benchmark: Benchmark, ctx: RunContext) -> list[Row]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.peers:
-        from benchmarks.peers import runner
+        from benchmarks.peers import pgflow_ts_peer, runner
 
-        return runner.main(quick=args.quick, json_path=args.json, admin_url=args.postgres_admin_url)
+        pgflow_ts_peer.template_option = args.pgmq_template
+        groups = {item.strip() for entry in args.only for item in entry.split(",") if item.strip()}
+        unknown = groups - set(runner.GROUPS)
+        if unknown:
+            print(
+                f"python -m benchmarks --peers: unknown group(s) {', '.join(sorted(unknown))}; "
+                f"choose from {', '.join(runner.GROUPS)}",
+                file=sys.stderr,
+            )
+            return 2
+        return runner.main(
+            quick=args.quick,
+            json_path=args.json,
+            admin_url=args.postgres_admin_url,
+            groups=tuple(sorted(groups)) or runner.GROUPS,
+        )
     if args.list:
         for b in catalog.BENCHMARKS:
             print(f"{b.name:<22} suite {b.suite:<12} {b.description}")

@@ -147,3 +147,40 @@ def test_unreachable_postgres_is_a_skipped_row_not_a_crash(tmp_path: Path) -> No
     assert "skipped: PostgreSQL unreachable at 127.0.0.1:1" in result.stdout
     [row] = json.loads(out.read_text())["results"]
     assert row["skipped"].startswith("PostgreSQL unreachable")
+
+
+def test_graph_suite_is_selectable_and_skips_without_the_graph_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from benchmarks import catalog, cli, graph_flows
+    from benchmarks.harness import RunContext
+
+    selected = catalog.select(["graph"])
+    assert [b.name for b in selected] == ["graph-inprocess", "graph-postgres"]
+    monkeypatch.setattr(graph_flows, "MISSING", "not measured: graph engine missing")
+    ctx = RunContext(True, tmp_path, "postgresql://unused/postgres")
+    for benchmark in selected:
+        rows = cli.run_one(benchmark, ctx)
+        assert [row.skipped for row in rows] == ["not measured: graph engine missing"]
+
+
+def test_graph_postgres_rows_carry_rates_latency_and_the_issue_targets() -> None:
+    from benchmarks import graph
+
+    metrics = {
+        "chain_1": 1_000.0,
+        "chain_2": 3_500.0,
+        "diamond_2": 900.0,
+        "fanout_2": 100.0,
+        "fanout_2_map_tasks": 10_000.0,
+        "latency_p50_ms": 2.0,
+        "latency_p99_ms": 5.0,
+    }
+    rows = graph._rows("pgflow (x100)", metrics)
+    by_case = {row.case.split(": ", 1)[1]: row for row in rows}
+    assert by_case["3-step chain, 2 worker processes"].verdict() == "PASS"
+    assert by_case["fan-out map tasks, 2 processes"].verdict() == "MISS"
+    latency = by_case["chain start-to-result"]
+    assert latency.metrics == {MEDIAN: 2e6, P99: 5e6}
+    assert latency.verdict() == "PASS"
+    assert "3,500 runs/s" in render_table(rows)

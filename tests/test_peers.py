@@ -13,7 +13,19 @@ from typing import Any
 
 import pytest
 
-from benchmarks.peers import chart, measure, procs, report, runner, spec
+from benchmarks.peers import (
+    chart,
+    graph_procs,
+    graph_runner,
+    graph_spec,
+    measure,
+    pgflow_ts_peer,
+    procs,
+    report,
+    runner,
+    spec,
+)
+from benchmarks.peers import pgflow_ts_install as ts_install
 from benchmarks.peers.celery_peer import CeleryPeer
 
 TINY = measure.Sizes(
@@ -304,3 +316,118 @@ def test_the_oban_row_is_measured_or_names_why_not(postgres_server: str) -> None
     for key in OBAN_METRICS:
         assert math.isfinite(oban.metrics[key]) and oban.metrics[key] > 0, key
     assert all(key.startswith("flow") for key in oban.notes), oban.notes
+
+
+# --- graph workloads (pgflow for TypeScript, DBOS, pgflow graph flows) -------------------
+
+
+def test_graph_workloads_are_consistent() -> None:
+    """Dependencies name earlier steps, a map has exactly one, and task counts follow."""
+    for workload in graph_spec.WORKLOADS.values():
+        seen: set[str] = set()
+        for step in workload.steps:
+            assert set(step.depends_on) <= seen, (workload.key, step.slug)
+            if step.is_map:
+                assert len(step.depends_on) == 1, (workload.key, step.slug)
+            seen.add(step.slug)
+    counts = {key: w.tasks_per_run for key, w in graph_spec.WORKLOADS.items()}
+    assert counts == {"chain": 3, "diamond": 4, "fanout": 2 + graph_spec.FANOUT_WIDTH}
+    assert graph_spec.FANOUT.run_input == {"n": graph_spec.FANOUT_WIDTH}
+    for measurement in graph_spec.MEASUREMENTS:
+        assert measurement.workload in graph_spec.WORKLOADS
+        assert graph_spec.QUICK.runs(measurement.workload) > 0
+    columns = {key for key, _, _ in graph_runner.COLUMNS}
+    assert {m.key for m in graph_spec.MEASUREMENTS if m.key != "latency"} <= columns
+
+
+def test_node_worker_parses_and_handles_the_fanout_steps() -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    done = subprocess.run(
+        ["node", "--check", str(pgflow_ts_peer.WORKER)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    source = pgflow_ts_peer.WORKER.read_text()
+    for step in graph_spec.FANOUT.steps:
+        assert f"  {step.slug}: " in source, step.slug
+
+
+def test_node_worker_arguments_follow_each_setting(tmp_path: Path) -> None:
+    peer = pgflow_ts_peer.PgflowTsPeer()
+    argv = peer.worker_command("postgresql://x/db", graph_spec.CHAIN, pgflow_ts_peer.TUNED)
+    assert argv[:4] == ["node", str(pgflow_ts_peer.WORKER), "postgresql://x/db", "bench_chain"]
+    assert argv[4:] == ["100", "100", "2", "2", "100", "10"]
+    default = peer.worker_command("u", graph_spec.CHAIN, pgflow_ts_peer.DEFAULT)
+    assert default[4:6] == ["10", "10"]
+
+
+def test_pgmq_missing_makes_the_typescript_row_say_not_measured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ts_install, "_extension_version", lambda admin_url: None)
+    with pytest.raises(spec.NotInstalled, match=r"^not measured: pgmq is not installed"):
+        ts_install.pgmq_source("postgresql://unused/postgres", None)
+    monkeypatch.setattr(ts_install, "_extension_version", lambda admin_url: (1, 4, 4))
+    with pytest.raises(spec.NotInstalled, match=r"extension is 1\.4\.4"):
+        ts_install.pgmq_source("postgresql://unused/postgres", None)
+
+
+@pytest.mark.postgres
+def test_a_missing_pgmq_template_keeps_the_row_with_the_reason(
+    postgres_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ts_install, "ensure_packages", lambda: Path("/nonexistent"))
+    monkeypatch.setattr(pgflow_ts_peer, "template_option", "pgflow_no_such_template_db")
+    outcomes = graph_runner.run(
+        quick=True,
+        admin_url=postgres_server,
+        systems=[("pgflow_ts_peer", "PgflowTsPeer")],
+        show_progress=False,
+    )
+    assert len(outcomes) == 1
+    assert outcomes[0].system == "pgflow-TS"
+    assert outcomes[0].status.startswith(ts_install.NOT_INSTALLED)
+    assert "pgflow_no_such_template_db" in outcomes[0].status
+    assert ts_install.NOT_INSTALLED in graph_runner.render_markdown(outcomes)
+
+
+def test_graph_pgflow_row_says_when_the_engine_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import graph_flows
+
+    monkeypatch.setattr(graph_flows, "MISSING", "not measured: graph engine missing")
+    outcomes = graph_runner.run(
+        quick=True,
+        admin_url="postgresql://unused/postgres",
+        systems=[("pgflow_graph_peer", "PgflowGraphPeer")],
+        show_progress=False,
+    )
+    assert [(o.system, o.status) for o in outcomes] == [
+        ("pgflow", "not measured: graph engine missing")
+    ]
+
+
+def test_graph_worker_processes_report_ready_and_stop_on_sigterm() -> None:
+    import sys
+
+    serve = (
+        "import signal, sys, threading; stop = threading.Event(); "
+        "signal.signal(signal.SIGTERM, lambda *a: stop.set()); print('ready', flush=True); "
+        "stop.wait(30); sys.exit(0 if stop.is_set() else 3)"
+    )
+    with graph_procs.running([sys.executable, "-c", serve], 2) as (processes, logs):
+        graph_procs.check_alive(processes, logs)
+    assert [p.returncode for p in processes] == [0, 0]
+
+
+def test_a_graph_worker_that_dies_before_ready_is_reported_with_its_stderr() -> None:
+    import sys
+
+    crash = "import sys; print('cannot connect to the database', file=sys.stderr); sys.exit(4)"
+    with (
+        pytest.raises(graph_procs.WorkerFailed, match=r"code 4.*cannot connect"),
+        graph_procs.running([sys.executable, "-c", crash], 1),
+    ):
+        pass

@@ -6,6 +6,7 @@ keeps its row with the reason. The table goes to stdout, the bar to stderr.
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ SYSTEMS: tuple[tuple[str, str], ...] = (
     ("dbos_peer", "DbosPeer"),
     ("celery_peer", "CeleryPeer"),
 )
+#: What `--peers --only` may choose: the job-queue table and the graph table.
+GROUPS = ("graph", "jobs")
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 DEFAULT_CHART = RESULTS / "peers.png"
 
@@ -100,10 +103,16 @@ def main(
     json_path: Path | None,
     admin_url: str = postgres.DEFAULT_ADMIN_URL,
     chart_path: Path | None = None,
+    groups: Sequence[str] = GROUPS,
 ) -> int:
-    """Run, print the table, write the chart (and JSON when asked); 1 if anything failed."""
+    """Run, print the tables, write the chart (and JSON when asked); 1 if anything failed."""
     machine = bench_report.machine_info(postgres.server_version(admin_url))
     print(bench_report.render_header(machine, quick), flush=True)
+    graph_failed = False
+    if "graph" in groups:
+        graph_failed = _graph(quick, admin_url, json_path)
+    if "jobs" not in groups:
+        return 1 if graph_failed else 0
     outcomes = run(quick=quick, admin_url=admin_url)
     print()
     print(report.render(outcomes))
@@ -129,8 +138,29 @@ def main(
         }
         report.write_json(json_path, machine, settings, outcomes)
         print(f"figures written to {json_path}")
-    failed = any(
+    return 1 if graph_failed or _failed(outcomes) else 0
+
+
+def _failed(outcomes: Sequence[spec.Outcome]) -> bool:
+    return any(
         o.status.startswith("error") or any(n.startswith("error") for n in o.notes.values())
         for o in outcomes
     )
-    return 1 if failed else 0
+
+
+def _graph(quick: bool, admin_url: str, json_path: Path | None) -> bool:
+    """The graph table (pgflow, pgflow for TypeScript, DBOS); True if anything failed."""
+    from benchmarks.peers import graph_runner
+
+    outcomes = graph_runner.run(quick=quick, admin_url=admin_url)
+    table = graph_runner.render_markdown(outcomes)
+    print("\nGraph workloads\n")
+    print(table)
+    target = RESULTS / ("peers-graph-quick.md" if quick else "peers-graph.md")
+    target.write_text(table)
+    print(f"graph table written to {target}")
+    if json_path is not None:
+        graph_json = json_path.with_name(json_path.stem + "-graph.json")
+        graph_json.write_text(json.dumps([o.to_json() for o in outcomes], indent=2) + "\n")
+        print(f"graph figures written to {graph_json}")
+    return _failed(outcomes)
