@@ -388,7 +388,7 @@ class Pgflow:
     @property
     def displaced(self) -> bool:
         """True once another process registered under this instance id while this one ran:
-        this one then stopped claiming and leading (see the README, "Instances")."""
+        this one then stopped claiming and leading (see docs/distributed.md, "Instances")."""
         return self._displaced.is_set()
 
     def _stand_down(self) -> None:
