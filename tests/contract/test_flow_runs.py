@@ -368,3 +368,33 @@ def test_instances_keep_the_flows_they_serve(store: Any) -> None:
     store.register_instance(InstanceInfo(instance_id="node-f", flows=served))
     (instance,) = store.list_instances()
     assert instance.flows == served
+
+
+def test_a_flagged_task_that_snoozes_ends_cancelled_and_fails_the_run(store: Any) -> None:
+    start(store, chain, "sn", 1)
+    job = only(store, "first")
+    assert store.cancel_job(job.id).cancel_requested
+    assert store.get_run("sn").state is RunState.RUNNING  # still executing: not ended yet
+    assert store.snooze_job(job.ref, 10.0)
+    assert store.get_job(job.id).state is JobState.CANCELLED
+    run = store.get_run("sn")
+    assert run.state is RunState.FAILED and run.error["step"] == "first"
+
+
+def test_a_retryable_failure_keeps_the_run_going(store: Any) -> None:
+    start(store, chain, "rt", 1)
+    job = only(store, "first")
+    assert store.fail_job(job.ref, error(1), retry_in=0.0) is JobState.RETRYABLE
+    assert store.get_run("rt").state is RunState.RUNNING
+    store.stage_jobs()
+    again = only(store, "first")
+    assert again.attempt == 2
+    assert store.get_step_states("rt")["first"].attempts == 2
+
+
+def test_prune_forgets_finished_runs_step_states(store: Any) -> None:
+    start(store, over_input, "pr", [])
+    assert store.get_step_states("pr") != {}
+    store.prune_jobs(-1.0)
+    assert store.get_run("pr") is None
+    assert store.get_step_states("pr") == {}
