@@ -398,3 +398,12 @@ def test_prune_forgets_finished_runs_step_states(store: Any) -> None:
     store.prune_jobs(-1.0)
     assert store.get_run("pr") is None
     assert store.get_step_states("pr") == {}
+
+
+def test_bad_input_or_workflow_id_writes_nothing(store: Any) -> None:
+    with pytest.raises(pgflow.SerializationError):
+        store.start_flow_run(chain.plan, workflow_id="bad-in", input={1j}, max_attempts=3)
+    with pytest.raises(pgflow.DefinitionError):
+        store.start_flow_run(chain.plan, workflow_id="x" * 65, input=1, max_attempts=3)
+    assert store.get_run("bad-in") is None
+    assert store.list_jobs() == [] and store.running_flows() == []
