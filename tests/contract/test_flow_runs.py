@@ -407,3 +407,14 @@ def test_bad_input_or_workflow_id_writes_nothing(store: Any) -> None:
         store.start_flow_run(chain.plan, workflow_id="x" * 65, input=1, max_attempts=3)
     assert store.get_run("bad-in") is None
     assert store.list_jobs() == [] and store.running_flows() == []
+
+
+def test_a_map_output_over_the_size_limit_fails_the_step_and_run(store: Any) -> None:
+    limit = store.max_payload_bytes
+    start(store, over_input, "big", [0, 1])
+    half = "x" * (limit // 2 + 16)  # each element fits; the list of both does not
+    for job in claim_all(store, 2):
+        assert finish(store, over_input.plan, job, half) == [job.id]
+    run = store.get_run("big")
+    assert run.state is RunState.FAILED and run.error["kind"] == "SerializationError"
+    assert store.get_step_states("big")["double"].state is StepStatus.FAILED
