@@ -8,16 +8,18 @@ stored as JSON text, so serialisation errors and returned copies behave as in SQ
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
 
 from pgflow.backend import JobListener, RunStart
 from pgflow.clock import SYSTEM_CLOCK, Clock
-from pgflow.errors import BackendError
+from pgflow.errors import BackendError, JobStateError
+from pgflow.graph.ready import plan_fingerprint
 from pgflow.identifiers import validate_cron_name, validate_instance_id, validate_workflow_id
 from pgflow.records import (
     Instance,
@@ -32,14 +34,26 @@ from pgflow.records import (
     RunRecord,
     RunState,
     StepRecord,
+    StepState,
+    TaskCompletion,
     final_run_state,
 )
-from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES, check_limit, check_size, dumps
+from pgflow.serialization import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    check_limit,
+    check_size,
+    dumps,
+    loads,
+)
 from pgflow_backends.memory.cluster import InstanceTable
+from pgflow_backends.memory.flows import FlowTable
 from pgflow_backends.memory.jobs import JobTable
 from pgflow_backends.memory.listener import ListenerHub
 from pgflow_backends.memory.runs import RunTable
 from pgflow_backends.rescue_messages import lost_incarnation, stopped_instance
+
+if TYPE_CHECKING:
+    from pgflow.graph.shape import FlowPlan
 
 
 class InMemoryBackend:
@@ -64,6 +78,8 @@ class InMemoryBackend:
         self._hub = ListenerHub(threading.Condition(self._lock))
         self._jobs = JobTable()
         self._runs = RunTable()
+        self._flows = FlowTable(self._jobs, self._runs)
+        self._run_finished = threading.Condition(self._lock)  # wait_for_run waits on it
         self._instances = InstanceTable()
         self._cron_slots: dict[str, datetime] = {}  # cron entry name -> last slot enqueued
         self._closed = False
@@ -101,9 +117,11 @@ class InMemoryBackend:
             self._closed = True
             self._jobs = JobTable()
             self._runs = RunTable()
+            self._flows = FlowTable(self._jobs, self._runs)
             self._instances = InstanceTable()
             self._cron_slots = {}
             self._hub.close_all()
+            self._run_finished.notify_all()
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -235,7 +253,10 @@ class InMemoryBackend:
         encoded = dumps(error, what="error", limit=self.max_payload_bytes, owner=f"job {ref.id}")
         with self._lock:
             self._check_open()
-            return self._jobs.fail(ref, encoded, retry_in, self._now())
+            now = self._now()
+            state = self._jobs.fail(ref, encoded, retry_in, now)
+            self._tasks_ended([ref.id], now)
+            return state
 
     def snooze_job(self, ref: JobRef, seconds: float) -> bool:
         with self._lock:
@@ -244,6 +265,7 @@ class InMemoryBackend:
             state = self._jobs.snooze(ref, seconds, now)
             if state is None:
                 return False
+            self._tasks_ended([ref.id], now)
             if state is JobState.AVAILABLE:
                 self._hub.announce([self._jobs.rows[ref.id].queue])
             return True
@@ -251,7 +273,10 @@ class InMemoryBackend:
     def cancel_job(self, job_id: int) -> Job | None:
         with self._lock:
             self._check_open()
-            return self._jobs.cancel(job_id, self._now())
+            now = self._now()
+            job = self._jobs.cancel(job_id, now)
+            self._tasks_ended([job_id], now)
+            return None if job is None else self._jobs.get(job_id)
 
     def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
         with self._lock:
@@ -273,6 +298,12 @@ class InMemoryBackend:
     def retry_job(self, job_id: int) -> Job | None:
         with self._lock:
             self._check_open()
+            row = self._jobs.rows.get(job_id)
+            if row is not None and row.task is not None:
+                raise JobStateError(
+                    f"job {job_id} is a task of flow run {row.task.workflow_id!r} (step "
+                    f"{row.task.step!r}); a flow's tasks cannot be retried one by one"
+                )
             job, woken = self._jobs.retry(job_id, self._now())
             self._hub.announce(woken)
             return job
@@ -306,6 +337,7 @@ class InMemoryBackend:
             self._check_open()
             cutoff = self._now() - timedelta(seconds=max_age)
             self._runs.prune(cutoff, limit)
+            self._flows.prune()
             return self._jobs.prune(cutoff, limit)
 
     # -- instances and leadership ----------------------------------------------------------
@@ -322,6 +354,7 @@ class InMemoryBackend:
                 lambda row: lost_incarnation(info.instance_id),
                 now,
             )
+            self._tasks_ended(report.discarded + report.cancelled, now)
             self._hub.announce(woken)
             return report
 
@@ -356,6 +389,7 @@ class InMemoryBackend:
                 lambda row: stopped_instance(row.reserved_by),
                 now,
             )
+            self._tasks_ended(report.discarded + report.cancelled, now)
             self._hub.announce(woken)
             return attrs.evolve(report, instances=tuple(stale))
 
@@ -385,6 +419,112 @@ class InMemoryBackend:
     def listener(self) -> JobListener:
         self._check_open()
         return self._hub.listener()
+
+    # -- distributed flow runs (FlowStore) -------------------------------------------------
+
+    def start_flow_run(
+        self,
+        plan: FlowPlan,
+        *,
+        workflow_id: str,
+        input: Any,
+        max_attempts: int,
+        connection: Any = None,
+    ) -> RunStart:
+        if connection is not None:
+            raise BackendError(
+                "InMemoryBackend cannot join an SQLAlchemy transaction (connection=...); "
+                "use SQLiteBackend or PostgresBackend for transactional starts"
+            )
+        validate_workflow_id(workflow_id)
+        encoded = dumps(
+            input, what="input", limit=self.max_payload_bytes, owner=f"run {workflow_id!r}"
+        )
+        definition = self._runs.encode_definition(plan.definition)
+        with self._lock:
+            self._check_open()
+            now = self._now()
+            started = self._runs.start(
+                workflow_id=workflow_id,
+                workflow=plan.flow,
+                input=encoded,
+                max_attempts=max_attempts,
+                job_id=None,
+                fingerprint=plan_fingerprint(plan),
+                definition=definition,
+                now=now,
+            )
+            if not started.created:
+                return started
+            self._flows.start(plan, workflow_id, loads(encoded), max_attempts, now)
+            self._after_flow_change()
+            run = self._runs.get(workflow_id)
+            assert run is not None  # created above, under the same lock
+            return RunStart(run, True)
+
+    def complete_tasks(
+        self, completions: Sequence[TaskCompletion], plans: Mapping[str, FlowPlan]
+    ) -> list[int]:
+        for completion in completions:
+            if completion.output is not None:
+                check_size(
+                    completion.output,
+                    what="output",
+                    limit=self.max_payload_bytes,
+                    owner=f"job {completion.ref.id}",
+                )
+        with self._lock:
+            self._check_open()
+            counted = self._flows.complete(completions, self.max_payload_bytes, self._now())
+            self._after_flow_change()
+            return counted
+
+    def get_step_states(self, workflow_id: str) -> dict[str, StepState]:
+        with self._lock:
+            self._check_open()
+            return self._flows.step_states(workflow_id)
+
+    def fail_run(self, workflow_id: str, error: dict[str, Any]) -> bool:
+        dumps(error, what="error", limit=self.max_payload_bytes, owner=f"run {workflow_id!r}")
+        with self._lock:
+            self._check_open()
+            failed = self._flows.fail_run(workflow_id, error, self._now())
+            self._after_flow_change()
+            return failed
+
+    def wait_for_run(self, workflow_id: str, timeout: float | None) -> RunRecord | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while True:
+                self._check_open()
+                run = self._runs.get(workflow_id)
+                if run is None or run.state is not RunState.RUNNING:
+                    return run
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return run
+                self._run_finished.wait(left)
+
+    def running_flows(self) -> list[tuple[str, str, int]]:
+        with self._lock:
+            self._check_open()
+            return self._flows.running()
+
+    def _tasks_ended(self, job_ids: Iterable[int], now: datetime) -> None:
+        """Jobs just changed state: a flow task that ended discarded or cancelled fails its
+        run, in the same locked section. Called with the lock held."""
+        for job_id in job_ids:
+            self._flows.job_ended(job_id, now)
+        self._after_flow_change()
+
+    def _after_flow_change(self) -> None:
+        """Wake the queues that gained tasks and the waiters of runs that finished."""
+        if self._flows.woken:
+            self._hub.announce(self._flows.woken)
+            self._flows.woken = set()
+        if self._flows.finished:
+            self._flows.finished = False
+            self._run_finished.notify_all()
 
     # -- readers for users' unit tests -----------------------------------------------------
 

@@ -6,6 +6,7 @@ Not thread-safe on its own; InMemoryBackend holds its lock around every call.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import attrs
 
@@ -26,6 +27,9 @@ class InstanceTable:
     def register(self, info: InstanceInfo, now: datetime) -> bool:
         """Insert or update; True when an earlier, different incarnation was registered."""
         earlier = self._instances.get(info.instance_id)
+        # The flows it serves go in as a keyword dict: mypy's attrs plugin cannot type a
+        # `converter=tuple` field's argument.
+        served: dict[str, Any] = {"flows": info.flows}
         self._instances[info.instance_id] = Instance(
             instance_id=info.instance_id,
             status=ONLINE,
@@ -35,6 +39,7 @@ class InstanceTable:
             pid=info.pid,
             queues=dict(info.queues),
             incarnation=info.incarnation,
+            **served,
         )
         return earlier is not None and earlier.incarnation != info.incarnation
 

@@ -25,6 +25,7 @@ from pgflow.records import (
     JobState,
     NewJob,
     RescueReport,
+    TaskKey,
 )
 from pgflow.serialization import dumps, dumps_job_field, loads
 from pgflow.unique import unique_key
@@ -52,6 +53,7 @@ class _Row:
     reserved_by: str | None = None
     errors: list[str] = attrs.Factory(list)
     result: str | None = None
+    task: TaskKey | None = None
 
     def to_job(self, *, conflict: bool = False) -> Job:
         return Job(
@@ -73,6 +75,7 @@ class _Row:
             unique_key=self.unique_key,
             conflict=conflict,
             result=loads(self.result),
+            task=self.task,
         )
 
     def summary(self) -> Job:
@@ -316,6 +319,31 @@ class JobTable:
             del self.rows[row.id]
         return len(doomed)
 
+    def holding(self, ref: JobRef) -> _Row | None:
+        """The row if `ref` still holds it: same attempt and, when the ref carries it, the
+        same claim time (a flow task's completion fence)."""
+        row = self._holding(ref)
+        if row is None or (ref.claimed_at is not None and row.attempted_at != ref.claimed_at):
+            return None
+        return row
+
+    def finish_task(self, row: _Row, now: datetime) -> None:
+        """Complete a flow task's job (its output is stored by the flow table)."""
+        self._finish(row, JobState.COMPLETED, now)
+
+    def stop(self, job_id: int, now: datetime) -> None:
+        """End a job because its run ended: a waiting one is cancelled, an executing one is
+        flagged so its instance stops it; a finished or pruned one is left alone."""
+        row = self.rows.get(job_id)
+        if row is None:
+            return
+        if row.state in WAITING_STATES or row.state is JobState.AVAILABLE:
+            self._finish(row, JobState.CANCELLED, now)
+        elif row.state is JobState.EXECUTING:
+            meta = loads(row.meta)
+            meta["cancel_requested"] = True
+            row.meta = dumps(meta, what="meta")
+
     # -- reads -----------------------------------------------------------------------------
 
     def get(self, job_id: int) -> Job | None:
@@ -383,6 +411,7 @@ class JobTable:
             meta=item.meta,
             unique_key=item.unique_key,
             release_unique=job.unique is not None and job.unique.while_unfinished,
+            task=job.task,
         )
         self._next_id += 1
         self.rows[row.id] = row
