@@ -38,6 +38,7 @@ from pgflow.backend import RunStore
 from pgflow.backoff_policy import DEFAULT_BACKOFF, Backoff
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.definition import resolve_workflow
+from pgflow.engine.graph_run import GraphRun
 from pgflow.engine.run import Run
 from pgflow.errors import DefinitionError
 from pgflow.identifiers import validate_workflow_id
@@ -129,6 +130,7 @@ class Executor:
         backoff: Backoff | None = None,
         workflow_id: str | None = None,
         log_context: Mapping[str, Any] | None = None,
+        max_parallel: int = 10,
     ) -> Any:
         """Run `workflow` on `input` and return its last step's output (see module docstring).
 
@@ -149,10 +151,27 @@ class Executor:
         """
         resolved = resolve_workflow(workflow)
         _check_options(max_attempts, timeout, step_timeout, backoff, workflow_id, log_context)
+        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+            raise DefinitionError(f"max_parallel must be an int >= 1, got {max_parallel!r}")
+        store = self._store if self._store is not None or self._backend is None else self.backend
+        if resolved.is_graph:
+            return GraphRun(
+                resolved,
+                input,
+                store=store,
+                clock=self.clock,
+                max_attempts=max_attempts,
+                timeout=None if timeout is None else float(timeout),
+                step_timeout=None if step_timeout is None else float(step_timeout),
+                backoff=DEFAULT_BACKOFF if backoff is None else backoff,
+                workflow_id=workflow_id,
+                log_context=log_context,
+                max_parallel=max_parallel,
+            ).execute()
         run = Run(
             resolved,
             input,
-            store=self._store if self._store is not None or self._backend is None else self.backend,
+            store=store,
             clock=self.clock,
             max_attempts=max_attempts,
             timeout=None if timeout is None else float(timeout),
@@ -267,6 +286,7 @@ def execute(
     backoff: Backoff | None = None,
     workflow_id: str | None = None,
     log_context: Mapping[str, Any] | None = None,
+    max_parallel: int = 10,
 ) -> Any:
     """Run `workflow` on `input` in this process; see `Executor.execute` for the options.
 
@@ -290,6 +310,7 @@ def execute(
             backoff=backoff,
             workflow_id=workflow_id,
             log_context=log_context,
+            max_parallel=max_parallel,
         )
     finally:
         if cached:

@@ -1,0 +1,234 @@
+"""`pgflow.execute` on graph flows: concurrency, maps, `when`, retries, timeouts, async."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+import pgflow
+from pgflow import Backoff, Executor
+from pgflow.clock import FakeClock
+from pgflow.errors import MaxAttemptsExceeded, StepFailed, StepTimedOut
+
+BACKENDS = [None, "memory://"]
+
+
+def run(flow: Any, value: Any, backend: str | None, **options: Any) -> Any:
+    return pgflow.execute(flow, value, backend=backend, **options)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_diamond_runs_its_middle_steps_concurrently(backend: str | None) -> None:
+    both = threading.Barrier(2, timeout=5)
+    flow = pgflow.Flow("diamond")
+
+    @flow.step
+    def a(input: int) -> int:
+        return input + 1
+
+    @flow.step(depends_on=["a"])
+    def b(a: int) -> int:
+        both.wait()  # breaks (and b fails) unless c runs at the same time
+        return a * 2
+
+    @flow.step(depends_on=["a"])
+    def c(a: int) -> int:
+        both.wait()
+        return a * 3
+
+    @flow.step(depends_on=["b", "c"])
+    def d(b: int, c: int, input: int = 0) -> int:
+        return b + c + input
+
+    assert run(flow, 1, backend, max_attempts=1) == {"d": 4 + 6 + 1}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_map_over_a_step_keeps_element_order(backend: str | None) -> None:
+    flow = pgflow.Flow("squares")
+
+    @flow.step
+    def numbers(input: int) -> list[int]:
+        return list(range(input))
+
+    @flow.map(over="numbers")
+    def square(n: int) -> int:
+        return n * n
+
+    assert run(flow, 20, backend) == {"square": [n * n for n in range(20)]}
+    assert run(flow, 0, backend) == {"square": []}
+
+
+def test_map_over_the_run_input() -> None:
+    flow = pgflow.Flow("map_input")
+
+    @flow.map
+    def double(n: int) -> int:
+        return 2 * n
+
+    assert pgflow.execute(flow, [1, 2, 3]) == {"double": [2, 4, 6]}
+
+
+def test_map_over_a_non_list_fails_with_a_type_error() -> None:
+    flow = pgflow.Flow("map_bad")
+
+    @flow.map
+    def double(n: int) -> int:
+        return 2 * n
+
+    with pytest.raises(StepFailed) as caught:
+        pgflow.execute(flow, {"not": "a list"})
+    assert isinstance(caught.value.reason, TypeError)
+    assert caught.value.step == "double"
+
+
+def _conditional_flow(name: str) -> pgflow.Flow:
+    flow = pgflow.Flow(name)
+
+    @flow.step
+    def account(input: str) -> dict[str, str]:
+        return {"plan": input}
+
+    @flow.step(depends_on=["account"], when=lambda account: account["plan"] == "premium")
+    def bonus(account: dict[str, str]) -> int:
+        return 100
+
+    @flow.step(depends_on=["bonus"])
+    def with_default(bonus: int = 0) -> int:
+        return bonus + 1
+
+    @flow.step(depends_on=["bonus"])
+    def without_default(bonus: int) -> int:
+        return bonus + 2
+
+    return flow
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_when_false_skips_and_dependents_use_defaults_or_skip(backend: str | None) -> None:
+    flow = _conditional_flow("conditional")
+    assert run(flow, "premium", backend) == {"with_default": 101, "without_default": 102}
+    # bonus skipped: with_default gets 0; without_default is skipped and left out.
+    assert run(flow, "free", backend) == {"with_default": 1}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failing_step_is_retried_with_its_backoff_on_the_clock(backend: str | None) -> None:
+    clock = FakeClock()
+    calls: list[int] = []
+    flow = pgflow.Flow("flaky")
+
+    @flow.step
+    def root(input: int) -> int:
+        return input
+
+    @flow.step(depends_on=["root"], max_attempts=3, backoff=Backoff(base=2.0, factor=5.0))
+    def flaky(root: int) -> int:
+        calls.append(root)
+        if len(calls) < 3:
+            raise RuntimeError("not yet")
+        return root + 1
+
+    executor = Executor(backend, clock=clock)
+    start = clock.now()
+    assert executor.execute(flow, 41) == {"flaky": 42}
+    assert calls == [41, 41, 41]
+    assert (clock.now() - start).total_seconds() == 10.0 + 20.0
+
+
+def test_retries_exhausted_raise_max_attempts_exceeded() -> None:
+    flow = pgflow.Flow("always_fails")
+
+    @flow.map
+    def boom(n: int) -> int:
+        raise ValueError(f"bad {n}")
+
+    executor = Executor(clock=FakeClock())
+    with pytest.raises(MaxAttemptsExceeded) as caught:
+        executor.execute(flow, [1], max_attempts=2)
+    assert caught.value.attempts == 2
+    assert isinstance(caught.value.reason, StepFailed)
+    with pytest.raises(StepFailed):
+        executor.execute(flow, [1], max_attempts=1)
+
+
+def test_a_step_timeout_raises_step_timed_out() -> None:
+    release = threading.Event()
+    flow = pgflow.Flow("slow")
+
+    @flow.step
+    def root(input: int) -> int:
+        return input
+
+    @flow.step(depends_on=["root"], timeout=0.2)
+    def slow(root: int) -> int:
+        release.wait(10)
+        return root
+
+    try:
+        with pytest.raises(StepTimedOut) as caught:
+            pgflow.execute(flow, 1, max_attempts=1)
+        assert caught.value.step == "slow"
+    finally:
+        release.set()
+
+
+def test_max_parallel_one_still_completes() -> None:
+    flow = pgflow.Flow("serial")
+
+    @flow.step
+    def numbers(input: int) -> list[int]:
+        return list(range(input))
+
+    @flow.map(over="numbers")
+    def inc(n: int) -> int:
+        return n + 1
+
+    @flow.step(depends_on=["numbers"])
+    def total(numbers: list[int]) -> int:
+        return sum(numbers)
+
+    assert pgflow.execute(flow, 5, max_parallel=1) == {"inc": [1, 2, 3, 4, 5], "total": 10}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_async_steps_run_on_the_loop(backend: str | None) -> None:
+    flow = pgflow.Flow("async_graph")
+
+    @flow.step
+    async def root(input: int) -> int:
+        await asyncio.sleep(0)
+        return input
+
+    @flow.map(over="root_list")
+    async def twice(n: int) -> int:
+        return 2 * n
+
+    @flow.step(depends_on=["root"])
+    def root_list(root: int) -> list[int]:
+        return [root, root + 1]
+
+    assert run(flow, 3, backend) == {"twice": [6, 8]}
+
+
+def test_chains_are_unchanged() -> None:
+    flow = pgflow.Flow("chain")
+
+    @flow.step
+    def one(value: int) -> int:
+        return value + 1
+
+    @flow.step
+    def two(value: int) -> int:
+        return value * 10
+
+    assert pgflow.execute(flow, 1) == 20
+
+
+def test_max_parallel_must_be_positive() -> None:
+    flow = _conditional_flow("bad_parallel")
+    with pytest.raises(pgflow.DefinitionError, match="max_parallel"):
+        pgflow.execute(flow, "free", max_parallel=0)
