@@ -13,8 +13,9 @@ cannot be killed, its result is dropped) and raises.
 from __future__ import annotations
 
 import asyncio
-import logging
 import concurrent.futures
+import functools
+import logging
 import queue
 import threading
 import time
@@ -140,9 +141,12 @@ class GraphRun:
         deps = {name: self._settled[name] for name in plan.deps}
         decision = decide(self.plan, plan, deps, self.input)
         step = self._steps[plan.name]
-        if isinstance(decision, Start) and step.when is not None:
-            if not self._when(step, decision.arguments[0]):
-                decision = Skip("when returned false")
+        if (
+            isinstance(decision, Start)
+            and step.when is not None
+            and not self._when(step, decision.arguments[0])
+        ):
+            decision = Skip("when returned false")
         if isinstance(decision, Start):
             self._left[plan.name] = len(decision.arguments)
             self._outputs[plan.name] = [None] * len(decision.arguments)
@@ -190,11 +194,9 @@ class GraphRun:
             self._running.add(task)
             if task.step.is_async:
                 task.future = LOOP.submit(self._call_async(task, delay))
-                task.future.add_done_callback(
-                    lambda future, task=task: self._async_done(task, future)
-                )
+                task.future.add_done_callback(functools.partial(self._async_done, task))
             else:
-                POOL.run(lambda task=task, delay=delay: self._call_sync(task, delay))
+                POOL.run(functools.partial(self._call_sync, task, delay))
 
     def _wait_one(self, deadline: float | None) -> None:
         """Wait for one task to report, or for a deadline; act on what happened."""
@@ -227,11 +229,11 @@ class GraphRun:
         now = _monotonic()
         for task in list(self._running):
             limit = self._timeout_of(task.step)
-            if limit is not None and task.started_mono is not None:
-                if now >= task.started_mono + limit:
-                    self._abandon(task)
-                    self._task_failed(task, None, timed_out=limit)
-                    return
+            started = task.started_mono
+            if limit is not None and started is not None and now >= started + limit:
+                self._abandon(task)
+                self._task_failed(task, None, timed_out=limit)
+                return
         if deadline is not None and now >= deadline and self._running:
             task = next(iter(self._running))
             self._abandon(task)
