@@ -232,3 +232,59 @@ def test_max_parallel_must_be_positive() -> None:
     flow = _conditional_flow("bad_parallel")
     with pytest.raises(pgflow.DefinitionError, match="max_parallel"):
         pgflow.execute(flow, "free", max_parallel=0)
+
+
+def test_a_recorded_run_holds_each_attempt_and_element(backend: Any) -> None:
+    calls: list[int] = []
+    flow = pgflow.Flow("recorded")
+
+    @flow.step
+    def numbers(input: int) -> list[int]:
+        return list(range(input))
+
+    @flow.map(over="numbers", backoff=Backoff(base=1.0))
+    def inc(n: int) -> int:
+        calls.append(n)
+        if calls.count(n) == 1 and n == 1:
+            raise RuntimeError("first try of element 1")
+        return n + 1
+
+    executor = Executor(backend, clock=FakeClock())
+    assert executor.execute(flow, 3, workflow_id="rec-1") == {"inc": [1, 2, 3]}
+    store = backend
+    run_record = store.get_run("rec-1")
+    assert run_record is not None
+    assert run_record.state is pgflow.RunState.COMPLETED
+    assert run_record.output == {"inc": [1, 2, 3]}
+    steps = store.get_steps("rec-1")
+    seen = sorted(
+        (s.step, s.index, -1 if s.element is None else s.element, s.outcome.value) for s in steps
+    )
+    assert seen == [
+        ("inc", 1, 0, "completed"),
+        ("inc", 1, 1, "completed"),
+        ("inc", 1, 1, "failed"),
+        ("inc", 1, 2, "completed"),
+        ("numbers", 0, -1, "completed"),
+    ]
+
+
+def test_a_failed_recorded_run_is_stored_as_failed() -> None:
+    flow = pgflow.Flow("recorded_failure")
+
+    @flow.map
+    def boom(n: int) -> int:
+        raise pgflow.Discard("no")
+
+    executor = Executor("memory://", clock=FakeClock())
+    try:
+        with pytest.raises(StepFailed):
+            executor.execute(flow, [1], workflow_id="rec-2")
+        store = executor.backend
+        assert store is not None
+        stored = store.get_run("rec-2")
+        assert stored is not None
+        assert stored.state is pgflow.RunState.FAILED
+        assert stored.error is not None and stored.error["step"] == "boom"
+    finally:
+        executor.close()

@@ -451,12 +451,14 @@ class GraphRun:
             workflow_id=self.workflow_id,
             step=plan.name,
             index=plan.index,
-            attempt=task.attempt,
+            # The run's attempt (which fences writes); a step's retries are further records.
+            attempt=1,
             outcome=outcome,
             started_at=task.started_at or self.clock.now(),
             duration=0.0 if task.started_mono is None else _monotonic() - task.started_mono,
             output=output,
             error=error,
+            element=task.element,
         )
         try:
             self.store.record_step(record)
