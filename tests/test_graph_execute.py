@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -288,3 +289,50 @@ def test_a_failed_recorded_run_is_stored_as_failed() -> None:
         assert stored.error is not None and stored.error["step"] == "boom"
     finally:
         executor.close()
+
+
+def test_a_run_timeout_bounds_the_whole_run() -> None:
+    release = threading.Event()
+    flow = pgflow.Flow("run_deadline")
+
+    @flow.map
+    def wait(n: int) -> int:
+        release.wait(10)
+        return n
+
+    try:
+        with pytest.raises(StepTimedOut) as caught:
+            pgflow.execute(flow, [1, 2], timeout=0.2, max_attempts=3)
+        assert caught.value.timeout == 0.2
+    finally:
+        release.set()
+
+
+def test_a_failure_for_good_starts_no_further_work() -> None:
+    calls: list[int] = []
+    flow = pgflow.Flow("stop_on_failure")
+
+    @flow.map
+    def first_fails(n: int) -> int:
+        calls.append(n)
+        raise pgflow.Discard("stop here")
+
+    with pytest.raises(StepFailed) as caught:
+        pgflow.execute(flow, [0, 1, 2, 3], max_parallel=1)
+    assert isinstance(caught.value.reason, pgflow.Discard)
+    assert calls == [0]
+
+
+def test_map_element_logs_carry_the_element(caplog: pytest.LogCaptureFixture) -> None:
+    flow = pgflow.Flow("logged_map")
+
+    @flow.map
+    def ident(n: int) -> int:
+        return n
+
+    with caplog.at_level(logging.DEBUG, logger="pgflow"):
+        assert pgflow.execute(flow, [5, 6], workflow_id="logged-1") == {"ident": [5, 6]}
+    started = [r for r in caplog.records if getattr(r, "element", None) is not None]
+    assert sorted(r.element for r in started) == [0, 1]  # type: ignore[attr-defined]
+    assert {r.workflow_id for r in started} == {"logged-1"}  # type: ignore[attr-defined]
+    assert {r.step for r in started} == {"ident"}  # type: ignore[attr-defined]

@@ -115,6 +115,13 @@ class GraphRun:
     # -- the scheduler (caller's thread) -----------------------------------------------------
 
     def execute(self) -> Any:
+        if LOOP.is_current() and any(step.is_async for step in self.workflow.steps):
+            raise LoopReentryError(
+                f"pgflow.execute() of flow {self.workflow.name!r} was called from inside an "
+                "async step and the flow has async steps: the shared loop would wait for "
+                "itself. Run the nested flow from a sync step, or in a thread "
+                "(asyncio.to_thread)"
+            )
         if self.store is not None:
             self._open()
         deadline = None if self.timeout is None else _monotonic() + self.timeout
