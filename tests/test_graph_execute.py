@@ -13,6 +13,7 @@ import pgflow
 from pgflow import Backoff, Executor
 from pgflow.clock import FakeClock
 from pgflow.errors import MaxAttemptsExceeded, StepFailed, StepTimedOut
+from pgflow.records import StepOutcome
 
 BACKENDS = [None, "memory://"]
 
@@ -336,3 +337,16 @@ def test_map_element_logs_carry_the_element(caplog: pytest.LogCaptureFixture) ->
     assert sorted(r.element for r in started) == [0, 1]  # type: ignore[attr-defined]
     assert {r.workflow_id for r in started} == {"logged-1"}  # type: ignore[attr-defined]
     assert {r.step for r in started} == {"ident"}  # type: ignore[attr-defined]
+
+
+def test_skipped_steps_are_recorded_with_their_reason(backend: Any) -> None:
+    flow = _conditional_flow("recorded_skip")
+    executor = Executor(backend)
+    assert executor.execute(flow, "free", workflow_id="skip-1") == {"with_default": 1}
+    skipped = {
+        s.step: s.error["message"]
+        for s in backend.get_steps("skip-1")
+        if s.outcome is StepOutcome.SKIPPED and s.error is not None
+    }
+    assert skipped["bonus"] == "when returned false"
+    assert "has no default" in skipped["without_default"]

@@ -163,6 +163,10 @@ class GraphRun:
             self._settle(plan, Settled(StepStatus.COMPLETED, decision.output))
         elif isinstance(decision, Skip):
             self._log_skipped(plan.name, decision.reason)
+            if self.store is not None:
+                skipped = _Task(step, None, {})
+                reason = {"kind": "Skipped", "message": decision.reason, "traceback": ""}
+                self._record(skipped, StepOutcome.SKIPPED, error=reason)
             self._settle(plan, Settled(StepStatus.SKIPPED))
         elif isinstance(decision, Fail):
             raise StepFailed(
