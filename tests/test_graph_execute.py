@@ -11,9 +11,11 @@ import pytest
 
 import pgflow
 from pgflow import Backoff, Executor
+from pgflow.abandoned import ABANDONED
 from pgflow.clock import FakeClock
 from pgflow.errors import MaxAttemptsExceeded, StepFailed, StepTimedOut
 from pgflow.records import StepOutcome
+from tests.waiting import wait_or_fail
 
 BACKENDS = [None, "memory://"]
 
@@ -170,12 +172,15 @@ def test_a_step_timeout_raises_step_timed_out() -> None:
         release.wait(10)
         return root
 
+    before = ABANDONED.steps
     try:
         with pytest.raises(StepTimedOut) as caught:
             pgflow.execute(flow, 1, max_attempts=1)
         assert caught.value.step == "slow"
+        assert ABANDONED.steps == before + 1  # its thread is left behind, and counted
     finally:
         release.set()
+    wait_or_fail(lambda: ABANDONED.steps == before, "the abandoned step's thread to return")
 
 
 def test_max_parallel_one_still_completes() -> None:

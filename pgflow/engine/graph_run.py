@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from pgflow.abandoned import ABANDONED
 from pgflow.backend import RunStore
 from pgflow.backoff_policy import Backoff
 from pgflow.clock import Clock
@@ -53,8 +54,10 @@ class _Task:
     __slots__ = (
         "abandoned",
         "attempt",
+        "counted",
         "element",
         "envelope",
+        "finished",
         "future",
         "started_at",
         "started_mono",
@@ -67,6 +70,8 @@ class _Task:
         self.envelope = envelope
         self.attempt = 0
         self.abandoned = False
+        self.counted = False  # abandoned mid-call: in ABANDONED.steps until the call returns
+        self.finished = False
         self.future: concurrent.futures.Future[Any] | None = None
         self.started_mono: float | None = None  # set once the call (not its backoff) began
         self.started_at: Any = None
@@ -203,6 +208,9 @@ class GraphRun:
             task, delay = self._waiting.popleft()
             task.attempt += 1
             self._running.add(task)
+            if not task.step.is_async and (self.timeout or self._timeout_of(task.step)):
+                # A sync call that times out cannot be killed: bound how many are left behind.
+                ABANDONED.check_room(functools.partial(self._describe, task))
             if task.step.is_async:
                 task.future = LOOP.submit(self._call_async(task, delay))
                 task.future.add_done_callback(functools.partial(self._async_done, task))
@@ -257,6 +265,9 @@ class GraphRun:
     def _abandon(self, task: _Task) -> None:
         with self._lock:
             task.abandoned = True
+            if not task.step.is_async and task.started_mono is not None and not task.finished:
+                task.counted = True
+                ABANDONED.add_step(self._describe(task), self._fields(task))
         self._running.discard(task)
         if task.future is not None:
             task.future.cancel()
@@ -390,6 +401,12 @@ class GraphRun:
         except BaseException as exc:
             self._events.put((task, False, exc))
             return
+        finally:
+            with self._lock:
+                task.finished = True
+                counted = task.counted
+            if counted:
+                ABANDONED.end_step()
         self._events.put((task, True, output))
 
     async def _call_async(self, task: _Task, delay: float) -> Any:
@@ -409,6 +426,23 @@ class GraphRun:
         else:
             self._events.put((task, True, future.result()))
 
+    def _describe(self, task: _Task) -> str:
+        where = "" if task.element is None else f" element {task.element}"
+        return (
+            f"workflow {self.workflow.name!r} run {self.workflow_id} step {task.step.name!r}{where}"
+        )
+
+    def _fields(self, task: _Task) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "workflow_id": self.workflow_id,
+            "workflow": self.workflow.name,
+            "step": task.step.name,
+            "attempt": task.attempt,
+        }
+        if task.element is not None:
+            fields["element"] = task.element
+        return fields
+
     def _log_started(self, task: _Task) -> None:
         if task.element is None:
             self.log.step_started(task.step.name, task.attempt)
@@ -419,13 +453,7 @@ class GraphRun:
                 task.step.name,
                 self.workflow.name,
                 task.attempt,
-                extra={
-                    "workflow_id": self.workflow_id,
-                    "workflow": self.workflow.name,
-                    "step": task.step.name,
-                    "attempt": task.attempt,
-                    "element": task.element,
-                },
+                extra=self._fields(task),
             )
 
     # -- recording ---------------------------------------------------------------------------
