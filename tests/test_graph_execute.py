@@ -355,3 +355,29 @@ def test_skipped_steps_are_recorded_with_their_reason(backend: Any) -> None:
     }
     assert skipped["bonus"] == "when returned false"
     assert "has no default" in skipped["without_default"]
+
+
+def test_a_workflow_id_names_one_stored_run(backend: Any) -> None:
+    calls: list[int] = []
+    fail = [True]
+    flow = pgflow.Flow("stored_once")
+
+    @flow.map
+    def inc(n: int) -> int:
+        calls.append(n)
+        if fail[0]:
+            raise pgflow.Discard("not this time")
+        return n + 1
+
+    executor = Executor(backend)
+    with pytest.raises(StepFailed):
+        executor.execute(flow, [1], workflow_id="once-1")
+    fail[0] = False
+    # A failed run runs again (as its next attempt), then its stored output is the answer.
+    assert executor.execute(flow, [1], workflow_id="once-1") == {"inc": [2]}
+    assert executor.execute(flow, [1], workflow_id="once-1") == {"inc": [2]}
+    assert calls == [1, 1]
+    stored = backend.get_run("once-1")
+    assert stored.attempt == 2 and stored.state is pgflow.RunState.COMPLETED
+    with pytest.raises(pgflow.WorkflowError, match="another input"):
+        executor.execute(flow, [5], workflow_id="once-1")

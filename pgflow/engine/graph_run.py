@@ -31,8 +31,10 @@ from pgflow.clock import Clock
 from pgflow.definition import Step, Workflow
 from pgflow.engine.attempt import error_dict
 from pgflow.engine.loop import LOOP, LoopReentryError
+from pgflow.engine.run import _canonical
 from pgflow.engine.runners import POOL
 from pgflow.errors import (
+    DefinitionError,
     Discard,
     MaxAttemptsExceeded,
     SerializationError,
@@ -42,8 +44,9 @@ from pgflow.errors import (
 )
 from pgflow.graph.ready import Complete, Fail, Settled, Skip, Start, decide, run_output
 from pgflow.graph.shape import StepPlan
-from pgflow.records import RunState, StepOutcome, StepRecord, StepStatus
+from pgflow.records import RunRecord, RunState, StepOutcome, StepRecord, StepStatus
 from pgflow.run_log import RunLog, logger
+from pgflow.serialization import roundtrip
 
 _monotonic = time.monotonic
 
@@ -116,6 +119,7 @@ class GraphRun:
         self._left: dict[str, int] = {}  # unfinished tasks per started step
         self._outputs: dict[str, list[Any]] = {}
         self._stopped = False
+        self.attempt = 1  # the stored run's attempt: fences this caller's writes
 
     # -- the scheduler (caller's thread) -----------------------------------------------------
 
@@ -128,7 +132,9 @@ class GraphRun:
                 "(asyncio.to_thread)"
             )
         if self.store is not None:
-            self._open()
+            stored = self._open()
+            if stored is not None:
+                return stored.output
         deadline = None if self.timeout is None else _monotonic() + self.timeout
         try:
             for plan in self.plan.roots:
@@ -144,8 +150,8 @@ class GraphRun:
             raise
         output = run_output(self.plan, self._settled)
         if self.store is not None:
-            self.store.finish_run(self.workflow_id, 1, RunState.COMPLETED, output=output)
-        self.log.run_completed(1)
+            self.store.finish_run(self.workflow_id, self.attempt, RunState.COMPLETED, output=output)
+        self.log.run_completed(self.attempt)
         return output
 
     def _ready(self, plan: StepPlan) -> None:
@@ -361,7 +367,7 @@ class GraphRun:
         if self.store is not None:
             self.store.finish_run(
                 self.workflow_id,
-                1,
+                self.attempt,
                 RunState.FAILED,
                 error={
                     "kind": type(error).__name__,
@@ -458,11 +464,13 @@ class GraphRun:
 
     # -- recording ---------------------------------------------------------------------------
 
-    def _open(self) -> None:
+    def _open(self) -> RunRecord | None:
+        """Create the run; or return it when it already completed; or start its next attempt
+        (from the first step: graph runs do not resume from checkpoints in-process yet)."""
         store = self.store
         assert store is not None
         try:
-            store.start_run(
+            existing, created = store.start_run(
                 workflow_id=self.workflow_id,
                 workflow=self.workflow.name,
                 input=self.input,
@@ -475,6 +483,37 @@ class GraphRun:
                 f"workflow {self.workflow.name!r}: input is not JSON and cannot be recorded: {exc}",
                 path=exc.path,
             ) from exc
+        if created:
+            return None
+        name, workflow_id = self.workflow.name, self.workflow_id
+        if existing.workflow != name:
+            raise WorkflowError(
+                f"run {workflow_id} belongs to workflow {existing.workflow!r}, not {name!r}",
+                workflow_id=workflow_id,
+            )
+        if _canonical(existing.input) != _canonical(roundtrip(self.input, what="input")):
+            raise WorkflowError(
+                f"run {workflow_id} of flow {name!r} was started with another input; use a "
+                "new workflow_id for a new input",
+                workflow_id=workflow_id,
+            )
+        if existing.state is RunState.COMPLETED:
+            self.log.run_completed(existing.attempt)
+            return existing
+        if existing.fingerprint is not None and existing.fingerprint != self.workflow.fingerprint:
+            raise DefinitionError(
+                f"run {workflow_id} of flow {name!r} cannot run again: its definition changed "
+                "since the run started; start a new run under a new workflow_id"
+            )
+        if existing.state is RunState.RUNNING or not store.start_attempt(
+            workflow_id, existing.attempt + 1
+        ):
+            raise WorkflowError(
+                f"run {workflow_id} of flow {name!r} is being executed by another caller",
+                workflow_id=workflow_id,
+            )
+        self.attempt = existing.attempt + 1
+        return None
 
     def _record(
         self,
@@ -491,7 +530,7 @@ class GraphRun:
             step=plan.name,
             index=plan.index,
             # The run's attempt (which fences writes); a step's retries are further records.
-            attempt=1,
+            attempt=self.attempt,
             outcome=outcome,
             started_at=task.started_at or self.clock.now(),
             duration=0.0 if task.started_mono is None else _monotonic() - task.started_mono,
