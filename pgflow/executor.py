@@ -1,6 +1,8 @@
 """Running workflows in-process: `pgflow.execute` and the `Executor` behind it.
 
 Each step receives the previous step's output; the run returns the last step's output.
+Graph flows (a step with `depends_on`, or a map) run on `pgflow.engine.graph_run` instead;
+what follows describes chains.
 A failed attempt is retried after the backoff delay (waited on the executor's clock) and
 resumes at the step that failed, with the output of the step before it: completed steps
 are checkpoints and do not run again. `timeout` bounds one attempt (from the step it
@@ -132,7 +134,10 @@ class Executor:
         log_context: Mapping[str, Any] | None = None,
         max_parallel: int = 10,
     ) -> Any:
-        """Run `workflow` on `input` and return its last step's output (see module docstring).
+        """Run `workflow` on `input` and return its last step's output (see module docstring);
+        for a graph flow, a dict of its leaf steps' outputs (a skipped leaf left out), its
+        ready steps and map elements run concurrently, at most `max_parallel` at once, each
+        retried on its own, and `timeout` bounds the whole run (see `pgflow.engine.graph_run`).
 
         `workflow` is a Flow, a Workflow, or a class or module with `__workflow_steps__`.
         `max_attempts` bounds attempts (a step's own `max_attempts` wins when that step
