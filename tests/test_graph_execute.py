@@ -381,3 +381,20 @@ def test_a_workflow_id_names_one_stored_run(backend: Any) -> None:
     assert stored.attempt == 2 and stored.state is pgflow.RunState.COMPLETED
     with pytest.raises(pgflow.WorkflowError, match="another input"):
         executor.execute(flow, [5], workflow_id="once-1")
+
+
+def test_start_delay_is_waited_on_the_clock() -> None:
+    clock = FakeClock()
+    flow = pgflow.Flow("delayed")
+
+    @flow.step
+    def root(input: int) -> int:
+        return input
+
+    @flow.step(depends_on=["root"], start_delay=7.0)
+    def later(root: int) -> int:
+        return root + 1
+
+    start = clock.now()
+    assert Executor(clock=clock).execute(flow, 1) == {"later": 2}
+    assert (clock.now() - start).total_seconds() == 7.0

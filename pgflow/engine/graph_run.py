@@ -168,8 +168,10 @@ class GraphRun:
         if isinstance(decision, Start):
             self._left[plan.name] = len(decision.arguments)
             self._outputs[plan.name] = [None] * len(decision.arguments)
+            delay = float(step.start_delay or 0.0)  # waited on the clock, like a backoff
             for index, envelope in enumerate(decision.arguments):
-                self._waiting.append((_Task(step, index if plan.is_map else None, envelope), 0.0))
+                task = _Task(step, index if plan.is_map else None, envelope)
+                self._waiting.append((task, delay))
         elif isinstance(decision, Complete):
             self._settle(plan, Settled(StepStatus.COMPLETED, decision.output))
         elif isinstance(decision, Skip):
