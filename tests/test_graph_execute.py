@@ -398,3 +398,39 @@ def test_start_delay_is_waited_on_the_clock() -> None:
     start = clock.now()
     assert Executor(clock=clock).execute(flow, 1) == {"later": 2}
     assert (clock.now() - start).total_seconds() == 7.0
+
+
+def test_an_error_in_when_fails_the_step() -> None:
+    flow = pgflow.Flow("bad_when_call")
+
+    @flow.step
+    def root(input: int) -> int:
+        return input
+
+    @flow.step(depends_on=["root"], when=lambda root: 1 / root > 0)
+    def guarded(root: int) -> int:
+        return root
+
+    with pytest.raises(StepFailed) as caught:
+        pgflow.execute(flow, 0)
+    assert caught.value.step == "guarded"
+    assert isinstance(caught.value.reason, ZeroDivisionError)
+
+
+def test_an_output_that_is_not_json_fails_the_recorded_run() -> None:
+    flow = pgflow.Flow("not_json")
+
+    @flow.map
+    def opaque(n: int) -> object:
+        return object()
+
+    executor = Executor("memory://")
+    try:
+        with pytest.raises(pgflow.SerializationError):
+            executor.execute(flow, [1], workflow_id="json-1")
+        store = executor.backend
+        assert store is not None
+        stored = store.get_run("json-1")
+        assert stored is not None and stored.state is pgflow.RunState.FAILED
+    finally:
+        executor.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import queue
@@ -118,7 +119,6 @@ class GraphRun:
         self._settled: dict[str, Settled] = {}
         self._left: dict[str, int] = {}  # unfinished tasks per started step
         self._outputs: dict[str, list[Any]] = {}
-        self._stopped = False
         self.attempt = 1  # the stored run's attempt: fences this caller's writes
 
     # -- the scheduler (caller's thread) -----------------------------------------------------
@@ -145,6 +145,15 @@ class GraphRun:
         except WorkflowError as error:
             self._stop()
             self._fail(error)
+        except SerializationError as exc:
+            self._stop()
+            if self.store is not None:
+                with contextlib.suppress(Exception):  # best effort: this error is the one to report
+                    failure = {"kind": "SerializationError", "message": str(exc), "traceback": ""}
+                    self.store.finish_run(
+                        self.workflow_id, self.attempt, RunState.FAILED, error=failure
+                    )
+            raise
         except BaseException:
             self._stop()
             raise
@@ -191,7 +200,20 @@ class GraphRun:
             )
 
     def _when(self, step: Step, envelope: dict[str, Any]) -> bool:
-        """Call the step's `when` with the arguments it declares (a map's first element's)."""
+        """Call the step's `when`; an error in it fails the step (no retry)."""
+        try:
+            return self._call_when(step, envelope)
+        except Exception as exc:
+            raise StepFailed(
+                workflow_id=self.workflow_id,
+                workflow=self.workflow.name,
+                step=step.name,
+                reason=exc,
+                attempt=1,
+            ) from exc
+
+    def _call_when(self, step: Step, envelope: dict[str, Any]) -> bool:
+        """Call `when` with the arguments it declares (for a map, its first element's)."""
         assert step.when is not None
         available = dict(envelope["kwargs"])
         first = step.signature.first
@@ -356,7 +378,6 @@ class GraphRun:
 
     def _stop(self) -> None:
         """Start nothing more and abandon what still runs."""
-        self._stopped = True
         self._waiting.clear()
         for task in list(self._running):
             self._abandon(task)
