@@ -434,3 +434,21 @@ def test_an_output_that_is_not_json_fails_the_recorded_run() -> None:
         assert stored is not None and stored.state is pgflow.RunState.FAILED
     finally:
         executor.close()
+
+
+def test_an_async_step_past_its_timeout_is_cancelled() -> None:
+    cancelled = threading.Event()
+    flow = pgflow.Flow("async_slow")
+
+    @flow.map(timeout=0.2)
+    async def slow(n: int) -> int:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return n
+
+    with pytest.raises(StepTimedOut):
+        pgflow.execute(flow, [1], max_attempts=1)
+    assert cancelled.wait(5)
