@@ -1,6 +1,8 @@
 """Running workflows in-process: `pgflow.execute` and the `Executor` behind it.
 
 Each step receives the previous step's output; the run returns the last step's output.
+Graph flows (a step with `depends_on`, or a map) run on `pgflow.engine.graph_run` instead;
+what follows describes chains.
 A failed attempt is retried after the backoff delay (waited on the executor's clock) and
 resumes at the step that failed, with the output of the step before it: completed steps
 are checkpoints and do not run again. `timeout` bounds one attempt (from the step it
@@ -38,6 +40,7 @@ from pgflow.backend import RunStore
 from pgflow.backoff_policy import DEFAULT_BACKOFF, Backoff
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.definition import resolve_workflow
+from pgflow.engine.graph_run import GraphRun
 from pgflow.engine.run import Run
 from pgflow.errors import DefinitionError
 from pgflow.identifiers import validate_workflow_id
@@ -129,8 +132,12 @@ class Executor:
         backoff: Backoff | None = None,
         workflow_id: str | None = None,
         log_context: Mapping[str, Any] | None = None,
+        max_parallel: int = 10,
     ) -> Any:
-        """Run `workflow` on `input` and return its last step's output (see module docstring).
+        """Run `workflow` on `input` and return its last step's output (see module docstring);
+        for a graph flow, a dict of its leaf steps' outputs (a skipped leaf left out), its
+        ready steps and map elements run concurrently, at most `max_parallel` at once, each
+        retried on its own, and `timeout` bounds the whole run (see `pgflow.engine.graph_run`).
 
         `workflow` is a Flow, a Workflow, or a class or module with `__workflow_steps__`.
         `max_attempts` bounds attempts (a step's own `max_attempts` wins when that step
@@ -149,10 +156,27 @@ class Executor:
         """
         resolved = resolve_workflow(workflow)
         _check_options(max_attempts, timeout, step_timeout, backoff, workflow_id, log_context)
+        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+            raise DefinitionError(f"max_parallel must be an int >= 1, got {max_parallel!r}")
+        store = self._store if self._store is not None or self._backend is None else self.backend
+        if resolved.is_graph:
+            return GraphRun(
+                resolved,
+                input,
+                store=store,
+                clock=self.clock,
+                max_attempts=max_attempts,
+                timeout=None if timeout is None else float(timeout),
+                step_timeout=None if step_timeout is None else float(step_timeout),
+                backoff=DEFAULT_BACKOFF if backoff is None else backoff,
+                workflow_id=workflow_id,
+                log_context=log_context,
+                max_parallel=max_parallel,
+            ).execute()
         run = Run(
             resolved,
             input,
-            store=self._store if self._store is not None or self._backend is None else self.backend,
+            store=store,
             clock=self.clock,
             max_attempts=max_attempts,
             timeout=None if timeout is None else float(timeout),
@@ -267,6 +291,7 @@ def execute(
     backoff: Backoff | None = None,
     workflow_id: str | None = None,
     log_context: Mapping[str, Any] | None = None,
+    max_parallel: int = 10,
 ) -> Any:
     """Run `workflow` on `input` in this process; see `Executor.execute` for the options.
 
@@ -290,6 +315,7 @@ def execute(
             backoff=backoff,
             workflow_id=workflow_id,
             log_context=log_context,
+            max_parallel=max_parallel,
         )
     finally:
         if cached:

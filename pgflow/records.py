@@ -388,6 +388,8 @@ class StepRecord:
     duration: float
     output: Any = None
     error: dict[str, Any] | None = None
+    #: The map element this attempt ran (in-process graph runs); None for a whole step.
+    element: int | None = None
 
 
 class StepStatus(enum.StrEnum):

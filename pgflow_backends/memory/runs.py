@@ -61,6 +61,7 @@ class _Step:
     duration: float
     output: str | None
     error: str | None
+    element: int | None = None
 
     def to_record(self) -> StepRecord:
         return StepRecord(
@@ -73,6 +74,7 @@ class _Step:
             duration=self.duration,
             output=loads(self.output),
             error=loads(self.error),
+            element=self.element,
         )
 
 
@@ -153,6 +155,7 @@ class RunTable:
                 duration=step.duration,
                 output=output,
                 error=error,
+                element=step.element,
             )
         )
         return True

@@ -342,6 +342,7 @@ class SQLBackend:
             "p_error": _encode_optional(step.error, "error", limit, owner),
             "p_started_at": step.started_at,
             "p_duration": float(step.duration),
+            "p_element": step.element,
         }
         with self._run_write() as connection:
             return connection.execute(self._s.record_step, params).rowcount == 1

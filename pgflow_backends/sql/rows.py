@@ -100,6 +100,7 @@ STEP_COLUMNS: tuple[ColumnElement[Any], ...] = (
     steps.c.duration,
     steps.c.output,
     steps.c.error,
+    steps.c.element,
 )
 
 _STATES = {state.value: state for state in JobState}
@@ -269,4 +270,5 @@ def step_from_row(row: Sequence[Any]) -> StepRecord:
         duration=row[6],
         output=row[7],
         error=row[8],
+        element=row[9],
     )

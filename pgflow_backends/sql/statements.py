@@ -556,6 +556,7 @@ class Statements:
                 steps.c.error,
                 steps.c.started_at,
                 steps.c.duration,
+                steps.c.element,
             ],
             select(
                 workflow_id,
@@ -567,6 +568,7 @@ class Statements:
                 _json("p_error"),
                 _p("p_started_at", UTCDateTime()),
                 _p("p_duration", Float()),
+                _p("p_element", Integer()),
             ).where(
                 exists().where(
                     runs.c.workflow_id == workflow_id,
