@@ -10,7 +10,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pgflow.backend import Backend, JobQueue, RunStore
+from pgflow.backend import Backend, FlowStore, JobQueue, RunStore
 from pgflow.clock import Clock, FakeClock, SystemClock
 from pgflow.errors import (
     BackendError,
@@ -26,7 +26,18 @@ from pgflow.errors import (
     StepTimedOut,
     WorkflowError,
 )
-from pgflow.records import Job, JobState, NewJob, RunRecord, RunState, StepRecord, UniqueSpec
+from pgflow.records import (
+    Job,
+    JobState,
+    NewJob,
+    RunRecord,
+    RunState,
+    StepOutcome,
+    StepRecord,
+    StepState,
+    StepStatus,
+    UniqueSpec,
+)
 
 if TYPE_CHECKING:
     from pgflow import schema, testing
@@ -79,6 +90,7 @@ __all__ = [
     "DefinitionError",
     "Discard",
     "Executor",
+    "FlowStore",
     "FakeClock",
     "Flow",
     "Job",
@@ -97,7 +109,10 @@ __all__ = [
     "Snooze",
     "Step",
     "StepFailed",
+    "StepOutcome",
     "StepRecord",
+    "StepState",
+    "StepStatus",
     "StepTimedOut",
     "SystemClock",
     "UniqueSpec",

@@ -16,12 +16,11 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 SKIP_MARK = "<!-- not run by tests:"
 FENCE = re.compile(r"(?P<before>[^\n]*)\n```(?P<lang>\w*)\n(?P<body>.*?)\n```", re.S)
 
-# Pages whose examples need the graph engine (issue 10), built in other branches. The lead
-# empties this set, and drops GRAPH_MARK from the README, when the engine is merged.
-NEEDS_GRAPH_ENGINE = {"docs/graphs.md", "docs/coming-from-pgflow-typescript.md"}
-# Marks the README's graph example (the line before its fence), which needs the engine too.
-GRAPH_MARK = "<!-- graph example -->"
-GRAPH_SKIP_REASON = "needs the graph engine (issue 10); the lead lifts this skip at merge"
+# Distributed graph runs (app.start_run) work on the memory backend only so far (issue 10 is
+# in progress); examples that start one are skipped, saying so, until the SQL backends and
+# the runtime's task execution land. This is the one place to lift it.
+DISTRIBUTED_GRAPH_CALL = "start_run("
+GRAPH_SKIP_REASON = "needs distributed graph runs (app.start_run, issue 10, in progress)"
 
 PAGES = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
 
@@ -53,7 +52,7 @@ RUN = [block for block in ALL_PYTHON if SKIP_MARK not in block.before]
 
 
 def _needs_graph_engine(block: Block) -> bool:
-    return block.page in NEEDS_GRAPH_ENGINE or GRAPH_MARK in block.before
+    return DISTRIBUTED_GRAPH_CALL in block.body
 
 
 def test_ci_runs_the_readme_test_command() -> None:
@@ -71,11 +70,6 @@ def test_every_skipped_example_says_why() -> None:
         if SKIP_MARK in block.before:
             reason = block.before.split(SKIP_MARK, 1)[1].rstrip("-> ").strip()
             assert reason, f"{block.page} line {block.line}: a skipped example must give its reason"
-
-
-def test_the_readme_marks_its_graph_example() -> None:
-    """The skip below must find the README's graph example, or it would run and fail unseen."""
-    assert [b for b in ALL_PYTHON if b.page == "README.md" and GRAPH_MARK in b.before]
 
 
 def test_every_docs_page_is_linked_from_the_readme() -> None:
