@@ -393,6 +393,11 @@ def check_graph_signature(workflow: str, step: Step) -> None:
                 "dependencies are passed by keyword"
             )
         if step.is_map:
+            if signature.first == INPUT and not signature.positional_only:
+                raise DefinitionError(
+                    f"{where}: a map step's first parameter receives the element; "
+                    f"name it something other than {INPUT!r} (which asks for the run's input)"
+                )
             items = [name for name in signature.names if name != INPUT]
             if not items and not signature.positional_only and not signature.var_positional:
                 raise DefinitionError(
@@ -419,6 +424,11 @@ def check_graph_signature(workflow: str, step: Step) -> None:
                         "after it; add the parameter, or **kwargs)"
                     )
     when_signature = step.when_signature
+    if when_signature is not None and when_signature.positional_only:
+        raise DefinitionError(
+            f"{where}: when's parameter {when_signature.positional_only[0]!r} is "
+            "positional-only; when is called with the step's arguments by keyword"
+        )
     if when_signature is not None and when_signature.known and not when_signature.var_keyword:
         names = call_names(step)
         if names is not None:

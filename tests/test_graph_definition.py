@@ -390,3 +390,59 @@ def test_same_shape_defined_twice_is_fine() -> None:
     registry.add(second)
     registry.add_workflow(second.workflow)
     assert registry.served() == [("same", first.workflow.fingerprint)]
+
+
+# --- foundation fixes -----------------------------------------------------------------------
+
+
+def test_step_named_input_is_refused_in_a_graph() -> None:
+    """Its output would be passed under the name that means the run's input."""
+    flow = Flow("input_step")
+    flow.add_step("input", _identity)
+    flow.add_step("b", lambda input: input, depends_on=["input"])
+    with _raises(r"workflow 'input_step' step 'input': in a graph 'input' names the run's"):
+        _ = flow.plan
+
+
+def test_step_named_input_is_fine_in_a_chain() -> None:
+    flow = Flow("input_chain")
+    flow.add_step("input", _identity)
+    flow.add_step("next", _identity)
+    assert flow.workflow.definition == {"kind": "chain", "steps": ["input", "next"]}
+
+
+def test_map_whose_first_parameter_is_input() -> None:
+    """The element is passed first, so `input` would be given twice."""
+    flow = Flow("map_input_first")
+    with _raises(r"workflow 'map_input_first' step 'each': a map step's first parameter"):
+
+        @flow.map
+        def each(input: Any, item: Any) -> Any:
+            return item
+
+
+def test_map_may_ask_for_input_after_its_element() -> None:
+    flow = Flow("map_input_after")
+
+    @flow.map
+    def each(item: Any, input: Any) -> Any:
+        return item
+
+    assert flow.plan.step("each").takes_input
+
+
+def test_when_with_positional_only_parameter() -> None:
+    """`when` is called by keyword, so a positional-only parameter could never be given."""
+    flow = Flow("when_positional")
+
+    def positive(a: Any, /) -> bool:
+        return bool(a)
+
+    with _raises(r"workflow 'when_positional' step 'b': when's parameter 'a' is positional"):
+        flow.add_step("b", lambda a: a, depends_on=["a"], when=positive)
+
+
+def test_when_parameter_naming_no_argument() -> None:
+    flow = Flow("when_unknown")
+    with _raises(r"workflow 'when_unknown' step 'b': when's parameter 'z' is not one of"):
+        flow.add_step("b", lambda a: a, depends_on=["a"], when=lambda z: True)
