@@ -35,9 +35,9 @@ def test_self_dependency_names_flow_and_step() -> None:
 def test_map_over_more_than_one_dependency() -> None:
     flow = Flow("wide_map")
     with _raises(r"workflow 'wide_map' step '<step>': a map maps over one dependency"):
-        flow.map(over=["a", "b"])  # type: ignore[arg-type]
+        flow.map(over=["a", "b"])  # type: ignore[call-overload]
     with _raises(r"workflow 'wide_map' step 'each': a map maps over one dependency"):
-        flow.map(lambda x: x, over=("a", "b"), name="each")  # type: ignore[arg-type,call-overload]
+        flow.map(lambda x: x, over=("a", "b"), name="each")  # type: ignore[call-overload]
 
 
 def test_map_with_depends_on_is_an_unknown_option_with_a_hint() -> None:
