@@ -167,6 +167,7 @@ class Workflow:
             check_step(
                 self.name, step.name, step.fn, timeout=step.timeout, max_attempts=step.max_attempts
             )
+            _check_graph_options(self.name, step)
             if step.name in seen:
                 raise DefinitionError(f"workflow {self.name!r}: duplicate step name {step.name!r}")
             seen.add(step.name)
@@ -309,6 +310,28 @@ def _make_step(
     if signature:
         check_graph_signature(workflow, step)
     return step
+
+
+def _check_graph_options(workflow: str, step: Step) -> None:
+    """The checks `Flow` makes, for a Step built by hand and given to `Workflow` directly."""
+    where = f"workflow {workflow!r} step {step.name!r}"
+    if step.kind not in (STEP, MAP):
+        raise DefinitionError(f"{where}: kind must be {STEP!r} or {MAP!r}, got {step.kind!r}")
+    if step.kind == MAP:
+        expected = () if step.over is None else _dependency_names(where, step.name, [step.over])
+        if step.depends_on != expected:
+            raise DefinitionError(
+                f"{where}: a map depends only on the step it maps over (over={step.over!r}), "
+                f"got depends_on={list(step.depends_on)!r}"
+            )
+    elif step.over is not None:
+        raise DefinitionError(f"{where}: over= is for map steps (kind={MAP!r})")
+    _dependency_names(where, step.name, step.depends_on)
+    _check_backoff(where, step.backoff)
+    _check_start_delay(where, step.start_delay)
+    _check_step_queue(where, step.queue)
+    _check_when(where, step.when)
+    check_graph_signature(workflow, step)
 
 
 def _dependency_names(where: str, name: str, value: object) -> tuple[str, ...]:

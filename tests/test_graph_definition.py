@@ -4,6 +4,7 @@ shape (not the declaration order, not the step options)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 import pgflow
 from pgflow.backoff_policy import Backoff
-from pgflow.definition import Flow, Workflow, definition_fingerprint
+from pgflow.definition import Flow, Step, Workflow, definition_fingerprint
 from pgflow.errors import DefinitionError
 from pgflow.graph.registry import FlowRegistry
 
@@ -446,3 +447,41 @@ def test_when_parameter_naming_no_argument() -> None:
     flow = Flow("when_unknown")
     with _raises(r"workflow 'when_unknown' step 'b': when's parameter 'z' is not one of"):
         flow.add_step("b", lambda a: a, depends_on=["a"], when=lambda z: True)
+
+
+# --- Steps built by hand get the same checks --------------------------------------------------
+
+
+def _takes_a(a: Any) -> Any:
+    return a
+
+
+@pytest.mark.parametrize(
+    ("step", "problem"),
+    [
+        (Step("b", _takes_a, depends_on=["b"]), "a step cannot depend on itself"),
+        (Step("b", _takes_a, kind="mapp"), "kind must be 'step' or 'map', got 'mapp'"),
+        (Step("b", _takes_a, kind="map", over="a", depends_on=["a", "z"]), "a map depends only"),
+        (Step("b", _takes_a, over="a", depends_on=["a"]), "over= is for map steps"),
+        (Step("b", _takes_a, depends_on=["a"], when=3), "when must be callable, got int"),  # type: ignore[arg-type]
+        (Step("b", _takes_a, depends_on=["a"], start_delay=-1.0), "start_delay must be >= 0"),
+        (Step("b", _identity, depends_on=["a"]), "parameter 'value' names no dependency"),
+        (Step("b", lambda: None, depends_on=["a"]), "dependency 'a' is missing"),
+    ],
+    ids=["self", "kind", "map-deps", "over", "when", "start_delay", "param", "missing"],
+)
+def test_workflow_checks_steps_built_by_hand(step: Step, problem: str) -> None:
+    with _raises(rf"workflow 'by_hand' step 'b': {re.escape(problem)}"):
+        Workflow("by_hand", (Step("a", _identity), step))
+
+
+def test_workflow_of_hand_built_graph_steps() -> None:
+    workflow = Workflow(
+        "by_hand_ok",
+        (
+            Step("a", _identity),
+            Step("b", _identity, kind="map", over="a", depends_on=["a"]),
+            Step("c", lambda b: b, depends_on=["b"], when=lambda b: bool(b)),
+        ),
+    )
+    assert workflow.is_graph and workflow.plan.leaves == ("c",)
