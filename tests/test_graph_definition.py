@@ -4,6 +4,7 @@ shape (not the declaration order, not the step options)."""
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Callable
 from typing import Any
@@ -485,3 +486,20 @@ def test_workflow_of_hand_built_graph_steps() -> None:
         ),
     )
     assert workflow.is_graph and workflow.plan.leaves == ("c",)
+
+
+def test_registry_forgets_a_dropped_flow_and_skips_a_broken_one() -> None:
+    registry = FlowRegistry()
+    dropped = _graph("dropped")
+    fingerprint = dropped.workflow.fingerprint
+    registry.add(dropped)
+    broken = Flow("broken_in_registry")
+    broken.add_step("b", lambda a: a, depends_on=["a"])
+    registry.add(broken)
+    assert registry.served() == [("dropped", fingerprint)]
+    del dropped
+    gc.collect()
+    assert registry.served() == []
+    assert registry.find("dropped", fingerprint) is None
+    with _raises(r"workflow 'broken_in_registry' step 'b': depends on unknown step 'a'"):
+        registry.find("broken_in_registry", "0" * 64)
