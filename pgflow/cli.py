@@ -496,6 +496,59 @@ def demo(db_path: str) -> None:
 # --- rendering ------------------------------------------------------------------------------
 
 
+@cli.command(short_help="Print a flow as a Mermaid flowchart.")
+@click.argument("target", metavar="MODULE:FLOW")
+def graph(target: str) -> None:
+    """Print the flow TARGET (`package.module:attribute`) as a Mermaid flowchart, so a
+    definition can be reviewed or pasted into docs without running it."""
+    from pgflow.definition import Workflow
+    from pgflow.graph.mermaid import to_mermaid
+
+    flow = load_flow(target)
+    try:
+        text = to_mermaid(flow) if isinstance(flow, Workflow) else flow.to_mermaid()
+    except DefinitionError as exc:
+        click.echo(f"Error: {target}: {exc}", err=True)
+        raise SystemExit(1) from None
+    click.echo(text, nl=False)
+
+
+def load_flow(target: str) -> Any:
+    """The Flow or Workflow named by `module:attribute`; a usage error (exit code 2) naming
+    the target when the module or attribute is missing or is not a flow."""
+    from pgflow.definition import Flow, Workflow
+
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise click.BadParameter(
+            f"{target!r} is not MODULE:FLOW (e.g. myapp.flows:flow)", param_hint="'MODULE:FLOW'"
+        )
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise click.BadParameter(
+            f"cannot import module {module_name!r} of {target!r}: {type(exc).__name__}: {exc}",
+            param_hint="'MODULE:FLOW'",
+        ) from None
+    value: Any = module
+    for part in attribute.split("."):
+        if not hasattr(value, part):
+            raise click.BadParameter(
+                f"{target!r}: module {module_name!r} has no attribute {attribute!r}",
+                param_hint="'MODULE:FLOW'",
+            )
+        value = getattr(value, part)
+    if not isinstance(value, (Flow, Workflow)):
+        raise click.BadParameter(
+            f"{target!r} is a {type(value).__name__}, not a pgflow.Flow",
+            param_hint="'MODULE:FLOW'",
+        )
+    return value
+
+
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain left-aligned text table (numbers right-aligned)."""
     cells = [[str(value) for value in row] for row in rows]

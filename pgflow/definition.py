@@ -167,6 +167,7 @@ class Workflow:
             check_step(
                 self.name, step.name, step.fn, timeout=step.timeout, max_attempts=step.max_attempts
             )
+            _check_graph_options(self.name, step)
             if step.name in seen:
                 raise DefinitionError(f"workflow {self.name!r}: duplicate step name {step.name!r}")
             seen.add(step.name)
@@ -311,6 +312,28 @@ def _make_step(
     return step
 
 
+def _check_graph_options(workflow: str, step: Step) -> None:
+    """The checks `Flow` makes, for a Step built by hand and given to `Workflow` directly."""
+    where = f"workflow {workflow!r} step {step.name!r}"
+    if step.kind not in (STEP, MAP):
+        raise DefinitionError(f"{where}: kind must be {STEP!r} or {MAP!r}, got {step.kind!r}")
+    if step.kind == MAP:
+        expected = () if step.over is None else _dependency_names(where, step.name, [step.over])
+        if step.depends_on != expected:
+            raise DefinitionError(
+                f"{where}: a map depends only on the step it maps over (over={step.over!r}), "
+                f"got depends_on={list(step.depends_on)!r}"
+            )
+    elif step.over is not None:
+        raise DefinitionError(f"{where}: over= is for map steps (kind={MAP!r})")
+    _dependency_names(where, step.name, step.depends_on)
+    _check_backoff(where, step.backoff)
+    _check_start_delay(where, step.start_delay)
+    _check_step_queue(where, step.queue)
+    _check_when(where, step.when)
+    check_graph_signature(workflow, step)
+
+
 def _dependency_names(where: str, name: str, value: object) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Iterable):
         raise DefinitionError(f"{where}: depends_on must be a list of step names, got {value!r}")
@@ -393,6 +416,11 @@ def check_graph_signature(workflow: str, step: Step) -> None:
                 "dependencies are passed by keyword"
             )
         if step.is_map:
+            if signature.first == INPUT and not signature.positional_only:
+                raise DefinitionError(
+                    f"{where}: a map step's first parameter receives the element; "
+                    f"name it something other than {INPUT!r} (which asks for the run's input)"
+                )
             items = [name for name in signature.names if name != INPUT]
             if not items and not signature.positional_only and not signature.var_positional:
                 raise DefinitionError(
@@ -419,6 +447,11 @@ def check_graph_signature(workflow: str, step: Step) -> None:
                         "after it; add the parameter, or **kwargs)"
                     )
     when_signature = step.when_signature
+    if when_signature is not None and when_signature.positional_only:
+        raise DefinitionError(
+            f"{where}: when's parameter {when_signature.positional_only[0]!r} is "
+            "positional-only; when is called with the step's arguments by keyword"
+        )
     if when_signature is not None and when_signature.known and not when_signature.var_keyword:
         names = call_names(step)
         if names is not None:

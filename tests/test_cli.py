@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -664,3 +665,112 @@ def test_readme_lists_every_worker_option() -> None:
         for flag in param.opts:
             if flag.startswith("--") and flag != "--help":
                 assert re.search(rf"(?<![\w-]){flag}(?![\w-])", section), flag
+
+
+# --- pgflow graph MODULE:FLOW ---------------------------------------------------------------
+
+GRAPH_MODULE = """
+import pgflow
+
+flow = pgflow.Flow("cli_graph")
+
+
+@flow.step
+def fetch(x):
+    return x
+
+
+@flow.map(over="fetch")
+def each(item):
+    return item
+
+
+@flow.step(depends_on=["each"])
+def total(each):
+    return sum(each)
+
+
+broken = pgflow.Flow("cli_broken")
+broken.add_step("b", lambda a: a, depends_on=["a"])
+
+not_a_flow = 42
+"""
+
+
+@pytest.fixture
+def graph_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A module defining flows, importable from the current directory as `pgflow graph`
+    expects; a unique name per test, so no test sees another's import."""
+    name = f"cli_graph_{uuid.uuid4().hex}"
+    (tmp_path / f"{name}.py").write_text(GRAPH_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield name
+    sys.modules.pop(name, None)
+
+
+def test_graph_prints_the_flow_as_mermaid(runner: CliRunner, graph_module: str) -> None:
+    result = runner.invoke(cli.cli, ["graph", f"{graph_module}:flow"])
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "flowchart TD\n"
+        '    s0_fetch["fetch"]\n'
+        '    s1_each[/"each (map over fetch)"/]\n'
+        '    s2_total["total"]\n'
+        "    s0_fetch --> s1_each\n"
+        "    s1_each --> s2_total\n"
+    )
+    assert result.output == sys.modules[graph_module].flow.to_mermaid()
+
+
+@pytest.mark.parametrize(
+    ("attribute", "problem"),
+    [
+        ("missing", "has no attribute 'missing'"),
+        ("not_a_flow", "is a int, not a pgflow.Flow"),
+    ],
+)
+def test_graph_names_the_target_when_it_is_not_a_flow(
+    runner: CliRunner, graph_module: str, attribute: str, problem: str
+) -> None:
+    target = f"{graph_module}:{attribute}"
+    result = runner.invoke(cli.cli, ["graph", target])
+    assert result.exit_code == 2
+    assert f"'{target}'" in result.output and problem in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("target", ["no_such_module_for_pgflow_graph:flow", "no_colon", ":flow"])
+def test_graph_names_a_missing_module_or_a_malformed_target(
+    runner: CliRunner, graph_module: str, target: str
+) -> None:
+    result = runner.invoke(cli.cli, ["graph", target])
+    assert result.exit_code == 2
+    assert f"'{target}'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_graph_of_a_broken_flow_names_target_flow_and_step(
+    runner: CliRunner, graph_module: str
+) -> None:
+    result = runner.invoke(cli.cli, ["graph", f"{graph_module}:broken"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {graph_module}:broken: workflow 'cli_broken' step 'b'")
+    assert "depends on unknown step 'a'" in result.output
+
+
+def test_graph_command_in_a_real_process(tmp_path: Path) -> None:
+    (tmp_path / "real_graph_flows.py").write_text(GRAPH_MODULE)
+    env = {k: v for k, v in os.environ.items() if k not in ("PGFLOW_URL", "DATABASE_URL")}
+    done = subprocess.run(
+        [*PGFLOW, "graph", "real_graph_flows:flow"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("flowchart TD\n") and "s1_each --> s2_total" in done.stdout
+    missing = subprocess.run(
+        [*PGFLOW, "graph", "real_graph_flows:nothing"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 2
+    assert "'real_graph_flows:nothing'" in missing.stderr

@@ -16,8 +16,24 @@ def _node_id(index: int, name: str) -> str:
     return f"s{index}_{_SAFE.sub('_', name)}"
 
 
+#: Characters that would end a quoted label, start markup, or break the line, as Mermaid
+#: entity codes; `#` first, since every replacement introduces one.
+_ESCAPES = (
+    ("#", "#35;"),
+    ('"', "#quot;"),
+    ("<", "#lt;"),
+    (">", "#gt;"),
+    ("`", "#96;"),
+    ("\r", "#13;"),
+    ("\n", "#10;"),
+)
+
+
 def _label(text: str) -> str:
-    return text.replace('"', "#quot;")
+    """A step name as the text of a quoted Mermaid label: shown as written, never parsed."""
+    for char, code in _ESCAPES:
+        text = text.replace(char, code)
+    return text
 
 
 def to_mermaid(workflow: Workflow) -> str:

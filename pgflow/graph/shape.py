@@ -140,6 +140,11 @@ def _chain_plan(workflow: Workflow) -> FlowPlan:
 def _graph_plan(workflow: Workflow) -> FlowPlan:
     by_name = {step.name: step for step in workflow.steps}
     for step in workflow.steps:
+        if step.name == INPUT:
+            raise DefinitionError(
+                f"workflow {workflow.name!r} step {step.name!r}: in a graph {INPUT!r} names "
+                "the run's input (a step's parameter for it); give the step another name"
+            )
         for dependency in step.depends_on:
             if dependency not in by_name:
                 close = sorted(by_name)
