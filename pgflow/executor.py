@@ -159,33 +159,21 @@ class Executor:
         if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
             raise DefinitionError(f"max_parallel must be an int >= 1, got {max_parallel!r}")
         store = self._store if self._store is not None or self._backend is None else self.backend
+        # One set of options for both engines: a chain runs its steps in order, a graph
+        # runs ready steps concurrently (bounded by max_parallel).
+        options: dict[str, Any] = {
+            "store": store,
+            "clock": self.clock,
+            "max_attempts": max_attempts,
+            "timeout": None if timeout is None else float(timeout),
+            "step_timeout": None if step_timeout is None else float(step_timeout),
+            "backoff": DEFAULT_BACKOFF if backoff is None else backoff,
+            "workflow_id": workflow_id,
+            "log_context": log_context,
+        }
         if resolved.is_graph:
-            return GraphRun(
-                resolved,
-                input,
-                store=store,
-                clock=self.clock,
-                max_attempts=max_attempts,
-                timeout=None if timeout is None else float(timeout),
-                step_timeout=None if step_timeout is None else float(step_timeout),
-                backoff=DEFAULT_BACKOFF if backoff is None else backoff,
-                workflow_id=workflow_id,
-                log_context=log_context,
-                max_parallel=max_parallel,
-            ).execute()
-        run = Run(
-            resolved,
-            input,
-            store=store,
-            clock=self.clock,
-            max_attempts=max_attempts,
-            timeout=None if timeout is None else float(timeout),
-            step_timeout=None if step_timeout is None else float(step_timeout),
-            backoff=DEFAULT_BACKOFF if backoff is None else backoff,
-            workflow_id=workflow_id,
-            log_context=log_context,
-        )
-        return run.execute()
+            return GraphRun(resolved, input, max_parallel=max_parallel, **options).execute()
+        return Run(resolved, input, **options).execute()
 
     def close(self) -> None:
         """Close the backend this executor opened from a URL or Engine (a RunStore passed
