@@ -367,7 +367,9 @@ class PostgresBackend(SQLBackend):
 
     def _insert_prepared(self, prepared: list[PreparedJob], connection: Any) -> list[Job] | None:
         """Jobs without unique keys, inserted by pgflow itself: the driver-level path."""
-        if connection is not None or any(item.unique is not None for item in prepared):
+        if connection is not None or any(
+            item.unique is not None or item.job.task is not None for item in prepared
+        ):
             return None
         if len(prepared) == 1:
             with self._driver() as conn:
@@ -378,6 +380,9 @@ class PostgresBackend(SQLBackend):
         return _inserted(rows, prepared)
 
     def _insert_many(self, connection: Connection, batch: Sequence[PreparedJob]) -> list[Job]:
+        if any(item.job.task is not None for item in batch):
+            # Task jobs carry their task columns: the general Core statement writes them.
+            return super()._insert_many(connection, batch)
         result = connection.exec_driver_sql(_BULK_INSERT, _bulk_params(batch))
         return _inserted(result.all(), batch)
 

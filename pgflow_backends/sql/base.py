@@ -132,6 +132,9 @@ class PreparedJob:
             "p_schedule_in": job.schedule_in,
             "p_unique_key": None,
             "p_unique_release": bool(job.unique is not None and job.unique.while_unfinished),
+            "p_workflow_id": None if job.task is None else job.task.workflow_id,
+            "p_step": None if job.task is None else job.task.step,
+            "p_task_index": None if job.task is None else job.task.index,
         }
 
 
@@ -699,6 +702,7 @@ class SQLBackend:
             "p_pid": info.pid,
             "p_queues": dumps(dict(info.queues), what="queues"),
             "p_incarnation": info.incarnation,
+            "p_flows": dumps([list(pair) for pair in info.flows], what="flows"),
         }
         with self._tx() as connection:
             # First: the row lock that fenced claims of this id wait for (PostgreSQL). A claim

@@ -14,7 +14,7 @@ from typing import Any, overload
 from sqlalchemy import Text, cast
 from sqlalchemy.sql.elements import ColumnElement
 
-from pgflow.records import Instance, Job, JobState, RunRecord, StepRecord
+from pgflow.records import Instance, Job, JobState, RunRecord, StepRecord, TaskKey
 from pgflow.schema import instances, jobs, runs, steps
 from pgflow.serialization import loads
 
@@ -34,6 +34,7 @@ __all__ = [
     "run_from_row",
     "step_from_row",
     "stored_copy",
+    "task_key",
     "utc",
 ]
 
@@ -56,10 +57,13 @@ JOB_COLUMNS: tuple[ColumnElement[Any], ...] = (
     cast(jobs.c.errors, Text).label("errors"),
     cast(jobs.c.meta, Text).label("meta"),
     jobs.c.unique_key,
+    jobs.c.workflow_id,
+    jobs.c.step,
+    jobs.c.task_index,
     cast(jobs.c.result, Text).label("result"),
 )
 #: What a claim returns: a claimed job has no result yet (a retried job's was cleared).
-CLAIM_COLUMNS = JOB_COLUMNS[:16]
+CLAIM_COLUMNS = JOB_COLUMNS[:19]
 #: A job without its JSON payloads, for reads that only need to know which jobs exist.
 SUMMARY_COLUMNS: tuple[ColumnElement[Any], ...] = tuple(
     column for column in JOB_COLUMNS if column.name not in {"args", "errors", "meta", "result"}
@@ -74,6 +78,7 @@ INSTANCE_COLUMNS: tuple[ColumnElement[Any], ...] = (
     instances.c.queues,
     instances.c.incarnation,
     instances.c.abandoned,
+    instances.c.flows,
 )
 RUN_COLUMNS: tuple[ColumnElement[Any], ...] = (
     runs.c.workflow_id,
@@ -180,7 +185,8 @@ def job_from_row(row: Sequence[Any], *, conflict: bool = False) -> Job:
         meta=decode_object(row[14]),
         unique_key=row[15],
         conflict=conflict,
-        result=loads(row[16]) if len(row) > 16 else None,
+        result=loads(row[19]) if len(row) > 19 else None,
+        task=task_key(row[16], row[17], row[18]),
     )
 
 
@@ -204,7 +210,15 @@ def job_from_driver_row(row: Sequence[Any]) -> Job:
         errors=decode_errors(row[13]),
         meta=decode_object(row[14]),
         unique_key=row[15],
+        task=task_key(row[16], row[17], row[18]),
     )
+
+
+def task_key(workflow_id: str | None, step: str | None, index: int | None) -> TaskKey | None:
+    """The flow run unit a job row is, from its task columns (None for ordinary jobs)."""
+    if workflow_id is None or step is None:
+        return None
+    return TaskKey(workflow_id, step, index or 0)
 
 
 def job_summary_from_row(row: Sequence[Any]) -> Job:
@@ -224,10 +238,13 @@ def job_summary_from_row(row: Sequence[Any]) -> Job:
         completed_at=row[10],
         reserved_by=row[11],
         unique_key=row[12],
+        task=task_key(row[13], row[14], row[15]),
     )
 
 
 def instance_from_row(row: Sequence[Any]) -> Instance:
+    # A keyword dict: mypy's attrs plugin cannot type a `converter=tuple` field's argument.
+    served: dict[str, Any] = {"flows": _flow_pairs(row[9])}
     return Instance(
         instance_id=row[0],
         status=row[1],
@@ -238,7 +255,13 @@ def instance_from_row(row: Sequence[Any]) -> Instance:
         queues=row[6] or {},
         incarnation=row[7],
         abandoned=row[8] or 0,
+        **served,
     )
+
+
+def _flow_pairs(stored: Any) -> tuple[tuple[str, str], ...]:
+    """The (flow name, fingerprint) pairs of an instance row: JSON keeps them as lists."""
+    return tuple((str(name), str(fingerprint)) for name, fingerprint in stored or ())
 
 
 def run_from_row(row: Sequence[Any]) -> RunRecord:

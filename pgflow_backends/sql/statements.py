@@ -159,6 +159,9 @@ class Statements:
             unique_key=_p("p_unique_key", String()),
             unique_release=_p("p_unique_release"),
             inserted_at=now,
+            workflow_id=_p("p_workflow_id", String()),
+            step=_p("p_step", String()),
+            task_index=_p("p_task_index", Integer()),
         )
         #: One job, or the holder of its unique key (nothing returned on conflict).
         self.insert_job: Insert = plain_insert.on_conflict_do_nothing(
@@ -371,6 +374,7 @@ class Statements:
             pid=_p("p_pid", Integer()),
             queues=_json("p_queues"),
             incarnation=_p("p_incarnation", String()),
+            flows=_json("p_flows"),
         )
         self.register: Insert = upsert.on_conflict_do_update(
             index_elements=[instances.c.instance_id],
@@ -382,6 +386,7 @@ class Statements:
                 "pid": upsert.excluded.pid,
                 "queues": upsert.excluded.queues,
                 "incarnation": upsert.excluded.incarnation,
+                "flows": upsert.excluded.flows,
             },
         )
         #: Registration's first statement: FOR UPDATE conflicts with a claim's FOR KEY SHARE
