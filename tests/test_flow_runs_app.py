@@ -254,3 +254,34 @@ def test_started_flows_are_served() -> None:
         return x
 
     assert (flow.name, flow.workflow.fingerprint) in flows.served()
+
+
+def test_retries_use_the_step_backoff_then_max_attempts_exceeded(app: Pgflow) -> None:
+    flow = pgflow.Flow(_name("retry"))
+    calls: list[int] = []
+
+    @flow.step(max_attempts=2, backoff=pgflow.Backoff(base=1.0, factor=0.01))
+    def flaky(x: int) -> int:
+        calls.append(x)
+        raise RuntimeError(f"attempt {len(calls)} failed")
+
+    handle = app.start_run(flow, 1)
+    with pytest.raises(pgflow.MaxAttemptsExceeded) as caught:
+        handle.result(timeout=20)
+    assert caught.value.attempts == 2
+    assert "attempt 2 failed" in str(caught.value)
+    assert len(calls) == 2
+
+
+def test_the_instance_registers_the_flows_it_serves(app: Pgflow) -> None:
+    flow = pgflow.Flow(_name("listed"))
+
+    @flow.step
+    def only(x: int) -> int:
+        return x
+
+    app.start_run(flow, 1).result(timeout=20)
+    app.stop()
+    app.start()
+    [instance] = app.status().instances
+    assert (flow.name, flow.workflow.fingerprint) in instance.flows
