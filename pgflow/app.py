@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import json
 import logging
 import math
 import os
@@ -22,10 +23,10 @@ from typing import Any, overload
 
 import attrs
 
-from pgflow.backend import Backend
+from pgflow.backend import Backend, FlowStore
 from pgflow.background_loop import BackgroundLoop
 from pgflow.clock import SYSTEM_CLOCK, Clock
-from pgflow.errors import DefinitionError, SchemaError
+from pgflow.errors import BackendError, DefinitionError, SchemaError, WorkflowError
 from pgflow.identifiers import validate_instance_id, validate_queue
 from pgflow.records import (
     Instance,
@@ -35,7 +36,9 @@ from pgflow.records import (
     JobState,
     NewJob,
     RescueReport,
+    RunRecord,
 )
+from pgflow.run_handle import RunHandle, with_steps
 from pgflow.runtime.cron import CronScheduler, parse_cron
 from pgflow.runtime.heartbeat import Heartbeat
 from pgflow.runtime.leader import Leader
@@ -44,7 +47,7 @@ from pgflow.runtime.reconnect import RetryDelay
 from pgflow.runtime.signals import stop_on_signals
 from pgflow.runtime.wakeup import Wakeup
 from pgflow.runtime.worker_lookup import WorkerLookup
-from pgflow.serialization import check_limit
+from pgflow.serialization import check_limit, roundtrip
 from pgflow.worker import check_worker_modules
 
 __all__ = ["AppStatus", "Pgflow", "default_instance_id"]
@@ -120,6 +123,18 @@ def _open_backend(target: object, max_payload_bytes: int | _BackendsOwn | None) 
         "Pgflow needs a database URL, an SQLAlchemy Engine or a backend object, "
         f"got {type(target).__name__}"
     )
+
+
+def _served_flows() -> list[tuple[str, str]]:
+    """The flow definitions this process can run tasks of (imported or started here)."""
+    from pgflow.graph.registry import flows
+
+    return flows.served()
+
+
+def _canonical(value: Any) -> str:
+    """JSON with sorted keys: equal inputs compare equal whatever their key order."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _default_poll_interval(backend: Backend) -> float:
@@ -260,6 +275,86 @@ class Pgflow:
                 producer.cancel_local(job_id)
         return job
 
+    def start_run(
+        self,
+        flow: object,
+        input: Any,
+        *,
+        workflow_id: str | None = None,
+        max_attempts: int = 3,
+        connection: Any = None,
+    ) -> RunHandle:
+        """Start a distributed run of `flow` on `input`: each step a task job that any
+        instance serving the flow's queues runs. Returns its handle at once.
+
+        An existing `workflow_id` returns that run's handle when it was started with the same
+        definition and input (so a retried start is harmless), else raises DefinitionError
+        (another definition) or WorkflowError (another input or flow).
+        """
+        from pgflow.definition import resolve_workflow
+        from pgflow.graph.registry import flows
+
+        store = self._flow_store()
+        workflow = resolve_workflow(flow)
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise DefinitionError(
+                f"start_run: max_attempts must be an int >= 1, got {max_attempts!r}"
+            )
+        plan = workflow.plan
+        flows.add_workflow(workflow)
+        run_id = workflow_id if workflow_id is not None else str(uuid.uuid4())
+        run, created = store.start_flow_run(
+            plan, workflow_id=run_id, input=input, max_attempts=max_attempts, connection=connection
+        )
+        if not created:
+            self._check_same_run(
+                run, workflow.name, workflow.fingerprint, workflow.definition, input
+            )
+        elif connection is None:
+            self._wake(set())
+        return RunHandle(self.backend, store, run_id)
+
+    @staticmethod
+    def _check_same_run(
+        run: RunRecord, name: str, fingerprint: str, definition: Any, input: Any
+    ) -> None:
+        """A start under an existing id must describe the same run, or it is refused."""
+        from pgflow.definition import describe_change
+
+        if run.workflow != name:
+            raise WorkflowError(
+                f"run {run.workflow_id} belongs to flow {run.workflow!r}, not {name!r}",
+                workflow_id=run.workflow_id,
+            )
+        if run.fingerprint != fingerprint:
+            raise DefinitionError(
+                f"run {run.workflow_id} of flow {name!r} was started with another definition "
+                f"({describe_change(run.definition, definition)}); use a new workflow_id"
+            )
+        if _canonical(run.input) != _canonical(roundtrip(input, what="input")):
+            raise WorkflowError(
+                f"run {run.workflow_id} of flow {name!r} was started with another input; use a "
+                "new workflow_id for a new input",
+                workflow_id=run.workflow_id,
+            )
+
+    def get_run(self, workflow_id: str) -> RunRecord | None:
+        """The run (None when unknown), with `.steps` holding every step's state."""
+        run = self.backend.get_run(workflow_id)
+        if run is None:
+            return None
+        return with_steps(self._flow_store(), run)
+
+    def _flow_store(self) -> FlowStore:
+        """The backend as a FlowStore, or BackendError naming it: distributed runs need one."""
+        if not isinstance(self.backend, FlowStore):
+            raise BackendError(
+                f"{type(self.backend).__name__} ({self.backend.url}) does not store "
+                "distributed flow runs yet (it is no pgflow.FlowStore); use the memory backend, "
+                "or pgflow.execute to run the flow in-process"
+            )
+        return self.backend
+
     def status(self) -> AppStatus:
         """Job counts by queue, state and instance, and the registered instances."""
         return AppStatus(
@@ -291,6 +386,7 @@ class Pgflow:
                 pid=os.getpid(),
                 queues=dict(self.queues),
                 incarnation=self._incarnation,
+                flows=_served_flows(),  # type: ignore[arg-type]  # attrs converter=tuple
             )
             if not self._register(info):
                 return  # asked to stop while the database was still unreachable

@@ -22,7 +22,7 @@ from pgflow.abandoned import ABANDONED
 from pgflow.cancellation import CancelFlag
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.errors import Discard, PgflowError, SerializationError, Snooze, StepFailed
-from pgflow.records import Job, JobError, JobRef, JobState
+from pgflow.records import Job, JobError, JobRef, JobState, TaskCompletion
 from pgflow.runtime.worker_lookup import DEFAULT_LOOKUP, WorkerLookup
 from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES, dumps
 from pgflow.stored_errors import clean_error, exception_text, traceback_text
@@ -36,6 +36,7 @@ from pgflow.worker import (
 
 if TYPE_CHECKING:
     from pgflow.backend import Backend, JobQueue
+    from pgflow.graph.shape import FlowPlan
 
 __all__ = [
     "JobControl",
@@ -82,6 +83,9 @@ class Outcome:
     result: str | None = None
     recorded: bool = False
     fenced: bool = False
+    #: For a flow task: what `complete_tasks` records, and the plan it settles against.
+    completion: TaskCompletion | None = None
+    plan: FlowPlan | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def ref(self) -> JobRef:
@@ -539,7 +543,16 @@ def record_completions(
 
 
 def _complete(backend: JobQueue, completions: Sequence[Outcome]) -> list[int]:
-    """One batched write; results travel only when some perform returned a value."""
+    """One batched write; results travel only when some perform returned a value. Flow
+    tasks go to `complete_tasks` instead, which settles their steps."""
+    tasks = [o for o in completions if o.completion is not None]
+    if tasks:
+        plans = {o.job.args["fingerprint"]: o.plan for o in tasks if o.plan is not None}
+        done = backend.complete_tasks(  # type: ignore[attr-defined]
+            [o.completion for o in tasks], plans
+        )
+        rest = [o for o in completions if o.completion is None]
+        return list(done) + (_complete(backend, rest) if rest else [])
     refs = [o.job.ref for o in completions]
     for outcome in completions:
         if outcome.result is not None:

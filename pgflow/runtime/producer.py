@@ -35,6 +35,7 @@ from pgflow.runtime.execution import (
     record_outcomes,
     unresolved_outcome,
 )
+from pgflow.runtime.flow_tasks import execute_task
 from pgflow.runtime.pool import DaemonPool
 from pgflow.runtime.reconnect import Guard, is_transient, keep_running
 from pgflow.runtime.worker_lookup import DEFAULT_LOOKUP, WorkerLookup
@@ -337,6 +338,9 @@ class Producer:
     def _dispatch(self, job: Job) -> None:
         with self._lock:
             item = self._running[job.id]
+        if job.task is not None:  # a step of a distributed flow run
+            self._dispatch_task(job, item.control)
+            return
         try:
             worker_cls = self.lookup.resolve(job.worker)
         except Exception as exc:  # unknown, or its module failed to import: this job's outcome
@@ -364,6 +368,20 @@ class Producer:
                     functools.partial(self._on_done, job),
                 )
         except BaseException as exc:  # e.g. the loop or pool is gone: the attempt fails, retried
+            self._on_done(job, None, exc)
+
+    def _dispatch_task(self, job: Job, control: JobControl) -> None:
+        task = functools.partial(
+            execute_task,
+            job,
+            instance_id=self.instance_id,
+            backend=self.backend,
+            clock=self.clock,
+            control=control,
+        )
+        try:
+            self._pool.submit(task, functools.partial(self._on_done, job))
+        except BaseException as exc:  # the pool is gone: the attempt fails, retried
             self._on_done(job, None, exc)
 
     def _on_async_done(self, job: Job, future: concurrent.futures.Future[Outcome]) -> None:

@@ -1,0 +1,159 @@
+"""Running one task of a distributed flow run: a claimed job whose `task` is set.
+
+The job names its definition (flow name in the worker column, fingerprint in its args);
+only a definition registered in this process (`pgflow.graph.registry.flows`) is run, never
+code a row names. The outcome carries a TaskCompletion, which the producer records with
+`complete_tasks` so the store settles the step in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from pgflow.clock import SYSTEM_CLOCK, Clock
+from pgflow.definition import Step, Workflow
+from pgflow.errors import SerializationError
+from pgflow.graph.registry import flows
+from pgflow.graph.shape import TASK_WORKER_PREFIX
+from pgflow.records import Job, TaskCompletion
+from pgflow.runtime.execution import JobControl, Outcome, OutcomeKind, _Run, job_log_extra
+from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES, dumps
+from pgflow.worker import backoff_delay
+
+if TYPE_CHECKING:
+    from pgflow.backend import Backend
+
+logger = logging.getLogger("pgflow.runtime")
+
+#: How long a task of a definition this process does not know waits before another try.
+UNKNOWN_DEFINITION_SNOOZE = 30.0
+SKIPPED_BY_WHEN = "when returned false"
+
+
+class _StepTimedOut(TimeoutError):
+    pass
+
+
+def execute_task(
+    job: Job,
+    *,
+    instance_id: str | None = None,
+    backend: Backend | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    control: JobControl | None = None,
+) -> Outcome:
+    """Run the step `job` is a task of and return its outcome, writing nothing."""
+    assert job.task is not None
+    control = control or JobControl()
+    run = _Run(job, instance_id, clock, control)
+    name = job.worker.removeprefix(TASK_WORKER_PREFIX)
+    fingerprint = job.args.get("fingerprint") if isinstance(job.args, dict) else None
+    try:
+        workflow = flows.find(name, str(fingerprint))
+    except Exception as exc:  # a broken definition: fails like a step raising
+        return run.failed(exc, None, honour_cancel=False)
+    if workflow is None:
+        logger.warning(
+            "job %s: flow %r with definition %s is not known in this process; snoozed %gs "
+            "(import the module that defines it)",
+            job.id,
+            name,
+            fingerprint,
+            UNKNOWN_DEFINITION_SNOOZE,
+            extra=job_log_extra(job, instance_id, flow=name, fingerprint=fingerprint),
+        )
+        return Outcome(job, OutcomeKind.SNOOZED, snooze=UNKNOWN_DEFINITION_SNOOZE)
+    step = _step(workflow, job.task.step)
+    args: list[Any] = list(job.args.get("args", []))
+    kwargs: dict[str, Any] = dict(job.args.get("kwargs", {}))
+    limit = getattr(backend, "max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES)
+    try:
+        if step.when is not None and not step.is_map and not _call_when(step, args, kwargs):
+            completion = TaskCompletion(job.ref, job.task, None, skipped=SKIPPED_BY_WHEN)
+            return Outcome(job, OutcomeKind.COMPLETED, completion=completion, plan=workflow.plan)
+        value = _call(step, args, kwargs, control)
+        output = dumps(value, what="output", limit=limit, owner=f"flow {name!r} step {step.name!r}")
+    except Exception as exc:
+        return _failed(run, exc, step)
+    completion = TaskCompletion(job.ref, job.task, output)
+    return Outcome(
+        job, OutcomeKind.COMPLETED, value=value, completion=completion, plan=workflow.plan
+    )
+
+
+def _step(workflow: Workflow, name: str) -> Step:
+    for step in workflow.steps:
+        if step.name == name:
+            return step
+    raise LookupError(f"flow {workflow.name!r} has no step {name!r}")
+
+
+def _failed(run: _Run, exc: BaseException, step: Step) -> Outcome:
+    """A failed attempt: retried with the step's backoff, discarded when it cannot help."""
+    outcome = run.failed(exc, None, honour_cancel=False)
+    if outcome.kind is not OutcomeKind.RETRY:
+        return outcome
+    if isinstance(exc, SerializationError):
+        return attrs.evolve(outcome, kind=OutcomeKind.DISCARDED, retry_in=None)
+    if step.backoff is not None:
+        return attrs.evolve(outcome, retry_in=backoff_delay(step.backoff, run.job.attempt))
+    return outcome
+
+
+def _call_when(step: Step, args: list[Any], kwargs: dict[str, Any]) -> bool:
+    """Call `when` with the arguments it declares, as the in-process engine does."""
+    assert step.when is not None
+    signature = step.when_signature
+    if signature is None or not signature.known:
+        return bool(step.when(*args, **kwargs))
+    available = dict(kwargs)
+    first = step.signature.first
+    if args and first is not None:
+        available[first] = args[0]
+    if signature.var_keyword:
+        return bool(step.when(**available))
+    return bool(step.when(**{k: v for k, v in available.items() if k in signature.names}))
+
+
+def _call(step: Step, args: list[Any], kwargs: dict[str, Any], control: JobControl) -> Any:
+    """Call the step function, bounded by its timeout (its thread is then abandoned)."""
+
+    def call() -> Any:
+        value = step.fn(*args, **kwargs)
+        if inspect.isawaitable(value):
+            return asyncio.run(_await(value))
+        return value
+
+    if step.timeout is None:
+        return call()
+    box: list[tuple[bool, Any]] = []
+
+    def attempt() -> None:
+        try:
+            box.append((True, call()))
+        except BaseException as exc:
+            box.append((False, exc))
+        finally:
+            control.thread_ended()
+
+    thread = threading.Thread(target=attempt, name=f"pgflow-step-{step.name}", daemon=True)
+    thread.start()
+    thread.join(step.timeout)
+    if not box:
+        control.abandon_thread(f"step {step.name!r}", None)
+        control.cancel()
+        raise _StepTimedOut(f"step {step.name!r} timed out after {step.timeout:g}s")
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+async def _await(value: Any) -> Any:
+    return await value

@@ -1,0 +1,287 @@
+"""Distributed flow runs through the app on the memory backend: `start_run` stores the run,
+the instance's producers run each step as a task job, and the handle reads the result."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import pgflow
+from pgflow import Pgflow
+from pgflow.errors import BackendError, DefinitionError, StepFailed, WorkflowError
+from pgflow.graph.registry import flows
+from pgflow.records import JobState, StepStatus
+from tests.waiting import wait_or_fail
+
+
+@pytest.fixture
+def app() -> Iterator[Pgflow]:
+    app = Pgflow("memory://", poll_interval=0.05, instance_id="flows", queues={"default": 10})
+    app.start()
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def _name(prefix: str) -> str:
+    """A flow name unique to the test: the registry is process-wide."""
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def test_chain_of_three_steps(app: Pgflow) -> None:
+    flow = pgflow.Flow(_name("chain"))
+
+    @flow.step
+    def one(x: int) -> int:
+        return x + 1
+
+    @flow.step
+    def two(x: int) -> int:
+        return x * 10
+
+    @flow.step
+    def three(x: int) -> str:
+        return f"got {x}"
+
+    handle = app.start_run(flow, 4)
+    assert handle.result(timeout=20) == "got 50"
+    run = handle.status()
+    assert [s.state for s in run.steps.values()] == [StepStatus.COMPLETED] * 3
+    stored = app.get_run(handle.workflow_id)
+    assert stored is not None and stored.steps["two"].output == 50
+
+
+def test_diamond(app: Pgflow) -> None:
+    flow = pgflow.Flow(_name("diamond"))
+
+    @flow.step
+    def fetch(input: dict[str, Any]) -> str:
+        return f"text of {input['url']}"
+
+    @flow.step(depends_on=["fetch"])
+    def left(fetch: str) -> str:
+        return fetch.upper()
+
+    @flow.step(depends_on=["fetch"])
+    def right(fetch: str) -> int:
+        return len(fetch)
+
+    @flow.step(depends_on=["left", "right"])
+    def join(left: str, right: int, input: Any = None) -> str:
+        return f"{left}/{right}/{input['url']}"
+
+    handle = app.start_run(flow, {"url": "u1"})
+    assert handle.result(timeout=20) == {"join": "TEXT OF U1/10/u1"}
+
+
+def test_map_of_ten(app: Pgflow) -> None:
+    flow = pgflow.Flow(_name("map"))
+
+    @flow.step
+    def items(count: int) -> list[int]:
+        return list(range(count))
+
+    @flow.map(over="items")
+    def square(item: int) -> int:
+        return item * item
+
+    @flow.step(depends_on=["square"])
+    def total(square: list[int]) -> int:
+        return sum(square)
+
+    handle = app.start_run(flow, 10)
+    assert handle.result(timeout=20) == {"total": 285}
+    run = handle.status()
+    assert run.steps["square"].output == [n * n for n in range(10)]
+    assert run.steps["square"].tasks_total == 10
+
+
+def test_when_false_skips_the_step_and_its_dependents(app: Pgflow) -> None:
+    flow = pgflow.Flow(_name("when"))
+
+    @flow.step
+    def account(input: dict[str, Any]) -> dict[str, Any]:
+        return {"plan": input["plan"]}
+
+    @flow.step(depends_on=["account"], when=lambda account: account["plan"] == "premium")
+    def premium(account: dict[str, Any]) -> str:
+        return "premium ready"
+
+    @flow.step(depends_on=["premium"])
+    def mail(premium: str) -> str:
+        return f"mail: {premium}"
+
+    @flow.step(depends_on=["account"])
+    def welcome(account: dict[str, Any]) -> str:
+        return "welcome"
+
+    handle = app.start_run(flow, {"plan": "free"})
+    assert handle.result(timeout=20) == {"welcome": "welcome"}
+    steps = handle.status().steps
+    assert steps["premium"].state is StepStatus.SKIPPED
+    assert steps["premium"].skip_reason == "when returned false"
+    assert steps["mail"].state is StepStatus.SKIPPED
+
+
+def test_a_failing_step_fails_the_run(app: Pgflow) -> None:
+    flow = pgflow.Flow(_name("failing"))
+
+    @flow.step
+    def first(x: int) -> int:
+        return x
+
+    @flow.step(max_attempts=1)
+    def boom(x: int) -> int:
+        raise ValueError(f"bad value {x}")
+
+    handle = app.start_run(flow, 3)
+    with pytest.raises(StepFailed) as caught:
+        handle.result(timeout=20)
+    assert caught.value.step == "boom"
+    assert "bad value 3" in str(caught.value)
+    assert handle.status().steps["boom"].state is StepStatus.FAILED
+
+
+def test_start_is_idempotent_and_refuses_another_input(app: Pgflow) -> None:
+    flow = pgflow.Flow(_name("idem"))
+
+    @flow.step
+    def only(x: int) -> int:
+        return x * 2
+
+    first = app.start_run(flow, 5, workflow_id="run-idem")
+    again = app.start_run(flow, 5, workflow_id="run-idem")
+    assert again.workflow_id == first.workflow_id
+    assert first.result(timeout=20) == 10
+    tasks = [j for j in app.backend.list_jobs() if j.task is not None]  # type: ignore[attr-defined]
+    assert len(tasks) == 1
+    with pytest.raises(WorkflowError, match="another input"):
+        app.start_run(flow, 6, workflow_id="run-idem")
+
+
+def test_another_definition_under_the_same_id_is_refused(app: Pgflow) -> None:
+    name = _name("redef")
+    old = pgflow.Flow(name, version="1")
+
+    @old.step
+    def a(x: int) -> int:
+        return x
+
+    new = pgflow.Flow(name, version="2")
+
+    @new.step
+    def b(x: int) -> int:
+        return x
+
+    app.start_run(old, 1, workflow_id="run-redef").result(timeout=20)
+    with pytest.raises(DefinitionError, match="another definition"):
+        app.start_run(new, 1, workflow_id="run-redef")
+
+
+def test_result_times_out_while_the_run_waits(app: Pgflow) -> None:
+    flow = pgflow.Flow(_name("slow"), queue="nobody-serves-this")
+
+    @flow.step
+    def only(x: int) -> int:
+        return x
+
+    handle = app.start_run(flow, 1)
+    with pytest.raises(TimeoutError):
+        handle.result(timeout=0.05)
+    assert handle.status().steps["only"].state is StepStatus.STARTED
+
+
+def test_unknown_definition_is_snoozed_without_an_attempt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pgflow.records import NewJob, TaskKey
+
+    app = Pgflow("memory://", poll_interval=0.05, instance_id="unknown-def")
+    name = _name("ghost")
+    job = NewJob(
+        worker=f"pgflow.flow:{name}",
+        args={"fingerprint": "f" * 64, "args": [1], "kwargs": {}},
+        queue="default",
+        max_attempts=3,
+        task=TaskKey("ghost-run", "only", 0),
+    )
+    stored = app.backend.insert_jobs([job])[0]
+    with caplog.at_level(logging.WARNING, logger="pgflow.runtime"):
+        app.start()
+        try:
+            wait_or_fail(
+                lambda: (j := app.get_job(stored.id)) is not None and j.state is JobState.SCHEDULED,
+                "the task job to be snoozed",
+            )
+        finally:
+            app.stop()
+    snoozed = app.get_job(stored.id)
+    app.close()
+    assert snoozed is not None and snoozed.attempt == 0
+    assert any(name in r.getMessage() and "f" * 64 in r.getMessage() for r in caplog.records)
+
+
+def test_a_backend_without_flow_store_is_refused() -> None:
+    from pgflow_backends.sqlite import SQLiteBackend
+
+    backend = SQLiteBackend("sqlite://")
+    if isinstance(backend, pgflow.FlowStore):
+        pytest.skip("SQLite stores flow runs now")
+    app = Pgflow(backend)
+    flow = pgflow.Flow(_name("nostore"))
+
+    @flow.step
+    def only(x: int) -> int:
+        return x
+
+    try:
+        with pytest.raises(BackendError, match="SQLiteBackend"):
+            app.start_run(flow, 1)
+    finally:
+        backend.close()
+
+
+def test_started_flows_are_served() -> None:
+    flow = pgflow.Flow(_name("served"))
+
+    @flow.step
+    def only(x: int) -> int:
+        return x
+
+    assert (flow.name, flow.workflow.fingerprint) in flows.served()
+
+
+def test_retries_use_the_step_backoff_then_max_attempts_exceeded(app: Pgflow) -> None:
+    flow = pgflow.Flow(_name("retry"))
+    calls: list[int] = []
+
+    @flow.step(max_attempts=2, backoff=pgflow.Backoff(base=1.0, factor=0.01))
+    def flaky(x: int) -> int:
+        calls.append(x)
+        raise RuntimeError(f"attempt {len(calls)} failed")
+
+    handle = app.start_run(flow, 1)
+    with pytest.raises(pgflow.MaxAttemptsExceeded) as caught:
+        handle.result(timeout=20)
+    assert caught.value.attempts == 2
+    assert "attempt 2 failed" in str(caught.value)
+    assert len(calls) == 2
+
+
+def test_the_instance_registers_the_flows_it_serves(app: Pgflow) -> None:
+    flow = pgflow.Flow(_name("listed"))
+
+    @flow.step
+    def only(x: int) -> int:
+        return x
+
+    app.start_run(flow, 1).result(timeout=20)
+    app.stop()
+    app.start()
+    [instance] = app.status().instances
+    assert (flow.name, flow.workflow.fingerprint) in instance.flows
