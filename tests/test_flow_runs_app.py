@@ -285,3 +285,50 @@ def test_the_instance_registers_the_flows_it_serves(app: Pgflow) -> None:
     app.start()
     [instance] = app.status().instances
     assert (flow.name, flow.workflow.fingerprint) in instance.flows
+
+
+def test_a_task_row_with_a_malformed_envelope_is_discarded_not_retried() -> None:
+    """A hand-edited or foreign task row must not reach the step, nor be retried."""
+    from datetime import UTC, datetime
+
+    from pgflow.records import JobState, TaskKey
+    from pgflow.runtime.execution import OutcomeKind
+    from pgflow.runtime.flow_tasks import execute_task
+
+    flow = pgflow.Flow(f"malformed_{uuid.uuid4().hex[:8]}")
+    calls: list[object] = []
+
+    @flow.step
+    def first(input: object) -> object:
+        calls.append(input)
+        return input
+
+    @flow.step(depends_on=["first"])
+    def second(first: object) -> object:
+        return first
+
+    fingerprint = flow.workflow.fingerprint
+    now = datetime.now(UTC)
+    for args, step in (
+        ({"fingerprint": fingerprint, "args": 5, "kwargs": {}}, "first"),
+        ({"fingerprint": fingerprint, "args": [1, 2], "kwargs": {}}, "first"),
+        ({"fingerprint": fingerprint, "args": [], "kwargs": [1]}, "second"),
+        ({"fingerprint": fingerprint, "args": [1], "kwargs": {}}, "no_such_step"),
+    ):
+        job = pgflow.Job(
+            id=1,
+            queue="default",
+            worker=flow.plan.worker,
+            args=args,
+            state=JobState.EXECUTING,
+            priority=0,
+            attempt=1,
+            max_attempts=3,
+            scheduled_at=now,
+            inserted_at=now,
+            attempted_at=now,
+            task=TaskKey("run-1", step, 0),
+        )
+        outcome = execute_task(job)
+        assert outcome.kind is OutcomeKind.DISCARDED, (args, step, outcome)
+    assert calls == []

@@ -69,9 +69,13 @@ def execute_task(
             extra=job_log_extra(job, instance_id, flow=name, fingerprint=fingerprint),
         )
         return Outcome(job, OutcomeKind.SNOOZED, snooze=UNKNOWN_DEFINITION_SNOOZE)
-    step = _step(workflow, job.task.step)
-    args: list[Any] = list(job.args.get("args", []))
-    kwargs: dict[str, Any] = dict(job.args.get("kwargs", {}))
+    try:
+        step = _step(workflow, job.task.step)
+        args, kwargs = _arguments(job)
+    except (LookupError, TypeError) as exc:  # a row that no retry can mend
+        return attrs.evolve(
+            run.failed(exc, None, honour_cancel=False), kind=OutcomeKind.DISCARDED, retry_in=None
+        )
     limit = getattr(backend, "max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES)
     try:
         if step.when is not None and not step.is_map and not _call_when(step, args, kwargs):
@@ -85,6 +89,18 @@ def execute_task(
     return Outcome(
         job, OutcomeKind.COMPLETED, value=value, completion=completion, plan=workflow.plan
     )
+
+
+def _arguments(job: Job) -> tuple[list[Any], dict[str, Any]]:
+    """The call's arguments from the task envelope; TypeError naming the job when the row
+    holds something else (a hand-edited or foreign row must not reach the step)."""
+    args = job.args.get("args", [])
+    kwargs = job.args.get("kwargs", {})
+    if not isinstance(args, list) or len(args) > 1:
+        raise TypeError(f"task job {job.id}: args must be a list of at most one value")
+    if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
+        raise TypeError(f"task job {job.id}: kwargs must be an object of named values")
+    return list(args), dict(kwargs)
 
 
 def _step(workflow: Workflow, name: str) -> Step:
