@@ -350,8 +350,8 @@ class Pgflow:
         if not isinstance(self.backend, FlowStore):
             raise BackendError(
                 f"{type(self.backend).__name__} ({self.backend.url}) does not store "
-                "distributed flow runs yet (it is no pgflow.FlowStore); use the memory backend, "
-                "or pgflow.execute to run the flow in-process"
+                "distributed flow runs (it is no pgflow.FlowStore); use a bundled backend "
+                "(PostgreSQL, SQLite or memory), or pgflow.execute to run the flow in-process"
             )
         return self.backend
 

@@ -24,8 +24,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from pgflow.backend import JobListener
 from pgflow.errors import BackendError
 from pgflow.identifiers import validate_instance_id
-from pgflow.records import Job, JobRef, JobState
+from pgflow.records import Job, JobRef, JobState, RunRecord
 from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES
+from pgflow_backends.postgres_run_waits import RUN_CHANNEL, RunWaits
 from pgflow_backends.sql.base import PreparedJob, SQLBackend
 from pgflow_backends.sql.driver import DriverConnections
 from pgflow_backends.sql.errors import translate
@@ -242,6 +243,7 @@ def _complete_params(refs: Sequence[JobRef]) -> dict[str, Any]:
     }
 
 
+_NOTIFY_RUN = text(f"SELECT pg_notify('{RUN_CHANNEL}', :workflow_id)")
 _NOTIFY = text(
     f"SELECT pg_notify('{CHANNEL}', q) FROM unnest(CAST(:queues AS TEXT[])) AS q ORDER BY q"
 )
@@ -306,6 +308,7 @@ class PostgresBackend(SQLBackend):
         self._claim_params: dict[str, Any] = dict(compiled.params)
         # The same pool, in autocommit mode: each statement is its own transaction.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._run_waits = RunWaits(engine, self.url)
         try:
             self.ping()
         except BaseException:
@@ -322,6 +325,18 @@ class PostgresBackend(SQLBackend):
     def _announce(self, connection: Connection, queues: set[str], *, own: bool) -> None:
         # NOTIFY is transactional: delivered on commit, dropped on rollback.
         connection.execute(_NOTIFY, {"queues": sorted(queues)})
+
+    def _announce_run(self, connection: Connection, workflow_id: str) -> None:
+        connection.execute(_NOTIFY_RUN, {"workflow_id": workflow_id})
+
+    def wait_for_run(self, workflow_id: str, timeout: float | None) -> RunRecord | None:
+        """Wait on NOTIFY pgflow_runs (one shared LISTEN connection), not by polling."""
+        self._check_open()
+        return self._run_waits.wait(workflow_id, lambda: self.get_run(workflow_id), timeout)
+
+    def close(self) -> None:
+        self._run_waits.close()
+        super().close()
 
     _bulk_notifies = True
 

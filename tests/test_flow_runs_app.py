@@ -1,5 +1,5 @@
-"""Distributed flow runs through the app on the memory backend: `start_run` stores the run,
-the instance's producers run each step as a task job, and the handle reads the result."""
+"""Distributed flow runs through the app on every backend: `start_run` stores the run, the
+instance's producers run each step as a task job, and the handle reads the result."""
 
 from __future__ import annotations
 
@@ -18,9 +18,26 @@ from pgflow.records import JobState, StepStatus
 from tests.waiting import wait_or_fail
 
 
+@pytest.fixture(
+    params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+)
+def app_url(request: pytest.FixtureRequest) -> str:
+    """memory://, a fresh SQLite file, or the shared PostgreSQL test database emptied."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    from tests.conftest import _empty_pgflow_tables
+
+    url = str(request.getfixturevalue("shared_postgres_url"))
+    _empty_pgflow_tables(url)
+    return url
+
+
 @pytest.fixture
-def app() -> Iterator[Pgflow]:
-    app = Pgflow("memory://", poll_interval=0.05, instance_id="flows", queues={"default": 10})
+def app(app_url: str) -> Iterator[Pgflow]:
+    app = Pgflow(app_url, poll_interval=0.05, instance_id="flows", queues={"default": 10})
+    app.migrate()
     app.start()
     try:
         yield app
@@ -226,12 +243,34 @@ def test_unknown_definition_is_snoozed_without_an_attempt(
     assert any(name in r.getMessage() and "f" * 64 in r.getMessage() for r in caplog.records)
 
 
-def test_a_backend_without_flow_store_is_refused() -> None:
-    from pgflow_backends.sqlite import SQLiteBackend
+class _JobsOnlyBackend:
+    """A third-party backend: the whole Backend protocol, but no FlowStore methods."""
 
-    backend = SQLiteBackend("sqlite://")
-    if isinstance(backend, pgflow.FlowStore):
-        pytest.skip("SQLite stores flow runs now")
+    _FLOW_METHODS = frozenset(
+        (
+            "start_flow_run",
+            "complete_tasks",
+            "get_step_states",
+            "fail_run",
+            "wait_for_run",
+            "running_flows",
+        )
+    )
+
+    def __init__(self) -> None:
+        from pgflow_backends.memory import InMemoryBackend
+
+        self._inner = InMemoryBackend()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._FLOW_METHODS:
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def test_a_backend_without_flow_store_is_refused() -> None:
+    backend = _JobsOnlyBackend()
+    assert not isinstance(backend, pgflow.FlowStore)
     app = Pgflow(backend)
     flow = pgflow.Flow(_name("nostore"))
 
@@ -240,7 +279,7 @@ def test_a_backend_without_flow_store_is_refused() -> None:
         return x
 
     try:
-        with pytest.raises(BackendError, match="SQLiteBackend"):
+        with pytest.raises(BackendError, match="_JobsOnlyBackend.*no pgflow.FlowStore"):
             app.start_run(flow, 1)
     finally:
         backend.close()

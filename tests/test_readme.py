@@ -16,11 +16,6 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 SKIP_MARK = "<!-- not run by tests:"
 FENCE = re.compile(r"(?P<before>[^\n]*)\n```(?P<lang>\w*)\n(?P<body>.*?)\n```", re.S)
 
-# Distributed graph runs (app.start_run) work on the memory backend only so far (issue 10 is
-# in progress); examples that start one are skipped, saying so, until the SQL backends and
-# the runtime's task execution land. This is the one place to lift it.
-DISTRIBUTED_GRAPH_CALL = "start_run("
-GRAPH_SKIP_REASON = "needs distributed graph runs (app.start_run, issue 10, in progress)"
 
 PAGES = ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
 
@@ -51,10 +46,6 @@ ALL_PYTHON = [block for page in PAGES for block in _blocks(page, "python")]
 RUN = [block for block in ALL_PYTHON if SKIP_MARK not in block.before]
 
 
-def _needs_graph_engine(block: Block) -> bool:
-    return DISTRIBUTED_GRAPH_CALL in block.body
-
-
 def test_ci_runs_the_readme_test_command() -> None:
     quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     commands = [body for _, _, body in fenced_blocks(quick_start)]
@@ -79,8 +70,6 @@ def test_every_docs_page_is_linked_from_the_readme() -> None:
 
 @pytest.mark.parametrize("block", RUN, ids=[f"{b.page}:line{b.line}" for b in RUN])
 def test_example_runs(block: Block, tmp_path: Path) -> None:
-    if _needs_graph_engine(block):
-        pytest.skip(GRAPH_SKIP_REASON)
     script = tmp_path / "example.py"
     script.write_text(block.body, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -62,6 +62,9 @@ from pgflow.serialization import (
 from pgflow.unique import unique_key
 from pgflow_backends.rescue_messages import lost_incarnation, stopped_instance
 from pgflow_backends.sql.errors import translate
+from pgflow_backends.sql.flow_statements import flow_statements_for
+from pgflow_backends.sql.flow_store import SQLFlowStore
+from pgflow_backends.sql.flows import FlowSettler
 from pgflow_backends.sql.rows import (
     JOB_COLUMNS,
     RUN_COLUMNS,
@@ -142,7 +145,7 @@ def _encode_optional(value: Any, what: str, limit: int | None, owner: str) -> st
     return None if value is None else dumps(value, what=what, limit=limit, owner=owner)
 
 
-class SQLBackend:
+class SQLBackend(SQLFlowStore):
     """The whole backend protocol over an SQLAlchemy engine (see pgflow.backend)."""
 
     #: The URL it was opened with, password masked.
@@ -164,6 +167,7 @@ class SQLBackend:
         self._owns_engine = owns_engine
         self._closed = False
         self._s: Statements = statements_for(engine.dialect.name)
+        self._f = flow_statements_for(engine.dialect.name)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -213,6 +217,11 @@ class SQLBackend:
         """Insert jobs that are not unique, returning them in input order."""
         rows = connection.execute(self._s.insert_jobs, [job.params for job in batch]).all()
         return [job_from_row(row) for row in rows]
+
+    def _insert_tasks(self, connection: Connection, new: list[NewJob], *, own: bool) -> None:
+        """Store a started step's task jobs in the settling transaction. No size limit:
+        an envelope holds the run's input and outputs that were checked when stored."""
+        self._insert(connection, [PreparedJob(job, None) for job in new], own=own)
 
     def listener(self) -> JobListener:
         raise NotImplementedError
@@ -542,6 +551,8 @@ class SQLBackend:
         encoded = dumps(error, what="error", limit=self.max_payload_bytes, owner=f"job {ref.id}")
         fence = {"p_id": ref.id, "p_attempt": ref.attempt, "p_claimed_at": self._token(ref)}
         with self._tx() as connection:
+            settler = self._settler(connection)
+            settler.lock_task_runs([ref.id])  # a task's run before its job: see FlowSettler
             row = connection.execute(self._s.fenced_job, fence).first()
             if row is None:
                 return None
@@ -562,6 +573,7 @@ class SQLBackend:
                     self._s.finish_failed,
                     {"p_id": ref.id, "p_error": encoded, "p_state": state.value},
                 )
+                settler.job_ended(ref.id)
             return state
 
     def snooze_job(self, ref: JobRef, seconds: float) -> bool:
@@ -574,12 +586,15 @@ class SQLBackend:
             "p_state": state.value,
         }
         with self._tx() as connection:
+            settler = self._settler(connection)
+            settler.lock_task_runs([ref.id])
             row = connection.execute(self._s.snooze, dict(params, p_delay=delay)).first()
             if row is None:
                 return False
             queue, meta = row
             if (meta or {}).get("cancel_requested"):
                 connection.execute(self._s.cancel_snoozed, {"p_id": ref.id})
+                settler.job_ended(ref.id)
                 return True
             if state is JobState.AVAILABLE:
                 self._announce(connection, {queue}, own=True)
@@ -587,6 +602,8 @@ class SQLBackend:
 
     def cancel_job(self, job_id: int) -> Job | None:
         with self._tx() as connection:
+            settler = self._settler(connection)
+            settler.lock_task_runs([job_id])
             row = connection.execute(self._s.job_for_update, {"p_id": job_id}).first()
             if row is None:
                 return None
@@ -599,7 +616,10 @@ class SQLBackend:
                 changed = connection.execute(
                     self._s.flag_cancel, {"p_id": job_id, "p_meta": meta}
                 ).first()
-            return job if changed is None else job_from_row(changed)
+            if changed is None:
+                return job
+            settler.job_ended(job_id)
+            return job_from_row(changed)
 
     def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
         if not job_ids:
@@ -628,6 +648,11 @@ class SQLBackend:
             if row is None:
                 return None
             job = job_from_row(row)
+            if job.task is not None:
+                raise JobStateError(
+                    f"job {job_id} is a task of flow run {job.task.workflow_id!r} (step "
+                    f"{job.task.step!r}); a flow's tasks cannot be retried one by one"
+                )
             if job.state is JobState.EXECUTING:
                 raise JobStateError(
                     f"job {job_id} is executing; it can be retried once it has finished "
@@ -688,6 +713,8 @@ class SQLBackend:
         with self._tx() as connection:
             old_runs = list(connection.execute(self._s.old_runs, params).scalars())
             if old_runs:
+                connection.execute(self._f.delete_task_outputs, {"p_ids": old_runs})
+                connection.execute(self._f.delete_step_states, {"p_ids": old_runs})
                 connection.execute(self._s.delete_steps, {"p_ids": old_runs})
                 connection.execute(self._s.delete_runs, {"p_ids": old_runs})
             return connection.execute(self._s.prune_jobs, params).rowcount
@@ -712,8 +739,10 @@ class SQLBackend:
             connection.execute(self._s.register, params)
             if earlier is None or earlier[1] == info.incarnation:
                 return RescueReport()
+            settler = self._settler(connection)
+            settler.lock(connection.execute(self._f.held_runs, params).scalars())
             held = connection.execute(self._s.held_by, params).all()
-            report = self._rescue(connection, held, lost_incarnation)
+            report = self._rescue(connection, held, lost_incarnation, settler)
         self._log_rescue(report, [info.instance_id])
         return report
 
@@ -753,17 +782,19 @@ class SQLBackend:
             stale = sorted(
                 connection.execute(self._s.mark_stale, {"p_age": -float(stale_after)}).scalars()
             )
+            settler = self._settler(connection)
+            settler.lock(connection.execute(self._f.orphaned_runs).scalars())
             orphans = connection.execute(self._s.orphaned).all()
-            report = self._rescue(
-                connection,
-                orphans,
-                stopped_instance,
-            )
+            report = self._rescue(connection, orphans, stopped_instance, settler)
         self._log_rescue(report, stale)
         return attrs.evolve(report, instances=tuple(stale))
 
     def _rescue(
-        self, connection: Connection, orphans: Sequence[Any], why: Callable[[str | None], str]
+        self,
+        connection: Connection,
+        orphans: Sequence[Any],
+        why: Callable[[str | None], str],
+        settler: FlowSettler,
     ) -> RescueReport:
         """Free jobs (rows of ORPHAN_COLUMNS) whose attempt was lost: available again,
         discarded when no attempt is left, cancelled when cancellation was requested."""
@@ -796,6 +827,8 @@ class SQLBackend:
                 ).scalar_one()
                 rescued.append(job_id)
                 woken.add(queue)
+        for job_id in discarded + cancelled:
+            settler.job_ended(job_id)
         if woken:
             self._announce(connection, woken, own=True)
         return RescueReport(

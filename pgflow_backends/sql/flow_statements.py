@@ -1,0 +1,326 @@
+"""The Core statements that store and settle distributed flow runs, one set per dialect.
+
+Kept apart from `statements.py` (the job engine's) because they belong to one feature: the
+step-state table, the insert-only task outputs, and the run counters of `FlowSettler`.
+None of them relaxes its commit: a settle writes jobs, so it waits for the WAL flush.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from sqlalchemy import (
+    Delete,
+    Insert,
+    Integer,
+    Select,
+    String,
+    Update,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.elements import ColumnElement
+
+from pgflow.schema import jobs, runs, step_states, task_outputs
+from pgflow_backends.sql.expressions import as_json, db_now
+from pgflow_backends.sql.rows import RUN_COLUMNS
+from pgflow_backends.sql.statements import FENCE, RELEASED_KEY, statements_for
+
+__all__ = ["FlowStatements", "flow_statements_for"]
+
+#: Job states of a task that has not ended (the partial index pgflow_jobs_run_idx's set).
+UNFINISHED = ("available", "scheduled", "executing", "retryable")
+WAITING = ("available", "scheduled", "retryable")
+
+
+def _p(name: str, type_: Any = None) -> Any:
+    return bindparam(name, type_=type_)
+
+
+def _many(name: str) -> Any:
+    return bindparam(name, expanding=True)
+
+
+def _json(name: str) -> as_json:
+    return as_json(bindparam(name, type_=String()))
+
+
+def _states(values: tuple[str, ...]) -> list[ColumnElement[str]]:
+    """State names written into the SQL text, so a partial index's predicate matches."""
+    return [literal_column(f"'{value}'", String()) for value in values]
+
+
+class FlowStatements:
+    """Every statement of the SQL FlowStore, for one dialect."""
+
+    def __init__(self, dialect: str) -> None:
+        insert_fn: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        now = db_now()
+        run_id = _p("p_workflow_id", String())
+        step = _p("p_step", String())
+        this_step = (step_states.c.workflow_id == run_id, step_states.c.step == step)
+
+        # -- starting a run --------------------------------------------------------------
+        self.insert_run: Insert = (
+            insert_fn(runs)
+            .from_select(
+                [
+                    runs.c.workflow_id,
+                    runs.c.workflow,
+                    runs.c.state,
+                    runs.c.attempt,
+                    runs.c.max_attempts,
+                    runs.c.input,
+                    runs.c.started_at,
+                    runs.c.fingerprint,
+                    runs.c.definition,
+                    runs.c.remaining_steps,
+                ],
+                select(
+                    run_id,
+                    _p("p_workflow", String()),
+                    literal("running", String()),
+                    literal(1, Integer()),
+                    _p("p_max_attempts", Integer()),
+                    _json("p_input"),
+                    now,
+                    _p("p_fingerprint", String()),
+                    _json("p_definition"),
+                    _p("p_steps", Integer()),
+                ),
+            )
+            .on_conflict_do_nothing(index_elements=[runs.c.workflow_id])
+            .returning(*RUN_COLUMNS)
+        )
+        self.run: Select[Any] = select(*RUN_COLUMNS).where(runs.c.workflow_id == run_id)
+        #: Executed with one parameter set per step (an executemany).
+        self.insert_steps: Insert = insert_fn(step_states).values(
+            workflow_id=run_id,
+            step=step,
+            step_index=_p("p_index", Integer()),
+            kind=_p("p_kind", String()),
+            state="pending",
+            remaining_deps=_p("p_deps", Integer()),
+            tasks_done=0,
+            attempts=0,
+        )
+
+        # -- the run lock: every write about a run's steps holds it -----------------------
+        #: FOR NO KEY UPDATE in workflow_id order: completions, failures and sweeps of one
+        #: run serialize here, before any step or job row, so they never deadlock.
+        self.lock_runs: Select[Any] = (
+            select(
+                runs.c.workflow_id,
+                runs.c.state,
+                runs.c.fingerprint,
+                runs.c.remaining_steps,
+                runs.c.max_attempts,
+            )
+            .where(runs.c.workflow_id.in_(_many("p_ids")))
+            .order_by(runs.c.workflow_id)
+            .with_for_update(key_share=True)
+        )
+        self.run_input: Select[Any] = select(runs.c.input).where(runs.c.workflow_id == run_id)
+        #: The run a job is a task of (never changes, so read without a lock, before any).
+        self.task_run_of: Select[Any] = select(jobs.c.workflow_id).where(
+            jobs.c.id.in_(_many("p_job_ids")), jobs.c.workflow_id.is_not(None)
+        )
+
+        # -- completing tasks ------------------------------------------------------------
+        self.complete_task: Update = (
+            update(jobs)
+            .where(
+                FENCE,
+                jobs.c.workflow_id == run_id,
+                jobs.c.step == step,
+                jobs.c.task_index == _p("p_task_index", Integer()),
+            )
+            .values(state="completed", completed_at=now, unique_key=RELEASED_KEY)
+            .returning(jobs.c.attempt)
+        )
+        self.insert_output: Insert = (
+            insert_fn(task_outputs)
+            .values(
+                workflow_id=run_id,
+                step=step,
+                task_index=_p("p_task_index", Integer()),
+                output=_json("p_output"),
+            )
+            .on_conflict_do_nothing(
+                index_elements=[
+                    task_outputs.c.workflow_id,
+                    task_outputs.c.step,
+                    task_outputs.c.task_index,
+                ]
+            )
+            .returning(task_outputs.c.task_index)
+        )
+        attempt = _p("p_attempt", Integer())
+        highest_attempt = case(
+            (step_states.c.attempts < attempt, attempt), else_=step_states.c.attempts
+        )
+        self.count_task: Update = (
+            update(step_states)
+            .where(*this_step, step_states.c.state == "started")
+            .values(tasks_done=step_states.c.tasks_done + 1, attempts=highest_attempt)
+            .returning(step_states.c.tasks_done, step_states.c.tasks_total)
+        )
+        #: A single-task step's only task: the step settles with it, counted once.
+        self.settle_single: Update = (
+            update(step_states)
+            .where(*this_step, step_states.c.state == "started", step_states.c.tasks_done == 0)
+            .values(
+                tasks_done=1,
+                attempts=highest_attempt,
+                state=_p("p_state", String()),
+                output=_json("p_output"),
+                skip_reason=_p("p_reason", String()),
+                completed_at=now,
+            )
+            .returning(step_states.c.step)
+        )
+        self.map_outputs: Select[Any] = (
+            select(task_outputs.c.output)
+            .where(task_outputs.c.workflow_id == run_id, task_outputs.c.step == step)
+            .order_by(task_outputs.c.task_index)
+        )
+
+        # -- deciding and applying -------------------------------------------------------
+        self.settled: Select[Any] = select(
+            step_states.c.step, step_states.c.state, step_states.c.output
+        ).where(step_states.c.workflow_id == run_id, step_states.c.step.in_(_many("p_steps")))
+        self.start_step: Update = (
+            update(step_states)
+            .where(*this_step)
+            .values(state="started", started_at=now, tasks_total=_p("p_total", Integer()))
+        )
+        self.complete_step: Update = (
+            update(step_states)
+            .where(*this_step)
+            .values(
+                state="completed",
+                output=_json("p_output"),
+                tasks_total=func.coalesce(step_states.c.tasks_total, 0),
+                started_at=func.coalesce(step_states.c.started_at, now),
+                completed_at=now,
+            )
+        )
+        self.skip_step: Update = (
+            update(step_states)
+            .where(*this_step)
+            .values(state="skipped", skip_reason=_p("p_reason", String()), completed_at=now)
+        )
+        #: A settled step counted off its dependents; those reaching 0 are ready.
+        self.release: Update = (
+            update(step_states)
+            .where(step_states.c.workflow_id == run_id, step_states.c.step.in_(_many("p_steps")))
+            .values(remaining_deps=step_states.c.remaining_deps - 1)
+            .returning(step_states.c.step, step_states.c.remaining_deps)
+        )
+        self.count_off: Update = (
+            update(runs)
+            .where(runs.c.workflow_id == run_id)
+            .values(remaining_steps=runs.c.remaining_steps - _p("p_count", Integer()))
+            .returning(runs.c.remaining_steps)
+        )
+        self.complete_run: Update = (
+            update(runs)
+            .where(runs.c.workflow_id == run_id, runs.c.state == "running")
+            .values(state="completed", output=_json("p_output"), finished_at=now)
+        )
+
+        # -- failing a run ---------------------------------------------------------------
+        self.fail_step: Update = (
+            update(step_states)
+            .where(*this_step)
+            .values(
+                state="failed", error=_json("p_error"), attempts=highest_attempt, completed_at=now
+            )
+        )
+        self.cancel_steps: Update = (
+            update(step_states)
+            .where(
+                step_states.c.workflow_id == run_id,
+                step_states.c.state.in_(["pending", "started"]),
+            )
+            .values(state="cancelled", completed_at=now)
+        )
+        run_jobs = (jobs.c.workflow_id == run_id,)
+        self.cancel_jobs: Update = (
+            update(jobs)
+            .where(*run_jobs, jobs.c.state.in_(_states(WAITING)))
+            .values(state="cancelled", completed_at=now, unique_key=RELEASED_KEY)
+            .returning(jobs.c.id)
+        )
+        self.executing_jobs: Select[Any] = (
+            select(jobs.c.id, jobs.c.meta)
+            .where(*run_jobs, jobs.c.state.in_(_states(("executing",))))
+            .order_by(jobs.c.id)
+        )
+        self.fail_run: Update = (
+            update(runs)
+            .where(runs.c.workflow_id == run_id, runs.c.state == "running")
+            .values(state="failed", error=_json("p_error"), output=null(), finished_at=now)
+        )
+
+        # -- reads -------------------------------------------------------------------------
+        self.step_states: Select[Any] = (
+            select(
+                step_states.c.step,
+                step_states.c.state,
+                step_states.c.attempts,
+                step_states.c.output,
+                step_states.c.started_at,
+                step_states.c.completed_at,
+                step_states.c.tasks_total,
+                step_states.c.tasks_done,
+                step_states.c.skip_reason,
+                step_states.c.error,
+            )
+            .where(step_states.c.workflow_id == run_id)
+            .order_by(step_states.c.step_index)
+        )
+        #: The attempts of tasks still running, per step (they count in StepState.attempts).
+        self.live_attempts: Select[Any] = (
+            select(jobs.c.step, func.max(jobs.c.attempt))
+            .where(*run_jobs, jobs.c.state.in_(_states(UNFINISHED)))
+            .group_by(jobs.c.step)
+        )
+        self.running_flows: Select[Any] = (
+            select(runs.c.workflow, runs.c.fingerprint, func.count())
+            .where(runs.c.state == "running", runs.c.remaining_steps.is_not(None))
+            .group_by(runs.c.workflow, runs.c.fingerprint)
+            .order_by(runs.c.workflow, runs.c.fingerprint)
+        )
+        self.finished_run: Select[Any] = select(runs.c.state).where(runs.c.workflow_id == run_id)
+
+        # -- rescue: the runs of the tasks a rescue may end, found before it locks jobs ----
+        job_sql = statements_for(dialect)
+        task_runs = select(jobs.c.workflow_id).distinct()
+        orphaned, held = job_sql.orphaned.whereclause, job_sql.held_by.whereclause
+        assert orphaned is not None and held is not None  # both statements have a WHERE
+        self.orphaned_runs: Select[Any] = task_runs.where(orphaned, jobs.c.workflow_id.is_not(None))
+        self.held_runs: Select[Any] = task_runs.where(held, jobs.c.workflow_id.is_not(None))
+
+        # -- pruning -----------------------------------------------------------------------
+        self.delete_step_states: Delete = delete(step_states).where(
+            step_states.c.workflow_id.in_(_many("p_ids"))
+        )
+        self.delete_task_outputs: Delete = delete(task_outputs).where(
+            task_outputs.c.workflow_id.in_(_many("p_ids"))
+        )
+
+
+@functools.cache
+def flow_statements_for(dialect: str) -> FlowStatements:
+    """The flow statements for `dialect` ("postgresql" or "sqlite"), built on first use."""
+    return FlowStatements(dialect)

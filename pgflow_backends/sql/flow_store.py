@@ -1,0 +1,182 @@
+"""The FlowStore methods of the SQL backends: distributed flow runs (see pgflow.backend).
+
+A mixin of SQLBackend: each method is one transaction that hands its connection to a
+`FlowSettler`. The job methods that can end a task (fail, snooze, cancel, rescue) call
+`_settler` too, so a task ending discarded or cancelled fails its run in the same commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+
+from pgflow.backend import RunStart
+from pgflow.graph.shape import FlowPlan
+from pgflow.identifiers import validate_workflow_id
+from pgflow.records import (
+    JobRef,
+    NewJob,
+    RunRecord,
+    RunState,
+    StepState,
+    StepStatus,
+    TaskCompletion,
+)
+from pgflow.serialization import check_size, dumps, loads
+from pgflow_backends.sql.flow_statements import FlowStatements
+from pgflow_backends.sql.flows import FlowSettler
+from pgflow_backends.sql.statements import Statements
+
+__all__ = ["SQLFlowStore"]
+
+#: SQLite has no notifications between processes: a waiter re-reads the run this often.
+_POLL_MIN, _POLL_MAX = 0.005, 0.1
+
+
+class SQLFlowStore:
+    """FlowStore over the SQLBackend's connection handling (a mixin: see SQLBackend)."""
+
+    max_payload_bytes: int | None
+    _s: Statements
+    _f: FlowStatements
+
+    # Provided by SQLBackend.
+    def _tx(self) -> contextlib.AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def _read(self) -> contextlib.AbstractContextManager[Connection]:
+        raise NotImplementedError
+
+    def _translated(self) -> contextlib.AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def _token(self, ref: JobRef) -> Any:
+        raise NotImplementedError
+
+    def _insert_tasks(self, connection: Connection, new: list[NewJob], *, own: bool) -> None:
+        raise NotImplementedError
+
+    def get_run(self, workflow_id: str) -> RunRecord | None:
+        raise NotImplementedError
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def _announce_run(self, connection: Connection, workflow_id: str) -> None:
+        """Tell waiters that a run finished, once the transaction commits (default: none;
+        waiters poll)."""
+
+    def _settler(self, connection: Connection, *, own: bool = True) -> FlowSettler:
+        return FlowSettler(
+            connection,
+            self._f,
+            self._s,
+            insert_jobs=lambda new: self._insert_tasks(connection, new, own=own),
+            run_finished=lambda workflow_id: self._announce_run(connection, workflow_id),
+            limit=self.max_payload_bytes,
+            token=self._token,
+        )
+
+    # -- FlowStore -------------------------------------------------------------------------
+
+    def start_flow_run(
+        self,
+        plan: FlowPlan,
+        *,
+        workflow_id: str,
+        input: Any,
+        max_attempts: int,
+        connection: Any = None,
+    ) -> RunStart:
+        validate_workflow_id(workflow_id)
+        encoded = dumps(
+            input, what="input", limit=self.max_payload_bytes, owner=f"run {workflow_id!r}"
+        )
+        arguments: dict[str, Any] = {
+            "workflow_id": workflow_id,
+            "encoded_input": encoded,
+            "input": loads(encoded),
+            "max_attempts": max_attempts,
+            "definition": dumps(plan.definition, what="definition"),
+        }
+        if connection is None:
+            with self._tx() as own:
+                return self._settler(own).start(plan, **arguments)
+        if not isinstance(connection, Connection):
+            raise TypeError(
+                f"connection must be an SQLAlchemy Connection, not {type(connection).__name__}"
+            )
+        self._check_open()
+        with self._translated():
+            return self._settler(connection, own=False).start(plan, **arguments)
+
+    def complete_tasks(
+        self, completions: Sequence[TaskCompletion], plans: Mapping[str, FlowPlan]
+    ) -> list[int]:
+        if not completions:
+            return []
+        for completion in completions:
+            if completion.output is not None:
+                check_size(
+                    completion.output,
+                    what="output",
+                    limit=self.max_payload_bytes,
+                    owner=f"job {completion.ref.id}",
+                )
+        with self._tx() as connection:
+            return self._settler(connection).complete(completions, plans)
+
+    def get_step_states(self, workflow_id: str) -> dict[str, StepState]:
+        params = {"p_workflow_id": workflow_id}
+        with self._read() as connection:
+            rows = connection.execute(self._f.step_states, params).all()
+            live: dict[str, int] = {}
+            if rows:
+                for name, attempt in connection.execute(self._f.live_attempts, params).all():
+                    live[name] = attempt
+        return {
+            row[0]: StepState(
+                step=row[0],
+                state=StepStatus(row[1]),
+                attempts=max(row[2], live.get(row[0]) or 0),
+                output=row[3],
+                started_at=row[4],
+                completed_at=row[5],
+                tasks_total=row[6],
+                tasks_done=row[7],
+                skip_reason=row[8],
+                error=row[9],
+            )
+            for row in rows
+        }
+
+    def fail_run(self, workflow_id: str, error: dict[str, Any]) -> bool:
+        dumps(error, what="error", limit=self.max_payload_bytes, owner=f"run {workflow_id!r}")
+        with self._tx() as connection:
+            return self._settler(connection).fail_run(workflow_id, error)
+
+    def wait_for_run(self, workflow_id: str, timeout: float | None) -> RunRecord | None:
+        """Re-read the run until it finished or `timeout` passed (SQLite: no notifications
+        cross processes; PostgreSQL overrides this with LISTEN)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = _POLL_MIN
+        while True:
+            run = self.get_run(workflow_id)
+            if run is None or run.state is not RunState.RUNNING:
+                return run
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return run
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, _POLL_MAX)
+
+    def running_flows(self) -> list[tuple[str, str, int]]:
+        with self._read() as connection:
+            rows = connection.execute(self._f.running_flows).all()
+        return [(str(name), str(fingerprint), int(count)) for name, fingerprint, count in rows]
