@@ -396,8 +396,13 @@ class PostgresBackend(SQLBackend):
 
     def _insert_many(self, connection: Connection, batch: Sequence[PreparedJob]) -> list[Job]:
         if any(item.job.task is not None for item in batch):
-            # Task jobs carry their task columns: the general Core statement writes them.
-            return super()._insert_many(connection, batch)
+            # Task jobs carry their task columns: the general Core statement writes them,
+            # and does not notify, so notify here (the caller counts on _bulk_notifies).
+            stored = super()._insert_many(connection, batch)
+            woken = {job.queue for job in stored if job.state is JobState.AVAILABLE}
+            if woken:
+                self._announce(connection, woken, own=True)
+            return stored
         result = connection.exec_driver_sql(_BULK_INSERT, _bulk_params(batch))
         return _inserted(result.all(), batch)
 

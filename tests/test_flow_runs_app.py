@@ -279,7 +279,7 @@ def test_a_backend_without_flow_store_is_refused() -> None:
         return x
 
     try:
-        with pytest.raises(BackendError, match="_JobsOnlyBackend.*no pgflow.FlowStore"):
+        with pytest.raises(BackendError, match=r"_JobsOnlyBackend.*no pgflow\.FlowStore"):
             app.start_run(flow, 1)
     finally:
         backend.close()

@@ -74,15 +74,13 @@ class PgflowGraphPeer(GraphPeer):
         return [sys.executable, "-m", module, "pgflow_graph_peer", url, workload.key, setting.label]
 
     def start_runs(self, workload: Workload, count: int) -> Started:
-        import psycopg
-
         flow = self.flows[_flow_key(workload)]
-        with psycopg.connect(self.url, autocommit=False) as conn:
+        engine = self.app.backend.engine  # type: ignore[attr-defined]
+        with engine.begin() as conn:  # all runs start in one transaction, as an app would
             handles = [
                 self.app.start_run(flow, dict(workload.run_input), connection=conn)
                 for _ in range(count)
             ]
-            conn.commit()
         return Started(time.time(), count, handles)
 
     def finished(self, workload: Workload) -> tuple[int, float]:

@@ -416,3 +416,16 @@ def test_a_map_output_over_the_size_limit_fails_the_step_and_run(store: Any) -> 
     run = store.get_run("big")
     assert run.state is RunState.FAILED and run.error["kind"] == "SerializationError"
     assert store.get_step_states("big")["double"].state is StepStatus.FAILED
+
+
+def test_new_tasks_wake_their_queue_at_start_and_at_each_completion(store: Any) -> None:
+    listener = store.listener()
+    try:
+        start(store, chain, "wake", 1)
+        assert listener.wait(5.0) == {"default"}
+        job = only(store, "first")
+        assert listener.wait(0.0) == set()  # nothing new until the completion commits
+        finish(store, chain.plan, job, 2)
+        assert listener.wait(5.0) == {"default"}
+    finally:
+        listener.close()
