@@ -14,6 +14,10 @@ Two modes, both on an InMemoryBackend driven by a FakeClock:
 
 Jobs run through `pgflow.runtime.execution.run_job`, the very function the real workers use,
 so retries, discards, snoozes and errors are recorded exactly as in production.
+
+Distributed graph runs work the same way: `t.app.start_run(flow, input)` enqueues the ready
+steps as task jobs, and `drain` runs them as a worker would, including the tasks each
+completion makes ready; `assert_step` checks a step's state (see pgflow.testing_flows).
 """
 
 from __future__ import annotations
@@ -28,7 +32,17 @@ import attrs
 
 from pgflow.clock import SYSTEM_CLOCK, Clock, FakeClock
 from pgflow.errors import Discard, StepFailed
-from pgflow.records import WAITING_STATES, Job, JobState, NewJob
+from pgflow.records import (
+    WAITING_STATES,
+    Job,
+    JobState,
+    NewJob,
+    RunRecord,
+    RunState,
+    StepState,
+    StepStatus,
+)
+from pgflow.testing_flows import UNSET, describe_run, describe_task, run_task, step_matches
 from pgflow_backends.memory import InMemoryBackend
 
 if TYPE_CHECKING:
@@ -111,7 +125,7 @@ class TestQueue:
         self._patch: _InsertPatch | None = None
         if app is None:
             self.clock: Clock = clock if clock is not None else FakeClock()
-            backend_cls = _InlineMemoryBackend if mode == "inline" else InMemoryBackend
+            backend_cls = _InlineMemoryBackend if mode == "inline" else _HarnessMemoryBackend
             self.backend: Backend = backend_cls(clock=self.clock)
             if isinstance(self.backend, _InlineMemoryBackend):
                 self.backend.harness = self
@@ -249,6 +263,37 @@ class TestQueue:
         lines = "\n".join(f"  {_describe_job(job)}" for job in waiting)
         return f"Enqueued jobs:\n{lines}"
 
+    def assert_step(
+        self,
+        workflow_id: str,
+        step: str,
+        *,
+        state: StepStatus | str | None = None,
+        attempts: int | None = None,
+        output: Any = UNSET,
+        tasks_done: int | None = None,
+    ) -> StepState:
+        """Assert that step `step` of graph run `workflow_id` has the given attributes
+        (`output` compared as stored, i.e. as JSON gives it back); return its state."""
+        wanted_state = StepStatus(state) if state is not None else None
+        run = self._graph_run(workflow_id)
+        found = run.steps.get(step)
+        if found is None:
+            raise AssertionError(f"run {workflow_id!r} has no step {step!r}.\n{describe_run(run)}")
+        if step_matches(found, wanted_state, attempts, output, tasks_done):
+            return found
+        wanted = _describe_step_filters(wanted_state, attempts, output, tasks_done)
+        raise AssertionError(
+            f"expected step {step!r} of run {workflow_id!r} with {wanted}.\n{describe_run(run)}"
+        )
+
+    def _graph_run(self, workflow_id: str) -> RunRecord:
+        run = self.app.get_run(workflow_id)
+        if run is None:
+            known = ", ".join(repr(r.workflow_id) for r in self.backend.list_runs(limit=20))
+            raise AssertionError(f"no run {workflow_id!r} is stored (runs: {known or 'none'})")
+        return run
+
     # -- running ---------------------------------------------------------------------------
 
     def drain(
@@ -340,14 +385,17 @@ class TestQueue:
         """Run one claimed job through the workers' own execution path."""
         from pgflow.runtime.execution import run_job
 
-        outcome = run_job(
-            self.backend, job, TESTING_INSTANCE, clock=self.clock, lookup=self._lookup
-        )
+        if job.task is not None:  # a step of a distributed flow run
+            outcome = run_task(self.backend, job, TESTING_INSTANCE, self.clock)
+        else:
+            outcome = run_job(
+                self.backend, job, TESTING_INSTANCE, clock=self.clock, lookup=self._lookup
+            )
         error = _failure_of(outcome)
         if error is not None:
             error.add_note(
-                f"(raised by pgflow job #{job.id} {job.worker}, attempt {job.attempt}"
-                f"/{job.max_attempts}, run by pgflow.testing)"
+                f"(raised by pgflow job #{job.id} {job.worker}{describe_task(job)}, attempt "
+                f"{job.attempt}/{job.max_attempts}, run by pgflow.testing)"
             )
         return _Ran(job, _OUTCOME_FIELDS[outcome.kind.value], error)
 
@@ -375,7 +423,21 @@ class TestQueue:
             self._depth -= 1
 
 
-class _InlineMemoryBackend(InMemoryBackend):
+class _HarnessMemoryBackend(InMemoryBackend):
+    """The store of a harness that built its own: nothing but `drain` runs its tasks, so
+    waiting for a run that is still running would wait forever; it raises at once instead."""
+
+    def wait_for_run(self, workflow_id: str, timeout: float | None) -> RunRecord | None:
+        run = super().wait_for_run(workflow_id, 0.0)
+        if run is not None and run.state is RunState.RUNNING:
+            raise TimeoutError(
+                f"run {workflow_id!r} is still running, and in pgflow.testing only drain() "
+                "runs its tasks: drain first (with_scheduled=True for retries and start_delay)"
+            )
+        return run
+
+
+class _InlineMemoryBackend(_HarnessMemoryBackend):
     """The store of an inline harness: runs every job it stores, right after storing it.
 
     Scheduling is ignored (a job meant for later runs now), as in other inline test modes.
@@ -495,10 +557,25 @@ def _describe_filters(
     return ", ".join(parts) or "any attributes"
 
 
+def _describe_step_filters(
+    state: StepStatus | None, attempts: int | None, output: Any, tasks_done: int | None
+) -> str:
+    parts = []
+    if state is not None:
+        parts.append(f"state={state.value}")
+    if attempts is not None:
+        parts.append(f"attempts={attempts}")
+    if tasks_done is not None:
+        parts.append(f"tasks_done={tasks_done}")
+    if output is not UNSET:
+        parts.append(f"output={output!r}")
+    return ", ".join(parts) or "any attributes"
+
+
 def _describe_job(job: Job) -> str:
     when = f" scheduled_at={_iso(job.scheduled_at)}" if job.state is not JobState.AVAILABLE else ""
     return (
-        f"#{job.id} {job.worker} queue={job.queue!r} priority={job.priority} "
+        f"#{job.id} {job.worker}{describe_task(job)} queue={job.queue!r} priority={job.priority} "
         f"state={job.state.value}{when} args={job.args!r}"
     )
 
