@@ -47,7 +47,9 @@ from pgflow_backends.memory import InMemoryBackend
 
 if TYPE_CHECKING:
     from pgflow.app import Pgflow
-    from pgflow.backend import Backend
+    from pgflow.backend import Backend, RunStart
+    from pgflow.graph.shape import FlowPlan
+    from pgflow.run_handle import RunHandle
     from pgflow.runtime.execution import Outcome
     from pgflow.worker import Worker
 
@@ -399,6 +401,31 @@ class TestQueue:
             )
         return _Ran(job, _OUTCOME_FIELDS[outcome.kind.value], error)
 
+    def _run_flow_inline(self, workflow_id: str) -> None:
+        """Inline mode: run the due tasks of run `workflow_id`, and those each completion makes
+        ready, raising the first failure. Other jobs found due are handed back untouched."""
+        if self._depth >= MAX_INLINE_DEPTH:
+            raise RuntimeError(
+                f"pgflow.testing inline runs nested {MAX_INLINE_DEPTH} deep: a step seems to "
+                "start runs forever; use manual mode and drain() to test such a chain"
+            )
+        self._depth += 1
+        try:
+            while True:
+                self.backend.stage_jobs()
+                claimed = self._claim_all(None)
+                ours = [job for job in claimed if _task_of(job, workflow_id)]
+                self._release([job for job in claimed if not _task_of(job, workflow_id)])
+                if not ours:
+                    return
+                for index, job in enumerate(ours):
+                    ran = self._run(job)
+                    if ran.error is not None:
+                        self._release(ours[index + 1 :])
+                        raise ran.error
+        finally:
+            self._depth -= 1
+
     def _run_inserted(self, jobs: Sequence[Job]) -> None:
         """Inline mode: run what an insert just stored, raising the first failure."""
         by_queue: dict[str, int] = {}
@@ -438,9 +465,11 @@ class _HarnessMemoryBackend(InMemoryBackend):
 
 
 class _InlineMemoryBackend(_HarnessMemoryBackend):
-    """The store of an inline harness: runs every job it stores, right after storing it.
+    """The store of an inline harness: runs every job it stores, right after storing it,
+    and every due task of a graph run it starts.
 
-    Scheduling is ignored (a job meant for later runs now), as in other inline test modes.
+    Scheduling of jobs is ignored (a job meant for later runs now), as in other inline test
+    modes; a graph run's tasks waiting on a start_delay or a retry wait for `drain`.
     """
 
     harness: TestQueue
@@ -451,24 +480,53 @@ class _InlineMemoryBackend(_HarnessMemoryBackend):
         self.harness._run_inserted(stored)
         return stored
 
+    def start_flow_run(
+        self,
+        plan: FlowPlan,
+        *,
+        workflow_id: str,
+        input: Any,
+        max_attempts: int,
+        connection: Any = None,
+    ) -> RunStart:
+        started = super().start_flow_run(
+            plan,
+            workflow_id=workflow_id,
+            input=input,
+            max_attempts=max_attempts,
+            connection=connection,
+        )
+        if started.created:
+            self.harness._run_flow_inline(workflow_id)
+        return started
+
 
 class _InsertPatch:
-    """Inline mode on a user's own app: wrap its `insert` so stored jobs run at once."""
+    """Inline mode on a user's own app: wrap its `insert` so stored jobs run at once, and
+    its `start_run` so a run's due tasks do."""
 
     def __init__(self, app: Pgflow, harness: TestQueue) -> None:
         self._app = app
         original = app.insert
+        original_start = app.start_run
 
         def insert(job_or_jobs: Any, *args: Any, **kwargs: Any) -> Any:
             stored = original(job_or_jobs, *args, **kwargs)
             harness._run_inserted(stored if isinstance(stored, list) else [stored])
             return stored
 
+        def start_run(flow: object, input: Any, **kwargs: Any) -> RunHandle:
+            handle = original_start(flow, input, **kwargs)
+            harness._run_flow_inline(handle.workflow_id)
+            return handle
+
         app.insert = insert  # type: ignore[method-assign, assignment]
+        app.start_run = start_run  # type: ignore[method-assign]
 
     def undo(self) -> None:
-        with contextlib.suppress(AttributeError):
-            del self._app.insert
+        for name in ("insert", "start_run"):
+            with contextlib.suppress(AttributeError):
+                delattr(self._app, name)
 
 
 # -- entry points ----------------------------------------------------------------------------
@@ -516,6 +574,10 @@ def inline(
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _task_of(job: Job, workflow_id: str) -> bool:
+    return job.task is not None and job.task.workflow_id == workflow_id
 
 
 def _worker_name(worker: type[Worker] | str | None) -> str | None:

@@ -398,6 +398,53 @@ def test_drain_one_queue_runs_only_that_queues_tasks() -> None:
         assert handle.result() == {"render": [0, 2, 4]}
 
 
+# -- inline mode ------------------------------------------------------------------------------
+
+
+def test_inline_start_run_runs_the_whole_run_at_once() -> None:
+    with testing.inline() as t:
+        handle = t.app.start_run(diamond, {"url": "u2"}, workflow_id="inline-1")
+        assert sorted(CALLS) == [("summarize", "text of u2"), ("words", "text of u2")]
+        assert handle.result() == {"publish": {"summary": "text", "words": 3, "url": "u2"}}
+        assert t.all_enqueued() == []
+
+
+def test_inline_start_run_raises_the_first_failure_and_drain_finishes_the_run() -> None:
+    with testing.inline() as t:
+        with pytest.raises(ConnectionError, match="try again"):
+            t.app.start_run(flaky, {"n": 2}, workflow_id="inline-flaky")
+        t.assert_step("inline-flaky", "call_api", state="started", attempts=1)
+        t.assert_enqueued(state="retryable", count=1)
+        result = t.drain(with_scheduled=True, raise_on_failure=False)
+        assert result == testing.DrainResult(retried=1, completed=1)
+        assert t.app.start_run(flaky, {"n": 2}, workflow_id="inline-flaky").result() == {
+            "call_api": 20
+        }
+
+
+def test_inline_start_run_leaves_delayed_steps_to_drain() -> None:
+    with testing.inline() as t:
+        handle = t.app.start_run(delayed, "later", workflow_id="inline-delayed")
+        t.assert_step("inline-delayed", "kick", state="completed")
+        t.assert_enqueued(state="scheduled", count=1)
+        assert t.drain(with_scheduled=True).completed == 1
+        assert handle.result() == {"wait_a_minute": "LATER"}
+
+
+def test_inline_on_a_users_app_runs_only_the_run_it_starts() -> None:
+    with testing.manual() as owner:
+        owner.app.start_run(chain, 1, workflow_id="stored-only")
+        with testing.inline(owner.app):
+            mine = owner.app.start_run(chain, 2, workflow_id="mine")
+            assert mine.result() == 25
+        other = owner.assert_enqueued(state="available", count=1)
+        assert other.task is not None and other.task.workflow_id == "stored-only"
+        assert other.attempt == 0  # handed back, attempt not counted
+        owner.app.start_run(chain, 3, workflow_id="after-the-block")
+        owner.assert_enqueued(state="available", count=2)  # stored only again
+        assert owner.drain().completed == 6
+
+
 # -- bad task jobs ----------------------------------------------------------------------------
 
 
@@ -448,7 +495,7 @@ def test_a_task_job_naming_an_unknown_step_of_a_live_run_fails_that_run() -> Non
 def test_a_task_job_of_an_unknown_flow_fails_at_once_instead_of_snoozing() -> None:
     with testing.manual() as t:
         t.backend.insert_jobs([_task_job("tg_never_defined", "f" * 64, "a")])
-        with pytest.raises(pgflow.DefinitionError, match="'tg_never_defined'.*not known"):
+        with pytest.raises(pgflow.DefinitionError, match=r"'tg_never_defined'.*not known"):
             t.drain()
         (job,) = t.backend.list_jobs()
         assert job.state is JobState.DISCARDED
