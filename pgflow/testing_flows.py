@@ -8,6 +8,9 @@ this process does not know fails at once instead of snoozing, since no deploy wi
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -45,8 +48,34 @@ def run_task(backend: Backend, job: Job, instance_id: str, clock: Clock) -> Outc
             retry_in=None,
         )
     else:
-        outcome = execute_task(job, instance_id=instance_id, backend=backend, clock=clock)
+        outcome = _off_the_loop(
+            lambda: execute_task(job, instance_id=instance_id, backend=backend, clock=clock)
+        )
     return record_outcomes(backend, [outcome], instance_id=instance_id)[0]
+
+
+def _off_the_loop(call: Callable[[], Outcome]) -> Outcome:
+    """`call()` here, or on a helper thread when this thread runs an event loop (`drain`
+    called from an async test): an async step is run with asyncio.run, which needs none."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return call()
+    results: list[Outcome] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            results.append(call())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="pgflow-testing-task", daemon=True)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 def _unknown_definition(job: Job) -> DefinitionError | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -399,6 +400,16 @@ def test_drain_one_queue_runs_only_that_queues_tasks() -> None:
         assert t.drain("gpu").completed == 3
         assert sorted(CALLS) == [("render", 0), ("render", 1), ("render", 2)]
         assert handle.result() == {"render": [0, 2, 4]}
+
+
+def test_drain_called_from_async_code_runs_async_steps() -> None:
+    async def test_body() -> Any:
+        with testing.manual() as t:
+            handle = t.app.start_run(gpu, 2, workflow_id="gpu-async")
+            assert t.drain() == testing.DrainResult(completed=3)
+            return handle.result()
+
+    assert asyncio.run(test_body()) == {"render": [0, 2]}
 
 
 # -- inline mode ------------------------------------------------------------------------------
