@@ -333,6 +333,12 @@ class TestQueue:
                         f"pgflow.testing.drain ran more than {limit} jobs; a job may be "
                         "snoozing or inserting itself forever (raise limit= if not)"
                     )
+                if self.backend.cancel_requested([job.id]):
+                    # Cancelled since the batch was claimed (e.g. its flow run failed): a
+                    # worker would not start it, so it ends cancelled without running.
+                    self._release([job])
+                    counts["cancelled"] += 1
+                    continue
                 ran = self._run(job)
                 counts[ran.outcome] += 1
                 if raise_on_failure and ran.error is not None:

@@ -60,6 +60,10 @@ def _off_the_loop(call: Callable[[], Outcome]) -> Outcome:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        in_loop = False  # called below, not here: a step's traceback would chain this error
+    else:
+        in_loop = True
+    if not in_loop:
         return call()
     results: list[Outcome] = []
     errors: list[BaseException] = []

@@ -174,6 +174,20 @@ def after(breaks: int, later: int) -> int:
     return breaks + later
 
 
+fragile_map = pgflow.Flow("tg_fragile_map")
+
+
+@fragile_map.step
+def elements(input: int) -> list[int]:
+    return list(range(input))
+
+
+@fragile_map.map(over="elements", max_attempts=1)
+def invert(item: int) -> float:
+    CALLS.append(("invert", item))
+    return 1 / item
+
+
 once = pgflow.Flow("tg_once")
 
 
@@ -356,6 +370,20 @@ def test_exhausted_attempts_fail_the_run_with_max_attempts_exceeded() -> None:
         assert t.all_enqueued() == []  # the delayed task was cancelled with the run
         (later_job,) = t.all_enqueued(state="cancelled")
         assert later_job.task is not None and later_job.task.step == "later"
+
+
+def test_tasks_of_a_run_that_failed_meanwhile_end_cancelled_without_running() -> None:
+    with testing.manual() as t:
+        handle = t.app.start_run(fragile_map, 3, workflow_id="fragile-1")
+        result = t.drain(raise_on_failure=False)
+        assert result == testing.DrainResult(completed=1, discarded=1, cancelled=2)
+        assert CALLS == [("invert", 0)]
+        with pytest.raises(pgflow.StepFailed, match="division by zero"):
+            handle.result()
+        error = t.assert_step("fragile-1", "invert", state="failed", tasks_done=0).error
+        assert error is not None and error["kind"] == "ZeroDivisionError"
+        assert "running event loop" not in error["traceback"]
+        assert len(t.all_enqueued(state="cancelled")) == 2
 
 
 def test_a_single_attempt_step_fails_the_run_with_step_failed() -> None:
