@@ -315,6 +315,8 @@ class TestQueue:
         discarded). The first job that raises (other than Discard/Snooze) has its exception
         re-raised unless `raise_on_failure` is False. More than `limit` runs raise
         RuntimeError: a job that snoozes or re-inserts itself forever would never end.
+        A graph run's tasks are jobs too (see pgflow.testing_flows); a job cancelled after
+        this drain claimed it (its run failed meanwhile) ends cancelled without running.
         """
         counts = dict.fromkeys(("completed", "retried", "discarded", "snoozed", "cancelled"), 0)
         runs = 0
@@ -409,13 +411,15 @@ class TestQueue:
 
     def _run_flow_inline(self, workflow_id: str) -> None:
         """Inline mode: run the due tasks of run `workflow_id`, and those each completion makes
-        ready, raising the first failure. Other jobs found due are handed back untouched."""
+        ready, raising the first failure. Other jobs found due are handed back (their
+        attempt not counted) for `drain`."""
         if self._depth >= MAX_INLINE_DEPTH:
             raise RuntimeError(
                 f"pgflow.testing inline runs nested {MAX_INLINE_DEPTH} deep: a step seems to "
                 "start runs forever; use manual mode and drain() to test such a chain"
             )
         self._depth += 1
+        runs = 0
         try:
             while True:
                 self.backend.stage_jobs()
@@ -424,6 +428,13 @@ class TestQueue:
                 self._release([job for job in claimed if not _task_of(job, workflow_id)])
                 if not ours:
                     return
+                runs += len(ours)
+                if runs > DEFAULT_DRAIN_LIMIT:
+                    self._release(ours)
+                    raise RuntimeError(
+                        f"pgflow.testing ran more than {DEFAULT_DRAIN_LIMIT} tasks of run "
+                        f"{workflow_id!r} inline; a step may be snoozing forever"
+                    )
                 for index, job in enumerate(ours):
                     ran = self._run(job)
                     if ran.error is not None:

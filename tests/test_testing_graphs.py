@@ -487,6 +487,21 @@ def test_inline_on_a_users_app_runs_only_the_run_it_starts() -> None:
         assert owner.drain().completed == 6
 
 
+snoozing = pgflow.Flow("tg_snoozing")
+
+
+@snoozing.step
+def snooze_now(input: int) -> int:
+    CALLS.append(("snooze_now", input))
+    raise pgflow.Snooze(0)
+
+
+def test_inline_stops_a_step_that_snoozes_forever() -> None:
+    with testing.inline() as t, pytest.raises(RuntimeError, match="snoozing forever"):
+        t.app.start_run(snoozing, 1, workflow_id="snooze-forever")
+    assert len(CALLS) == testing.DEFAULT_DRAIN_LIMIT
+
+
 # -- bad task jobs ----------------------------------------------------------------------------
 
 
