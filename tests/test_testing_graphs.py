@@ -24,9 +24,13 @@ CALLS: list[tuple[str, Any]] = []
 
 
 @pytest.fixture(autouse=True)
-def no_sleeping(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test here must run without a real sleep: time.sleep fails the test."""
+def no_sleeping(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test here must run without a real sleep: time.sleep fails the test (except
+    where the test itself waits for a subprocess, which polls with time.sleep)."""
     CALLS.clear()
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
 
     def forbidden(seconds: float) -> None:
         raise AssertionError(f"pgflow.testing slept for {seconds}s")
@@ -608,6 +612,7 @@ def _docs_examples() -> list[str]:
     return re.findall(r"```python\n(.*?)\n```", section.split("\n## ", 1)[0], re.S)
 
 
+@pytest.mark.slow  # a subprocess per example: waiting for it polls with time.sleep
 @pytest.mark.parametrize("index", range(len(_docs_examples())))
 def test_the_testing_docs_graph_examples_run(index: int, tmp_path: Path) -> None:
     """tests/test_readme.py skips examples that call start_run (issue 10 in progress); these
