@@ -14,6 +14,10 @@ Two modes, both on an InMemoryBackend driven by a FakeClock:
 
 Jobs run through `pgflow.runtime.execution.run_job`, the very function the real workers use,
 so retries, discards, snoozes and errors are recorded exactly as in production.
+
+Distributed graph runs work the same way: `t.app.start_run(flow, input)` enqueues the ready
+steps as task jobs, and `drain` runs them as a worker would, including the tasks each
+completion makes ready; `assert_step` checks a step's state (see pgflow.testing_flows).
 """
 
 from __future__ import annotations
@@ -28,12 +32,24 @@ import attrs
 
 from pgflow.clock import SYSTEM_CLOCK, Clock, FakeClock
 from pgflow.errors import Discard, StepFailed
-from pgflow.records import WAITING_STATES, Job, JobState, NewJob
+from pgflow.records import (
+    WAITING_STATES,
+    Job,
+    JobState,
+    NewJob,
+    RunRecord,
+    RunState,
+    StepState,
+    StepStatus,
+)
+from pgflow.testing_flows import UNSET, describe_run, describe_task, run_task, step_matches
 from pgflow_backends.memory import InMemoryBackend
 
 if TYPE_CHECKING:
     from pgflow.app import Pgflow
-    from pgflow.backend import Backend
+    from pgflow.backend import Backend, RunStart
+    from pgflow.graph.shape import FlowPlan
+    from pgflow.run_handle import RunHandle
     from pgflow.runtime.execution import Outcome
     from pgflow.worker import Worker
 
@@ -111,7 +127,7 @@ class TestQueue:
         self._patch: _InsertPatch | None = None
         if app is None:
             self.clock: Clock = clock if clock is not None else FakeClock()
-            backend_cls = _InlineMemoryBackend if mode == "inline" else InMemoryBackend
+            backend_cls = _InlineMemoryBackend if mode == "inline" else _HarnessMemoryBackend
             self.backend: Backend = backend_cls(clock=self.clock)
             if isinstance(self.backend, _InlineMemoryBackend):
                 self.backend.harness = self
@@ -249,6 +265,37 @@ class TestQueue:
         lines = "\n".join(f"  {_describe_job(job)}" for job in waiting)
         return f"Enqueued jobs:\n{lines}"
 
+    def assert_step(
+        self,
+        workflow_id: str,
+        step: str,
+        *,
+        state: StepStatus | str | None = None,
+        attempts: int | None = None,
+        output: Any = UNSET,
+        tasks_done: int | None = None,
+    ) -> StepState:
+        """Assert that step `step` of graph run `workflow_id` has the given attributes
+        (`output` compared as stored, i.e. as JSON gives it back); return its state."""
+        wanted_state = StepStatus(state) if state is not None else None
+        run = self._graph_run(workflow_id)
+        found = run.steps.get(step)
+        if found is None:
+            raise AssertionError(f"run {workflow_id!r} has no step {step!r}.\n{describe_run(run)}")
+        if step_matches(found, wanted_state, attempts, output, tasks_done):
+            return found
+        wanted = _describe_step_filters(wanted_state, attempts, output, tasks_done)
+        raise AssertionError(
+            f"expected step {step!r} of run {workflow_id!r} with {wanted}.\n{describe_run(run)}"
+        )
+
+    def _graph_run(self, workflow_id: str) -> RunRecord:
+        run = self.app.get_run(workflow_id)
+        if run is None:
+            known = ", ".join(repr(r.workflow_id) for r in self.backend.list_runs(limit=20))
+            raise AssertionError(f"no run {workflow_id!r} is stored (runs: {known or 'none'})")
+        return run
+
     # -- running ---------------------------------------------------------------------------
 
     def drain(
@@ -268,6 +315,8 @@ class TestQueue:
         discarded). The first job that raises (other than Discard/Snooze) has its exception
         re-raised unless `raise_on_failure` is False. More than `limit` runs raise
         RuntimeError: a job that snoozes or re-inserts itself forever would never end.
+        A graph run's tasks are jobs too (see pgflow.testing_flows); a job cancelled after
+        this drain claimed it (its run failed meanwhile) ends cancelled without running.
         """
         counts = dict.fromkeys(("completed", "retried", "discarded", "snoozed", "cancelled"), 0)
         runs = 0
@@ -286,6 +335,12 @@ class TestQueue:
                         f"pgflow.testing.drain ran more than {limit} jobs; a job may be "
                         "snoozing or inserting itself forever (raise limit= if not)"
                     )
+                if self.backend.cancel_requested([job.id]):
+                    # Cancelled since the batch was claimed (e.g. its flow run failed): a
+                    # worker would not start it, so it ends cancelled without running.
+                    self._release([job])
+                    counts["cancelled"] += 1
+                    continue
                 ran = self._run(job)
                 counts[ran.outcome] += 1
                 if raise_on_failure and ran.error is not None:
@@ -340,16 +395,53 @@ class TestQueue:
         """Run one claimed job through the workers' own execution path."""
         from pgflow.runtime.execution import run_job
 
-        outcome = run_job(
-            self.backend, job, TESTING_INSTANCE, clock=self.clock, lookup=self._lookup
-        )
+        if job.task is not None:  # a step of a distributed flow run
+            outcome = run_task(self.backend, job, TESTING_INSTANCE, self.clock)
+        else:
+            outcome = run_job(
+                self.backend, job, TESTING_INSTANCE, clock=self.clock, lookup=self._lookup
+            )
         error = _failure_of(outcome)
         if error is not None:
             error.add_note(
-                f"(raised by pgflow job #{job.id} {job.worker}, attempt {job.attempt}"
-                f"/{job.max_attempts}, run by pgflow.testing)"
+                f"(raised by pgflow job #{job.id} {job.worker}{describe_task(job)}, attempt "
+                f"{job.attempt}/{job.max_attempts}, run by pgflow.testing)"
             )
         return _Ran(job, _OUTCOME_FIELDS[outcome.kind.value], error)
+
+    def _run_flow_inline(self, workflow_id: str) -> None:
+        """Inline mode: run the due tasks of run `workflow_id`, and those each completion makes
+        ready, raising the first failure. Other jobs found due are handed back (their
+        attempt not counted) for `drain`."""
+        if self._depth >= MAX_INLINE_DEPTH:
+            raise RuntimeError(
+                f"pgflow.testing inline runs nested {MAX_INLINE_DEPTH} deep: a step seems to "
+                "start runs forever; use manual mode and drain() to test such a chain"
+            )
+        self._depth += 1
+        runs = 0
+        try:
+            while True:
+                self.backend.stage_jobs()
+                claimed = self._claim_all(None)
+                ours = [job for job in claimed if _task_of(job, workflow_id)]
+                self._release([job for job in claimed if not _task_of(job, workflow_id)])
+                if not ours:
+                    return
+                runs += len(ours)
+                if runs > DEFAULT_DRAIN_LIMIT:
+                    self._release(ours)
+                    raise RuntimeError(
+                        f"pgflow.testing ran more than {DEFAULT_DRAIN_LIMIT} tasks of run "
+                        f"{workflow_id!r} inline; a step may be snoozing forever"
+                    )
+                for index, job in enumerate(ours):
+                    ran = self._run(job)
+                    if ran.error is not None:
+                        self._release(ours[index + 1 :])
+                        raise ran.error
+        finally:
+            self._depth -= 1
 
     def _run_inserted(self, jobs: Sequence[Job]) -> None:
         """Inline mode: run what an insert just stored, raising the first failure."""
@@ -375,10 +467,26 @@ class TestQueue:
             self._depth -= 1
 
 
-class _InlineMemoryBackend(InMemoryBackend):
-    """The store of an inline harness: runs every job it stores, right after storing it.
+class _HarnessMemoryBackend(InMemoryBackend):
+    """The store of a harness that built its own: nothing but `drain` runs its tasks, so
+    waiting for a run that is still running would wait forever; it raises at once instead."""
 
-    Scheduling is ignored (a job meant for later runs now), as in other inline test modes.
+    def wait_for_run(self, workflow_id: str, timeout: float | None) -> RunRecord | None:
+        run = super().wait_for_run(workflow_id, 0.0)
+        if run is not None and run.state is RunState.RUNNING:
+            raise TimeoutError(
+                f"run {workflow_id!r} is still running, and in pgflow.testing only drain() "
+                "runs its tasks: drain first (with_scheduled=True for retries and start_delay)"
+            )
+        return run
+
+
+class _InlineMemoryBackend(_HarnessMemoryBackend):
+    """The store of an inline harness: runs every job it stores, right after storing it,
+    and every due task of a graph run it starts.
+
+    Scheduling of jobs is ignored (a job meant for later runs now), as in other inline test
+    modes; a graph run's tasks waiting on a start_delay or a retry wait for `drain`.
     """
 
     harness: TestQueue
@@ -389,24 +497,53 @@ class _InlineMemoryBackend(InMemoryBackend):
         self.harness._run_inserted(stored)
         return stored
 
+    def start_flow_run(
+        self,
+        plan: FlowPlan,
+        *,
+        workflow_id: str,
+        input: Any,
+        max_attempts: int,
+        connection: Any = None,
+    ) -> RunStart:
+        started = super().start_flow_run(
+            plan,
+            workflow_id=workflow_id,
+            input=input,
+            max_attempts=max_attempts,
+            connection=connection,
+        )
+        if started.created:
+            self.harness._run_flow_inline(workflow_id)
+        return started
+
 
 class _InsertPatch:
-    """Inline mode on a user's own app: wrap its `insert` so stored jobs run at once."""
+    """Inline mode on a user's own app: wrap its `insert` so stored jobs run at once, and
+    its `start_run` so a run's due tasks do."""
 
     def __init__(self, app: Pgflow, harness: TestQueue) -> None:
         self._app = app
         original = app.insert
+        original_start = app.start_run
 
         def insert(job_or_jobs: Any, *args: Any, **kwargs: Any) -> Any:
             stored = original(job_or_jobs, *args, **kwargs)
             harness._run_inserted(stored if isinstance(stored, list) else [stored])
             return stored
 
+        def start_run(flow: object, input: Any, **kwargs: Any) -> RunHandle:
+            handle = original_start(flow, input, **kwargs)
+            harness._run_flow_inline(handle.workflow_id)
+            return handle
+
         app.insert = insert  # type: ignore[method-assign, assignment]
+        app.start_run = start_run  # type: ignore[method-assign]
 
     def undo(self) -> None:
-        with contextlib.suppress(AttributeError):
-            del self._app.insert
+        for name in ("insert", "start_run"):
+            with contextlib.suppress(AttributeError):
+                delattr(self._app, name)
 
 
 # -- entry points ----------------------------------------------------------------------------
@@ -456,6 +593,10 @@ def inline(
 # -- helpers ---------------------------------------------------------------------------------
 
 
+def _task_of(job: Job, workflow_id: str) -> bool:
+    return job.task is not None and job.task.workflow_id == workflow_id
+
+
 def _worker_name(worker: type[Worker] | str | None) -> str | None:
     if worker is None or isinstance(worker, str):
         return worker
@@ -495,10 +636,25 @@ def _describe_filters(
     return ", ".join(parts) or "any attributes"
 
 
+def _describe_step_filters(
+    state: StepStatus | None, attempts: int | None, output: Any, tasks_done: int | None
+) -> str:
+    parts = []
+    if state is not None:
+        parts.append(f"state={state.value}")
+    if attempts is not None:
+        parts.append(f"attempts={attempts}")
+    if tasks_done is not None:
+        parts.append(f"tasks_done={tasks_done}")
+    if output is not UNSET:
+        parts.append(f"output={output!r}")
+    return ", ".join(parts) or "any attributes"
+
+
 def _describe_job(job: Job) -> str:
     when = f" scheduled_at={_iso(job.scheduled_at)}" if job.state is not JobState.AVAILABLE else ""
     return (
-        f"#{job.id} {job.worker} queue={job.queue!r} priority={job.priority} "
+        f"#{job.id} {job.worker}{describe_task(job)} queue={job.queue!r} priority={job.priority} "
         f"state={job.state.value}{when} args={job.args!r}"
     )
 
