@@ -7,6 +7,7 @@ moving the clock past the grace period is how time passes here.
 
 from __future__ import annotations
 
+import gc
 import logging
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from pgflow.clock import SYSTEM_CLOCK, FakeClock
 from pgflow.definition import Workflow
 from pgflow.errors import DefinitionError
 from pgflow.graph.difference import MAX_CHANGES, definition_changes, describe_difference
-from pgflow.graph.registry import FlowRegistry
+from pgflow.graph.registry import FlowRegistry, flows
 from pgflow.records import InstanceInfo, RunState, StepStatus
 from pgflow.runtime.leader import Leader
 from pgflow.runtime.unserved_flows import UNSERVED_FLOW, UnservedFlowSweep, short
@@ -438,8 +439,15 @@ def test_a_backend_without_flow_runs_has_no_sweep() -> None:
 
 def test_an_app_fails_a_run_no_instance_serves() -> None:
     """End to end: the app's own leader thread, a tiny grace period on the real clock."""
+    backend = InMemoryBackend()
+    name = _name("gone")
+    workflow = _v1(name, queue="nobody")  # no producer would touch its tasks anyway
+    backend.start_flow_run(workflow.plan, workflow_id="run", input={}, max_attempts=1)
+    del workflow  # the code that started it is gone: this process no longer knows it
+    gc.collect()
+    assert all(flow != name for flow, _ in flows.served())
     app = Pgflow(
-        "memory://",
+        backend,
         instance_id="sweeper",
         queues={"default": 2},
         stage_interval=0.02,
@@ -448,18 +456,13 @@ def test_an_app_fails_a_run_no_instance_serves() -> None:
     )
     app.start()
     try:
-        # Defined after start, so the instance does not publish it; its tasks go to a
-        # queue nobody serves, so nothing else touches the run.
-        workflow = _v1(_name("late"), queue="nobody")
-        handle = app.start_run(workflow, {"x": 1})
-        wait_or_fail(
-            lambda: handle.status().state is RunState.FAILED, "the unserved run to be failed"
-        )
-        error = handle.status().error
-        assert error is not None and error["kind"] == UNSERVED_FLOW
-        assert workflow.name in error["message"]
+        wait_or_fail(lambda: _state(backend, "run") is RunState.FAILED, "the run to be failed")
+        run = backend.get_run("run")
+        assert run is not None and run.error is not None
+        assert run.error["kind"] == UNSERVED_FLOW and name in run.error["message"]
     finally:
         app.close()
+        backend.close()
 
 
 def test_app_options() -> None:
