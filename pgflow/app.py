@@ -45,6 +45,11 @@ from pgflow.runtime.leader import Leader
 from pgflow.runtime.producer import Producer
 from pgflow.runtime.reconnect import RetryDelay
 from pgflow.runtime.signals import stop_on_signals
+from pgflow.runtime.unserved_flows import (
+    DEFAULT_UNSERVED_GRACE,
+    DEFAULT_UNSERVED_INTERVAL,
+    UnservedFlowSweep,
+)
 from pgflow.runtime.wakeup import Wakeup
 from pgflow.runtime.worker_lookup import WorkerLookup
 from pgflow.serialization import check_limit, roundtrip
@@ -164,6 +169,8 @@ class Pgflow:
         prune_interval: float = 60.0,
         stage_interval: float = 0.5,
         rescue_interval: float | None = None,
+        unserved_grace: float | None = DEFAULT_UNSERVED_GRACE,
+        unserved_interval: float = DEFAULT_UNSERVED_INTERVAL,
         shutdown_timeout: float = 30.0,
         imports: Iterable[str] = (),
         worker_modules: Iterable[str] = (),
@@ -191,6 +198,8 @@ class Pgflow:
         self.rescue_interval = _optional_seconds("rescue_interval", rescue_interval) or max(
             0.5, min(5.0, self.stale_timeout / 4)
         )
+        self.unserved_grace = _optional_seconds("unserved_grace", unserved_grace)
+        self.unserved_interval = _seconds("unserved_interval", unserved_interval)
         self.shutdown_timeout = _seconds("shutdown_timeout", shutdown_timeout)
         self.cron = parse_cron(cron)
         self.clock = clock or SYSTEM_CLOCK
@@ -419,6 +428,12 @@ class Pgflow:
                 prune_interval=self.prune_interval,
                 cron=CronScheduler(self.cron) if self.cron else None,
                 on_staged=self._wake,
+                unserved=(
+                    None
+                    if self.unserved_grace is None
+                    else UnservedFlowSweep(grace=self.unserved_grace, extra=self._extra)
+                ),
+                unserved_interval=self.unserved_interval,
             )
             heartbeat.start()
             for producer in self._producers.values():

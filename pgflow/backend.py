@@ -402,6 +402,14 @@ class FlowStore(Protocol):
         check that some online instance serves each definition."""
         ...
 
+    def running_flow_runs(self, flow: str, fingerprint: str, limit: int = 100) -> list[str]:
+        """The workflow_ids of up to `limit` running distributed runs of flow `flow` started
+        with definition `fingerprint` (the runs `running_flows` counts under that pair),
+        oldest started first; in-process runs are left out. A narrow read (no payloads) for
+        the leader, which fails the runs no online instance serves: failing the returned
+        runs and asking again pages through them all."""
+        ...
+
 
 @runtime_checkable
 class Backend(RunStore, JobQueue, Protocol):

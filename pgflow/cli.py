@@ -33,6 +33,7 @@ URL_ENV_VARS = ("PGFLOW_URL", "DATABASE_URL")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_QUEUES = "default=10"
 DEFAULT_PRUNE_AFTER = 7 * 24 * 3600  # a week, as Pgflow(prune_after=...)
+DEFAULT_UNSERVED_GRACE = 3600  # an hour, as Pgflow(unserved_grace=...)
 
 # The `extra=` fields pgflow puts on its log records, shown as key=value after the message.
 LOG_FIELDS = (
@@ -390,6 +391,18 @@ def migrate(url: str | None, log_level: str) -> None:
     "between 0.5 and 5).",
 )
 @click.option(
+    "--unserved-grace",
+    callback=_seconds_or_none_callback,
+    metavar="SECONDS|none",
+    default=str(DEFAULT_UNSERVED_GRACE),
+    show_default=True,
+    help="Seconds a flow run's definition may go unserved by every online instance before "
+    "its runs are failed, or 'none' to let them wait forever.",
+)
+@seconds_option(
+    "--unserved-interval", 60.0, "Seconds between the leader's checks for unserved flow runs."
+)
+@click.option(
     "--migrate/--no-migrate",
     "run_migrations",
     default=False,
@@ -412,6 +425,8 @@ def worker(
     prune_interval: float,
     stage_interval: float,
     rescue_interval: float | None,
+    unserved_grace: float | None,
+    unserved_interval: float,
     run_migrations: bool,
     log_level: str,
 ) -> None:
@@ -444,6 +459,8 @@ def worker(
             prune_after=prune_after,
             prune_interval=prune_interval,
             stage_interval=stage_interval,
+            unserved_grace=unserved_grace,
+            unserved_interval=unserved_interval,
         )
         if rescue_interval is not None:
             options["rescue_interval"] = rescue_interval

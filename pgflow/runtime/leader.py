@@ -2,7 +2,8 @@
 
 The lease lives in the database (`acquire_leadership`, renewed every tick with a TTL of three
 ticks), so at most one instance stages due jobs, rescues jobs of dead instances, prunes old
-jobs and inserts cron slots at a time; when it dies, another takes over within one TTL.
+jobs, inserts cron slots and fails flow runs no instance serves (unserved_flows) at a time;
+when it dies, another takes over within one TTL.
 
 The duties are fenced by the lease: before each one, the leader checks that the lease it
 last renewed is still good (counted on the local monotonic clock from *before* the renewal
@@ -23,6 +24,11 @@ from pgflow.clock import Clock
 from pgflow.runtime.cron import CronScheduler
 from pgflow.runtime.reconnect import Guard
 from pgflow.runtime.service import ServiceThread
+from pgflow.runtime.unserved_flows import (
+    DEFAULT_UNSERVED_INTERVAL,
+    SweptStore,
+    UnservedFlowSweep,
+)
 
 if TYPE_CHECKING:
     from pgflow.backend import JobQueue
@@ -46,6 +52,8 @@ class Leader(ServiceThread):
         prune_interval: float,
         cron: CronScheduler | None,
         on_staged: Callable[[Iterable[str]], None],
+        unserved: UnservedFlowSweep | None = None,
+        unserved_interval: float = DEFAULT_UNSERVED_INTERVAL,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
@@ -58,11 +66,16 @@ class Leader(ServiceThread):
         self.prune_interval = prune_interval
         self.cron = cron
         self.on_staged = on_staged
+        # Only a store that keeps distributed runs has any to sweep.
+        self._swept: SweptStore | None = backend if isinstance(backend, SweptStore) else None
+        self.unserved = unserved if self._swept is not None else None
+        self.unserved_interval = unserved_interval
         self.monotonic = monotonic
         self.is_leader = False
         self._lease_until = 0.0  # monotonic time until which the lease surely holds
         self._next_rescue = 0.0
         self._next_prune = 0.0
+        self._next_unserved = 0.0
         self._standing_down = False
         super().__init__("pgflow-leader", instance_id)
 
@@ -128,7 +141,9 @@ class Leader(ServiceThread):
             return
         if not self.is_leader:
             self.is_leader = True
-            self._next_rescue = self._next_prune = 0.0
+            self._next_rescue = self._next_prune = self._next_unserved = 0.0
+            if self.unserved is not None:
+                self.unserved.forget()  # another leader may have watched meanwhile
             logger.info("this instance is now the leader", extra=self._extra)
         if not self.holds_lease():
             return
@@ -148,6 +163,12 @@ class Leader(ServiceThread):
             pruned = self.backend.prune_jobs(self.prune_after)
             if pruned:
                 logger.info("pruned %d finished jobs", pruned, extra=self._extra)
+        if self.unserved is not None and now >= self._next_unserved:
+            if not self.holds_lease():
+                return
+            self._next_unserved = now + self.unserved_interval
+            assert self._swept is not None  # unserved is set only with a SweptStore
+            self.unserved.run(self._swept, self.holds_lease)
         if self.cron is not None:
             if not self.holds_lease():
                 return

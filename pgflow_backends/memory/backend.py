@@ -510,6 +510,11 @@ class InMemoryBackend:
             self._check_open()
             return self._flows.running()
 
+    def running_flow_runs(self, flow: str, fingerprint: str, limit: int = 100) -> list[str]:
+        with self._lock:
+            self._check_open()
+            return self._flows.running_ids(flow, fingerprint, limit)
+
     def _tasks_ended(self, job_ids: Iterable[int], now: datetime) -> None:
         """Jobs just changed state: a flow task that ended discarded or cancelled fails its
         run, in the same locked section. Called with the lock held."""

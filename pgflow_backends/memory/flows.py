@@ -195,6 +195,17 @@ class FlowTable:
         )
         return [(name, fingerprint, count) for (name, fingerprint), count in sorted(tally.items())]
 
+    def running_ids(self, flow: str, fingerprint: str, limit: int) -> list[str]:
+        """Running runs of one definition, oldest first (runs are kept in start order)."""
+        found = [
+            workflow_id
+            for workflow_id, run in self._flows.items()
+            if run.plan.flow == flow
+            and run.fingerprint == fingerprint
+            and self._running(workflow_id)
+        ]
+        return found[: max(limit, 0)]
+
     # -- settling --------------------------------------------------------------------------
 
     def _running(self, workflow_id: str) -> bool:
