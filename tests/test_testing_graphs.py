@@ -528,13 +528,6 @@ def test_a_task_job_naming_an_unknown_step_is_discarded() -> None:
         assert stored is not None and stored.state is JobState.DISCARDED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="memory FlowTable.job_ended indexes the run's steps by the job's step name: a "
-    "discarded task naming a step its live run lacks raises KeyError (pgflow_backends, "
-    "not pgflow.testing)",
-)
 def test_a_task_job_naming_an_unknown_step_of_a_live_run_fails_that_run() -> None:
     with testing.manual() as t:
         clock = _fake_clock(t)

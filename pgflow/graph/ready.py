@@ -16,7 +16,7 @@ import attrs
 
 from pgflow.graph.shape import FlowPlan, StepPlan
 from pgflow.graph.signature import INPUT
-from pgflow.records import NewJob, StepStatus, TaskKey
+from pgflow.records import NewJob, StepStatus, TaskCompletion, TaskKey
 
 
 @attrs.frozen
@@ -150,6 +150,21 @@ def task_jobs(
         )
         for index, args in enumerate(arguments)
     ]
+
+
+def unknown_step_error(plan: FlowPlan, completion: TaskCompletion) -> dict[str, Any]:
+    """The run error for a completed task job naming a step its run's flow does not have
+    (a job written by hand): the run fails rather than waiting for a step that never ends."""
+    task = completion.task
+    return {
+        "kind": "DefinitionError",
+        "message": (
+            f"task job {completion.ref.id} of run {task.workflow_id!r} names step "
+            f"{task.step!r}, which flow {plan.flow!r} does not have"
+        ),
+        "step": task.step,
+        "traceback": "",
+    }
 
 
 def run_output(plan: FlowPlan, outputs: Mapping[str, Settled]) -> Any:

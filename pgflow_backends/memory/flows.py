@@ -27,6 +27,7 @@ from pgflow.graph.ready import (
     plan_fingerprint,
     run_output,
     task_jobs,
+    unknown_step_error,
 )
 from pgflow.graph.shape import FlowPlan, StepPlan
 from pgflow.records import JobState, RunState, StepState, StepStatus, TaskCompletion
@@ -119,6 +120,11 @@ class FlowTable:
             flow = self._flows.get(workflow_id)
             if flow is None or not self._running(workflow_id) or key in flow.outputs:
                 continue
+            if not flow.plan.has_step(completion.task.step):  # a forged job
+                self._fail(
+                    workflow_id, flow, None, None, unknown_step_error(flow.plan, completion), now
+                )
+                continue
             counted.append(row.id)
             flow.outputs[key] = _Task(completion.output, completion.skipped)
             step = flow.steps[completion.task.step]
@@ -142,8 +148,9 @@ class FlowTable:
         last = loads(row.errors[-1]) if row.errors else None
         if not isinstance(last, dict):
             last = {"kind": "cancelled", "message": f"task job {job_id} was cancelled"}
-        step = flow.steps[row.task.step]
-        step.attempts = max(step.attempts, row.attempt)
+        step = flow.steps.get(row.task.step)  # a forged job may name no step of the run
+        if step is not None:
+            step.attempts = max(step.attempts, row.attempt)
         error = {
             "kind": str(last.get("kind", "error")),
             "message": (

@@ -301,6 +301,18 @@ class FlowStatements:
             .group_by(runs.c.workflow, runs.c.fingerprint)
             .order_by(runs.c.workflow, runs.c.fingerprint)
         )
+        #: One flow definition's running runs, oldest first (the unserved-flow sweep).
+        self.running_flow_runs: Select[Any] = (
+            select(runs.c.workflow_id)
+            .where(
+                runs.c.state == "running",
+                runs.c.remaining_steps.is_not(None),
+                runs.c.workflow == _p("p_flow", String()),
+                runs.c.fingerprint == _p("p_fingerprint", String()),
+            )
+            .order_by(runs.c.started_at, runs.c.workflow_id)
+            .limit(_p("p_limit", Integer()))
+        )
         self.finished_run: Select[Any] = select(runs.c.state).where(runs.c.workflow_id == run_id)
 
         # -- rescue: the runs of the tasks a rescue may end, found before it locks jobs ----

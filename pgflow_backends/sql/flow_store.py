@@ -176,6 +176,11 @@ class SQLFlowStore:
             time.sleep(pause if left is None else min(pause, left))
             pause = min(pause * 2, _POLL_MAX)
 
+    def running_flow_runs(self, flow: str, fingerprint: str, limit: int = 100) -> list[str]:
+        params = {"p_flow": flow, "p_fingerprint": fingerprint, "p_limit": max(limit, 0)}
+        with self._read() as connection:
+            return [str(w) for w in connection.execute(self._f.running_flow_runs, params).scalars()]
+
     def running_flows(self) -> list[tuple[str, str, int]]:
         with self._read() as connection:
             rows = connection.execute(self._f.running_flows).all()

@@ -29,6 +29,7 @@ from pgflow.graph.ready import (
     plan_fingerprint,
     run_output,
     task_jobs,
+    unknown_step_error,
 )
 from pgflow.graph.shape import FlowPlan, StepPlan
 from pgflow.records import JobState, NewJob, StepStatus, TaskCompletion
@@ -178,6 +179,9 @@ class FlowSettler:
             if done is None or run is None or not run.live:
                 continue
             plan = self._plan_of(run, plans)
+            if not plan.has_step(task.step):  # a forged job: fail the run, naming it
+                self._fail(run, None, None, unknown_step_error(plan, completion))
+                continue
             step = plan.step(task.step)
             if self._count(run, plan, step, completion, attempt=done[0]):
                 counted.append(completion.ref.id)

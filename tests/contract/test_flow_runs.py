@@ -21,6 +21,7 @@ from pgflow.records import (
     RunState,
     StepStatus,
     TaskCompletion,
+    TaskKey,
 )
 from pgflow.serialization import dumps
 from tests.contract.support import error
@@ -429,3 +430,30 @@ def test_new_tasks_wake_their_queue_at_start_and_at_each_completion(store: Any) 
         assert listener.wait(5.0) == {"default"}
     finally:
         listener.close()
+
+
+def test_a_completed_task_naming_no_step_of_its_flow_fails_the_run(store: Any) -> None:
+    start(store, chain, "forged", 1)
+    only(store, "first")
+    forged = pgflow.NewJob(
+        worker=chain.plan.worker,
+        args={"fingerprint": plan_fingerprint(chain.plan), "args": [1], "kwargs": {}},
+        task=TaskKey("forged", "nope", 0),
+    )
+    store.insert_jobs([forged])
+    (job,) = store.claim_jobs("default", "node-b", 1)
+    assert finish(store, chain.plan, job, 5) == []
+    run = store.get_run("forged")
+    assert run.state is RunState.FAILED and run.error["step"] == "nope"
+    assert "does not have" in run.error["message"]
+
+
+def test_running_flow_runs_pages_one_definition_oldest_first(store: Any) -> None:
+    for workflow_id in ("p1", "p2", "p3"):
+        start(store, chain, workflow_id, 1)
+    start(store, diamond, "other", 1)
+    fingerprint = plan_fingerprint(chain.plan)
+    assert store.running_flow_runs("contract_flow_chain", fingerprint, 2) == ["p1", "p2"]
+    store.fail_run("p1", {"kind": "x", "message": "gone", "step": None})
+    assert store.running_flow_runs("contract_flow_chain", fingerprint) == ["p2", "p3"]
+    assert store.running_flow_runs("contract_flow_chain", "0" * 64) == []
