@@ -132,7 +132,7 @@ class FlowTable:
             step.tasks_done += 1
             if step.tasks_total is not None and step.tasks_done >= step.tasks_total:
                 self._settle_tasks(workflow_id, flow, flow.plan.step(step.name), limit, now)
-        return counted
+        return sorted(counted)
 
     def job_ended(self, job_id: int, now: datetime) -> None:
         """A job ended discarded or cancelled: if it was a live run's task, fail the run."""

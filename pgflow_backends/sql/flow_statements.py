@@ -168,10 +168,13 @@ class FlowStatements:
         highest_attempt = case(
             (step_states.c.attempts < attempt, attempt), else_=step_states.c.attempts
         )
-        self.count_task: Update = (
+        self.count_tasks: Update = (
             update(step_states)
             .where(*this_step, step_states.c.state == "started")
-            .values(tasks_done=step_states.c.tasks_done + 1, attempts=highest_attempt)
+            .values(
+                tasks_done=step_states.c.tasks_done + _p("p_count", Integer()),
+                attempts=highest_attempt,
+            )
             .returning(step_states.c.tasks_done, step_states.c.tasks_total)
         )
         #: A single-task step's only task: the step settles with it, counted once.
@@ -219,12 +222,12 @@ class FlowStatements:
             .where(*this_step)
             .values(state="skipped", skip_reason=_p("p_reason", String()), completed_at=now)
         )
-        #: A settled step counted off its dependents; those reaching 0 are ready.
+        #: Settled dependencies counted off a dependent; it is ready at 0.
         self.release: Update = (
             update(step_states)
-            .where(step_states.c.workflow_id == run_id, step_states.c.step.in_(_many("p_steps")))
-            .values(remaining_deps=step_states.c.remaining_deps - 1)
-            .returning(step_states.c.step, step_states.c.remaining_deps)
+            .where(*this_step)
+            .values(remaining_deps=step_states.c.remaining_deps - _p("p_count", Integer()))
+            .returning(step_states.c.remaining_deps)
         )
         self.count_off: Update = (
             update(runs)

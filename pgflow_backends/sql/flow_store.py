@@ -27,6 +27,7 @@ from pgflow.records import (
     TaskCompletion,
 )
 from pgflow.serialization import check_size, dumps, loads
+from pgflow_backends.sql.flow_rows import CoreFlowRows, FlowRows
 from pgflow_backends.sql.flow_statements import FlowStatements
 from pgflow_backends.sql.flows import FlowSettler
 from pgflow_backends.sql.statements import Statements
@@ -72,11 +73,16 @@ class SQLFlowStore:
         """Tell waiters that a run finished, once the transaction commits (default: none;
         waiters poll)."""
 
+    def _flow_rows(self, connection: Connection) -> FlowRows:
+        """The batched row operations of a settle (PostgreSQL: one statement per batch)."""
+        return CoreFlowRows(connection, self._f)
+
     def _settler(self, connection: Connection, *, own: bool = True) -> FlowSettler:
         return FlowSettler(
             connection,
             self._f,
             self._s,
+            self._flow_rows(connection),
             insert_jobs=lambda new: self._insert_tasks(connection, new, own=own),
             run_finished=lambda workflow_id: self._announce_run(connection, workflow_id),
             limit=self.max_payload_bytes,

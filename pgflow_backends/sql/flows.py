@@ -1,15 +1,20 @@
 """Settling distributed flow runs inside one SQL transaction (the SQL half of FlowStore).
 
 A `FlowSettler` lives for one transaction. Every decision comes from `pgflow.graph.ready`;
-this module only reads and writes rows, in an order that cannot deadlock: a run's row is
-locked (FOR NO KEY UPDATE, ascending workflow_id) before any of its step or job rows, by
-every transaction that writes about the run's steps: completions, failures, cancels,
-rescues and sweeps. SQLite serializes writers anyway, so the locks are no-ops there.
+the rows are read and written through a `FlowRows`, a whole batch per operation, in waves:
+the steps settled by the completions, then the steps they made ready, decided together,
+and so on until nothing more settles at once. A batch of completions of many runs costs a
+fixed number of statements, not a number per completion.
+
+Locking: a run's row is locked (FOR NO KEY UPDATE, ascending workflow_id) before any of its
+step or job rows by every transaction that writes about the run's steps: completions,
+failures, cancels, rescues and sweeps. They serialize per run and never deadlock. SQLite
+serializes writers anyway, so the locks are no-ops there.
 """
 
 from __future__ import annotations
 
-import heapq
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +27,6 @@ from pgflow.graph.ready import (
     Complete,
     Decision,
     Fail,
-    Settled,
     Skip,
     Start,
     decide,
@@ -32,8 +36,9 @@ from pgflow.graph.ready import (
     unknown_step_error,
 )
 from pgflow.graph.shape import FlowPlan, StepPlan
-from pgflow.records import JobState, NewJob, StepStatus, TaskCompletion
+from pgflow.records import JobState, NewJob, TaskCompletion
 from pgflow.serialization import dumps
+from pgflow_backends.sql.flow_rows import FlowRows, StepKey, TaskResult
 from pgflow_backends.sql.flow_statements import FlowStatements
 from pgflow_backends.sql.rows import decode_errors, run_from_row
 from pgflow_backends.sql.statements import Statements
@@ -50,10 +55,9 @@ class LockedRun:
     fingerprint: str | None
     max_attempts: int
     is_flow: bool
+    plan: FlowPlan | None = None
     #: Steps settled in this transaction, counted off `remaining_steps` once, at the end.
     settled: int = 0
-    input: Any = None
-    input_loaded: bool = False
 
     @property
     def live(self) -> bool:
@@ -72,6 +76,7 @@ class FlowSettler:
         connection: Connection,
         flow_sql: FlowStatements,
         job_sql: Statements,
+        rows: FlowRows,
         *,
         insert_jobs: Callable[[list[NewJob]], None],
         run_finished: Callable[[str], None],
@@ -81,11 +86,13 @@ class FlowSettler:
         self._c = connection
         self._f = flow_sql
         self._s = job_sql
+        self._rows = rows
         self._insert_jobs = insert_jobs
         self._run_finished = run_finished
         self._limit = limit
         self._token = token
         self._runs: dict[str, LockedRun] = {}
+        self._inputs: dict[str, Any] = {}
 
     # -- locks -----------------------------------------------------------------------------
 
@@ -145,11 +152,10 @@ class FlowSettler:
                 for step in plan.steps
             ],
         )
-        run = LockedRun(workflow_id, "running", plan_fingerprint(plan), max_attempts, True)
-        run.input, run.input_loaded = input, True
+        run = LockedRun(workflow_id, "running", plan_fingerprint(plan), max_attempts, True, plan)
         self._runs[workflow_id] = run
-        self._cascade(run, plan, [step.index for step in plan.roots])
-        self._count_off(run, plan)
+        self._inputs[workflow_id] = input
+        self._settle([(run, step) for step in plan.roots], [])
         stored = self._c.execute(self._f.run, params).one()
         return RunStart(run_from_row(stored), True)
 
@@ -160,34 +166,36 @@ class FlowSettler:
     ) -> list[int]:
         """Complete the fenced-in task jobs and settle what they finish (see FlowStore)."""
         runs = self.lock(c.task.workflow_id for c in completions)
-        counted: list[int] = []
-        touched: dict[str, FlowPlan] = {}
-        for completion in completions:
-            task = completion.task
-            done = self._c.execute(
-                self._f.complete_task,
-                {
-                    "p_id": completion.ref.id,
-                    "p_attempt": completion.ref.attempt,
-                    "p_claimed_at": self._token(completion.ref),
-                    "p_workflow_id": task.workflow_id,
-                    "p_step": task.step,
-                    "p_task_index": task.index,
-                },
-            ).first()
-            run = runs.get(task.workflow_id)
-            if done is None or run is None or not run.live:
+        for run in runs.values():
+            if run.live and run.plan is None:
+                run.plan = self._plan_of(run, plans)
+        tokens = [self._token(c.ref) for c in completions]
+        results = self._rows.complete_jobs(completions, tokens)
+        singles: list[TaskResult] = []
+        elements: list[TaskResult] = []
+        for result in results:
+            owner = runs.get(result.completion.task.workflow_id)
+            if owner is None or not owner.live or owner.plan is None:
+                continue  # the job completed; a finished run counts nothing more
+            if not owner.plan.has_step(result.completion.task.step):  # a forged job
+                self._fail(owner, None, None, unknown_step_error(owner.plan, result.completion))
                 continue
-            plan = self._plan_of(run, plans)
-            if not plan.has_step(task.step):  # a forged job: fail the run, naming it
-                self._fail(run, None, None, unknown_step_error(plan, completion))
-                continue
-            step = plan.step(task.step)
-            if self._count(run, plan, step, completion, attempt=done[0]):
-                counted.append(completion.ref.id)
-                touched[run.workflow_id] = plan
-        for workflow_id, plan in touched.items():
-            self._count_off(runs[workflow_id], plan)
+            step = owner.plan.step(result.completion.task.step)
+            (elements if step.is_map else singles).append(result)
+        settled_singles = self._rows.settle_singles(singles)
+        counted = [r.completion.ref.id for r in singles if r.key in settled_singles]
+        settled: list[tuple[LockedRun, StepPlan]] = [
+            (runs[w], self._step(runs[w], s)) for w, s in sorted(settled_singles)
+        ]
+        stored = self._rows.store_outputs(elements)
+        counted += [r.completion.ref.id for r in stored]
+        tally: dict[StepKey, tuple[int, int]] = {}
+        for result in stored:
+            count, attempt = tally.get(result.key, (0, 0))
+            tally[result.key] = (count + 1, max(attempt, result.attempt))
+        finished_maps = sorted(key for key, done in self._rows.count_tasks(tally).items() if done)
+        settled += self._settle_maps([(runs[w], self._step(runs[w], s)) for w, s in finished_maps])
+        self._settle([], settled)
         return sorted(counted)
 
     @staticmethod
@@ -200,144 +208,162 @@ class FlowSettler:
             )
         return plan
 
-    def _count(
+    @staticmethod
+    def _step(run: LockedRun, name: str) -> StepPlan:
+        assert run.plan is not None  # every live run in a settle has its plan
+        return run.plan.step(name)
+
+    def _settle_maps(
+        self, finished: list[tuple[LockedRun, StepPlan]]
+    ) -> list[tuple[LockedRun, StepPlan]]:
+        """Maps whose elements are all done: output = their list in index order (a list
+        over the size limit fails the step and the run)."""
+        if not finished:
+            return []
+        outputs = self._rows.map_outputs((run.workflow_id, step.name) for run, step in finished)
+        completed: list[tuple[str, str, str]] = []
+        settled: list[tuple[LockedRun, StepPlan]] = []
+        for run, step in finished:
+            try:
+                text = dumps(
+                    outputs[(run.workflow_id, step.name)],
+                    what="output",
+                    limit=self._limit,
+                    owner=f"map step {step.name!r}",
+                )
+            except SerializationError as exc:
+                error = {
+                    "kind": "SerializationError",
+                    "message": str(exc),
+                    "step": step.name,
+                    "traceback": "",
+                }
+                self._fail(run, step.name, error, error)
+                continue
+            completed.append((run.workflow_id, step.name, text))
+            settled.append((run, step))
+        self._rows.complete_steps(completed)
+        return settled
+
+    # -- waves -----------------------------------------------------------------------------
+
+    def _settle(
         self,
-        run: LockedRun,
-        plan: FlowPlan,
-        step: StepPlan,
-        completion: TaskCompletion,
-        *,
-        attempt: int,
-    ) -> bool:
-        """Count one task of `step`; settle the step when it was the last. False when the
-        task had been counted already (or its step is no longer started)."""
-        key = {"p_workflow_id": run.workflow_id, "p_step": step.name, "p_attempt": attempt}
-        if not step.is_map:
-            skipped = completion.skipped is not None
-            settled = self._c.execute(
-                self._f.settle_single,
-                dict(
-                    key,
-                    p_state="skipped" if skipped else "completed",
-                    p_output=None if skipped else completion.output,
-                    p_reason=completion.skipped,
-                ),
-            ).first()
-            if settled is None:
-                return False
-            self._after_settle(run, plan, step)
-            return True
-        stored = self._c.execute(
-            self._f.insert_output,
-            dict(key, p_task_index=completion.task.index, p_output=completion.output),
-        ).first()
-        if stored is None:
-            return False
-        progress = self._c.execute(self._f.count_task, key).first()
-        if progress is None:
-            return False
-        done, total = progress
-        if total is not None and done >= total:
-            self._settle_map(run, plan, step)
-        return True
+        ready: list[tuple[LockedRun, StepPlan]],
+        settled: list[tuple[LockedRun, StepPlan]],
+    ) -> None:
+        """Release what settled, decide what became ready, repeat; then count steps off
+        the runs and complete those that reached 0."""
+        while ready or settled:
+            for run, _ in settled:
+                run.settled += 1
+            ready += self._release(settled)
+            settled = self._decide(ready)
+            ready = []
+        self._count_off()
 
-    def _settle_map(self, run: LockedRun, plan: FlowPlan, step: StepPlan) -> None:
-        """Every element is done: the step's output is their list, in index order."""
-        key = {"p_workflow_id": run.workflow_id, "p_step": step.name}
-        values = list(self._c.execute(self._f.map_outputs, key).scalars())
-        try:
-            text = dumps(values, what="output", limit=self._limit, owner=f"map step {step.name!r}")
-        except SerializationError as exc:
-            error = {"kind": "SerializationError", "message": str(exc), "step": step.name}
-            error["traceback"] = ""
-            self._fail(run, step.name, error, error)
-            return
-        self._c.execute(self._f.complete_step, dict(key, p_output=text))
-        self._after_settle(run, plan, step)
-
-    # -- deciding --------------------------------------------------------------------------
-
-    def _after_settle(self, run: LockedRun, plan: FlowPlan, step: StepPlan) -> None:
-        run.settled += 1
-        ready = self._release(run, step)
-        self._cascade(run, plan, [plan.step(name).index for name in ready])
-
-    def _release(self, run: LockedRun, step: StepPlan) -> list[str]:
-        """`step` settled: count it off its dependents; return those now ready."""
-        if not step.dependents:
+    def _release(
+        self, settled: list[tuple[LockedRun, StepPlan]]
+    ) -> list[tuple[LockedRun, StepPlan]]:
+        """Count settled steps off their dependents; return the dependents now ready."""
+        counts: dict[StepKey, int] = defaultdict(int)
+        for run, step in settled:
+            if run.live:
+                for dependent in step.dependents:
+                    counts[(run.workflow_id, dependent)] += 1
+        if not counts:
             return []
-        rows = self._c.execute(
-            self._f.release,
-            {"p_workflow_id": run.workflow_id, "p_steps": list(step.dependents)},
-        ).all()
-        return [name for name, remaining in rows if remaining == 0]
+        return [
+            (self._runs[w], self._step(self._runs[w], s))
+            for w, s in sorted(self._rows.release(counts))
+        ]
 
-    def _cascade(self, run: LockedRun, plan: FlowPlan, ready: list[int]) -> None:
-        """Decide ready steps in topological order until nothing more settles at once."""
-        heap = list(ready)
-        heapq.heapify(heap)
-        while heap and run.live:
-            step = plan.steps[heapq.heappop(heap)]
-            deps = self._settled(run, step.deps)
-            needs_input = not step.deps or step.takes_input or (step.is_map and step.over is None)
-            decision = decide(plan, step, deps, self._input(run) if needs_input else None)
-            for name in self._apply(run, plan, step, decision):
-                heapq.heappush(heap, plan.step(name).index)
-
-    def _settled(self, run: LockedRun, names: Sequence[str]) -> dict[str, Settled]:
-        if not names:
-            return {}
-        rows = self._c.execute(
-            self._f.settled, {"p_workflow_id": run.workflow_id, "p_steps": list(names)}
-        ).all()
-        return {name: Settled(StepStatus(state), output) for name, state, output in rows}
-
-    def _input(self, run: LockedRun) -> Any:
-        if not run.input_loaded:
-            params = {"p_workflow_id": run.workflow_id}
-            run.input = self._c.execute(self._f.run_input, params).scalar_one()
-            run.input_loaded = True
-        return run.input
-
-    def _apply(
-        self, run: LockedRun, plan: FlowPlan, step: StepPlan, decision: Decision
-    ) -> list[str]:
-        """Carry out one decision; return the dependents it made ready."""
-        key = {"p_workflow_id": run.workflow_id, "p_step": step.name}
-        if isinstance(decision, Start):
-            new = task_jobs(
-                plan, step, run.workflow_id, decision.arguments, max_attempts=run.max_attempts
-            )
-            self._insert_jobs(new)
-            self._c.execute(self._f.start_step, dict(key, p_total=len(new)))
-            return []
-        if isinstance(decision, Fail):
-            self._fail(run, step.name, decision.error, decision.error)
-            return []
-        if isinstance(decision, Complete):
-            output = dumps(decision.output, what="output")
-            self._c.execute(self._f.complete_step, dict(key, p_output=output))
-        elif isinstance(decision, Skip):
-            self._c.execute(self._f.skip_step, dict(key, p_reason=decision.reason))
-        run.settled += 1
-        return self._release(run, step)
-
-    def _count_off(self, run: LockedRun, plan: FlowPlan) -> None:
-        """Subtract this transaction's settled steps; at 0 the run completes."""
-        if not run.live or run.settled == 0:
-            return
-        params = {"p_workflow_id": run.workflow_id, "p_count": run.settled}
-        remaining = self._c.execute(self._f.count_off, params).scalar_one()
-        run.settled = 0
-        if remaining > 0:
-            return
-        leaves = self._settled(run, plan.leaves)
-        output = dumps(run_output(plan, leaves), what="output")
-        self._c.execute(
-            self._f.complete_run, {"p_workflow_id": run.workflow_id, "p_output": output}
+    def _decide(self, ready: list[tuple[LockedRun, StepPlan]]) -> list[tuple[LockedRun, StepPlan]]:
+        """Decide every ready step (one wave) and apply the decisions in batches; return
+        the steps that settled at once (completed without tasks, or skipped)."""
+        ready = sorted(
+            ((run, step) for run, step in ready if run.live),
+            key=lambda pair: (pair[0].workflow_id, pair[1].index),
         )
-        run.state = "completed"
-        self._run_finished(run.workflow_id)
+        if not ready:
+            return []
+        needed = {(run.workflow_id, dep) for run, step in ready for dep in step.deps}
+        outputs = self._rows.settled(needed)
+        missing = [
+            run.workflow_id
+            for run, step in ready
+            if run.workflow_id not in self._inputs and _needs_input(step)
+        ]
+        if missing:
+            self._inputs.update(self._rows.inputs(sorted(set(missing))))
+        decisions: dict[str, list[tuple[StepPlan, Decision]]] = defaultdict(list)
+        for run, step in ready:
+            assert run.plan is not None
+            deps = {dep: outputs[(run.workflow_id, dep)] for dep in step.deps}
+            run_input = self._inputs.get(run.workflow_id) if _needs_input(step) else None
+            decisions[run.workflow_id].append((step, decide(run.plan, step, deps, run_input)))
+        new_jobs: list[NewJob] = []
+        started: list[tuple[str, str, int]] = []
+        completed: list[tuple[str, str, str]] = []
+        skipped: list[tuple[str, str, str]] = []
+        settled: list[tuple[LockedRun, StepPlan]] = []
+        for workflow_id, decided in decisions.items():
+            run = self._runs[workflow_id]
+            assert run.plan is not None
+            failure = next(((step, d) for step, d in decided if isinstance(d, Fail)), None)
+            if failure is not None:  # the run ends here: its other decisions are moot
+                step, fail = failure
+                assert isinstance(fail, Fail)
+                self._fail(run, step.name, fail.error, fail.error)
+                continue
+            for step, decision in decided:
+                if isinstance(decision, Start):
+                    jobs = task_jobs(
+                        run.plan,
+                        step,
+                        workflow_id,
+                        decision.arguments,
+                        max_attempts=run.max_attempts,
+                    )
+                    new_jobs += jobs
+                    started.append((workflow_id, step.name, len(jobs)))
+                elif isinstance(decision, Complete):
+                    output = dumps(decision.output, what="output")
+                    completed.append((workflow_id, step.name, output))
+                    settled.append((run, step))
+                elif isinstance(decision, Skip):
+                    skipped.append((workflow_id, step.name, decision.reason))
+                    settled.append((run, step))
+        if new_jobs:
+            self._insert_jobs(new_jobs)
+        self._rows.start_steps(started)
+        self._rows.complete_steps(completed)
+        self._rows.skip_steps(skipped)
+        return settled
+
+    def _count_off(self) -> None:
+        """Subtract each run's settled steps; the runs at 0 complete with their result."""
+        counts = {w: run.settled for w, run in self._runs.items() if run.live and run.settled}
+        if not counts:
+            return
+        for run in self._runs.values():
+            run.settled = 0
+        remaining = self._rows.count_off(counts)
+        done = [self._runs[w] for w, left in sorted(remaining.items()) if left <= 0]
+        if not done:
+            return
+        leaves = self._rows.settled(
+            (run.workflow_id, leaf) for run in done if run.plan for leaf in run.plan.leaves
+        )
+        rows: list[tuple[str, str]] = []
+        for run in done:
+            assert run.plan is not None
+            outputs = {leaf: leaves[(run.workflow_id, leaf)] for leaf in run.plan.leaves}
+            rows.append((run.workflow_id, dumps(run_output(run.plan, outputs), what="output")))
+            run.state = "completed"
+        self._rows.complete_runs(rows)
+        for run in done:
+            self._run_finished(run.workflow_id)
 
     # -- failing ---------------------------------------------------------------------------
 
@@ -351,7 +377,7 @@ class FlowSettler:
         state = JobState(row.state)
         if state not in (JobState.DISCARDED, JobState.CANCELLED):
             return
-        run = self.lock([row.workflow_id]).get(row.workflow_id)
+        run = self.lock([row.workflow_id]).get(row.workflow_id)  # normally locked already
         if run is None or not run.live:
             return
         step = str(row.step)
@@ -403,3 +429,8 @@ class FlowSettler:
         self._c.execute(self._f.fail_run, dict(key, p_error=dumps(run_error, what="error")))
         run.state = "failed"
         self._run_finished(run.workflow_id)
+
+
+def _needs_input(step: StepPlan) -> bool:
+    """Whether deciding `step` needs the run's input (roots, root maps, `input` params)."""
+    return not step.deps or step.takes_input or (step.is_map and step.over is None)

@@ -457,3 +457,42 @@ def test_running_flow_runs_pages_one_definition_oldest_first(store: Any) -> None
     store.fail_run("p1", {"kind": "x", "message": "gone", "step": None})
     assert store.running_flow_runs("contract_flow_chain", fingerprint) == ["p2", "p3"]
     assert store.running_flow_runs("contract_flow_chain", "0" * 64) == []
+
+
+def test_one_batch_settles_many_runs_and_both_branches_of_a_join(store: Any) -> None:
+    for workflow_id in ("b1", "b2"):
+        start(store, diamond, workflow_id, {"id": workflow_id})
+    fetches = claim_all(store, 2)
+    store.complete_tasks(
+        [TaskCompletion(j.ref, j.task, dumps(j.task.workflow_id, what="output")) for j in fetches],
+        {plan_fingerprint(diamond.plan): diamond.plan},
+    )
+    branches = claim_all(store, 4)  # left and right of both runs
+    counted = store.complete_tasks(
+        [TaskCompletion(j.ref, j.task, dumps(j.task.step, what="output")) for j in branches],
+        {plan_fingerprint(diamond.plan): diamond.plan},
+    )
+    assert counted == sorted(j.id for j in branches)
+    joins = claim_all(store, 2)  # exactly one join per run, made ready by the one batch
+    assert sorted(j.task.workflow_id for j in joins) == ["b1", "b2"]
+    assert all(j.args["kwargs"] == {"left": "left", "right": "right"} for j in joins)
+    store.complete_tasks(
+        [TaskCompletion(j.ref, j.task, dumps(j.task.workflow_id, what="output")) for j in joins],
+        {plan_fingerprint(diamond.plan): diamond.plan},
+    )
+    assert store.get_run("b1").output == {"join": "b1"}
+    assert store.get_run("b2").output == {"join": "b2"}
+
+
+def test_one_batch_finishes_a_map_and_counts_a_repeated_element_once(store: Any) -> None:
+    start(store, over_input, "mb", [1, 2, 3])
+    elements = claim_all(store, 3)
+    completions = [
+        TaskCompletion(j.ref, j.task, dumps(j.task.index * 10, what="output")) for j in elements
+    ]
+    plans = {plan_fingerprint(over_input.plan): over_input.plan}
+    assert store.complete_tasks(completions + completions[:1], plans) == sorted(
+        j.id for j in elements
+    )
+    assert store.get_run("mb").output == {"double": [0, 10, 20]}
+    assert store.get_step_states("mb")["double"].tasks_done == 3
