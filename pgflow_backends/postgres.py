@@ -26,10 +26,12 @@ from pgflow.errors import BackendError
 from pgflow.identifiers import validate_instance_id
 from pgflow.records import Job, JobRef, JobState, RunRecord
 from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES
+from pgflow_backends.postgres_flow_rows import PostgresFlowRows
 from pgflow_backends.postgres_run_waits import RUN_CHANNEL, RunWaits
 from pgflow_backends.sql.base import PreparedJob, SQLBackend
 from pgflow_backends.sql.driver import DriverConnections
 from pgflow_backends.sql.errors import translate
+from pgflow_backends.sql.flow_rows import FlowRows
 from pgflow_backends.sql.pool import ping_when_idle
 from pgflow_backends.sql.rows import job_from_driver_row, stored_copy, utc
 from pgflow_backends.sql.urls import mask, parse
@@ -325,6 +327,9 @@ class PostgresBackend(SQLBackend):
     def _announce(self, connection: Connection, queues: set[str], *, own: bool) -> None:
         # NOTIFY is transactional: delivered on commit, dropped on rollback.
         connection.execute(_NOTIFY, {"queues": sorted(queues)})
+
+    def _flow_rows(self, connection: Connection) -> FlowRows:
+        return PostgresFlowRows(connection, self._f)
 
     def _announce_run(self, connection: Connection, workflow_id: str) -> None:
         connection.execute(_NOTIFY_RUN, {"workflow_id": workflow_id})
