@@ -43,25 +43,33 @@ CHANNEL = "pgflow_jobs"
 
 logger = logging.getLogger("pgflow.backend.postgres")
 
-# One statement for a whole batch: arrays in; out come the ids (drawn in input order) with
-# the scheduled time only where it is not now(), since parsing 2,000 timestamps costs more
-# than the insert itself, plus one row (id 0) carrying now(). The same statement notifies
-# each queue that gained available jobs.
-_BULK_INSERT = f"""
+
+def _bulk_insert_sql(*, tasks: bool) -> str:
+    """The bulk insert; with `tasks`, also the task columns of a flow run's task jobs."""
+    task_columns = ", workflow_id, step, task_index" if tasks else ""
+    task_values = ", t.workflow_id, t.step, t.task_index" if tasks else ""
+    task_arrays = (
+        ", CAST(%(runs)s AS TEXT[]), CAST(%(steps)s AS TEXT[]), CAST(%(indexes)s AS INTEGER[])"
+        if tasks
+        else ""
+    )
+    task_names = ", workflow_id, step, task_index" if tasks else ""
+    return f"""
     WITH ins AS (
         INSERT INTO pgflow_jobs (queue, worker, args, meta, errors, state, priority, attempt,
-                                 max_attempts, scheduled_at, inserted_at)
+                                 max_attempts, scheduled_at, inserted_at{task_columns})
         SELECT t.queue, t.worker, CAST(t.args AS JSONB), CAST(t.meta AS JSONB), '[]'::jsonb,
                CASE WHEN t.at > now() THEN 'scheduled' ELSE 'available' END,
-               t.priority, 0, t.max_attempts, t.at, now()
+               t.priority, 0, t.max_attempts, t.at, now(){task_values}
         FROM (
             SELECT u.*, COALESCE(u.sa, now() + make_interval(secs => u.si), now()) AS at
             FROM unnest(CAST(%(queues)s AS TEXT[]), CAST(%(workers)s AS TEXT[]),
                         CAST(%(args)s AS TEXT[]), CAST(%(metas)s AS TEXT[]),
                         CAST(%(priorities)s AS INTEGER[]), CAST(%(max_attempts)s AS INTEGER[]),
-                        CAST(%(scheduled_at)s AS TIMESTAMPTZ[]), CAST(%(schedule_in)s AS FLOAT8[]))
+                        CAST(%(scheduled_at)s AS TIMESTAMPTZ[]), CAST(%(schedule_in)s AS FLOAT8[])
+                        {task_arrays})
                  WITH ORDINALITY AS u(queue, worker, args, meta, priority, max_attempts,
-                                      sa, si, ord)
+                                      sa, si{task_names}, ord)
         ) AS t
         ORDER BY t.ord
         RETURNING id, queue, state, scheduled_at
@@ -74,6 +82,15 @@ _BULK_INSERT = f"""
     SELECT ins.id, CASE WHEN ins.scheduled_at = now() THEN NULL ELSE ins.scheduled_at END
     FROM ins
 """
+
+
+# One statement for a whole batch: arrays in; out come the ids (drawn in input order) with
+# the scheduled time only where it is not now(), since parsing 2,000 timestamps costs more
+# than the insert itself, plus one row (id 0) carrying now(). The same statement notifies
+# each queue that gained available jobs.
+_BULK_INSERT = _bulk_insert_sql(tasks=False)
+#: The same for a started step's task jobs (inserted by a settle, in its transaction).
+_BULK_INSERT_TASKS = _bulk_insert_sql(tasks=True)
 
 # One job (the common app.insert(job) call): scalar parameters instead of eight one-element
 # arrays, which spares the server the unnest and the UNION (~60 us of a ~350 us insert).
@@ -142,6 +159,15 @@ def _bulk_params(batch: Sequence[PreparedJob]) -> dict[str, str]:
     }
 
 
+def _task_params(batch: Sequence[PreparedJob]) -> dict[str, str]:
+    tasks = [item.job.task for item in batch]
+    return {
+        "runs": _nullable_text_array([t.workflow_id if t else None for t in tasks]),
+        "steps": _nullable_text_array([t.step if t else None for t in tasks]),
+        "indexes": _number_array([t.index if t else None for t in tasks]),
+    }
+
+
 def _inserted(rows: Sequence[Any], batch: Sequence[PreparedJob]) -> list[Job]:
     """The stored jobs, in input order, from _BULK_INSERT's rows."""
     rows = sorted(rows, key=_first)
@@ -175,6 +201,10 @@ def _inserted(rows: Sequence[Any], batch: Sequence[PreparedJob]) -> list[Job]:
                 None,
                 (),
                 stored_copy(meta, item.meta) if meta else {},
+                None,
+                False,
+                None,
+                job.task,
             )
         )
     return jobs
@@ -401,13 +431,8 @@ class PostgresBackend(SQLBackend):
 
     def _insert_many(self, connection: Connection, batch: Sequence[PreparedJob]) -> list[Job]:
         if any(item.job.task is not None for item in batch):
-            # Task jobs carry their task columns: the general Core statement writes them,
-            # and does not notify, so notify here (the caller counts on _bulk_notifies).
-            stored = super()._insert_many(connection, batch)
-            woken = {job.queue for job in stored if job.state is JobState.AVAILABLE}
-            if woken:
-                self._announce(connection, woken, own=True)
-            return stored
+            params = dict(_bulk_params(batch), **_task_params(batch))
+            return _inserted(connection.exec_driver_sql(_BULK_INSERT_TASKS, params).all(), batch)
         result = connection.exec_driver_sql(_BULK_INSERT, _bulk_params(batch))
         return _inserted(result.all(), batch)
 

@@ -27,6 +27,7 @@ from pgflow.graph.ready import (
     Complete,
     Decision,
     Fail,
+    Settled,
     Skip,
     Start,
     decide,
@@ -36,8 +37,8 @@ from pgflow.graph.ready import (
     unknown_step_error,
 )
 from pgflow.graph.shape import FlowPlan, StepPlan
-from pgflow.records import JobState, NewJob, TaskCompletion
-from pgflow.serialization import dumps
+from pgflow.records import JobState, NewJob, StepStatus, TaskCompletion
+from pgflow.serialization import dumps, loads
 from pgflow_backends.sql.flow_rows import FlowRows, StepKey, TaskResult
 from pgflow_backends.sql.flow_statements import FlowStatements
 from pgflow_backends.sql.rows import decode_errors, run_from_row
@@ -93,6 +94,9 @@ class FlowSettler:
         self._token = token
         self._runs: dict[str, LockedRun] = {}
         self._inputs: dict[str, Any] = {}
+        #: Steps this transaction settled, as (state, output JSON text): a dependent decided
+        #: in the same transaction reads them from here instead of from the table.
+        self._known: dict[StepKey, tuple[StepStatus, str | None]] = {}
 
     # -- locks -----------------------------------------------------------------------------
 
@@ -183,6 +187,13 @@ class FlowSettler:
             step = owner.plan.step(result.completion.task.step)
             (elements if step.is_map else singles).append(result)
         settled_singles = self._rows.settle_singles(singles)
+        for result in singles:
+            if result.key in settled_singles:
+                completion = result.completion
+                if completion.skipped is None:
+                    self._known[result.key] = (StepStatus.COMPLETED, completion.output)
+                else:
+                    self._known[result.key] = (StepStatus.SKIPPED, None)
         counted = [r.completion.ref.id for r in singles if r.key in settled_singles]
         settled: list[tuple[LockedRun, StepPlan]] = [
             (runs[w], self._step(runs[w], s)) for w, s in sorted(settled_singles)
@@ -242,6 +253,7 @@ class FlowSettler:
                 continue
             completed.append((run.workflow_id, step.name, text))
             settled.append((run, step))
+            self._known[(run.workflow_id, step.name)] = (StepStatus.COMPLETED, text)
         self._rows.complete_steps(completed)
         return settled
 
@@ -287,8 +299,9 @@ class FlowSettler:
         )
         if not ready:
             return []
-        needed = {(run.workflow_id, dep) for run, step in ready for dep in step.deps}
-        outputs = self._rows.settled(needed)
+        outputs = self._settled_of(
+            {(run.workflow_id, dep) for run, step in ready for dep in step.deps}
+        )
         missing = [
             run.workflow_id
             for run, step in ready
@@ -331,9 +344,11 @@ class FlowSettler:
                     output = dumps(decision.output, what="output")
                     completed.append((workflow_id, step.name, output))
                     settled.append((run, step))
+                    self._known[(workflow_id, step.name)] = (StepStatus.COMPLETED, output)
                 elif isinstance(decision, Skip):
                     skipped.append((workflow_id, step.name, decision.reason))
                     settled.append((run, step))
+                    self._known[(workflow_id, step.name)] = (StepStatus.SKIPPED, None)
         if new_jobs:
             self._insert_jobs(new_jobs)
         self._rows.start_steps(started)
@@ -352,8 +367,8 @@ class FlowSettler:
         done = [self._runs[w] for w, left in sorted(remaining.items()) if left <= 0]
         if not done:
             return
-        leaves = self._rows.settled(
-            (run.workflow_id, leaf) for run in done if run.plan for leaf in run.plan.leaves
+        leaves = self._settled_of(
+            {(run.workflow_id, leaf) for run in done if run.plan for leaf in run.plan.leaves}
         )
         rows: list[tuple[str, str]] = []
         for run in done:
@@ -364,6 +379,21 @@ class FlowSettler:
         self._rows.complete_runs(rows)
         for run in done:
             self._run_finished(run.workflow_id)
+
+    def _settled_of(self, keys: set[StepKey]) -> dict[StepKey, Settled]:
+        """Settled steps' outputs: those settled in this transaction from memory, the
+        others from the table."""
+        found: dict[StepKey, Settled] = {}
+        rest: set[StepKey] = set()
+        for key in keys:
+            known = self._known.get(key)
+            if known is None:
+                rest.add(key)
+            else:
+                found[key] = Settled(known[0], loads(known[1]))
+        if rest:
+            found.update(self._rows.settled(rest))
+        return found
 
     # -- failing ---------------------------------------------------------------------------
 
