@@ -160,6 +160,8 @@ class FlowSettler:
         self._runs[workflow_id] = run
         self._inputs[workflow_id] = input
         self._settle([(run, step) for step in plan.roots], [])
+        if run.state == "running":  # as inserted; re-read only a run that ended at once
+            return RunStart(run_from_row(row), True)
         stored = self._c.execute(self._f.run, params).one()
         return RunStart(run_from_row(stored), True)
 
