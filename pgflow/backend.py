@@ -26,6 +26,7 @@ from pgflow.records import (
     RunState,
     StepRecord,
     StepState,
+    SuccessorClaim,
     TaskCompletion,
 )
 
@@ -364,7 +365,11 @@ class FlowStore(Protocol):
         ...
 
     def complete_tasks(
-        self, completions: Sequence[TaskCompletion], plans: Mapping[str, FlowPlan]
+        self,
+        completions: Sequence[TaskCompletion],
+        plans: Mapping[str, FlowPlan],
+        *,
+        claim: SuccessorClaim | None = None,
     ) -> list[int]:
         """Record finished tasks and settle what they finish, in one transaction.
 
@@ -377,6 +382,11 @@ class FlowStore(Protocol):
         that reaches 0 is decided and applied; the run's `remaining_steps` drop, and at 0
         the run completes with `run_output`. Returns the ids of the jobs whose completion
         counted (a fenced-out one changes nothing).
+
+        With `claim`, up to `claim.limit` of the task jobs this call made available on
+        `claim.queue` are claimed for `claim.instance_id` in the same transaction (fenced by
+        its incarnation, like `claim_jobs`) and put in `claim.claimed`: the finishing
+        instance runs the next step at once instead of waiting for a wake-up and a claim.
         """
         ...
 

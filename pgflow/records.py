@@ -262,6 +262,23 @@ _new = object.__new__
 ) = (getattr(Job, field.name).__set__ for field in attrs.fields(Job))
 
 
+@attrs.define
+class SuccessorClaim:
+    """A request riding on `complete_tasks`: claim, in the same transaction, up to `limit`
+    of the task jobs the completions make available on `queue`, for this instance.
+
+    The instance that finishes a step runs the next one at once, without waiting for a
+    notification and a claim of its own. The backend fills `claimed` (claimed exactly as by
+    `claim_jobs`, fenced by the incarnation); the caller must run or release them.
+    """
+
+    queue: str
+    instance_id: str
+    limit: int
+    incarnation: str = ""
+    claimed: list[Job] = attrs.Factory(list)
+
+
 @attrs.frozen
 class JobError:
     """One failed attempt, as kept (as a dict) in a job's `errors` list."""

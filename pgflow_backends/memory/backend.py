@@ -35,6 +35,7 @@ from pgflow.records import (
     RunState,
     StepRecord,
     StepState,
+    SuccessorClaim,
     TaskCompletion,
     final_run_state,
 )
@@ -463,7 +464,11 @@ class InMemoryBackend:
             return RunStart(run, True)
 
     def complete_tasks(
-        self, completions: Sequence[TaskCompletion], plans: Mapping[str, FlowPlan]
+        self,
+        completions: Sequence[TaskCompletion],
+        plans: Mapping[str, FlowPlan],
+        *,
+        claim: SuccessorClaim | None = None,
     ) -> list[int]:
         for completion in completions:
             if completion.output is not None:
@@ -475,9 +480,20 @@ class InMemoryBackend:
                 )
         with self._lock:
             self._check_open()
-            counted = self._flows.complete(completions, self.max_payload_bytes, self._now())
+            now = self._now()
+            self._flows.inserted = []
+            counted = self._flows.complete(completions, self.max_payload_bytes, now)
+            inserted, self._flows.inserted = self._flows.inserted, []
+            if claim is not None and claim.limit > 0 and inserted and self._may_claim(claim):
+                claim.claimed = self._jobs.claim_ids(
+                    inserted, claim.queue, claim.instance_id, claim.limit, now
+                )
             self._after_flow_change()
             return counted
+
+    def _may_claim(self, claim: SuccessorClaim) -> bool:
+        """A successor claim is fenced by the incarnation like claim_jobs (lock held)."""
+        return not claim.incarnation or self._instances.holds(claim.instance_id, claim.incarnation)
 
     def get_step_states(self, workflow_id: str) -> dict[str, StepState]:
         with self._lock:

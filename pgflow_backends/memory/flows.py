@@ -87,6 +87,8 @@ class FlowTable:
         self.woken: set[str] = set()
         #: Whether a run finished since the caller last looked (to notify waiters).
         self.finished = False
+        #: Ids of the task jobs inserted since the caller last took them (successor claims).
+        self.inserted: list[int] = []
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -284,6 +286,7 @@ class FlowTable:
             )
             stored, woken = self.jobs.insert(new, now, None)
             flow.jobs.extend(job.id for job in stored)
+            self.inserted.extend(job.id for job in stored)
             self.woken |= woken
             row.state = StepStatus.STARTED
             row.started_at = now

@@ -159,6 +159,25 @@ class JobTable:
             row.reserved_by = instance_id
         return [row.to_job() for row in chosen]
 
+    def claim_ids(
+        self, ids: Sequence[int], queue: str, instance_id: str, limit: int, now: datetime
+    ) -> list[Job]:
+        """Claim up to `limit` of these jobs that are available on `queue` (a successor
+        claim: the caller just made them available)."""
+        chosen: list[_Row] = []
+        for job_id in ids:
+            if len(chosen) >= limit:
+                break
+            row = self.rows.get(job_id)
+            if row is not None and row.queue == queue and row.state is JobState.AVAILABLE:
+                chosen.append(row)
+                self._move(row, JobState.EXECUTING)  # its heap entry is stale now
+        for row in chosen:
+            row.attempt += 1
+            row.attempted_at = now
+            row.reserved_by = instance_id
+        return [row.to_job() for row in chosen]
+
     def complete(
         self, refs: Sequence[JobRef], now: datetime, results: Sequence[str | None] | None = None
     ) -> list[int]:

@@ -218,10 +218,10 @@ class SQLBackend(SQLFlowStore):
         rows = connection.execute(self._s.insert_jobs, [job.params for job in batch]).all()
         return [job_from_row(row) for row in rows]
 
-    def _insert_tasks(self, connection: Connection, new: list[NewJob], *, own: bool) -> None:
+    def _insert_tasks(self, connection: Connection, new: list[NewJob], *, own: bool) -> list[Job]:
         """Store a started step's task jobs in the settling transaction. No size limit:
         an envelope holds the run's input and outputs that were checked when stored."""
-        self._insert(connection, [PreparedJob(job, None) for job in new], own=own)
+        return self._insert(connection, [PreparedJob(job, None) for job in new], own=own)
 
     def listener(self) -> JobListener:
         raise NotImplementedError

@@ -32,8 +32,13 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from pgflow.schema import jobs, runs, step_states, task_outputs
 from pgflow_backends.sql.expressions import as_json, db_now
-from pgflow_backends.sql.rows import RUN_COLUMNS
-from pgflow_backends.sql.statements import FENCE, RELEASED_KEY, statements_for
+from pgflow_backends.sql.rows import CLAIM_COLUMNS, RUN_COLUMNS
+from pgflow_backends.sql.statements import (
+    FENCE,
+    RELEASED_KEY,
+    registered_incarnation,
+    statements_for,
+)
 
 __all__ = ["FlowStatements", "flow_statements_for"]
 
@@ -303,6 +308,23 @@ class FlowStatements:
             .where(runs.c.state == "running", runs.c.remaining_steps.is_not(None))
             .group_by(runs.c.workflow, runs.c.fingerprint)
             .order_by(runs.c.workflow, runs.c.fingerprint)
+        )
+        #: A successor claim: the task jobs this transaction made available, claimed for the
+        #: instance that completed their predecessors (fenced by its incarnation).
+        self.claim_ids: Update = (
+            update(jobs)
+            .where(
+                registered_incarnation(),
+                jobs.c.id.in_(_many("p_ids")),
+                jobs.c.state.in_(_states(("available",))),
+            )
+            .values(
+                state="executing",
+                attempt=jobs.c.attempt + 1,
+                attempted_at=now,
+                reserved_by=_p("p_instance", String()),
+            )
+            .returning(*CLAIM_COLUMNS)
         )
         #: One flow definition's running runs, oldest first (the unserved-flow sweep).
         self.running_flow_runs: Select[Any] = (

@@ -18,12 +18,14 @@ from pgflow.backend import RunStart
 from pgflow.graph.shape import FlowPlan
 from pgflow.identifiers import validate_workflow_id
 from pgflow.records import (
+    Job,
     JobRef,
     NewJob,
     RunRecord,
     RunState,
     StepState,
     StepStatus,
+    SuccessorClaim,
     TaskCompletion,
 )
 from pgflow.serialization import check_size, dumps, loads
@@ -61,7 +63,7 @@ class SQLFlowStore:
     def _token(self, ref: JobRef) -> Any:
         raise NotImplementedError
 
-    def _insert_tasks(self, connection: Connection, new: list[NewJob], *, own: bool) -> None:
+    def _insert_tasks(self, connection: Connection, new: list[NewJob], *, own: bool) -> list[Job]:
         raise NotImplementedError
 
     def get_run(self, workflow_id: str) -> RunRecord | None:
@@ -123,7 +125,11 @@ class SQLFlowStore:
             return self._settler(connection, own=False).start(plan, **arguments)
 
     def complete_tasks(
-        self, completions: Sequence[TaskCompletion], plans: Mapping[str, FlowPlan]
+        self,
+        completions: Sequence[TaskCompletion],
+        plans: Mapping[str, FlowPlan],
+        *,
+        claim: SuccessorClaim | None = None,
     ) -> list[int]:
         if not completions:
             return []
@@ -136,7 +142,11 @@ class SQLFlowStore:
                     owner=f"job {completion.ref.id}",
                 )
         with self._tx() as connection:
-            return self._settler(connection).complete(completions, plans)
+            settler = self._settler(connection)
+            counted = settler.complete(completions, plans)
+            if claim is not None:
+                settler.claim_successors(claim)
+            return counted
 
     def get_step_states(self, workflow_id: str) -> dict[str, StepState]:
         params = {"p_workflow_id": workflow_id}

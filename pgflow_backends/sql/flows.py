@@ -37,11 +37,11 @@ from pgflow.graph.ready import (
     unknown_step_error,
 )
 from pgflow.graph.shape import FlowPlan, StepPlan
-from pgflow.records import JobState, NewJob, StepStatus, TaskCompletion
+from pgflow.records import Job, JobState, NewJob, StepStatus, SuccessorClaim, TaskCompletion
 from pgflow.serialization import dumps, loads
 from pgflow_backends.sql.flow_rows import FlowRows, StepKey, TaskResult
 from pgflow_backends.sql.flow_statements import FlowStatements
-from pgflow_backends.sql.rows import decode_errors, run_from_row
+from pgflow_backends.sql.rows import decode_errors, job_from_row, run_from_row
 from pgflow_backends.sql.statements import Statements
 
 __all__ = ["FlowSettler", "LockedRun"]
@@ -79,7 +79,7 @@ class FlowSettler:
         job_sql: Statements,
         rows: FlowRows,
         *,
-        insert_jobs: Callable[[list[NewJob]], None],
+        insert_jobs: Callable[[list[NewJob]], list[Job]],
         run_finished: Callable[[str], None],
         limit: int | None,
         token: Callable[[Any], Any],
@@ -94,6 +94,8 @@ class FlowSettler:
         self._token = token
         self._runs: dict[str, LockedRun] = {}
         self._inputs: dict[str, Any] = {}
+        #: Task jobs this transaction inserted, for a successor claim.
+        self._inserted: list[Job] = []
         #: Steps this transaction settled, as (state, output JSON text): a dependent decided
         #: in the same transaction reads them from here instead of from the table.
         self._known: dict[StepKey, tuple[StepStatus, str | None]] = {}
@@ -352,7 +354,7 @@ class FlowSettler:
                     settled.append((run, step))
                     self._known[(workflow_id, step.name)] = (StepStatus.SKIPPED, None)
         if new_jobs:
-            self._insert_jobs(new_jobs)
+            self._inserted += self._insert_jobs(new_jobs)
         self._rows.start_steps(started)
         self._rows.complete_steps(completed)
         self._rows.skip_steps(skipped)
@@ -381,6 +383,26 @@ class FlowSettler:
         self._rows.complete_runs(rows)
         for run in done:
             self._run_finished(run.workflow_id)
+
+    def claim_successors(self, claim: SuccessorClaim) -> None:
+        """Claim, for `claim`'s instance, up to its limit of the task jobs this transaction
+        made available on its queue (see FlowStore.complete_tasks)."""
+        ids = [
+            job.id
+            for job in self._inserted
+            if job.queue == claim.queue and job.state is JobState.AVAILABLE
+        ][: max(claim.limit, 0)]
+        if not ids:
+            return
+        params = {
+            "p_ids": ids,
+            "p_instance": claim.instance_id,
+            "p_incarnation": claim.incarnation,
+        }
+        rows = self._c.execute(self._f.claim_ids, params).all()
+        claimed = [job_from_row(row) for row in rows]
+        claimed.sort(key=lambda job: (-job.priority, job.scheduled_at, job.id))
+        claim.claimed = claimed
 
     def _settled_of(self, keys: set[StepKey]) -> dict[StepKey, Settled]:
         """Settled steps' outputs: those settled in this transaction from memory, the

@@ -496,3 +496,47 @@ def test_one_batch_finishes_a_map_and_counts_a_repeated_element_once(store: Any)
     )
     assert store.get_run("mb").output == {"double": [0, 10, 20]}
     assert store.get_step_states("mb")["double"].tasks_done == 3
+
+
+def test_a_successor_claim_takes_the_next_task_in_the_completing_transaction(
+    store: Any,
+) -> None:
+    from pgflow.records import SuccessorClaim
+
+    store.register_instance(InstanceInfo(instance_id="node-a", incarnation="inc-1"))
+    start(store, diamond, "sc", {"id": 1})
+    fetch_job = only(store, "fetch")
+    claim = SuccessorClaim(queue="default", instance_id="node-a", limit=1, incarnation="inc-1")
+    counted = store.complete_tasks(
+        [TaskCompletion(fetch_job.ref, fetch_job.task, dumps("text", what="output"))],
+        {plan_fingerprint(diamond.plan): diamond.plan},
+        claim=claim,
+    )
+    assert counted == [fetch_job.id]
+    (taken,) = claim.claimed  # one of left/right, already executing here at attempt 1
+    assert taken.task.step in {"left", "right"} and taken.state is JobState.EXECUTING
+    assert taken.attempt == 1 and taken.reserved_by == "node-a"
+    assert store.get_job(taken.id).state is JobState.EXECUTING
+    (other,) = claim_all(store, 1)  # the other branch stayed available for anyone
+    assert {taken.task.step, other.task.step} == {"left", "right"}
+    # The claimed task completes like any claimed job (its fence is the claim's).
+    finish(store, diamond.plan, taken, "x")
+    finish(store, diamond.plan, other, "y")
+    expected = {taken.task.step: "x", other.task.step: "y"}
+    assert only(store, "join").args["kwargs"] == expected
+
+
+def test_a_successor_claim_is_fenced_by_the_incarnation(store: Any) -> None:
+    from pgflow.records import SuccessorClaim
+
+    store.register_instance(InstanceInfo(instance_id="node-a", incarnation="new"))
+    start(store, chain, "scf", 1)
+    job = only(store, "first")
+    claim = SuccessorClaim(queue="default", instance_id="node-a", limit=5, incarnation="old")
+    store.complete_tasks(
+        [TaskCompletion(job.ref, job.task, dumps(2, what="output"))],
+        {plan_fingerprint(chain.plan): chain.plan},
+        claim=claim,
+    )
+    assert claim.claimed == []  # displaced: nothing taken, the next task stays available
+    assert only(store, "second").attempt == 1
