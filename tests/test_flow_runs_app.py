@@ -4,6 +4,8 @@ instance's producers run each step as a task job, and the handle reads the resul
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -371,3 +373,68 @@ def test_a_task_row_with_a_malformed_envelope_is_discarded_not_retried() -> None
         outcome = execute_task(job)
         assert outcome.kind is OutcomeKind.DISCARDED, (args, step, outcome)
     assert calls == []
+
+
+def test_the_completing_instance_claims_the_next_step_in_the_same_transaction(
+    app: Pgflow, app_url: str
+) -> None:
+    if app_url.startswith("sqlite"):
+        pytest.skip("SQLite's clock moves between statements of one transaction")
+    flow = pgflow.Flow(_name("successor"))
+
+    @flow.step
+    def first(x: int) -> int:
+        return x + 1
+
+    @flow.step
+    def second(x: int) -> int:
+        return x + 1
+
+    @flow.step
+    def third(x: int) -> int:
+        return x + 1
+
+    handle = app.start_run(flow, 1)
+    assert handle.result(timeout=20) == 4
+    jobs = {j.task.step: j for j in app.backend.list_jobs() if j.task is not None}
+    # Claimed by the transaction that completed its predecessor: one timestamp for both
+    # (a claim of its own, after a wake-up, would come later).
+    assert jobs["second"].attempted_at == jobs["first"].completed_at
+    assert jobs["third"].attempted_at == jobs["second"].completed_at
+    assert jobs["third"].reserved_by == "flows"
+
+
+def test_successor_claims_and_claims_together_keep_the_queue_limit(app_url: str) -> None:
+    limit = 2
+    app = Pgflow(app_url, poll_interval=0.05, instance_id="limited", queues={"default": limit})
+    app.migrate()
+    app.start()
+    lock = threading.Lock()
+    running = [0]
+    highest = [0]
+    flow = pgflow.Flow(_name("limited"))
+
+    @flow.step
+    def items(input: int) -> list[int]:
+        return list(range(input))
+
+    @flow.map(over="items")
+    def work(item: int) -> int:
+        with lock:
+            running[0] += 1
+            highest[0] = max(highest[0], running[0])
+        time.sleep(0.005)  # stands in for real work, so tasks overlap
+        with lock:
+            running[0] -= 1
+        return item
+
+    @flow.step(depends_on=["work"])
+    def total(work: list[int]) -> int:
+        return sum(work)
+
+    try:
+        handles = [app.start_run(flow, 12) for _ in range(3)]
+        assert [h.result(timeout=60) for h in handles] == [{"total": 66}] * 3
+    finally:
+        app.close()
+    assert highest[0] <= limit

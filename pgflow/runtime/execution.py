@@ -22,7 +22,7 @@ from pgflow.abandoned import ABANDONED
 from pgflow.cancellation import CancelFlag
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.errors import Discard, PgflowError, SerializationError, Snooze, StepFailed
-from pgflow.records import Job, JobError, JobRef, JobState, TaskCompletion
+from pgflow.records import Job, JobError, JobRef, JobState, SuccessorClaim, TaskCompletion
 from pgflow.runtime.worker_lookup import DEFAULT_LOOKUP, WorkerLookup
 from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES, dumps
 from pgflow.stored_errors import clean_error, exception_text, traceback_text
@@ -528,12 +528,17 @@ def record_outcomes(
 
 
 def record_completions(
-    backend: JobQueue, completions: Sequence[Outcome], *, instance_id: str | None = None
+    backend: JobQueue,
+    completions: Sequence[Outcome],
+    *,
+    instance_id: str | None = None,
+    claim: SuccessorClaim | None = None,
 ) -> int:
     """`record_outcomes` for a batch of completions, when the caller needs no outcomes back
     (the producer): one write, and only fenced ones logged above DEBUG. Returns how many
-    were written (not fenced)."""
-    changed = set(_complete(backend, completions))
+    were written (not fenced). `claim` rides on the flow tasks' completion (see
+    FlowStore.complete_tasks); it is left empty when the batch holds no flow task."""
+    changed = set(_complete(backend, completions, claim))
     debug = logger.isEnabledFor(logging.DEBUG)
     for outcome in completions:
         fenced = outcome.job.id not in changed
@@ -542,14 +547,17 @@ def record_completions(
     return len(changed)
 
 
-def _complete(backend: JobQueue, completions: Sequence[Outcome]) -> list[int]:
+def _complete(
+    backend: JobQueue, completions: Sequence[Outcome], claim: SuccessorClaim | None = None
+) -> list[int]:
     """One batched write; results travel only when some perform returned a value. Flow
     tasks go to `complete_tasks` instead, which settles their steps."""
     tasks = [o for o in completions if o.completion is not None]
     if tasks:
         plans = {o.job.args["fingerprint"]: o.plan for o in tasks if o.plan is not None}
+        extra = {} if claim is None else {"claim": claim}
         done = backend.complete_tasks(  # type: ignore[attr-defined]
-            [o.completion for o in tasks], plans
+            [o.completion for o in tasks], plans, **extra
         )
         rest = [o for o in completions if o.completion is None]
         return list(done) + (_complete(backend, rest) if rest else [])

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from pgflow.clock import Clock
-from pgflow.records import Job, JobError
+from pgflow.records import Job, JobError, SuccessorClaim
 from pgflow.runtime.execution import (
     JobControl,
     Outcome,
@@ -99,6 +99,10 @@ class Producer:
         self._lock = threading.Lock()
         self._running: dict[int, _Running] = {}
         self._abandoned = 0  # slots held by timed-out performs whose threads still run
+        # Slots held by a claim in flight (the claimer's, or the acker's successor claim):
+        # each computes its free slots net of the other's, so together they never exceed
+        # the limit.
+        self._reserved = 0
         self._finished: deque[Outcome] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()  # stop claiming, drain
@@ -271,7 +275,7 @@ class Producer:
 
     def _claim(self) -> None:
         with self._lock:
-            free = self.limit - len(self._running) - self._abandoned
+            free = self.limit - len(self._running) - self._abandoned - self._reserved
             if free <= 0 or not self._maybe_more:
                 return
             if self._running and free < self._batch_floor:
@@ -283,6 +287,7 @@ class Producer:
                     return
             self._hold_until = None
             hints = self._hints
+            self._reserved += free  # so a successor claim meanwhile cannot take them too
         try:
             jobs = self.backend.claim_jobs(
                 self.queue, self.instance_id, free, incarnation=self.incarnation
@@ -290,8 +295,11 @@ class Producer:
         except Exception:
             # The claim may have committed with its reply lost: look for orphans first.
             self._release_needed = True
+            with self._lock:
+                self._reserved -= free
             raise
         with self._lock:
+            self._reserved -= free
             if len(jobs) < free and self._hints == hints:
                 self._maybe_more = False  # the queue ran dry; wait for a hint or the poll
             for job in jobs:
@@ -443,15 +451,24 @@ class Producer:
         completions = [o for o in batch if o.kind is OutcomeKind.COMPLETED]
         others = [o for o in batch if o.kind is not OutcomeKind.COMPLETED]
         if completions:
+            claim = self._reserve_successors(completions)
+            written = False
             try:
-                record_completions(self.backend, completions, instance_id=self.instance_id)
+                record_completions(
+                    self.backend, completions, instance_id=self.instance_id, claim=claim
+                )
+                written = True
             except Exception as exc:
+                if claim is not None:  # it may have committed with its reply lost
+                    self._release_needed = True
                 if is_transient(exc):
                     raise
                 for outcome in completions:  # find the one the database refuses
                     self._write_apart(outcome)
             else:
                 self._forget(completions)
+            finally:
+                self._run_successors(claim, written)
         for outcome in others:
             try:
                 record_outcomes(self.backend, [outcome], instance_id=self.instance_id)
@@ -461,6 +478,33 @@ class Producer:
                 self._write_apart(outcome, exc)
             else:
                 self._forget([outcome])
+
+    def _reserve_successors(self, completions: list[Outcome]) -> SuccessorClaim | None:
+        """Hold this queue's free slots for the next tasks of the flow runs these
+        completions advance: the settle claims them in its own transaction."""
+        if not any(o.completion is not None for o in completions):
+            return None
+        with self._lock:
+            free = self.limit - len(self._running) - self._abandoned - self._reserved
+            if free <= 0 or self._stop.is_set():
+                return None
+            self._reserved += free
+        return SuccessorClaim(self.queue, self.instance_id, free, self.incarnation)
+
+    def _run_successors(self, claim: SuccessorClaim | None, written: bool) -> None:
+        """Give back the held slots; run what a committed settle claimed, like claimed
+        jobs (after a failed write, whatever may have been claimed is released)."""
+        if claim is None:
+            return
+        taken = claim.claimed if written else []
+        with self._lock:
+            self._reserved -= claim.limit
+            for job in taken:
+                self._running[job.id] = _Running(job, JobControl())
+        for job in taken:
+            self._dispatch(job)
+        if claim.limit > len(claim.claimed):
+            self._wake.set()  # the slots not used are free for the claimer again
 
     def _write_apart(self, outcome: Outcome, failure: Exception | None = None) -> None:
         """Write one outcome that a batch could not: with a minimal error if its own was

@@ -141,12 +141,15 @@ class SQLFlowStore:
                     limit=self.max_payload_bytes,
                     owner=f"job {completion.ref.id}",
                 )
+        claimed: list[Job] = []
         with self._tx() as connection:
             settler = self._settler(connection)
             counted = settler.complete(completions, plans)
             if claim is not None:
-                settler.claim_successors(claim)
-            return counted
+                claimed = settler.claim_successors(claim)
+        if claim is not None:  # only once committed: a rolled-back claim holds nothing
+            claim.claimed = claimed
+        return counted
 
     def get_step_states(self, workflow_id: str) -> dict[str, StepState]:
         params = {"p_workflow_id": workflow_id}

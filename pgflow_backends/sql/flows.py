@@ -384,7 +384,7 @@ class FlowSettler:
         for run in done:
             self._run_finished(run.workflow_id)
 
-    def claim_successors(self, claim: SuccessorClaim) -> None:
+    def claim_successors(self, claim: SuccessorClaim) -> list[Job]:
         """Claim, for `claim`'s instance, up to its limit of the task jobs this transaction
         made available on its queue (see FlowStore.complete_tasks)."""
         ids = [
@@ -393,7 +393,7 @@ class FlowSettler:
             if job.queue == claim.queue and job.state is JobState.AVAILABLE
         ][: max(claim.limit, 0)]
         if not ids:
-            return
+            return []
         params = {
             "p_ids": ids,
             "p_instance": claim.instance_id,
@@ -402,7 +402,7 @@ class FlowSettler:
         rows = self._c.execute(self._f.claim_ids, params).all()
         claimed = [job_from_row(row) for row in rows]
         claimed.sort(key=lambda job: (-job.priority, job.scheduled_at, job.id))
-        claim.claimed = claimed
+        return claimed
 
     def _settled_of(self, keys: set[StepKey]) -> dict[StepKey, Settled]:
         """Settled steps' outputs: those settled in this transaction from memory, the
