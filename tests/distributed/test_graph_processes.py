@@ -291,6 +291,26 @@ def test_one_process_serves_both_versions_of_a_flow(cluster: Cluster, app: Pgflo
     assert app.get_run("ver-3") is None
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a worker importing two shapes of one flow name with the same version starts and "
+    "serves both; docs/graphs.md (Bad input) promises a DefinitionError (only start_run checks)",
+)
+def test_a_worker_importing_two_shapes_of_one_flow_and_version_refuses_to_start(
+    cluster: Cluster,
+) -> None:
+    proc = cluster.spawn(
+        "confused",
+        imports=["tests.distributed.graph_flows_v1", "tests.distributed.graph_flows_v2"],
+    )
+    try:
+        code = proc.wait(20)
+    except subprocess.TimeoutExpired:
+        code = None
+    assert code not in (0, None), "the worker kept running with both shapes"
+    assert "DefinitionError" in cluster.log_of("confused")
+
+
 def test_a_worker_killed_during_the_last_task_restarts_under_its_id_and_completes_the_run(
     cluster: Cluster, app: Pgflow
 ) -> None:
