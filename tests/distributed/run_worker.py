@@ -43,6 +43,11 @@ def main() -> None:
     ]
     options = json.loads(os.environ.get("PGFLOW_TEST_OPTIONS", "{}"))
     offset = float(os.environ.get("PGFLOW_TEST_CLOCK_OFFSET", "0"))
+    snooze = os.environ.get("PGFLOW_TEST_UNKNOWN_SNOOZE")
+    if snooze:  # the 30 s snooze of a task of an unknown definition is a module constant
+        import pgflow.runtime.flow_tasks as flow_tasks
+
+        flow_tasks.UNKNOWN_DEFINITION_SNOOZE = float(snooze)
     app = Pgflow(
         url,
         instance_id=instance_id,
