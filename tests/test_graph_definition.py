@@ -503,3 +503,20 @@ def test_registry_forgets_a_dropped_flow_and_skips_a_broken_one() -> None:
     assert registry.find("dropped", fingerprint) is None
     with _raises(r"workflow 'broken_in_registry' step 'b': depends on unknown step 'a'"):
         registry.find("broken_in_registry", "0" * 64)
+
+
+def test_served_refuses_two_shapes_of_one_name_and_version() -> None:
+    registry = FlowRegistry()
+    old, new = _graph("served_twice"), _graph("served_twice", deps=("z",))
+    registry.add(old)
+    registry.add(new)
+    with _raises(r"two flows named 'served_twice' with different shapes"):
+        registry.served()
+
+
+def test_served_lists_both_versions_of_one_name() -> None:
+    registry = FlowRegistry()
+    old, new = _graph("served_kept", version="1"), _graph("served_kept", version="2", deps=("z",))
+    registry.add(old)
+    registry.add(new)
+    assert [name for name, _ in registry.served()] == ["served_kept", "served_kept"]

@@ -3,6 +3,7 @@ only for a definition registered here (imported), never one a row names."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import weakref
 from typing import TYPE_CHECKING
@@ -67,11 +68,31 @@ class FlowRegistry:
         return found
 
     def served(self) -> list[tuple[str, str]]:
-        """(name, fingerprint) of every well-formed definition known here, sorted."""
+        """(name, fingerprint) of every well-formed definition known here, sorted.
+
+        DefinitionError when two of them share a name and a version but not a shape: an
+        instance must not start serving definitions its tasks cannot tell apart.
+        """
+        pairs = self._served()
+        if self._ambiguous(pairs):
+            gc.collect()  # flows dropped in reference cycles (tests) must not count
+            pairs = self._served()
+        for name in sorted({name for name, _ in pairs}):
+            seen: dict[str | int | None, Workflow] = {}
+            for workflow in self.versions(name):
+                other = seen.setdefault(workflow.version, workflow)
+                if other.fingerprint != workflow.fingerprint:
+                    self.check(workflow)  # raises, naming the flow
+        return pairs
+
+    def _served(self) -> list[tuple[str, str]]:
         with self._lock:
             names = set(self._flows) | {name for name, _ in self._workflows}
-        pairs = {(name, wf.fingerprint) for name in names for wf in self.versions(name)}
-        return sorted(pairs)
+        return sorted({(name, wf.fingerprint) for name in names for wf in self.versions(name)})
+
+    def _ambiguous(self, pairs: list[tuple[str, str]]) -> bool:
+        names = [name for name, _ in pairs]
+        return len(names) != len(set(names))
 
     def check(self, workflow: Workflow) -> None:
         """DefinitionError when another definition with this name and version but another

@@ -291,11 +291,6 @@ def test_one_process_serves_both_versions_of_a_flow(cluster: Cluster, app: Pgflo
     assert app.get_run("ver-3") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a worker importing two shapes of one flow name with the same version starts and "
-    "serves both; docs/graphs.md (Bad input) promises a DefinitionError (only start_run checks)",
-)
 def test_a_worker_importing_two_shapes_of_one_flow_and_version_refuses_to_start(
     cluster: Cluster,
 ) -> None:
