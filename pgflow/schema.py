@@ -173,6 +173,7 @@ jobs = Table(
 )
 
 _FINISHED = "state IN ('completed', 'discarded', 'cancelled')"
+_RUNNING_FLOW = "state = 'running' AND remaining_steps IS NOT NULL"
 _STAGED = "state IN ('scheduled', 'retryable')"
 _UNFINISHED_TASK = (
     "workflow_id IS NOT NULL AND state IN ('available', 'scheduled', 'executing', 'retryable')"
@@ -281,6 +282,16 @@ Index(
     runs.c.finished_at,
     postgresql_where=text("state <> 'running'"),
     sqlite_where=text("state <> 'running'"),
+)
+
+# The running distributed runs by definition: the leader's unserved-flow sweep.
+Index(
+    "pgflow_runs_running_flows_idx",
+    runs.c.workflow,
+    runs.c.fingerprint,
+    runs.c.started_at,
+    postgresql_where=text(_RUNNING_FLOW),
+    sqlite_where=text(_RUNNING_FLOW),
 )
 
 steps = Table(

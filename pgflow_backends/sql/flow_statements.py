@@ -47,6 +47,10 @@ UNFINISHED = ("available", "scheduled", "executing", "retryable")
 WAITING = ("available", "scheduled", "retryable")
 
 
+#: 'running' written into the SQL text: the partial index on running runs then matches.
+_RUNNING = literal_column("'running'", String())
+
+
 def _p(name: str, type_: Any = None) -> Any:
     return bindparam(name, type_=type_)
 
@@ -305,7 +309,7 @@ class FlowStatements:
         )
         self.running_flows: Select[Any] = (
             select(runs.c.workflow, runs.c.fingerprint, func.count())
-            .where(runs.c.state == "running", runs.c.remaining_steps.is_not(None))
+            .where(runs.c.state == _RUNNING, runs.c.remaining_steps.is_not(None))
             .group_by(runs.c.workflow, runs.c.fingerprint)
             .order_by(runs.c.workflow, runs.c.fingerprint)
         )
@@ -330,7 +334,7 @@ class FlowStatements:
         self.running_flow_runs: Select[Any] = (
             select(runs.c.workflow_id)
             .where(
-                runs.c.state == "running",
+                runs.c.state == _RUNNING,
                 runs.c.remaining_steps.is_not(None),
                 runs.c.workflow == _p("p_flow", String()),
                 runs.c.fingerprint == _p("p_fingerprint", String()),
