@@ -17,7 +17,6 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -33,7 +32,7 @@ from pgflow.definition import Step, Workflow
 from pgflow.engine.attempt import error_dict
 from pgflow.engine.loop import LOOP, LoopReentryError
 from pgflow.engine.run import _canonical
-from pgflow.engine.runners import POOL
+from pgflow.engine.runners import POOL, wait_for
 from pgflow.errors import (
     DefinitionError,
     Discard,
@@ -50,6 +49,11 @@ from pgflow.run_log import RunLog, logger
 from pgflow.serialization import roundtrip
 
 _monotonic = time.monotonic
+_allocate_lock = threading.Lock
+_FOREVER = float("inf")
+#: How often the scheduler looks again at tasks that may have started their call since.
+_RECHECK = 0.05
+_ID_LOCK = threading.Lock()
 
 
 class _Task:
@@ -108,18 +112,39 @@ class GraphRun:
         self.timeout = timeout
         self.step_timeout = step_timeout
         self.backoff = backoff
-        self.workflow_id = workflow_id or str(uuid.uuid4())
+        self._workflow_id = workflow_id
         self.max_parallel = max_parallel
-        self.log = RunLog(workflow.name, lambda: self.workflow_id, max_attempts, log_context)
+        self.log = RunLog(workflow.name, self._get_workflow_id, max_attempts, log_context)
         self._steps = {step.name: step for step in workflow.steps}
-        self._lock = threading.Lock()
-        self._events: queue.Queue[tuple[_Task, bool, Any]] = queue.Queue()
+        self._lock = _allocate_lock()
+        # Tasks report here; `_signal` is released (once) when a report may be waiting.
+        self._events: deque[tuple[_Task, bool, Any]] = deque()
+        self._signal = _allocate_lock()
+        self._signal.acquire()
+        self._signalled = False
+        # A step with no timeout to watch may run in this thread when nothing else runs: the
+        # scheduler would only wait for it. Not on the shared loop, where a sync step's
+        # coroutine could not be awaited.
+        self._inline = timeout is None and step_timeout is None and not LOOP.is_current()
         self._waiting: deque[tuple[_Task, float]] = deque()  # (task, backoff delay)
         self._running: set[_Task] = set()
         self._settled: dict[str, Settled] = {}
         self._left: dict[str, int] = {}  # unfinished tasks per started step
         self._outputs: dict[str, list[Any]] = {}
         self.attempt = 1  # the stored run's attempt: fences this caller's writes
+
+    @property
+    def workflow_id(self) -> str:
+        """The run's id: the caller's, else a uuid made on first use (most runs never ask)."""
+        if self._workflow_id is None:
+            made = str(uuid.uuid4())
+            with _ID_LOCK:  # a runner logging may ask at the same time: one id wins
+                if self._workflow_id is None:
+                    self._workflow_id = made
+        return self._workflow_id
+
+    def _get_workflow_id(self) -> str:
+        return self.workflow_id
 
     # -- the scheduler (caller's thread) -----------------------------------------------------
 
@@ -139,9 +164,11 @@ class GraphRun:
         try:
             for plan in self.plan.roots:
                 self._ready(plan)
-            while len(self._settled) < len(self.plan.steps):
+            total = len(self.plan.steps)
+            while len(self._settled) < total:
                 self._launch()
-                self._wait_one(deadline)
+                if len(self._settled) < total:
+                    self._wait_one(deadline)
         except WorkflowError as error:
             self._stop()
             self._fail(error)
@@ -237,6 +264,18 @@ class GraphRun:
         while self._waiting and len(self._running) < self.max_parallel:
             task, delay = self._waiting.popleft()
             task.attempt += 1
+            if (
+                self._inline
+                and not self._running
+                and not self._waiting
+                and delay <= 0
+                and not task.step.is_async
+                and task.step.timeout is None
+            ):
+                # The only task to run: calling it here saves two thread wake-ups.
+                self._running.add(task)
+                self._call_inline(task)
+                continue
             self._running.add(task)
             if not task.step.is_async and (self.timeout or self._timeout_of(task.step)):
                 # A sync call that times out cannot be killed: bound how many are left behind.
@@ -257,15 +296,35 @@ class GraphRun:
                 # Not started yet (backoff, or a runner still waking): look again soon.
                 due = now + limit if task.started_mono is None else task.started_mono + limit
                 wake = due if wake is None else min(wake, due)
-        try:
-            if wake is None:
-                task, ok, value = self._events.get()
-            else:
-                # Re-check at least every 50 ms: a task may start its call after we looked.
-                task, ok, value = self._events.get(timeout=min(max(wake - now, 0.0), 0.05))
-        except queue.Empty:
+        # Re-check at least every 50 ms when a timeout applies: a task may start its call
+        # after we looked.
+        event = self._next_event(_FOREVER if wake is None else min(max(wake - now, 0.0), _RECHECK))
+        if event is None:
             self._expire(deadline)
             return
+        self._handle(*event)
+
+    def _next_event(self, timeout: float) -> tuple[_Task, bool, Any] | None:
+        """The next task report, waiting up to `timeout` seconds for one (spinning briefly
+        first: a blocked thread takes tens of microseconds to wake); None if none came."""
+        events = self._events
+        until = _monotonic() + timeout
+        while not events:
+            if not wait_for(self._signal, max(until - _monotonic(), 0.0)):
+                return None
+            with self._lock:
+                self._signalled = False
+        return events.popleft()
+
+    def _report(self, task: _Task, ok: bool, value: Any) -> None:
+        """Hand a task's outcome to the scheduler (any thread)."""
+        self._events.append((task, ok, value))
+        with self._lock:
+            if not self._signalled:
+                self._signalled = True
+                self._signal.release()
+
+    def _handle(self, task: _Task, ok: bool, value: Any) -> None:
         if task.abandoned or task not in self._running:
             return
         self._running.discard(task)
@@ -273,6 +332,21 @@ class GraphRun:
             self._task_completed(task, value)
         else:
             self._task_failed(task, value, timed_out=None)
+
+    def _call_inline(self, task: _Task) -> None:
+        """Run a sync task in the scheduler's thread (nothing else runs, no timeout applies)."""
+        self._begin(task)
+        envelope = task.envelope
+        try:
+            output = task.step.fn(*envelope["args"], **envelope["kwargs"])
+            if asyncio.iscoroutine(output):
+                output = LOOP.submit(output).result()
+        except BaseException as exc:
+            task.finished = True
+            self._handle(task, False, exc)
+            return
+        task.finished = True
+        self._handle(task, True, output)
 
     def _expire(self, deadline: float | None) -> None:
         now = _monotonic()
@@ -428,7 +502,7 @@ class GraphRun:
             if asyncio.iscoroutine(output):
                 output = LOOP.submit(output).result()
         except BaseException as exc:
-            self._events.put((task, False, exc))
+            self._report(task, False, exc)
             return
         finally:
             with self._lock:
@@ -436,7 +510,7 @@ class GraphRun:
                 counted = task.counted
             if counted:
                 ABANDONED.end_step()
-        self._events.put((task, True, output))
+        self._report(task, True, output)
 
     async def _call_async(self, task: _Task, delay: float) -> Any:
         if delay > 0:
@@ -451,9 +525,9 @@ class GraphRun:
             return
         exc = future.exception()
         if exc is not None:
-            self._events.put((task, False, exc))
+            self._report(task, False, exc)
         else:
-            self._events.put((task, True, future.result()))
+            self._report(task, True, future.result())
 
     def _describe(self, task: _Task) -> str:
         where = "" if task.element is None else f" element {task.element}"
