@@ -67,13 +67,17 @@ class _Task:
         "envelope",
         "finished",
         "future",
+        "plan",
         "started_at",
         "started_mono",
         "step",
     )
 
-    def __init__(self, step: Step, element: int | None, envelope: dict[str, Any]) -> None:
+    def __init__(
+        self, step: Step, plan: StepPlan, element: int | None, envelope: dict[str, Any]
+    ) -> None:
         self.step = step
+        self.plan = plan
         self.element = element
         self.envelope = envelope
         self.attempt = 0
@@ -125,7 +129,8 @@ class GraphRun:
         # A step with no timeout to watch may run in this thread when nothing else runs: the
         # scheduler would only wait for it. Not on the shared loop, where a sync step's
         # coroutine could not be awaited.
-        self._inline = timeout is None and step_timeout is None and not LOOP.is_current()
+        self._in_loop = LOOP.is_current()
+        self._inline = timeout is None and step_timeout is None and not self._in_loop
         self._waiting: deque[tuple[_Task, float]] = deque()  # (task, backoff delay)
         self._running: set[_Task] = set()
         self._settled: dict[str, Settled] = {}
@@ -149,7 +154,7 @@ class GraphRun:
     # -- the scheduler (caller's thread) -----------------------------------------------------
 
     def execute(self) -> Any:
-        if LOOP.is_current() and any(step.is_async for step in self.workflow.steps):
+        if self._in_loop and any(step.is_async for step in self.workflow.steps):
             raise LoopReentryError(
                 f"pgflow.execute() of flow {self.workflow.name!r} was called from inside an "
                 "async step and the flow has async steps: the shared loop would wait for "
@@ -192,8 +197,8 @@ class GraphRun:
 
     def _ready(self, plan: StepPlan) -> None:
         """Decide what a step whose dependencies all settled becomes, and act on it."""
-        deps = {name: self._settled[name] for name in plan.deps}
-        decision = decide(self.plan, plan, deps, self.input)
+        # `decide` reads only this step's dependencies, which have all settled.
+        decision = decide(self.plan, plan, self._settled, self.input)
         step = self._steps[plan.name]
         if (
             isinstance(decision, Start)
@@ -206,14 +211,14 @@ class GraphRun:
             self._outputs[plan.name] = [None] * len(decision.arguments)
             delay = float(step.start_delay or 0.0)  # waited on the clock, like a backoff
             for index, envelope in enumerate(decision.arguments):
-                task = _Task(step, index if plan.is_map else None, envelope)
+                task = _Task(step, plan, index if plan.is_map else None, envelope)
                 self._waiting.append((task, delay))
         elif isinstance(decision, Complete):
             self._settle(plan, Settled(StepStatus.COMPLETED, decision.output))
         elif isinstance(decision, Skip):
             self._log_skipped(plan.name, decision.reason)
             if self.store is not None:
-                skipped = _Task(step, None, {})
+                skipped = _Task(step, plan, None, {})
                 reason = {"kind": "Skipped", "message": decision.reason, "traceback": ""}
                 self._record(skipped, StepOutcome.SKIPPED, error=reason)
             self._settle(plan, Settled(StepStatus.SKIPPED))
@@ -335,7 +340,11 @@ class GraphRun:
 
     def _call_inline(self, task: _Task) -> None:
         """Run a sync task in the scheduler's thread (nothing else runs, no timeout applies)."""
-        self._begin(task)
+        # Nothing can abandon it meanwhile: no lock needed to mark its start.
+        task.started_mono = _monotonic()
+        if self.store is not None:
+            task.started_at = self.clock.now()
+        self._log_started(task)
         envelope = task.envelope
         try:
             output = task.step.fn(*envelope["args"], **envelope["kwargs"])
@@ -377,7 +386,7 @@ class GraphRun:
             task.future.cancel()
 
     def _task_completed(self, task: _Task, output: Any) -> None:
-        plan = self.plan.step(task.step.name)
+        plan = task.plan
         started = task.started_mono
         self.log.step_completed(
             plan.name, task.attempt, 0.0 if started is None else _monotonic() - started
@@ -446,7 +455,7 @@ class GraphRun:
             raise error
         delay = (step.backoff or self.backoff).delay(task.attempt)
         self.log.attempt_failed(step.name, task.attempt, reason, delay)
-        retry = _Task(step, task.element, task.envelope)
+        retry = _Task(step, task.plan, task.element, task.envelope)
         retry.attempt = task.attempt
         self._waiting.append((retry, delay))
 
@@ -621,7 +630,7 @@ class GraphRun:
         error: dict[str, Any] | None = None,
     ) -> None:
         assert self.store is not None
-        plan = self.plan.step(task.step.name)
+        plan = task.plan
         record = StepRecord(
             workflow_id=self.workflow_id,
             step=plan.name,
