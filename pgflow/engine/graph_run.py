@@ -2,12 +2,16 @@
 
 The caller's thread is the scheduler: it decides what each ready step becomes
 (`pgflow.graph.ready.decide`), starts its tasks (one per map element), and settles steps as
-their tasks report back through a queue. Sync tasks run on the shared runner threads, async
-ones on the shared event loop; at most `max_parallel` tasks run at once. A task that fails
-is retried by itself (its step's max_attempts and backoff, else the run's), the backoff
-waited on the executor's clock before the retry starts. When a task fails for good the run
-stops starting work, abandons what still runs (async tasks are cancelled; a sync call
-cannot be killed, its result is dropped) and raises.
+their tasks report back (a deque and a signal lock the scheduler spins on briefly before
+blocking). Sync tasks run on the shared runner threads, async ones on the shared event loop;
+at most `max_parallel` tasks run at once. A sync task that would run alone (nothing else
+running or waiting, no backoff to wait, no timeout to watch) runs in the caller's thread,
+like a chain step: the scheduler would only wait for it, and each hand-off to another thread
+costs tens of microseconds (more when the other thread sits on another, idle CPU). A task
+that fails is retried by itself (its step's max_attempts and backoff, else the run's), the
+backoff waited on the executor's clock before the retry starts. When a task fails for good
+the run stops starting work, abandons what still runs (async tasks are cancelled; a sync
+call cannot be killed, its result is dropped) and raises.
 """
 
 from __future__ import annotations
