@@ -481,12 +481,39 @@ def _threads_flow(name: str, seen: dict[str, int], **root_options: Any) -> Any:
     return flow
 
 
-def test_a_step_that_runs_alone_runs_in_the_callers_thread() -> None:
+def test_steps_nothing_could_wait_on_run_in_the_callers_thread() -> None:
     seen: dict[str, int] = {}
     assert pgflow.execute(_threads_flow("alone_inline", seen), 2) == {"d": 4}
     caller = threading.get_ident()
-    assert (seen["a"], seen["d"]) == (caller, caller)  # nothing else ran: no hand-off
-    assert caller not in (seen["b"], seen["c"])  # siblings still go to the runners
+    # a and d run alone; c, started last, while b (which only feeds d too) is on a runner.
+    assert (seen["a"], seen["c"], seen["d"]) == (caller, caller, caller)
+
+
+def test_a_step_whose_sibling_feeds_other_steps_does_not_hold_them_up() -> None:
+    after_fast_ran = threading.Event()
+    flow = pgflow.Flow("not_held_up")
+
+    @flow.step
+    def a(input: int) -> int:
+        return input
+
+    @flow.step(depends_on=["a"])
+    def fast(a: int) -> int:
+        return a
+
+    @flow.step(depends_on=["a"])
+    def slow(a: int) -> int:
+        # Run in the scheduler's thread, this would wait for a step that cannot start.
+        if not after_fast_ran.wait(5):
+            raise TimeoutError("after_fast did not start while slow ran")
+        return a
+
+    @flow.step(depends_on=["fast"])
+    def after_fast(fast: int) -> int:
+        after_fast_ran.set()
+        return fast
+
+    assert pgflow.execute(flow, 1, max_attempts=1) == {"slow": 1, "after_fast": 1}
 
 
 @pytest.mark.parametrize("option", ["timeout", "step_timeout"])

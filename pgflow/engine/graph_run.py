@@ -36,7 +36,7 @@ from pgflow.definition import Step, Workflow
 from pgflow.engine.attempt import error_dict
 from pgflow.engine.loop import LOOP, LoopReentryError
 from pgflow.engine.run import _canonical
-from pgflow.engine.runners import POOL, wait_for
+from pgflow.engine.runners import POOL, Runner, wait_for
 from pgflow.errors import (
     DefinitionError,
     Discard,
@@ -72,6 +72,7 @@ class _Task:
         "finished",
         "future",
         "plan",
+        "runner",
         "started_at",
         "started_mono",
         "step",
@@ -89,6 +90,8 @@ class _Task:
         self.counted = False  # abandoned mid-call: in ABANDONED.steps until the call returns
         self.finished = False
         self.future: concurrent.futures.Future[Any] | None = None
+        # The runner it was handed to, while the scheduler may still take it back.
+        self.runner: Runner | None = None
         self.started_mono: float | None = None  # set once the call (not its backoff) began
         self.started_at: Any = None
 
@@ -133,10 +136,13 @@ class GraphRun:
         # A step with no timeout to watch may run in this thread when nothing else runs: the
         # scheduler would only wait for it. Not on the shared loop, where a sync step's
         # coroutine could not be awaited.
+        self._dependents: dict[str, frozenset[str]] = {}
         self._in_loop = LOOP.is_current()
         self._inline = timeout is None and step_timeout is None and not self._in_loop
         self._waiting: deque[tuple[_Task, float]] = deque()  # (task, backoff delay)
         self._running: set[_Task] = set()
+        self._busy: dict[str, int] = {}  # running tasks per step
+        self._handed: deque[_Task] = deque()  # handed to runners, maybe to take back
         self._settled: dict[str, Settled] = {}
         self._left: dict[str, int] = {}  # unfinished tasks per started step
         self._outputs: dict[str, list[Any]] = {}
@@ -176,7 +182,7 @@ class GraphRun:
             total = len(self.plan.steps)
             while len(self._settled) < total:
                 self._launch()
-                if len(self._settled) < total:
+                if len(self._settled) < total and not self._take_back_one():
                     self._wait_one(deadline)
         except WorkflowError as error:
             self._stop()
@@ -273,19 +279,16 @@ class GraphRun:
         while self._waiting and len(self._running) < self.max_parallel:
             task, delay = self._waiting.popleft()
             task.attempt += 1
-            if (
-                self._inline
-                and not self._running
-                and not self._waiting
-                and delay <= 0
-                and not task.step.is_async
-                and task.step.timeout is None
-            ):
-                # The only task to run: calling it here saves two thread wake-ups.
-                self._running.add(task)
+            here = (
+                self._inline and delay <= 0 and not task.step.is_async and task.step.timeout is None
+            )
+            if here and not self._waiting and self._may_run_here(task):
+                # The last task to start: calling it here saves a thread hand-off, while
+                # the others (started first) run on the runners.
+                self._add_running(task)
                 self._call_inline(task)
                 continue
-            self._running.add(task)
+            self._add_running(task)
             if not task.step.is_async and (self.timeout or self._timeout_of(task.step)):
                 # A sync call that times out cannot be killed: bound how many are left behind.
                 ABANDONED.check_room(functools.partial(self._describe, task))
@@ -293,7 +296,60 @@ class GraphRun:
                 task.future = LOOP.submit(self._call_async(task, delay))
                 task.future.add_done_callback(functools.partial(self._async_done, task))
             else:
-                POOL.run(functools.partial(self._call_sync, task, delay))
+                runner = POOL.run(functools.partial(self._call_sync, task, delay))
+                if here:
+                    task.runner = runner
+                    self._handed.append(task)
+
+    def _add_running(self, task: _Task) -> None:
+        self._running.add(task)
+        name = task.plan.name
+        self._busy[name] = self._busy.get(name, 0) + 1
+
+    def _discard_running(self, task: _Task) -> None:
+        if task in self._running:
+            self._running.remove(task)
+            name = task.plan.name
+            left = self._busy[name] - 1
+            if left:
+                self._busy[name] = left
+            else:
+                del self._busy[name]
+
+    def _may_run_here(self, task: _Task) -> bool:
+        """Whether `task` may run in this thread: no other running task could make work
+        ready before it ends (their steps' dependents are all dependents of its step), so
+        the scheduler, busy meanwhile, would hold nothing up but a retry or a failure."""
+        name = task.plan.name
+        mine = self._dependents_of(name)
+        return all(other == name or self._dependents_of(other) <= mine for other in self._busy)
+
+    def _dependents_of(self, name: str) -> frozenset[str]:
+        found = self._dependents.get(name)
+        if found is None:
+            found = self._dependents[name] = frozenset(self.plan.step(name).dependents)
+        return found
+
+    def _take_back_one(self) -> bool:
+        """Run here a task handed to a runner that has not woken up yet (when it may run
+        here, see `_may_run_here`), instead of waiting for that runner; True if one ran."""
+        if self._events or self._waiting:
+            return False  # reports to act on first, or tasks waiting for a free slot
+        handed = self._handed
+        while handed:
+            task = handed[-1]  # the latest handed: its runner is the least likely awake
+            runner = task.runner
+            if runner is None or task not in self._running:
+                handed.pop()
+                continue
+            if not self._may_run_here(task):
+                return False
+            handed.pop()
+            task.runner = None
+            if POOL.take_back(runner):
+                self._call_inline(task)
+                return True
+        return False
 
     def _wait_one(self, deadline: float | None) -> None:
         """Wait for one task to report, or for a deadline; act on what happened."""
@@ -336,7 +392,7 @@ class GraphRun:
     def _handle(self, task: _Task, ok: bool, value: Any) -> None:
         if task.abandoned or task not in self._running:
             return
-        self._running.discard(task)
+        self._discard_running(task)
         if ok:
             self._task_completed(task, value)
         else:
@@ -385,7 +441,7 @@ class GraphRun:
             if not task.step.is_async and task.started_mono is not None and not task.finished:
                 task.counted = True
                 ABANDONED.add_step(self._describe(task), self._fields(task))
-        self._running.discard(task)
+        self._discard_running(task)
         if task.future is not None:
             task.future.cancel()
 
