@@ -4,10 +4,14 @@ The caller's thread is the scheduler: it decides what each ready step becomes
 (`pgflow.graph.ready.decide`), starts its tasks (one per map element), and settles steps as
 their tasks report back (a deque and a signal lock the scheduler spins on briefly before
 blocking). Sync tasks run on the shared runner threads, async ones on the shared event loop;
-at most `max_parallel` tasks run at once. A sync task that would run alone (nothing else
-running or waiting, no backoff to wait, no timeout to watch) runs in the caller's thread,
-like a chain step: the scheduler would only wait for it, and each hand-off to another thread
-costs tens of microseconds (more when the other thread sits on another, idle CPU). A task
+at most `max_parallel` tasks run at once. Each hand-off to another thread costs tens of
+microseconds (more when that thread sits on another, idle CPU), so with no timeout to watch
+and no backoff to wait, a sync task runs in the caller's thread instead when nothing could
+be held up meanwhile: no task waits for a free slot and the other running steps feed no
+step that this one does not (else their dependents would wait for it). That is the last
+task started (its siblings go to the runners first, so they run concurrently with it), and
+then any handed to a runner that has not woken up yet (`RunnerPool.take_back`). A sibling's
+failure or retry is then acted on once the task in the caller's thread returns. A task
 that fails is retried by itself (its step's max_attempts and backoff, else the run's), the
 backoff waited on the executor's clock before the retry starts. When a task fails for good
 the run stops starting work, abandons what still runs (async tasks are cancelled; a sync
