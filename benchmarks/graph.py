@@ -5,6 +5,11 @@ run) and of a root map over 100 elements. `graph-postgres`: the peers' graph mea
 (3-step chain with 1 and 2 worker processes, diamond, fan-out of 100, start-to-result
 latency) for pgflow alone. Both are skipped with "not measured: graph engine missing" where
 `pgflow.Flow` has no `map`.
+
+The in-process figures depend on where the kernel puts the runner threads: on a small VM a
+wake-up of a thread on another, idle vCPU costs ~25 µs (a same-vCPU one ~3 µs), so a run
+that waits for such wake-ups measures them (before issue 10's rework the diamond took ~85 µs
+with its threads on one vCPU and ~250 µs spread over two, whatever the timing loop).
 """
 
 from __future__ import annotations

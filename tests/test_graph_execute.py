@@ -452,3 +452,140 @@ def test_an_async_step_past_its_timeout_is_cancelled() -> None:
     with pytest.raises(StepTimedOut):
         pgflow.execute(flow, [1], max_attempts=1)
     assert cancelled.wait(5)
+
+
+def _threads_flow(name: str, seen: dict[str, int], **root_options: Any) -> Any:
+    """a -> (b, c) -> d, each step noting the thread it ran on."""
+    flow = pgflow.Flow(name)
+
+    @flow.step(**root_options)
+    def a(input: int) -> int:
+        seen["a"] = threading.get_ident()
+        return input
+
+    @flow.step(depends_on=["a"])
+    def b(a: int) -> int:
+        seen["b"] = threading.get_ident()
+        return a
+
+    @flow.step(depends_on=["a"])
+    def c(a: int) -> int:
+        seen["c"] = threading.get_ident()
+        return a
+
+    @flow.step(depends_on=["b", "c"])
+    def d(b: int, c: int) -> int:
+        seen["d"] = threading.get_ident()
+        return b + c
+
+    return flow
+
+
+def test_steps_nothing_could_wait_on_run_in_the_callers_thread() -> None:
+    seen: dict[str, int] = {}
+    assert pgflow.execute(_threads_flow("alone_inline", seen), 2) == {"d": 4}
+    caller = threading.get_ident()
+    # a and d run alone; c, started last, while b (which only feeds d too) is on a runner.
+    assert (seen["a"], seen["c"], seen["d"]) == (caller, caller, caller)
+
+
+def test_a_step_whose_sibling_feeds_other_steps_does_not_hold_them_up() -> None:
+    after_fast_ran = threading.Event()
+    flow = pgflow.Flow("not_held_up")
+
+    @flow.step
+    def a(input: int) -> int:
+        return input
+
+    @flow.step(depends_on=["a"])
+    def fast(a: int) -> int:
+        return a
+
+    @flow.step(depends_on=["a"])
+    def slow(a: int) -> int:
+        # Run in the scheduler's thread, this would wait for a step that cannot start.
+        if not after_fast_ran.wait(5):
+            raise TimeoutError("after_fast did not start while slow ran")
+        return a
+
+    @flow.step(depends_on=["fast"])
+    def after_fast(fast: int) -> int:
+        after_fast_ran.set()
+        return fast
+
+    assert pgflow.execute(flow, 1, max_attempts=1) == {"slow": 1, "after_fast": 1}
+
+
+@pytest.mark.parametrize("option", ["timeout", "step_timeout"])
+def test_with_a_timeout_to_watch_no_step_runs_in_the_callers_thread(option: str) -> None:
+    seen: dict[str, int] = {}
+    flow = _threads_flow(f"watched_{option}", seen)
+    assert pgflow.execute(flow, 2, **{option: 30.0}) == {"d": 4}
+    assert threading.get_ident() not in seen.values()
+
+
+def test_a_step_with_its_own_timeout_runs_on_a_runner() -> None:
+    seen: dict[str, int] = {}
+    assert pgflow.execute(_threads_flow("own_timeout", seen, timeout=30.0), 2) == {"d": 4}
+    assert seen["a"] != threading.get_ident()
+    assert seen["d"] == threading.get_ident()
+
+
+def test_an_inline_sync_step_may_return_a_coroutine() -> None:
+    flow = pgflow.Flow("inline_coroutine")
+
+    async def later(value: int) -> int:
+        await asyncio.sleep(0)
+        return value + 1
+
+    @flow.step
+    def root(input: int) -> Any:
+        return later(input)
+
+    @flow.step(depends_on=["root"])
+    def after(root: int) -> int:
+        return root * 10
+
+    assert pgflow.execute(flow, 1) == {"after": 20}
+
+
+def test_an_inline_step_raising_base_exception_propagates_it() -> None:
+    flow = pgflow.Flow("inline_interrupt")
+
+    @flow.step
+    def root(input: int) -> int:
+        raise KeyboardInterrupt
+
+    @flow.step(depends_on=["root"])
+    def after(root: int) -> int:
+        return root
+
+    with pytest.raises(KeyboardInterrupt):
+        pgflow.execute(flow, 1)
+
+
+def test_an_inline_step_is_retried_and_fails_with_its_run_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls: list[int] = []
+    flow = pgflow.Flow("inline_retry")
+
+    @flow.step
+    def root(input: int) -> int:
+        calls.append(threading.get_ident())
+        raise ValueError("no")
+
+    @flow.step(depends_on=["root"])
+    def after(root: int) -> int:
+        return root
+
+    with (
+        caplog.at_level(logging.DEBUG, logger="pgflow"),
+        pytest.raises(MaxAttemptsExceeded) as caught,
+    ):
+        pgflow.execute(flow, 1, max_attempts=2, backoff=Backoff(factor=0.0))
+    assert calls == [threading.get_ident()] * 2  # no backoff to wait: both in the caller
+    made = caught.value.workflow_id
+    assert len(made) == 36  # a uuid, made on first use
+    ids = {r.workflow_id for r in caplog.records if hasattr(r, "workflow_id")}  # type: ignore[attr-defined]
+    assert ids == {made}

@@ -2,12 +2,20 @@
 
 The caller's thread is the scheduler: it decides what each ready step becomes
 (`pgflow.graph.ready.decide`), starts its tasks (one per map element), and settles steps as
-their tasks report back through a queue. Sync tasks run on the shared runner threads, async
-ones on the shared event loop; at most `max_parallel` tasks run at once. A task that fails
-is retried by itself (its step's max_attempts and backoff, else the run's), the backoff
-waited on the executor's clock before the retry starts. When a task fails for good the run
-stops starting work, abandons what still runs (async tasks are cancelled; a sync call
-cannot be killed, its result is dropped) and raises.
+their tasks report back (a deque and a signal lock the scheduler spins on briefly before
+blocking). Sync tasks run on the shared runner threads, async ones on the shared event loop;
+at most `max_parallel` tasks run at once. Each hand-off to another thread costs tens of
+microseconds (more when that thread sits on another, idle CPU), so with no timeout to watch
+and no backoff to wait, a sync task runs in the caller's thread instead when nothing could
+be held up meanwhile: no task waits for a free slot and the other running steps feed no
+step that this one does not (else their dependents would wait for it). That is the last
+task started (its siblings go to the runners first, so they run concurrently with it), and
+then any handed to a runner that has not woken up yet (`RunnerPool.take_back`). A sibling's
+failure or retry is then acted on once the task in the caller's thread returns. A task
+that fails is retried by itself (its step's max_attempts and backoff, else the run's), the
+backoff waited on the executor's clock before the retry starts. When a task fails for good
+the run stops starting work, abandons what still runs (async tasks are cancelled; a sync
+call cannot be killed, its result is dropped) and raises.
 """
 
 from __future__ import annotations
@@ -17,7 +25,6 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -33,7 +40,7 @@ from pgflow.definition import Step, Workflow
 from pgflow.engine.attempt import error_dict
 from pgflow.engine.loop import LOOP, LoopReentryError
 from pgflow.engine.run import _canonical
-from pgflow.engine.runners import POOL
+from pgflow.engine.runners import POOL, Runner, wait_for
 from pgflow.errors import (
     DefinitionError,
     Discard,
@@ -50,6 +57,11 @@ from pgflow.run_log import RunLog, logger
 from pgflow.serialization import roundtrip
 
 _monotonic = time.monotonic
+_allocate_lock = threading.Lock
+_FOREVER = float("inf")
+#: How often the scheduler looks again at tasks that may have started their call since.
+_RECHECK = 0.05
+_ID_LOCK = threading.Lock()
 
 
 class _Task:
@@ -63,13 +75,18 @@ class _Task:
         "envelope",
         "finished",
         "future",
+        "plan",
+        "runner",
         "started_at",
         "started_mono",
         "step",
     )
 
-    def __init__(self, step: Step, element: int | None, envelope: dict[str, Any]) -> None:
+    def __init__(
+        self, step: Step, plan: StepPlan, element: int | None, envelope: dict[str, Any]
+    ) -> None:
         self.step = step
+        self.plan = plan
         self.element = element
         self.envelope = envelope
         self.attempt = 0
@@ -77,6 +94,8 @@ class _Task:
         self.counted = False  # abandoned mid-call: in ABANDONED.steps until the call returns
         self.finished = False
         self.future: concurrent.futures.Future[Any] | None = None
+        # The runner it was handed to, while the scheduler may still take it back.
+        self.runner: Runner | None = None
         self.started_mono: float | None = None  # set once the call (not its backoff) began
         self.started_at: Any = None
 
@@ -108,23 +127,48 @@ class GraphRun:
         self.timeout = timeout
         self.step_timeout = step_timeout
         self.backoff = backoff
-        self.workflow_id = workflow_id or str(uuid.uuid4())
+        self._workflow_id = workflow_id
         self.max_parallel = max_parallel
-        self.log = RunLog(workflow.name, lambda: self.workflow_id, max_attempts, log_context)
+        self.log = RunLog(workflow.name, self._get_workflow_id, max_attempts, log_context)
         self._steps = {step.name: step for step in workflow.steps}
-        self._lock = threading.Lock()
-        self._events: queue.Queue[tuple[_Task, bool, Any]] = queue.Queue()
+        self._lock = _allocate_lock()
+        # Tasks report here; `_signal` is released (once) when a report may be waiting.
+        self._events: deque[tuple[_Task, bool, Any]] = deque()
+        self._signal = _allocate_lock()
+        self._signal.acquire()
+        self._signalled = False
+        # A step with no timeout to watch may run in this thread when nothing else runs: the
+        # scheduler would only wait for it. Not on the shared loop, where a sync step's
+        # coroutine could not be awaited.
+        self._dependents: dict[str, frozenset[str]] = {}
+        self._in_loop = LOOP.is_current()
+        self._inline = timeout is None and step_timeout is None and not self._in_loop
         self._waiting: deque[tuple[_Task, float]] = deque()  # (task, backoff delay)
         self._running: set[_Task] = set()
+        self._busy: dict[str, int] = {}  # running tasks per step
+        self._handed: deque[_Task] = deque()  # handed to runners, maybe to take back
         self._settled: dict[str, Settled] = {}
         self._left: dict[str, int] = {}  # unfinished tasks per started step
         self._outputs: dict[str, list[Any]] = {}
         self.attempt = 1  # the stored run's attempt: fences this caller's writes
 
+    @property
+    def workflow_id(self) -> str:
+        """The run's id: the caller's, else a uuid made on first use (most runs never ask)."""
+        if self._workflow_id is None:
+            made = str(uuid.uuid4())
+            with _ID_LOCK:  # a runner logging may ask at the same time: one id wins
+                if self._workflow_id is None:
+                    self._workflow_id = made
+        return self._workflow_id
+
+    def _get_workflow_id(self) -> str:
+        return self.workflow_id
+
     # -- the scheduler (caller's thread) -----------------------------------------------------
 
     def execute(self) -> Any:
-        if LOOP.is_current() and any(step.is_async for step in self.workflow.steps):
+        if self._in_loop and any(step.is_async for step in self.workflow.steps):
             raise LoopReentryError(
                 f"pgflow.execute() of flow {self.workflow.name!r} was called from inside an "
                 "async step and the flow has async steps: the shared loop would wait for "
@@ -139,9 +183,11 @@ class GraphRun:
         try:
             for plan in self.plan.roots:
                 self._ready(plan)
-            while len(self._settled) < len(self.plan.steps):
+            total = len(self.plan.steps)
+            while len(self._settled) < total:
                 self._launch()
-                self._wait_one(deadline)
+                if len(self._settled) < total and not self._take_back_one():
+                    self._wait_one(deadline)
         except WorkflowError as error:
             self._stop()
             self._fail(error)
@@ -165,8 +211,8 @@ class GraphRun:
 
     def _ready(self, plan: StepPlan) -> None:
         """Decide what a step whose dependencies all settled becomes, and act on it."""
-        deps = {name: self._settled[name] for name in plan.deps}
-        decision = decide(self.plan, plan, deps, self.input)
+        # `decide` reads only this step's dependencies, which have all settled.
+        decision = decide(self.plan, plan, self._settled, self.input)
         step = self._steps[plan.name]
         if (
             isinstance(decision, Start)
@@ -179,14 +225,14 @@ class GraphRun:
             self._outputs[plan.name] = [None] * len(decision.arguments)
             delay = float(step.start_delay or 0.0)  # waited on the clock, like a backoff
             for index, envelope in enumerate(decision.arguments):
-                task = _Task(step, index if plan.is_map else None, envelope)
+                task = _Task(step, plan, index if plan.is_map else None, envelope)
                 self._waiting.append((task, delay))
         elif isinstance(decision, Complete):
             self._settle(plan, Settled(StepStatus.COMPLETED, decision.output))
         elif isinstance(decision, Skip):
             self._log_skipped(plan.name, decision.reason)
             if self.store is not None:
-                skipped = _Task(step, None, {})
+                skipped = _Task(step, plan, None, {})
                 reason = {"kind": "Skipped", "message": decision.reason, "traceback": ""}
                 self._record(skipped, StepOutcome.SKIPPED, error=reason)
             self._settle(plan, Settled(StepStatus.SKIPPED))
@@ -237,7 +283,16 @@ class GraphRun:
         while self._waiting and len(self._running) < self.max_parallel:
             task, delay = self._waiting.popleft()
             task.attempt += 1
-            self._running.add(task)
+            here = (
+                self._inline and delay <= 0 and not task.step.is_async and task.step.timeout is None
+            )
+            if here and not self._waiting and self._may_run_here(task):
+                # The last task to start: calling it here saves a thread hand-off, while
+                # the others (started first) run on the runners.
+                self._add_running(task)
+                self._call_inline(task)
+                continue
+            self._add_running(task)
             if not task.step.is_async and (self.timeout or self._timeout_of(task.step)):
                 # A sync call that times out cannot be killed: bound how many are left behind.
                 ABANDONED.check_room(functools.partial(self._describe, task))
@@ -245,7 +300,60 @@ class GraphRun:
                 task.future = LOOP.submit(self._call_async(task, delay))
                 task.future.add_done_callback(functools.partial(self._async_done, task))
             else:
-                POOL.run(functools.partial(self._call_sync, task, delay))
+                runner = POOL.run(functools.partial(self._call_sync, task, delay))
+                if here:
+                    task.runner = runner
+                    self._handed.append(task)
+
+    def _add_running(self, task: _Task) -> None:
+        self._running.add(task)
+        name = task.plan.name
+        self._busy[name] = self._busy.get(name, 0) + 1
+
+    def _discard_running(self, task: _Task) -> None:
+        if task in self._running:
+            self._running.remove(task)
+            name = task.plan.name
+            left = self._busy[name] - 1
+            if left:
+                self._busy[name] = left
+            else:
+                del self._busy[name]
+
+    def _may_run_here(self, task: _Task) -> bool:
+        """Whether `task` may run in this thread: no other running task could make work
+        ready before it ends (their steps' dependents are all dependents of its step), so
+        the scheduler, busy meanwhile, would hold nothing up but a retry or a failure."""
+        name = task.plan.name
+        mine = self._dependents_of(name)
+        return all(other == name or self._dependents_of(other) <= mine for other in self._busy)
+
+    def _dependents_of(self, name: str) -> frozenset[str]:
+        found = self._dependents.get(name)
+        if found is None:
+            found = self._dependents[name] = frozenset(self.plan.step(name).dependents)
+        return found
+
+    def _take_back_one(self) -> bool:
+        """Run here a task handed to a runner that has not woken up yet (when it may run
+        here, see `_may_run_here`), instead of waiting for that runner; True if one ran."""
+        if self._events or self._waiting:
+            return False  # reports to act on first, or tasks waiting for a free slot
+        handed = self._handed
+        while handed:
+            task = handed[-1]  # the latest handed: its runner is the least likely awake
+            runner = task.runner
+            if runner is None or task not in self._running:
+                handed.pop()
+                continue
+            if not self._may_run_here(task):
+                return False
+            handed.pop()
+            task.runner = None
+            if POOL.take_back(runner):
+                self._call_inline(task)
+                return True
+        return False
 
     def _wait_one(self, deadline: float | None) -> None:
         """Wait for one task to report, or for a deadline; act on what happened."""
@@ -257,22 +365,61 @@ class GraphRun:
                 # Not started yet (backoff, or a runner still waking): look again soon.
                 due = now + limit if task.started_mono is None else task.started_mono + limit
                 wake = due if wake is None else min(wake, due)
-        try:
-            if wake is None:
-                task, ok, value = self._events.get()
-            else:
-                # Re-check at least every 50 ms: a task may start its call after we looked.
-                task, ok, value = self._events.get(timeout=min(max(wake - now, 0.0), 0.05))
-        except queue.Empty:
+        # Re-check at least every 50 ms when a timeout applies: a task may start its call
+        # after we looked.
+        event = self._next_event(_FOREVER if wake is None else min(max(wake - now, 0.0), _RECHECK))
+        if event is None:
             self._expire(deadline)
             return
+        self._handle(*event)
+
+    def _next_event(self, timeout: float) -> tuple[_Task, bool, Any] | None:
+        """The next task report, waiting up to `timeout` seconds for one (spinning briefly
+        first: a blocked thread takes tens of microseconds to wake); None if none came."""
+        events = self._events
+        until = _monotonic() + timeout
+        while not events:
+            if not wait_for(self._signal, max(until - _monotonic(), 0.0)):
+                return None
+            with self._lock:
+                self._signalled = False
+        return events.popleft()
+
+    def _report(self, task: _Task, ok: bool, value: Any) -> None:
+        """Hand a task's outcome to the scheduler (any thread)."""
+        self._events.append((task, ok, value))
+        with self._lock:
+            if not self._signalled:
+                self._signalled = True
+                self._signal.release()
+
+    def _handle(self, task: _Task, ok: bool, value: Any) -> None:
         if task.abandoned or task not in self._running:
             return
-        self._running.discard(task)
+        self._discard_running(task)
         if ok:
             self._task_completed(task, value)
         else:
             self._task_failed(task, value, timed_out=None)
+
+    def _call_inline(self, task: _Task) -> None:
+        """Run a sync task in the scheduler's thread (nothing else runs, no timeout applies)."""
+        # Nothing can abandon it meanwhile: no lock needed to mark its start.
+        task.started_mono = _monotonic()
+        if self.store is not None:
+            task.started_at = self.clock.now()
+        self._log_started(task)
+        envelope = task.envelope
+        try:
+            output = task.step.fn(*envelope["args"], **envelope["kwargs"])
+            if asyncio.iscoroutine(output):
+                output = LOOP.submit(output).result()
+        except BaseException as exc:
+            task.finished = True
+            self._handle(task, False, exc)
+            return
+        task.finished = True
+        self._handle(task, True, output)
 
     def _expire(self, deadline: float | None) -> None:
         now = _monotonic()
@@ -298,12 +445,12 @@ class GraphRun:
             if not task.step.is_async and task.started_mono is not None and not task.finished:
                 task.counted = True
                 ABANDONED.add_step(self._describe(task), self._fields(task))
-        self._running.discard(task)
+        self._discard_running(task)
         if task.future is not None:
             task.future.cancel()
 
     def _task_completed(self, task: _Task, output: Any) -> None:
-        plan = self.plan.step(task.step.name)
+        plan = task.plan
         started = task.started_mono
         self.log.step_completed(
             plan.name, task.attempt, 0.0 if started is None else _monotonic() - started
@@ -372,7 +519,7 @@ class GraphRun:
             raise error
         delay = (step.backoff or self.backoff).delay(task.attempt)
         self.log.attempt_failed(step.name, task.attempt, reason, delay)
-        retry = _Task(step, task.element, task.envelope)
+        retry = _Task(step, task.plan, task.element, task.envelope)
         retry.attempt = task.attempt
         self._waiting.append((retry, delay))
 
@@ -428,7 +575,7 @@ class GraphRun:
             if asyncio.iscoroutine(output):
                 output = LOOP.submit(output).result()
         except BaseException as exc:
-            self._events.put((task, False, exc))
+            self._report(task, False, exc)
             return
         finally:
             with self._lock:
@@ -436,7 +583,7 @@ class GraphRun:
                 counted = task.counted
             if counted:
                 ABANDONED.end_step()
-        self._events.put((task, True, output))
+        self._report(task, True, output)
 
     async def _call_async(self, task: _Task, delay: float) -> Any:
         if delay > 0:
@@ -451,9 +598,9 @@ class GraphRun:
             return
         exc = future.exception()
         if exc is not None:
-            self._events.put((task, False, exc))
+            self._report(task, False, exc)
         else:
-            self._events.put((task, True, future.result()))
+            self._report(task, True, future.result())
 
     def _describe(self, task: _Task) -> str:
         where = "" if task.element is None else f" element {task.element}"
@@ -547,7 +694,7 @@ class GraphRun:
         error: dict[str, Any] | None = None,
     ) -> None:
         assert self.store is not None
-        plan = self.plan.step(task.step.name)
+        plan = task.plan
         record = StepRecord(
             workflow_id=self.workflow_id,
             step=plan.name,

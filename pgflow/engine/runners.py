@@ -40,7 +40,9 @@ def wait_for(lock: Any, timeout: float) -> bool:
     return bool(lock.acquire(True, remaining)) if remaining > 0 else bool(lock.acquire(False))
 
 
-class _Runner:
+class Runner:
+    """One runner thread, blocked on its `go` lock between tasks."""
+
     __slots__ = ("_go", "_pool", "_task", "thread")
 
     def __init__(self, pool: RunnerPool) -> None:
@@ -73,18 +75,30 @@ class RunnerPool:
     """Idle runner threads, at most `max_idle` kept waiting for work."""
 
     def __init__(self, max_idle: int = 64) -> None:
-        self._idle: list[_Runner] = []
+        self._idle: list[Runner] = []
         self._max_idle = max_idle
 
-    def run(self, task: Callable[[], None]) -> None:
-        """Start `task` on an idle runner (or a new one); returns at once."""
+    def run(self, task: Callable[[], None]) -> Runner:
+        """Start `task` on an idle runner (or a new one); returns at once, with the runner."""
         try:
             runner = self._idle.pop()
         except IndexError:
-            runner = _Runner(self)
+            runner = Runner(self)
         runner.hand(task)
+        return runner
 
-    def _give_back(self, runner: _Runner) -> bool:
+    def take_back(self, runner: Runner) -> bool:
+        """Undo `run` if the runner has not picked its task up yet (it takes tens of
+        microseconds to wake): True if so, and the task will not run there. The runner's
+        thread goes back to sleep without ever holding the GIL."""
+        if not runner._go.acquire(False):
+            return False
+        runner._task = None
+        if not self._give_back(runner):
+            runner._go.release()  # not kept: with no task its thread ends
+        return True
+
+    def _give_back(self, runner: Runner) -> bool:
         if len(self._idle) >= self._max_idle:
             return False
         self._idle.append(runner)
