@@ -2,14 +2,16 @@
 
     python -m benchmarks.explain_flows postgresql://postgres@127.0.0.1/postgres
 
-Makes a scratch database, fills it with a million finished task jobs (and their outputs)
-of 10,000 finished runs, starts one run whose map has 10,000 elements, completes half of
-them, then prints the plan of each statement a completion, a settle and a sweep run.
+Makes a scratch database, fills it with a million finished task jobs (and their outputs
+and step states) of 10,000 finished runs, starts one run whose map has 10,000 elements,
+completes half of them, then prints the plan of each statement a completion, a settle and
+a sweep run.
 The database is dropped at the end.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 import time
@@ -63,6 +65,12 @@ INSERT INTO pgflow_jobs (queue, worker, args, state, priority, attempt, max_atte
 SELECT 'default', 'pgflow.flow:explain_map', '{}', 'completed', 0, 1, 3, now(), '[]', '{}',
        now(), now(), 'old-' || r, 'score', t
 FROM generate_series(1, %(runs)s) AS r, generate_series(0, %(tasks)s - 1) AS t;
+INSERT INTO pgflow_step_states (workflow_id, step, step_index, kind, state, remaining_deps,
+                                tasks_total, tasks_done, attempts, completed_at)
+SELECT 'old-' || r, s.name, s.idx, s.kind, 'completed', 0, s.total, s.total, 1, now()
+FROM generate_series(1, %(runs)s) AS r,
+     (VALUES ('pages', 0, 'step', 1), ('score', 1, 'map', %(tasks)s), ('total', 2, 'step', 1))
+     AS s(name, idx, kind, total);
 INSERT INTO pgflow_task_outputs (workflow_id, step, task_index, output)
 SELECT 'old-' || r, 'score', t, to_jsonb(t)
 FROM generate_series(1, %(runs)s) AS r, generate_series(0, %(tasks)s - 1) AS t;
@@ -80,19 +88,19 @@ def main(admin_url: str) -> None:
         backend.migrate()
         started = time.perf_counter()
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(_FILL, {"runs": FINISHED_RUNS, "tasks": TASKS_PER_RUN})
-        print(f"filled {FINISHED_RUNS * TASKS_PER_RUN:,} finished tasks in "
-              f"{time.perf_counter() - started:.1f} s")
+            params = {"runs": FINISHED_RUNS, "tasks": TASKS_PER_RUN}
+            for statement in _FILL.split(";"):
+                if statement.strip():
+                    conn.execute(statement, params if "%(" in statement else None)
+        print(
+            f"filled {FINISHED_RUNS * TASKS_PER_RUN:,} finished tasks in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
         plans = {plan_fingerprint(flow.plan): flow.plan}
         backend.start_flow_run(flow.plan, workflow_id="big", input=WIDTH, max_attempts=3)
         (root,) = backend.claim_jobs("default", "explain", 1)
-        backend.complete_tasks([TaskCompletion(root.ref, root.task, str(WIDTH))], plans)
-        backend.complete_tasks(
-            [
-                TaskCompletion(root.ref, root.task, None)  # fenced out: counts nothing
-            ],
-            plans,
-        )
+        elements = json.dumps(list(range(WIDTH)))
+        backend.complete_tasks([TaskCompletion(root.ref, root.task, elements)], plans)
         jobs = backend.claim_jobs("default", "explain", WIDTH)
         half = jobs[: WIDTH // 2]
         for start in range(0, len(half), 500):
@@ -122,7 +130,7 @@ def _explain(conn: psycopg.Connection, batch: list) -> None:  # type: ignore[typ
             {
                 "ids": [j.id for j in batch],
                 "attempts": [j.attempt for j in batch],
-                "claimed": [j.claimed_at for j in batch],
+                "claimed": [j.ref.claimed_at for j in batch],
                 "runs": runs,
                 "steps": steps,
                 "indexes": [j.task.index for j in batch],
@@ -130,8 +138,12 @@ def _explain(conn: psycopg.Connection, batch: list) -> None:  # type: ignore[typ
         ),
         "store 50 element outputs": (
             _STORE_OUTPUTS,
-            {"runs": runs, "steps": steps, "indexes": [j.task.index for j in batch],
-             "outputs": ["1"] * len(batch)},
+            {
+                "runs": runs,
+                "steps": steps,
+                "indexes": [j.task.index for j in batch],
+                "outputs": ["1"] * len(batch),
+            },
         ),
         "count them on the map step": (
             _COUNT_TASKS,
@@ -139,8 +151,14 @@ def _explain(conn: psycopg.Connection, batch: list) -> None:  # type: ignore[typ
         ),
         "settle a single-task step": (
             _SETTLE_SINGLES,
-            {"runs": ["big"], "steps": ["pages"], "states": ["completed"], "outputs": ["1"],
-             "reasons": [None], "attempts": [1]},
+            {
+                "runs": ["big"],
+                "steps": ["pages"],
+                "states": ["completed"],
+                "outputs": ["1"],
+                "reasons": [None],
+                "attempts": [1],
+            },
         ),
         "release a dependent": (
             _RELEASE,
