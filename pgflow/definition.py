@@ -290,6 +290,8 @@ def _make_step(
     where = f"workflow {workflow!r} step {name!r}"
     depends_on = _dependency_names(where, name, options.get("depends_on", ()))
     over = options.get("over")
+    if kind == MAP:
+        _refuse_map_when(where, options.get("when"))
     if kind == MAP and over is not None:
         if isinstance(over, (list, tuple, set, frozenset)):
             raise DefinitionError(f"{where}: a map maps over one dependency, got over={over!r}")
@@ -318,6 +320,7 @@ def _check_graph_options(workflow: str, step: Step) -> None:
     if step.kind not in (STEP, MAP):
         raise DefinitionError(f"{where}: kind must be {STEP!r} or {MAP!r}, got {step.kind!r}")
     if step.kind == MAP:
+        _refuse_map_when(where, step.when)
         expected = () if step.over is None else _dependency_names(where, step.name, [step.over])
         if step.depends_on != expected:
             raise DefinitionError(
@@ -332,6 +335,16 @@ def _check_graph_options(workflow: str, step: Step) -> None:
     _check_step_queue(where, step.queue)
     _check_when(where, step.when)
     check_graph_signature(workflow, step)
+
+
+def _refuse_map_when(where: str, when: object) -> None:
+    """A map has no single set of arguments for `when` to judge (each element has its own),
+    so a condition belongs on the step it maps over, or in the list that step returns."""
+    if when is not None:
+        raise DefinitionError(
+            f"{where}: when= is not accepted on a map step; put the condition on the step "
+            "it maps over (a skipped source skips the map) or filter the list it returns"
+        )
 
 
 def _dependency_names(where: str, name: str, value: object) -> tuple[str, ...]:

@@ -520,3 +520,17 @@ def test_served_lists_both_versions_of_one_name() -> None:
     registry.add(old)
     registry.add(new)
     assert [name for name, _ in registry.served()] == ["served_kept", "served_kept"]
+
+
+def test_when_on_a_map_step_is_refused_naming_flow_and_step() -> None:
+    flow = Flow("map_when")
+
+    @flow.step
+    def items(input: Any) -> Any:
+        return input
+
+    with _raises(r"'map_when'.*when= is not accepted on a map step"):
+
+        @flow.map(over="items", when=lambda items: bool(items))
+        def each(item: Any) -> Any:
+            return item
