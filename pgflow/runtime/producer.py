@@ -481,12 +481,18 @@ class Producer:
 
     def _reserve_successors(self, completions: list[Outcome]) -> SuccessorClaim | None:
         """Hold this queue's free slots for the next tasks of the flow runs these
-        completions advance: the settle claims them in its own transaction."""
+        completions advance: the settle claims them in its own transaction.
+
+        Only on an idle producer (nothing else running), where a step's latency is a
+        wake-up plus a claim: a busy one leaves successors to the claimer, whose claims
+        gather many tasks at once (a successor claim per acknowledgement would keep each
+        batch as small as the one before it).
+        """
         if not any(o.completion is not None for o in completions):
             return None
         with self._lock:
             free = self.limit - len(self._running) - self._abandoned - self._reserved
-            if free <= 0 or self._stop.is_set():
+            if free <= 0 or self._running or self._stop.is_set():
                 return None
             self._reserved += free
         return SuccessorClaim(self.queue, self.instance_id, free, self.incarnation)
