@@ -135,11 +135,19 @@ _COMPLETE_RUNS = """
 class PostgresFlowRows(FlowRows):
     """FlowRows with one unnest statement per operation."""
 
+    @property
+    def _driver(self) -> Any:
+        """The psycopg connection under the SQLAlchemy one (same transaction): these
+        statements carry their own SQL and parameters, so SQLAlchemy's per-call work
+        (events, result wrapping) is skipped."""
+        return self.c.connection.driver_connection
+
     def _run(self, sql: str, params: Mapping[str, Any]) -> Sequence[Any]:
-        return self.c.exec_driver_sql(sql, dict(params)).all()
+        rows: Sequence[Any] = self._driver.execute(sql, params).fetchall()
+        return rows
 
     def _do(self, sql: str, params: Mapping[str, Any]) -> None:
-        self.c.exec_driver_sql(sql, dict(params))
+        self._driver.execute(sql, params)
 
     def complete_jobs(
         self, completions: Sequence[TaskCompletion], tokens: Sequence[Any]
