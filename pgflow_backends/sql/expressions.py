@@ -21,7 +21,15 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from pgflow.schema import UTCDateTime
 
-__all__ = ["as_json", "cancel_flag", "db_now", "db_now_plus", "json_append", "relaxed_commit"]
+__all__ = [
+    "as_json",
+    "cancel_flag",
+    "db_now",
+    "db_now_plus",
+    "generic_plans",
+    "json_append",
+    "relaxed_commit",
+]
 
 _SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
@@ -116,6 +124,28 @@ def _json_pg(element: as_json, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(as_json, "sqlite")
 def _json_sqlite(element: as_json, compiler: SQLCompiler, **kw: Any) -> str:
     return str(compiler.process(_only_arg(element), **kw))
+
+
+class generic_plans(FunctionElement[bool]):
+    """A condition that is always true and, on PostgreSQL, makes the rest of the statement's
+    transaction plan prepared statements generically (`SET LOCAL plan_cache_mode`): the
+    settle's statements keep their shape from call to call, so planning each one anew (the
+    default for their first uses and whenever the estimate moves) only costs time.
+    """
+
+    type = Boolean()
+    inherit_cache = True
+    name = "generic_plans"
+
+
+@compiles(generic_plans, "postgresql")
+def _generic_pg(element: generic_plans, compiler: SQLCompiler, **kw: Any) -> str:
+    return "(set_config('plan_cache_mode', 'force_generic_plan', true) IS NOT NULL)"
+
+
+@compiles(generic_plans, "sqlite")
+def _generic_sqlite(element: generic_plans, compiler: SQLCompiler, **kw: Any) -> str:
+    return "1"
 
 
 @compiles(relaxed_commit, "postgresql")

@@ -21,7 +21,6 @@ from sqlalchemy import (
     case,
     delete,
     func,
-    literal,
     literal_column,
     null,
     select,
@@ -31,12 +30,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
 from pgflow.schema import jobs, runs, step_states, task_outputs
-from pgflow_backends.sql.expressions import as_json, db_now
+from pgflow_backends.sql.expressions import as_json, db_now, generic_plans
 from pgflow_backends.sql.rows import CLAIM_COLUMNS, RUN_COLUMNS
 from pgflow_backends.sql.statements import (
     FENCE,
     RELEASED_KEY,
     registered_incarnation,
+    run_insert,
     statements_for,
 )
 
@@ -79,36 +79,8 @@ class FlowStatements:
         this_step = (step_states.c.workflow_id == run_id, step_states.c.step == step)
 
         # -- starting a run --------------------------------------------------------------
-        self.insert_run: Insert = (
-            insert_fn(runs)
-            .from_select(
-                [
-                    runs.c.workflow_id,
-                    runs.c.workflow,
-                    runs.c.state,
-                    runs.c.attempt,
-                    runs.c.max_attempts,
-                    runs.c.input,
-                    runs.c.started_at,
-                    runs.c.fingerprint,
-                    runs.c.definition,
-                    runs.c.remaining_steps,
-                ],
-                select(
-                    run_id,
-                    _p("p_workflow", String()),
-                    literal("running", String()),
-                    literal(1, Integer()),
-                    _p("p_max_attempts", Integer()),
-                    _json("p_input"),
-                    now,
-                    _p("p_fingerprint", String()),
-                    _json("p_definition"),
-                    _p("p_steps", Integer()),
-                ),
-            )
-            .on_conflict_do_nothing(index_elements=[runs.c.workflow_id])
-            .returning(*RUN_COLUMNS)
+        self.insert_run: Insert = run_insert(
+            insert_fn, {runs.c.remaining_steps: _p("p_steps", Integer())}, generic_plans()
         )
         self.run: Select[Any] = select(*RUN_COLUMNS).where(runs.c.workflow_id == run_id)
         #: Executed with one parameter set per step (an executemany).
@@ -125,7 +97,8 @@ class FlowStatements:
 
         # -- the run lock: every write about a run's steps holds it -----------------------
         #: FOR NO KEY UPDATE in workflow_id order: completions, failures and sweeps of one
-        #: run serialize here, before any step or job row, so they never deadlock.
+        #: run serialize here, before any step or job row, so they never deadlock. It also
+        #: switches the rest of the transaction to generic plans (see generic_plans).
         self.lock_runs: Select[Any] = (
             select(
                 runs.c.workflow_id,
@@ -134,7 +107,7 @@ class FlowStatements:
                 runs.c.remaining_steps,
                 runs.c.max_attempts,
             )
-            .where(runs.c.workflow_id.in_(_many("p_ids")))
+            .where(runs.c.workflow_id.in_(_many("p_ids")), generic_plans())
             .order_by(runs.c.workflow_id)
             .with_for_update(key_share=True)
         )

@@ -123,6 +123,35 @@ def registered_incarnation(*, lock: bool = True) -> ColumnElement[bool]:
     return or_(incarnation == literal_column("''", String()), exists(row))
 
 
+def run_insert(
+    insert_fn: Any, extra: dict[Any, Any], condition: ColumnElement[bool] | None = None
+) -> Insert:
+    """A new run (running, attempt 1) unless its workflow_id exists, returned as stored;
+    `extra` adds columns (a chain run's job, a flow run's step count)."""
+    values: dict[Any, Any] = {
+        runs.c.workflow_id: _p("p_workflow_id", String()),
+        runs.c.workflow: _p("p_workflow", String()),
+        runs.c.state: literal("running", String()),
+        runs.c.attempt: literal(1, Integer()),
+        runs.c.max_attempts: _p("p_max_attempts", Integer()),
+        runs.c.input: _json("p_input"),
+        runs.c.started_at: db_now(),
+        runs.c.fingerprint: _p("p_fingerprint", String()),
+        runs.c.definition: _json("p_definition"),
+        **extra,
+    }
+    source = select(*values.values())
+    if condition is not None:
+        source = source.where(condition)
+    insert: Insert = (
+        insert_fn(runs)
+        .from_select(list(values), source)
+        .on_conflict_do_nothing(index_elements=[runs.c.workflow_id])
+        .returning(*RUN_COLUMNS)
+    )
+    return insert
+
+
 #: What a rescue reads of each job it frees: never its payloads (errors are appended in SQL).
 ORPHAN_COLUMNS = (
     jobs.c.id,
@@ -496,36 +525,8 @@ class Statements:
 
         # -- runs ------------------------------------------------------------------------
         # Run and step writes carry relaxed_commit(): see PostgresBackend._run_write.
-        self.insert_run: Insert = (
-            insert_fn(runs)
-            .from_select(
-                [
-                    runs.c.workflow_id,
-                    runs.c.workflow,
-                    runs.c.state,
-                    runs.c.attempt,
-                    runs.c.max_attempts,
-                    runs.c.input,
-                    runs.c.started_at,
-                    runs.c.job_id,
-                    runs.c.fingerprint,
-                    runs.c.definition,
-                ],
-                select(
-                    _p("p_workflow_id", String()),
-                    _p("p_workflow", String()),
-                    literal("running", String()),
-                    literal(1, Integer()),
-                    _p("p_max_attempts", Integer()),
-                    _json("p_input"),
-                    now,
-                    _p("p_job_id", Integer()),
-                    _p("p_fingerprint", String()),
-                    _json("p_definition"),
-                ).where(relaxed_commit()),
-            )
-            .on_conflict_do_nothing(index_elements=[runs.c.workflow_id])
-            .returning(*RUN_COLUMNS)
+        self.insert_run: Insert = run_insert(
+            insert_fn, {runs.c.job_id: _p("p_job_id", Integer())}, relaxed_commit()
         )
         self.run: Select[Any] = select(*RUN_COLUMNS).where(
             runs.c.workflow_id == _p("p_workflow_id", String())
