@@ -46,3 +46,34 @@ def test_an_insert_in_a_committed_transaction_is_stored(
 
     assert [j.id for j in backend.list_jobs()] == [job.id]
     assert [j.id for j in backend.claim_jobs("default", "node-a", 10)] == [job.id]
+
+
+def test_a_flow_run_started_in_a_rolled_back_transaction_leaves_nothing(
+    backend: Backend, backend_kind: str
+) -> None:
+    import pgflow
+
+    engine = _engine(backend, backend_kind)
+    flow = pgflow.Flow("contract_tx_flow")
+
+    @flow.step
+    def only(value: Any) -> Any:
+        return value
+
+    store: Any = backend
+    with pytest.raises(_Rollback), engine.begin() as connection:
+        started = store.start_flow_run(
+            flow.plan, workflow_id="tx-run", input=1, max_attempts=3, connection=connection
+        )
+        assert started.created
+        raise _Rollback
+    assert backend.get_run("tx-run") is None
+    assert backend.list_jobs() == [] and store.get_step_states("tx-run") == {}
+
+    with engine.begin() as connection:
+        store.start_flow_run(
+            flow.plan, workflow_id="tx-run", input=1, max_attempts=3, connection=connection
+        )
+    assert backend.get_run("tx-run") is not None
+    (job,) = backend.claim_jobs("default", "node-a", 10)
+    assert job.task is not None and job.task.workflow_id == "tx-run"
