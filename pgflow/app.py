@@ -26,7 +26,13 @@ import attrs
 from pgflow.backend import Backend, FlowStore
 from pgflow.background_loop import BackgroundLoop
 from pgflow.clock import SYSTEM_CLOCK, Clock
-from pgflow.errors import BackendError, DefinitionError, SchemaError, WorkflowError
+from pgflow.errors import (
+    BackendError,
+    DefinitionError,
+    RunStateError,
+    SchemaError,
+    WorkflowError,
+)
 from pgflow.identifiers import validate_instance_id, validate_queue
 from pgflow.records import (
     Instance,
@@ -353,6 +359,17 @@ class Pgflow:
         if run is None:
             return None
         return with_steps(self._flow_store(), run)
+
+    def cancel_run(self, workflow_id: str) -> RunRecord:
+        """Cancel a running distributed run: it ends `cancelled`, its queued tasks are
+        cancelled and its running ones asked to stop (sync steps see `self.cancelled`, async
+        ones are cancelled); a late completion changes nothing. RunStateError, naming the
+        run and its state, for an unknown, finished or in-process run."""
+        store = self._flow_store()
+        run = store.cancel_run(workflow_id)
+        if run is None:
+            raise RunStateError(f"run {workflow_id!r} is not stored; nothing to cancel")
+        return with_steps(store, run)
 
     def _flow_store(self) -> FlowStore:
         """The backend as a FlowStore, or BackendError naming it: distributed runs need one."""

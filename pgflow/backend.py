@@ -401,6 +401,14 @@ class FlowStore(Protocol):
         written) when the run is unknown or already finished."""
         ...
 
+    def cancel_run(self, workflow_id: str) -> RunRecord | None:
+        """Cancel a running distributed run: the sweep above without a culprit step, the run
+        ending `cancelled`; returns the run as it then is (None when unknown). Raises
+        RunStateError, naming the run and its state, when it is finished or was not started
+        with start_run. A completion racing it either settles first (the run may complete)
+        or counts nothing afterwards: one transaction wins and the run's state says which."""
+        ...
+
     def wait_for_run(self, workflow_id: str, timeout: float | None) -> RunRecord | None:
         """Block until the run is finished or `timeout` seconds passed; return the run as
         it then is (None when unknown). PostgreSQL waits on LISTEN/NOTIFY (the finishing

@@ -32,12 +32,20 @@ class JobStateError(PgflowError, ValueError):
     """An operation a job's current state does not allow, e.g. retrying an executing job."""
 
 
+class RunStateError(PgflowError, ValueError):
+    """An operation a run's current state does not allow, e.g. cancelling a finished run."""
+
+
 class WorkflowError(PgflowError):
     """A workflow run failed; `workflow_id` identifies the run in logs and in the backend."""
 
     def __init__(self, message: str, *, workflow_id: str) -> None:
         super().__init__(message)
         self.workflow_id = workflow_id
+
+
+class RunCancelled(WorkflowError):
+    """The run was cancelled (`app.cancel_run`) before it finished."""
 
 
 class StepFailed(WorkflowError):

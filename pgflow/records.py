@@ -43,17 +43,19 @@ WAITING_STATES = frozenset({JobState.AVAILABLE, JobState.SCHEDULED, JobState.RET
 
 
 class RunState(enum.StrEnum):
-    """Where a workflow run is: running until its last attempt completes or fails."""
+    """Where a workflow run is: running until its last attempt completes or fails, or until
+    it is cancelled (distributed runs, `app.cancel_run`)."""
 
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 def final_run_state(state: RunState | str) -> RunState:
     """The state a run may finish in (completed or failed); DefinitionError otherwise."""
     state = RunState(state)
-    if state is RunState.RUNNING:
+    if state not in (RunState.COMPLETED, RunState.FAILED):
         raise DefinitionError(f"finish_run needs completed or failed, not {state.value!r}")
     return state
 

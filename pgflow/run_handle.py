@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from pgflow.errors import MaxAttemptsExceeded, StepFailed, WorkflowError
+from pgflow.errors import MaxAttemptsExceeded, RunCancelled, StepFailed, WorkflowError
 from pgflow.records import RunRecord, RunState
 
 if TYPE_CHECKING:
@@ -96,4 +96,9 @@ class RunHandle:
             return run.output
         if run.state is RunState.RUNNING:
             raise TimeoutError(f"run {self.workflow_id} still running after {timeout}s")
+        if run.state is RunState.CANCELLED:
+            raise RunCancelled(
+                f"run {self.workflow_id} of flow {run.workflow!r} was cancelled",
+                workflow_id=self.workflow_id,
+            )
         raise run_error(with_steps(self._store, run))

@@ -62,7 +62,7 @@ JOB_STATES = (
     "discarded",
     "cancelled",
 )
-RUN_STATES = ("running", "completed", "failed")
+RUN_STATES = ("running", "completed", "failed", "cancelled")
 STEP_OUTCOMES = ("completed", "failed", "timed_out", "skipped")
 STEP_STATES = ("pending", "started", "completed", "failed", "skipped", "cancelled")
 STEP_KINDS = ("step", "map")
@@ -117,7 +117,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 VERSION_TABLE = "pgflow_alembic_version"
 #: The head migration this code expects (tests check it against alembic/versions), so a
 #: worker can verify the schema with one query, without loading Alembic.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 metadata = MetaData()
 

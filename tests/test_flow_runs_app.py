@@ -3,6 +3,7 @@ instance's producers run each step as a task job, and the handle reads the resul
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -438,3 +439,40 @@ def test_successor_claims_and_claims_together_keep_the_queue_limit(app_url: str)
     finally:
         app.close()
     assert highest[0] <= limit
+
+
+def test_cancel_run_stops_a_running_step_and_result_raises_run_cancelled(app: Pgflow) -> None:
+    started = threading.Event()
+    stopped = threading.Event()
+    flow = pgflow.Flow(_name("cancel"))
+
+    @flow.step
+    async def slow(x: int) -> int:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            stopped.set()  # an async step is cancelled where it awaits
+            raise
+        return x
+
+    @flow.step
+    def after(x: int) -> int:
+        return x
+
+    handle = app.start_run(flow, 1)
+    assert started.wait(20)
+    run = app.cancel_run(handle.workflow_id)
+    assert run.state is pgflow.RunState.CANCELLED
+    assert run.steps["after"].state is StepStatus.CANCELLED
+    with pytest.raises(pgflow.RunCancelled, match="was cancelled"):
+        handle.result(timeout=5)
+    with pytest.raises(pgflow.RunStateError, match="is cancelled"):
+        app.cancel_run(handle.workflow_id)
+    with pytest.raises(pgflow.RunStateError, match="not stored"):
+        app.cancel_run("no-such-run")
+    assert stopped.wait(20)
+    wait_or_fail(
+        lambda: all(j.state is JobState.CANCELLED for j in app.backend.list_jobs()),
+        "the running task to end cancelled",
+    )

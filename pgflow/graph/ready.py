@@ -14,9 +14,10 @@ from typing import Any
 
 import attrs
 
+from pgflow.errors import RunStateError
 from pgflow.graph.shape import FlowPlan, StepPlan
 from pgflow.graph.signature import INPUT
-from pgflow.records import NewJob, StepStatus, TaskCompletion, TaskKey
+from pgflow.records import NewJob, RunRecord, RunState, StepStatus, TaskCompletion, TaskKey
 
 
 @attrs.frozen
@@ -163,6 +164,30 @@ def unknown_step_error(plan: FlowPlan, completion: TaskCompletion) -> dict[str, 
             f"{task.step!r}, which flow {plan.flow!r} does not have"
         ),
         "step": task.step,
+        "traceback": "",
+    }
+
+
+def check_cancellable(run: RunRecord, *, is_flow: bool) -> None:
+    """RunStateError unless `run` is a running distributed run (what cancel_run ends)."""
+    if not is_flow:
+        raise RunStateError(
+            f"run {run.workflow_id!r} of {run.workflow!r} was not started with start_run; "
+            "only distributed runs can be cancelled"
+        )
+    if run.state is not RunState.RUNNING:
+        raise RunStateError(
+            f"run {run.workflow_id!r} of flow {run.workflow!r} is {run.state.value}; "
+            "only a running run can be cancelled"
+        )
+
+
+def cancelled_error(run: RunRecord) -> dict[str, Any]:
+    """What a cancelled run stores as its error (read back by RunHandle as RunCancelled)."""
+    return {
+        "kind": "RunCancelled",
+        "message": f"run {run.workflow_id!r} of flow {run.workflow!r} was cancelled",
+        "step": None,
         "traceback": "",
     }
 

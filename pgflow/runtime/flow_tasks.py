@@ -9,6 +9,7 @@ code a row names. The outcome carries a TaskCompletion, which the producer recor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import threading
@@ -83,6 +84,10 @@ def execute_task(
             return Outcome(job, OutcomeKind.COMPLETED, completion=completion, plan=workflow.plan)
         value = _call(step, args, kwargs, control)
         output = dumps(value, what="output", limit=limit, owner=f"flow {name!r} step {step.name!r}")
+    except asyncio.CancelledError as exc:  # an async step stopped by a cancel request
+        if control.cancelled.is_set():
+            return run.failed(exc, None)  # cancelled (or retried at once on shutdown)
+        return _failed(run, exc, step)
     except Exception as exc:
         return _failed(run, exc, step)
     completion = TaskCompletion(job.ref, job.task, output)
@@ -143,7 +148,7 @@ def _call(step: Step, args: list[Any], kwargs: dict[str, Any], control: JobContr
     def call() -> Any:
         value = step.fn(*args, **kwargs)
         if inspect.isawaitable(value):
-            return asyncio.run(_await(value))
+            return asyncio.run(_await(value, control))
         return value
 
     if step.timeout is None:
@@ -171,5 +176,16 @@ def _call(step: Step, args: list[Any], kwargs: dict[str, Any], control: JobContr
     return value
 
 
-async def _await(value: Any) -> Any:
-    return await value
+async def _await(value: Any, control: JobControl) -> Any:
+    """Await an async step; a cancel request (cancel_run, a failed sibling, shutdown)
+    cancels it where it awaits. A sync step cannot be stopped: it runs to its end, and
+    its completion then counts nothing."""
+    task = asyncio.ensure_future(value)
+    loop = asyncio.get_running_loop()
+
+    def cancel() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has ended: the step finished first
+            loop.call_soon_threadsafe(task.cancel)
+
+    control.on_cancel(cancel)
+    return await task

@@ -508,6 +508,13 @@ class InMemoryBackend:
             self._after_flow_change()
             return failed
 
+    def cancel_run(self, workflow_id: str) -> RunRecord | None:
+        with self._lock:
+            self._check_open()
+            self._flows.cancel_run(workflow_id, self._now())
+            self._after_flow_change()
+            return self._runs.get(workflow_id)
+
     def wait_for_run(self, workflow_id: str, timeout: float | None) -> RunRecord | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:

@@ -23,6 +23,8 @@ from pgflow.graph.ready import (
     Settled,
     Skip,
     Start,
+    cancelled_error,
+    check_cancellable,
     decide,
     plan_fingerprint,
     run_output,
@@ -171,6 +173,17 @@ class FlowTable:
             return False
         self._fail(workflow_id, flow, None, None, error, now)
         return True
+
+    def cancel_run(self, workflow_id: str, now: datetime) -> None:
+        """Cancel a live run: the sweep, ending the run cancelled (RunStateError otherwise)."""
+        flow = self._flows.get(workflow_id)
+        run = self.runs.get(workflow_id)
+        if run is None:
+            return
+        check_cancellable(run, is_flow=flow is not None)
+        assert flow is not None
+        error = cancelled_error(run)
+        self._fail(workflow_id, flow, None, None, error, now, state=RunState.CANCELLED)
 
     def prune(self) -> None:
         """Forget the step states and outputs of runs the run table no longer holds."""
@@ -332,8 +345,11 @@ class FlowTable:
         step_error: str | None,
         run_error: dict[str, Any],
         now: datetime,
+        *,
+        state: RunState = RunState.FAILED,
     ) -> None:
-        """Fail the run: the culprit step failed, live steps cancelled, other jobs stopped."""
+        """End the run `state` (failed; cancelled by cancel_run): the culprit step failed,
+        live steps cancelled, other jobs stopped."""
         for name, row in flow.steps.items():
             if name == culprit:
                 row.state = StepStatus.FAILED
@@ -345,7 +361,7 @@ class FlowTable:
         for job_id in flow.jobs:
             self.jobs.stop(job_id, now)
         text = dumps(run_error, what="error")
-        self.runs.finish(workflow_id, FLOW_ATTEMPT, RunState.FAILED, None, text, now)
+        self.runs.finish(workflow_id, FLOW_ATTEMPT, state, None, text, now)
         self.finished = True
 
 

@@ -254,7 +254,12 @@ class FlowStatements:
         self.fail_run: Update = (
             update(runs)
             .where(runs.c.workflow_id == run_id, runs.c.state == "running")
-            .values(state="failed", error=_json("p_error"), output=null(), finished_at=now)
+            .values(
+                state=_p("p_state", String()),
+                error=_json("p_error"),
+                output=null(),
+                finished_at=now,
+            )
         )
 
         # -- reads -------------------------------------------------------------------------

@@ -180,6 +180,11 @@ class SQLFlowStore:
         with self._tx() as connection:
             return self._settler(connection).fail_run(workflow_id, error)
 
+    def cancel_run(self, workflow_id: str) -> RunRecord | None:
+        with self._tx() as connection:
+            self._settler(connection).cancel_run(workflow_id)
+        return self.get_run(workflow_id)
+
     def wait_for_run(self, workflow_id: str, timeout: float | None) -> RunRecord | None:
         """Re-read the run until it finished or `timeout` passed (SQLite: no notifications
         cross processes; PostgreSQL overrides this with LISTEN)."""

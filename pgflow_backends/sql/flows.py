@@ -30,6 +30,8 @@ from pgflow.graph.ready import (
     Settled,
     Skip,
     Start,
+    cancelled_error,
+    check_cancellable,
     decide,
     plan_fingerprint,
     run_output,
@@ -449,6 +451,16 @@ class FlowSettler:
         }
         self._fail(run, step, last, error, attempt=int(row.attempt))
 
+    def cancel_run(self, workflow_id: str) -> None:
+        """Cancel a live run (RunStateError for a finished or in-process one; nothing for an
+        unknown one): the sweep, ending the run cancelled."""
+        run = self.lock([workflow_id]).get(workflow_id)
+        if run is None:
+            return
+        stored = run_from_row(self._c.execute(self._f.run, {"p_workflow_id": workflow_id}).one())
+        check_cancellable(stored, is_flow=run.is_flow)
+        self._fail(run, None, None, cancelled_error(stored), state="cancelled")
+
     def fail_run(self, workflow_id: str, error: dict[str, Any]) -> bool:
         """Fail a live run from outside: the sweep without a culprit step."""
         run = self.lock([workflow_id]).get(workflow_id)
@@ -465,8 +477,10 @@ class FlowSettler:
         run_error: dict[str, Any],
         *,
         attempt: int = 0,
+        state: str = "failed",
     ) -> None:
-        """Fail the run: the culprit step failed, live steps cancelled, its jobs stopped."""
+        """End the run `state` (failed; cancelled by cancel_run): the culprit step failed,
+        live steps cancelled, its jobs stopped."""
         key = {"p_workflow_id": run.workflow_id}
         if culprit is not None:
             text = dumps(step_error, what="error")
@@ -480,8 +494,9 @@ class FlowSettler:
                 continue
             flagged = dumps({**current, "cancel_requested": True}, what="meta")
             self._c.execute(self._s.flag_cancel, {"p_id": job_id, "p_meta": flagged})
-        self._c.execute(self._f.fail_run, dict(key, p_error=dumps(run_error, what="error")))
-        run.state = "failed"
+        error = dumps(run_error, what="error")
+        self._c.execute(self._f.fail_run, dict(key, p_error=error, p_state=state))
+        run.state = state
         self._run_finished(run.workflow_id)
 
 

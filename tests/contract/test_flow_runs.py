@@ -540,3 +540,43 @@ def test_a_successor_claim_is_fenced_by_the_incarnation(store: Any) -> None:
     )
     assert claim.claimed == []  # displaced: nothing taken, the next task stays available
     assert only(store, "second").attempt == 1
+
+
+# -- cancelling ------------------------------------------------------------------------------
+
+
+def test_cancel_run_ends_the_run_cancelled_and_settles_every_task(store: Any) -> None:
+    start(store, mapped, "cx1", None)
+    finish(store, mapped.plan, only(store, "pages"), [1, 2, 3])
+    running = store.claim_jobs("default", "node-a", 1)  # one element executing, two queued
+    run = store.cancel_run("cx1")
+    assert run.state is RunState.CANCELLED and run.finished_at is not None
+    assert run.error["kind"] == "RunCancelled"
+    assert set(states(store, "cx1").values()) == {StepStatus.COMPLETED, StepStatus.CANCELLED}
+    assert states(store, "cx1")["score"] is StepStatus.CANCELLED
+    (executing,) = running
+    assert store.get_job(executing.id).cancel_requested
+    tasks = [j for j in store.list_jobs() if j.task is not None and j.task.step == "score"]
+    assert sorted(j.state.value for j in tasks) == ["cancelled", "cancelled", "executing"]
+    # A late completion of the running element counts nothing and the run stays cancelled.
+    assert finish(store, mapped.plan, executing, 9) == []
+    assert store.get_run("cx1").state is RunState.CANCELLED
+    assert store.running_flows() == []
+
+
+def test_cancel_run_refuses_a_finished_run_naming_its_state(store: Any) -> None:
+    start(store, over_input, "cx2", [])  # an empty map: completed at start
+    with pytest.raises(pgflow.RunStateError, match=r"'cx2'.*is completed"):
+        store.cancel_run("cx2")
+    start(store, chain, "cx3", 1)
+    store.cancel_run("cx3")
+    with pytest.raises(pgflow.RunStateError, match=r"'cx3'.*is cancelled"):
+        store.cancel_run("cx3")
+    assert store.cancel_run("no-such-run") is None
+
+
+def test_cancel_run_refuses_an_in_process_run(store: Any) -> None:
+    store.start_run(workflow_id="ip1", workflow="inproc", input=1, max_attempts=1)
+    with pytest.raises(pgflow.RunStateError, match="not started with start_run"):
+        store.cancel_run("ip1")
+    assert store.get_run("ip1").state is RunState.RUNNING
