@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, overload
 
 import attrs
@@ -43,6 +44,7 @@ from pgflow.records import (
     NewJob,
     RescueReport,
     RunRecord,
+    RunState,
 )
 from pgflow.run_handle import RunHandle, with_steps
 from pgflow.runtime.cron import CronScheduler, parse_cron
@@ -359,6 +361,23 @@ class Pgflow:
         if run is None:
             return None
         return with_steps(self._flow_store(), run)
+
+    def list_runs(
+        self,
+        flow: Any = None,
+        state: RunState | str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        """Runs, newest first: of `flow` (a Flow or its name), in `state`, started at or
+        after `since` (an aware datetime), at most `limit`. Steps are not read (get_run)."""
+        name = flow if flow is None or isinstance(flow, str) else getattr(flow, "name", None)
+        if flow is not None and not isinstance(name, str):
+            raise TypeError(f"flow must be a pgflow.Flow or a name, not {type(flow).__name__}")
+        if since is not None and since.tzinfo is None:
+            raise ValueError("since must be an aware datetime (e.g. datetime.now(UTC))")
+        wanted = None if state is None else RunState(state)
+        return self.backend.list_runs(workflow=name, state=wanted, limit=limit, since=since)
 
     def cancel_run(self, workflow_id: str) -> RunRecord:
         """Cancel a running distributed run: it ends `cancelled`, its queued tasks are

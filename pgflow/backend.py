@@ -106,9 +106,14 @@ class RunStore(Protocol):
         ...
 
     def list_runs(
-        self, *, workflow: str | None = None, state: RunState | None = None, limit: int = 100
+        self,
+        *,
+        workflow: str | None = None,
+        state: RunState | None = None,
+        limit: int = 100,
+        since: datetime | None = None,
     ) -> list[RunRecord]:
-        """Runs, newest first, optionally filtered."""
+        """Runs, newest first, optionally filtered (`since`: started at or after it)."""
         ...
 
 

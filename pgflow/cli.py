@@ -686,6 +686,18 @@ def _time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _register_run_commands() -> None:
+    """`pgflow runs` and `pgflow run ...` live in pgflow.cli_runs (which imports this
+    module's helpers, so it is imported once they exist)."""
+    from pgflow.cli_runs import run_group, runs_command
+
+    cli.add_command(runs_command)
+    cli.add_command(run_group)
+
+
+_register_run_commands()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=list(argv) if argv is not None else None, prog_name="pgflow")

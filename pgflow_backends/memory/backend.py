@@ -204,11 +204,16 @@ class InMemoryBackend:
             return self._runs.steps(workflow_id)
 
     def list_runs(
-        self, *, workflow: str | None = None, state: RunState | None = None, limit: int = 100
+        self,
+        *,
+        workflow: str | None = None,
+        state: RunState | None = None,
+        limit: int = 100,
+        since: datetime | None = None,
     ) -> list[RunRecord]:
         with self._lock:
             self._check_open()
-            return self._runs.select(workflow, state, limit)
+            return self._runs.select(workflow, state, limit, since)
 
     # -- jobs ------------------------------------------------------------------------------
 

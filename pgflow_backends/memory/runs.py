@@ -186,15 +186,21 @@ class RunTable:
         return [step.to_record() for step in self._steps.get(workflow_id, ())]
 
     def select(
-        self, workflow: str | None, state: RunState | None, limit: int | None
+        self,
+        workflow: str | None,
+        state: RunState | None,
+        limit: int | None,
+        since: datetime | None = None,
     ) -> list[RunRecord]:
         """Matching runs, newest first (latest start, later insertion breaking ties)."""
         found: list[RunRecord] = []
         for run in sorted(reversed(self._runs.values()), key=_newest_first):
             if limit is not None and len(found) >= limit:
                 break
-            if (workflow is None or run.workflow == workflow) and (
-                state is None or run.state is RunState(state)
+            if (
+                (workflow is None or run.workflow == workflow)
+                and (state is None or run.state is RunState(state))
+                and (since is None or run.started_at >= since)
             ):
                 found.append(run.to_record())
         return found

@@ -391,9 +391,16 @@ class SQLBackend(SQLFlowStore):
         return [step_from_row(row) for row in rows]
 
     def list_runs(
-        self, *, workflow: str | None = None, state: RunState | None = None, limit: int = 100
+        self,
+        *,
+        workflow: str | None = None,
+        state: RunState | None = None,
+        limit: int = 100,
+        since: datetime | None = None,
     ) -> list[RunRecord]:
         statement = select(*RUN_COLUMNS)
+        if since is not None:
+            statement = statement.where(runs.c.started_at >= since)
         if workflow is not None:
             statement = statement.where(runs.c.workflow == workflow)
         if state is not None:
