@@ -580,3 +580,47 @@ def test_cancel_run_refuses_an_in_process_run(store: Any) -> None:
     with pytest.raises(pgflow.RunStateError, match="not started with start_run"):
         store.cancel_run("ip1")
     assert store.get_run("ip1").state is RunState.RUNNING
+
+
+def _race_cancel_and_completion(store: Any, workflow_id: str, last: Job) -> dict[str, Any]:
+    """Complete `last` and cancel its run from two threads released at once."""
+    barrier = threading.Barrier(2)
+    results: dict[str, Any] = {}
+
+    def complete() -> None:
+        barrier.wait(5)
+        results["counted"] = finish(store, chain.plan, last, "done")
+
+    def cancel() -> None:
+        barrier.wait(5)
+        try:
+            results["cancelled"] = store.cancel_run(workflow_id)
+        except pgflow.RunStateError as exc:
+            results["refused"] = exc
+
+    threads = [threading.Thread(target=complete), threading.Thread(target=cancel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return results
+
+
+def test_cancel_racing_the_last_completion_one_wins_and_the_state_says_which(
+    store: Any,
+) -> None:
+    for attempt in range(20):
+        workflow_id = f"race-{attempt}"
+        start(store, chain, workflow_id, 1)
+        for step in ("first", "second"):
+            finish(store, chain.plan, only(store, step), step)
+        last = only(store, "third")
+        results = _race_cancel_and_completion(store, workflow_id, last)
+        run = store.get_run(workflow_id)
+        if run.state is RunState.COMPLETED:  # the completion won: the cancel was refused
+            assert results["counted"] == [last.id] and "refused" in results
+            assert "is completed" in str(results["refused"]) and run.output == "done"
+        else:  # the cancel won: the completion counted nothing
+            assert run.state is RunState.CANCELLED and results["counted"] == []
+            assert results["cancelled"].state is RunState.CANCELLED
+            assert states(store, workflow_id)["third"] is StepStatus.CANCELLED
