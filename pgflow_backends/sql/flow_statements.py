@@ -35,6 +35,7 @@ from pgflow_backends.sql.rows import CLAIM_COLUMNS, RUN_COLUMNS
 from pgflow_backends.sql.statements import (
     FENCE,
     RELEASED_KEY,
+    claimed_values,
     registered_incarnation,
     run_insert,
     statements_for,
@@ -300,12 +301,7 @@ class FlowStatements:
                 jobs.c.id.in_(_many("p_ids")),
                 jobs.c.state.in_(_states(("available",))),
             )
-            .values(
-                state="executing",
-                attempt=jobs.c.attempt + 1,
-                attempted_at=now,
-                reserved_by=_p("p_instance", String()),
-            )
+            .values(**claimed_values())
             .returning(*CLAIM_COLUMNS)
         )
         #: One flow definition's running runs, oldest first (the unserved-flow sweep).

@@ -152,6 +152,16 @@ def run_insert(
     return insert
 
 
+def claimed_values() -> dict[str, Any]:
+    """What a claim writes: the next attempt, now, by the instance `p_instance`."""
+    return {
+        "state": "executing",
+        "attempt": jobs.c.attempt + 1,
+        "attempted_at": db_now(),
+        "reserved_by": _p("p_instance", String()),
+    }
+
+
 #: What a rescue reads of each job it frees: never its payloads (errors are appended in SQL).
 ORPHAN_COLUMNS = (
     jobs.c.id,
@@ -222,12 +232,7 @@ class Statements:
                 # PostgresBackend.claim_jobs for why that loses no guarantee.
                 relaxed_commit(),
             )
-            .values(
-                state="executing",
-                attempt=jobs.c.attempt + 1,
-                attempted_at=now,
-                reserved_by=_p("p_instance", String()),
-            )
+            .values(**claimed_values())
             .returning(*CLAIM_COLUMNS)
         )
         self.complete: Update = (
