@@ -24,7 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from pgflow.backend import JobListener
 from pgflow.errors import BackendError
 from pgflow.identifiers import validate_instance_id
-from pgflow.records import Job, JobRef, JobState, RunRecord
+from pgflow.records import Job, JobRef, JobState, NewJob, RunRecord
 from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES
 from pgflow_backends.postgres_flow_rows import PostgresFlowRows
 from pgflow_backends.postgres_run_waits import RUN_CHANNEL, RunWaits
@@ -44,8 +44,15 @@ CHANNEL = "pgflow_jobs"
 logger = logging.getLogger("pgflow.backend.postgres")
 
 
-def _bulk_insert_sql(*, tasks: bool) -> str:
-    """The bulk insert; with `tasks`, also the task columns of a flow run's task jobs."""
+def _bulk_insert_sql(*, tasks: bool, notify: bool = True) -> str:
+    """The bulk insert; with `tasks`, also the task columns of a flow run's task jobs;
+    without `notify`, the caller announces the queues itself (after a successor claim)."""
+    notify_queues = (
+        f"SELECT count(pg_notify('{CHANNEL}', q.queue)) AS n "
+        "FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') AS q"
+        if notify
+        else "SELECT 0 AS n"
+    )
     task_columns = ", workflow_id, step, task_index" if tasks else ""
     task_values = ", t.workflow_id, t.step, t.task_index" if tasks else ""
     task_arrays = (
@@ -74,8 +81,7 @@ def _bulk_insert_sql(*, tasks: bool) -> str:
         ORDER BY t.ord
         RETURNING id, queue, state, scheduled_at
     ), notified AS (
-        SELECT count(pg_notify('{CHANNEL}', q.queue)) AS n
-        FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') AS q
+        {notify_queues}
     )
     SELECT 0, now() FROM notified
     UNION ALL
@@ -91,6 +97,8 @@ def _bulk_insert_sql(*, tasks: bool) -> str:
 _BULK_INSERT = _bulk_insert_sql(tasks=False)
 #: The same for a started step's task jobs (inserted by a settle, in its transaction).
 _BULK_INSERT_TASKS = _bulk_insert_sql(tasks=True)
+#: ...without notifying: a settle announces what its successor claim did not take.
+_BULK_INSERT_TASKS_QUIET = _bulk_insert_sql(tasks=True, notify=False)
 
 # One job (the common app.insert(job) call): scalar parameters instead of eight one-element
 # arrays, which spares the server the unnest and the UNION (~60 us of a ~350 us insert).
@@ -427,6 +435,12 @@ class PostgresBackend(SQLBackend):
             return _inserted([(0, row[1]), (row[0], row[2])], prepared)
         with self._driver() as conn:
             rows = conn.execute(_BULK_INSERT, _bulk_params(prepared)).fetchall()
+        return _inserted(rows, prepared)
+
+    def _insert_tasks(self, connection: Connection, new: list[NewJob], *, own: bool) -> list[Job]:
+        prepared = [PreparedJob(job, None) for job in new]
+        params = dict(_bulk_params(prepared), **_task_params(prepared))
+        rows = connection.exec_driver_sql(_BULK_INSERT_TASKS_QUIET, params).all()
         return _inserted(rows, prepared)
 
     def _insert_many(self, connection: Connection, batch: Sequence[PreparedJob]) -> list[Job]:

@@ -377,10 +377,15 @@ def test_a_task_row_with_a_malformed_envelope_is_discarded_not_retried() -> None
 
 
 def test_the_completing_instance_claims_the_next_step_in_the_same_transaction(
-    app: Pgflow, app_url: str
+    app_url: str,
 ) -> None:
     if app_url.startswith("sqlite"):
         pytest.skip("SQLite's clock moves between statements of one transaction")
+    # A long poll interval: no poll tick starts a claim of its own while the steps run (a
+    # claim in flight holds the free slots, and the successor claim would find none).
+    app = Pgflow(app_url, poll_interval=30.0, instance_id="flows", queues={"default": 10})
+    app.migrate()
+    app.start()
     flow = pgflow.Flow(_name("successor"))
 
     @flow.step
@@ -395,9 +400,12 @@ def test_the_completing_instance_claims_the_next_step_in_the_same_transaction(
     def third(x: int) -> int:
         return x + 1
 
-    handle = app.start_run(flow, 1)
-    assert handle.result(timeout=20) == 4
-    jobs = {j.task.step: j for j in app.backend.list_jobs() if j.task is not None}
+    try:
+        handle = app.start_run(flow, 1)
+        assert handle.result(timeout=20) == 4
+        jobs = {j.task.step: j for j in app.backend.list_jobs() if j.task is not None}
+    finally:
+        app.close()
     # Claimed by the transaction that completed its predecessor: one timestamp for both
     # (a claim of its own, after a wake-up, would come later).
     assert jobs["second"].attempted_at == jobs["first"].completed_at

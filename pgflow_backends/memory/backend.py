@@ -493,6 +493,12 @@ class InMemoryBackend:
                 claim.claimed = self._jobs.claim_ids(
                     inserted, claim.queue, claim.instance_id, claim.limit, now
                 )
+                # Wake only for what the claim left: nobody else need wake for the rest.
+                self._flows.woken = {
+                    self._jobs.rows[job_id].queue
+                    for job_id in inserted
+                    if self._jobs.rows[job_id].state is JobState.AVAILABLE
+                }
             self._after_flow_change()
             return counted
 

@@ -219,9 +219,10 @@ class SQLBackend(SQLFlowStore):
         return [job_from_row(row) for row in rows]
 
     def _insert_tasks(self, connection: Connection, new: list[NewJob], *, own: bool) -> list[Job]:
-        """Store a started step's task jobs in the settling transaction. No size limit:
-        an envelope holds the run's input and outputs that were checked when stored."""
-        return self._insert(connection, [PreparedJob(job, None) for job in new], own=own)
+        """Store a started step's task jobs in the settling transaction, announcing nothing
+        (the settler announces what its successor claim leaves). No size limit: an
+        envelope holds the run's input and outputs that were checked when stored."""
+        return SQLBackend._insert_many(self, connection, [PreparedJob(job, None) for job in new])
 
     def listener(self) -> JobListener:
         raise NotImplementedError
@@ -559,7 +560,8 @@ class SQLBackend(SQLFlowStore):
         fence = {"p_id": ref.id, "p_attempt": ref.attempt, "p_claimed_at": self._token(ref)}
         with self._tx() as connection:
             settler = self._settler(connection)
-            settler.lock_task_runs([ref.id])  # a task's run before its job: see FlowSettler
+            # A task's run before its job: see FlowSettler.
+            is_task = settler.lock_task_runs([ref.id])
             row = connection.execute(self._s.fenced_job, fence).first()
             if row is None:
                 return None
@@ -580,7 +582,8 @@ class SQLBackend(SQLFlowStore):
                     self._s.finish_failed,
                     {"p_id": ref.id, "p_error": encoded, "p_state": state.value},
                 )
-                settler.job_ended(ref.id)
+                if is_task:
+                    settler.job_ended(ref.id)
             return state
 
     def snooze_job(self, ref: JobRef, seconds: float) -> bool:
@@ -594,14 +597,15 @@ class SQLBackend(SQLFlowStore):
         }
         with self._tx() as connection:
             settler = self._settler(connection)
-            settler.lock_task_runs([ref.id])
+            is_task = settler.lock_task_runs([ref.id])
             row = connection.execute(self._s.snooze, dict(params, p_delay=delay)).first()
             if row is None:
                 return False
             queue, meta = row
             if (meta or {}).get("cancel_requested"):
                 connection.execute(self._s.cancel_snoozed, {"p_id": ref.id})
-                settler.job_ended(ref.id)
+                if is_task:
+                    settler.job_ended(ref.id)
                 return True
             if state is JobState.AVAILABLE:
                 self._announce(connection, {queue}, own=True)
@@ -610,7 +614,7 @@ class SQLBackend(SQLFlowStore):
     def cancel_job(self, job_id: int) -> Job | None:
         with self._tx() as connection:
             settler = self._settler(connection)
-            settler.lock_task_runs([job_id])
+            is_task = settler.lock_task_runs([job_id])
             row = connection.execute(self._s.job_for_update, {"p_id": job_id}).first()
             if row is None:
                 return None
@@ -625,7 +629,8 @@ class SQLBackend(SQLFlowStore):
                 ).first()
             if changed is None:
                 return job
-            settler.job_ended(job_id)
+            if is_task:
+                settler.job_ended(job_id)
             return job_from_row(changed)
 
     def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:

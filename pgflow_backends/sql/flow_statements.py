@@ -16,9 +16,11 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
+    Text,
     Update,
     bindparam,
     case,
+    cast,
     delete,
     func,
     literal_column,
@@ -113,6 +115,14 @@ class FlowStatements:
             .with_for_update(key_share=True)
         )
         self.run_input: Select[Any] = select(runs.c.input).where(runs.c.workflow_id == run_id)
+        #: What failing a task's run needs of the job that ended it (never its args).
+        self.ended_task: Select[Any] = select(
+            jobs.c.workflow_id,
+            jobs.c.step,
+            jobs.c.state,
+            jobs.c.attempt,
+            cast(jobs.c.errors, Text),
+        ).where(jobs.c.id == _p("p_id", Integer()), jobs.c.workflow_id.is_not(None))
         #: The run a job is a task of (never changes, so read without a lock, before any).
         self.task_run_of: Select[Any] = select(jobs.c.workflow_id).where(
             jobs.c.id.in_(_many("p_job_ids")), jobs.c.workflow_id.is_not(None)

@@ -66,6 +66,9 @@ class SQLFlowStore:
     def _insert_tasks(self, connection: Connection, new: list[NewJob], *, own: bool) -> list[Job]:
         raise NotImplementedError
 
+    def _announce(self, connection: Connection, queues: set[str], *, own: bool) -> None:
+        raise NotImplementedError
+
     def get_run(self, workflow_id: str) -> RunRecord | None:
         raise NotImplementedError
 
@@ -86,6 +89,7 @@ class SQLFlowStore:
             self._s,
             self._flow_rows(connection),
             insert_jobs=lambda new: self._insert_tasks(connection, new, own=own),
+            announce=lambda queues: self._announce(connection, queues, own=own),
             run_finished=lambda workflow_id: self._announce_run(connection, workflow_id),
             limit=self.max_payload_bytes,
             token=self._token,
@@ -115,14 +119,20 @@ class SQLFlowStore:
         }
         if connection is None:
             with self._tx() as own:
-                return self._settler(own).start(plan, **arguments)
+                settler = self._settler(own)
+                started = settler.start(plan, **arguments)
+                settler.announce_new_tasks([])
+                return started
         if not isinstance(connection, Connection):
             raise TypeError(
                 f"connection must be an SQLAlchemy Connection, not {type(connection).__name__}"
             )
         self._check_open()
         with self._translated():
-            return self._settler(connection, own=False).start(plan, **arguments)
+            settler = self._settler(connection, own=False)
+            started = settler.start(plan, **arguments)
+            settler.announce_new_tasks([])
+            return started
 
     def complete_tasks(
         self,
@@ -147,6 +157,7 @@ class SQLFlowStore:
             counted = settler.complete(completions, plans)
             if claim is not None:
                 claimed = settler.claim_successors(claim)
+            settler.announce_new_tasks(claimed)
         if claim is not None:  # only once committed: a rolled-back claim holds nothing
             claim.claimed = claimed
         return counted

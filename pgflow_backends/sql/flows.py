@@ -82,6 +82,7 @@ class FlowSettler:
         rows: FlowRows,
         *,
         insert_jobs: Callable[[list[NewJob]], list[Job]],
+        announce: Callable[[set[str]], None],
         run_finished: Callable[[str], None],
         limit: int | None,
         token: Callable[[Any], Any],
@@ -91,6 +92,7 @@ class FlowSettler:
         self._s = job_sql
         self._rows = rows
         self._insert_jobs = insert_jobs
+        self._announce = announce
         self._run_finished = run_finished
         self._limit = limit
         self._token = token
@@ -115,11 +117,14 @@ class FlowSettler:
                 )
         return self._runs
 
-    def lock_task_runs(self, job_ids: Sequence[int]) -> None:
-        """Before touching these jobs' rows: lock the runs they are tasks of (if any)."""
-        if job_ids:
-            found = self._c.execute(self._f.task_run_of, {"p_job_ids": list(job_ids)})
-            self.lock(found.scalars())
+    def lock_task_runs(self, job_ids: Sequence[int]) -> bool:
+        """Before touching these jobs' rows: lock the runs they are tasks of. False when
+        none is a task (then no job_ended call is needed for them)."""
+        if not job_ids:
+            return False
+        found = list(self._c.execute(self._f.task_run_of, {"p_job_ids": list(job_ids)}).scalars())
+        self.lock(found)
+        return bool(found)
 
     # -- starting --------------------------------------------------------------------------
 
@@ -386,6 +391,18 @@ class FlowSettler:
         for run in done:
             self._run_finished(run.workflow_id)
 
+    def announce_new_tasks(self, claimed: Sequence[Job]) -> None:
+        """Wake the queues that gained available tasks in this transaction (at commit),
+        leaving out the tasks a successor claim took: nobody else need wake for them."""
+        taken = {job.id for job in claimed}
+        queues = {
+            job.queue
+            for job in self._inserted
+            if job.state is JobState.AVAILABLE and job.id not in taken
+        }
+        if queues:
+            self._announce(queues)
+
     def claim_successors(self, claim: SuccessorClaim) -> list[Job]:
         """Claim, for `claim`'s instance, up to its limit of the task jobs this transaction
         made available on its queue (see FlowStore.complete_tasks)."""
@@ -427,17 +444,18 @@ class FlowSettler:
         """A job just changed state: if it is a task of a live run and ended discarded or
         cancelled, its step fails (with the job's last error) and so does its run. The run
         should have been locked first (lock_task_runs), before the job's row."""
-        row = self._c.execute(self._s.job, {"p_id": job_id}).first()
-        if row is None or row.workflow_id is None:
-            return
-        state = JobState(row.state)
+        row = self._c.execute(self._f.ended_task, {"p_id": job_id}).first()
+        if row is None:
+            return  # not a task
+        workflow_id, step_name, job_state, attempt, errors_text = row
+        state = JobState(job_state)
         if state not in (JobState.DISCARDED, JobState.CANCELLED):
             return
-        run = self.lock([row.workflow_id]).get(row.workflow_id)  # normally locked already
+        run = self.lock([workflow_id]).get(workflow_id)  # normally locked already
         if run is None or not run.live:
             return
-        step = str(row.step)
-        errors = decode_errors(row.errors)
+        step = str(step_name)
+        errors = decode_errors(errors_text)
         last = errors[-1] if errors and isinstance(errors[-1], dict) else None
         if last is None:
             last = {"kind": "cancelled", "message": f"task job {job_id} was cancelled"}
@@ -449,7 +467,7 @@ class FlowSettler:
             "step": step,
             "traceback": str(last.get("traceback", "")),
         }
-        self._fail(run, step, last, error, attempt=int(row.attempt))
+        self._fail(run, step, last, error, attempt=int(attempt))
 
     def cancel_run(self, workflow_id: str) -> None:
         """Cancel a live run (RunStateError for a finished or in-process one; nothing for an
