@@ -82,8 +82,10 @@ class FlowStatements:
         this_step = (step_states.c.workflow_id == run_id, step_states.c.step == step)
 
         # -- starting a run --------------------------------------------------------------
+        # No generic_plans() here: a start may join the caller's transaction, whose own
+        # queries must keep their planning; only pgflow's settles (the run lock) switch it.
         self.insert_run: Insert = run_insert(
-            insert_fn, {runs.c.remaining_steps: _p("p_steps", Integer())}, generic_plans()
+            insert_fn, {runs.c.remaining_steps: _p("p_steps", Integer())}
         )
         self.run: Select[Any] = select(*RUN_COLUMNS).where(runs.c.workflow_id == run_id)
         #: Executed with one parameter set per step (an executemany).

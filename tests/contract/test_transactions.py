@@ -77,3 +77,28 @@ def test_a_flow_run_started_in_a_rolled_back_transaction_leaves_nothing(
     assert backend.get_run("tx-run") is not None
     (job,) = backend.claim_jobs("default", "node-a", 10)
     assert job.task is not None and job.task.workflow_id == "tx-run"
+
+
+def test_a_flow_run_started_in_the_callers_transaction_leaves_its_settings_alone(
+    backend: Backend, backend_kind: str
+) -> None:
+    from sqlalchemy import text
+
+    import pgflow
+
+    engine = _engine(backend, backend_kind)
+    if backend_kind != "postgres":
+        pytest.skip("plan_cache_mode is a PostgreSQL setting")
+    flow = pgflow.Flow("contract_tx_settings")
+
+    @flow.step
+    def only(value: Any) -> Any:
+        return value
+
+    store: Any = backend
+    with engine.begin() as connection:
+        store.start_flow_run(
+            flow.plan, workflow_id="tx-set", input=1, max_attempts=3, connection=connection
+        )
+        # pgflow's own transactions plan generically; the caller's must not inherit that.
+        assert connection.execute(text("SHOW plan_cache_mode")).scalar_one() == "auto"
