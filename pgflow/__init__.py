@@ -14,6 +14,7 @@ from pgflow.backend import Backend, FlowStore, JobQueue, RunStore
 from pgflow.clock import Clock, FakeClock, SystemClock
 from pgflow.errors import (
     BackendError,
+    DeadlineExceeded,
     DefinitionError,
     Discard,
     JobStateError,
@@ -23,6 +24,7 @@ from pgflow.errors import (
     RunStateError,
     SchemaError,
     SerializationError,
+    SignalError,
     Snooze,
     StepFailed,
     StepTimedOut,
@@ -89,6 +91,7 @@ __all__ = [
     "BackendError",
     "Backoff",
     "Clock",
+    "DeadlineExceeded",
     "DefinitionError",
     "Discard",
     "Executor",
@@ -110,6 +113,7 @@ __all__ = [
     "RunStore",
     "SchemaError",
     "SerializationError",
+    "SignalError",
     "Snooze",
     "Step",
     "StepFailed",

@@ -8,7 +8,7 @@ for SQL backends, so clock skew between workers does not matter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
@@ -341,6 +341,27 @@ class FlowStore(Protocol):
       completions are fenced by (job id, attempt, attempted_at) like `complete_jobs`.
     - Task jobs are ordinary jobs (claimed, rescued, fenced, listed, counted, pruned) whose
       `Job.task` is set; new tasks wake their queue's listeners like any insert.
+    - Handlerless steps (`pgflow.graph.ready`): a `Wait` decision completes the step at
+      once with a signal stored for it (`pgflow_signals`), else starts it (tasks_total 1)
+      and inserts `timeout_jobs` (none without a timeout). A sleep is an ordinary `Start`
+      whose task is scheduled (`Start.at`, or the step's seconds via `task_jobs`). A
+      `StartChild` decision starts a run of `step.child` (a new uuid4 id, input
+      `decision.input`, the parent's max_attempts, `parent_id`/`parent_step` set and
+      `parent_queue` = the step's queue or the parent flow's) in the same transaction,
+      cascading like any start, and starts the step (tasks_total 1, no job).
+    - When a run with a parent ends by ANY path (completed, failed, cancelled, expired) and
+      its parent is still running, the same transaction inserts `ready.relay_job` for the
+      parent's step (worker and fingerprint from the parent's row, queue `parent_queue`),
+      which wakes its queue; the worker that runs it settles the step from the child.
+      No parent lock is taken for that (a new row conflicts with nobody).
+    - A run's failure sweep (fail, cancel, expire) first locks its running children (rows
+      with `parent_id` = the run) and sweeps each of them, recursively, ending them
+      `cancelled` (error: cancelled with its parent) without a relay; only then its own
+      steps and jobs. So a parent and a child ending at once never deadlock: parents lock
+      children, children never lock parents.
+    - `get_step_states` gives each step's `kind` and, for a sub-flow step, `child_id` (its
+      latest child run); run reads give `parent_id`, `parent_step`, `restart_of`,
+      `deadline_at`.
     - PostgreSQL: completions take `pg_advisory_xact_lock_shared` on each run's key and
       run-level failures the exclusive lock, taken in ascending key order, before any row;
       step rows are locked in (run, step_index) order.
@@ -354,8 +375,11 @@ class FlowStore(Protocol):
         input: Any,
         max_attempts: int,
         connection: Any = None,
+        deadline: float | None = None,
     ) -> RunStart:
         """Store a new distributed run of `plan` and enqueue its ready steps, atomically.
+        With `deadline` (seconds), the run's `deadline_at` is the database's now + deadline
+        (`expire_runs` fails it when it is still running then).
 
         In one transaction: the run (state running, attempt 1, fingerprint and definition
         from the plan, `remaining_steps` = number of steps), one `pgflow_step_states` row
@@ -418,6 +442,72 @@ class FlowStore(Protocol):
         """Block until the run is finished or `timeout` seconds passed; return the run as
         it then is (None when unknown). PostgreSQL waits on LISTEN/NOTIFY (the finishing
         transaction notifies), the memory backend on a condition, SQLite polls briefly."""
+        ...
+
+    def signal_run(
+        self,
+        plans: Mapping[str, FlowPlan],
+        workflow_id: str,
+        step: str,
+        payload: Any,
+        *,
+        connection: Any = None,
+    ) -> bool:
+        """Deliver a signal to wait_for step `step` of a running run, in one transaction
+        (the caller's with `connection`). The run's row is locked first; its plan is
+        `plans[run.fingerprint]` (SignalError naming the flow when missing: the process
+        must define the flow). `ready.check_signal` names what is wrong with the run or
+        step. The signal is stored once per (run, step) in `pgflow_signals`; a second one
+        raises SignalError (`ready.refused_signal`), nothing written.
+
+        The step waiting (started): it completes with `payload` as its output (tasks_done
+        1), its timeout task is cancelled (flagged when executing: its completion then
+        counts nothing), and its dependents are settled in the same transaction (their
+        tasks inserted, queues woken at commit); returns True. The step still pending: the
+        signal is only stored, and used when the step becomes ready (a `Wait` decision
+        completes it at once with the stored payload); returns False. The step finished
+        (skipped or failed by its timeout, cancelled): SignalError, nothing stored.
+        SerializationError (nothing written) for a payload that is not JSON or too big."""
+        ...
+
+    def resume_run(self, plan: FlowPlan, workflow_id: str) -> RunRecord:
+        """Continue a failed or cancelled distributed run from its frontier, in one
+        transaction, and return it (running). Completed and skipped steps are kept; every
+        other step goes back to pending (error, timings and counters cleared) with
+        `remaining_deps` = its dependencies not completed or skipped; the run is running
+        again (error and finished_at cleared, remaining_steps = steps not kept); the steps
+        whose dependencies are all settled are decided like at start. A map keeps the
+        element outputs already stored: only the missing elements get new task jobs (with
+        fresh attempts), tasks_done starts at the kept count (all kept: it completes at
+        once). A sub-flow step whose latest child run failed or was cancelled resumes that
+        child the same way (recursively) and waits for it; otherwise a new child starts.
+        RunStateError naming the run and its state when it is unknown, running, completed
+        or not a distributed run (two resumes at once: the second is told it is running);
+        DefinitionError when `plan`'s fingerprint is not the run's."""
+        ...
+
+    def restart_run(
+        self,
+        plan: FlowPlan,
+        workflow_id: str,
+        *,
+        new_id: str,
+        rerun: Collection[str],
+        input: Any,
+    ) -> RunStart:
+        """Start run `new_id` of `plan` linked to finished run `workflow_id`
+        (`restart_of`), in one transaction: `input` is its input; every step of the old run
+        that completed or was skipped and is not in `rerun` (`ready.restart_steps`) is
+        copied as it was (state, output, skip reason, counters, timings); the other steps
+        are pending and the ready ones are decided like at start. RunStateError when the old
+        run is unknown, running or not distributed; DefinitionError when `plan`'s
+        fingerprint is not the old run's."""
+        ...
+
+    def expire_runs(self, limit: int = 100) -> list[str]:
+        """Fail up to `limit` running runs whose `deadline_at` has passed (the database's
+        clock), each with `ready.deadline_error` through the failure sweep (children
+        included); return their ids. Called by the leader every few seconds."""
         ...
 
     def running_flows(self) -> list[tuple[str, str, int]]:

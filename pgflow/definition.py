@@ -35,8 +35,12 @@ STEP_OPTIONS = frozenset(
 )
 #: A map step's options: `over` names the one dependency it maps over.
 MAP_OPTIONS = (STEP_OPTIONS - {"depends_on"}) | {"over"}
-#: The kinds of step a flow holds.
-STEP, MAP = "step", "map"
+#: The kinds of step a flow holds: functions, maps, and the handlerless kinds (no function:
+#: a wait for a signal, a durable sleep, a sub-flow), which the stores settle themselves.
+STEP, MAP, WAIT, SLEEP, SUBFLOW = "step", "map", "wait", "sleep", "subflow"
+HANDLERLESS = frozenset({WAIT, SLEEP, SUBFLOW})
+#: What a wait does when its timeout passes without a signal.
+ON_TIMEOUT = ("fail", "skip")
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -75,6 +79,16 @@ class Step:
     start_delay: float = 0.0
     queue: str | None = None
     when: Callable[..., Any] | None = None
+    #: A wait's timeout in seconds (None: it waits until signalled or cancelled).
+    wait_timeout: float | None = None
+    #: What a wait's timeout does: "fail" the step (and the run), or "skip" it.
+    on_timeout: str = "fail"
+    #: A sleep's length in seconds, or `until`: a function of its arguments giving the
+    #: aware datetime it ends at (called like `when`).
+    sleep_seconds: float | None = None
+    until: Callable[..., Any] | None = None
+    #: A sub-flow's child flow (a Flow, or anything resolve_workflow accepts).
+    child: Any = None
     is_async: bool = attrs.field(init=False)
     signature: StepSignature = attrs.field(init=False, eq=False, repr=False)
     #: What `when` accepts (None without `when`).
@@ -86,10 +100,14 @@ class Step:
 
     @signature.default
     def _read_signature(self) -> StepSignature:
-        return read_signature(self.fn) if callable(self.fn) else StepSignature(known=False)
+        if self.kind in HANDLERLESS or not callable(self.fn):
+            return StepSignature(known=False)
+        return read_signature(self.fn)
 
     @when_signature.default
     def _read_when_signature(self) -> StepSignature | None:
+        if self.until is not None:
+            return read_signature(self.until)
         return None if self.when is None else read_signature(self.when)
 
     @property
@@ -97,9 +115,15 @@ class Step:
         return self.kind == MAP
 
     @property
+    def handlerless(self) -> bool:
+        """A wait, sleep or sub-flow: no function runs; the stores settle it."""
+        return self.kind in HANDLERLESS
+
+    @property
     def makes_graph(self) -> bool:
-        """True when this step alone makes its flow a graph (a dependency or a map)."""
-        return bool(self.depends_on) or self.kind == MAP
+        """True when this step alone makes its flow a graph (a dependency, a map, or a
+        handlerless step)."""
+        return bool(self.depends_on) or self.kind == MAP or self.kind in HANDLERLESS
 
 
 def _as_tuple(steps: Iterable[Step]) -> tuple[Step, ...]:
@@ -165,7 +189,11 @@ class Workflow:
                     f"workflow {self.name!r}: expected a Step, got {type(step).__name__}"
                 )
             check_step(
-                self.name, step.name, step.fn, timeout=step.timeout, max_attempts=step.max_attempts
+                self.name,
+                step.name,
+                step.fn if step.kind not in HANDLERLESS else handlerless_marker,
+                timeout=step.timeout,
+                max_attempts=step.max_attempts,
             )
             _check_graph_options(self.name, step)
             if step.name in seen:
@@ -317,8 +345,12 @@ def _make_step(
 def _check_graph_options(workflow: str, step: Step) -> None:
     """The checks `Flow` makes, for a Step built by hand and given to `Workflow` directly."""
     where = f"workflow {workflow!r} step {step.name!r}"
-    if step.kind not in (STEP, MAP):
-        raise DefinitionError(f"{where}: kind must be {STEP!r} or {MAP!r}, got {step.kind!r}")
+    if step.kind not in (STEP, MAP, *sorted(HANDLERLESS)):
+        kinds = ", ".join(repr(k) for k in (STEP, MAP, *sorted(HANDLERLESS)))
+        raise DefinitionError(f"{where}: kind must be one of {kinds}, got {step.kind!r}")
+    if step.kind in HANDLERLESS:
+        _check_handlerless(where, step)
+        return
     if step.kind == MAP:
         _refuse_map_when(where, step.when)
         expected = () if step.over is None else _dependency_names(where, step.name, [step.over])
@@ -579,6 +611,67 @@ class Flow:
         _check_options_only(self.name, name, options, kind=MAP)
         return decorate
 
+    def wait_for(
+        self,
+        name: str,
+        *,
+        depends_on: Iterable[str] = (),
+        timeout: float | None = None,
+        on_timeout: str = "fail",
+    ) -> str:
+        """Add a step with no function that completes when `app.signal(run, name, payload)`
+        arrives, its output being the payload; nothing is held while it waits. After
+        `timeout` seconds without a signal it fails (no retries) or, with
+        `on_timeout="skip"`, is skipped. Returns the step's name (for depends_on)."""
+        step = _handlerless_step(
+            self.name,
+            name,
+            WAIT,
+            depends_on,
+            wait_timeout=_check_wait_timeout(f"workflow {self.name!r} step {name!r}", timeout),
+            on_timeout=on_timeout,
+        )
+        return self._add_handlerless(step)
+
+    def sleep(
+        self,
+        name: str,
+        seconds: float | None = None,
+        *,
+        until: Callable[..., Any] | None = None,
+        depends_on: Iterable[str] = (),
+    ) -> str:
+        """Add a durable delay: a step with no function that completes `seconds` after it
+        becomes ready, or at the aware datetime `until(...)` returns (called like `when`,
+        with the step's arguments). Its output is its value (its dependencies' outputs).
+        No thread sleeps: it is a scheduled task. Returns the step's name."""
+        where = f"workflow {self.name!r} step {name!r}"
+        if (seconds is None) == (until is None):
+            raise DefinitionError(f"{where}: a sleep needs seconds or until=, exactly one")
+        step = _handlerless_step(
+            self.name,
+            name,
+            SLEEP,
+            depends_on,
+            sleep_seconds=None if seconds is None else _check_sleep_seconds(where, seconds),
+            until=_check_when(where, until),
+        )
+        return self._add_handlerless(step)
+
+    def subflow(self, name: str, flow: Any, *, depends_on: Iterable[str] = ()) -> str:
+        """Add a step that runs `flow` as a child run, with the step's value (its
+        dependencies' outputs) as the child's input; it completes with the child's result
+        or fails with its error, and does not retry itself. Returns the step's name."""
+        step = _handlerless_step(self.name, name, SUBFLOW, depends_on, child=flow)
+        return self._add_handlerless(step)
+
+    def _add_handlerless(self, step: Step) -> str:
+        if any(existing.name == step.name for existing in self._steps):
+            raise DefinitionError(f"workflow {self.name!r}: duplicate step name {step.name!r}")
+        self._steps.append(step)
+        self._workflow = None
+        return step.name
+
     def add_step(self, name: str, fn: Callable[..., Any], **options: Any) -> None:
         """Add a step without decorator syntax (e.g. for functions defined elsewhere)."""
         self._add(fn, name, options)
@@ -615,6 +708,95 @@ class Flow:
 
     def __repr__(self) -> str:
         return f"Flow({self.name!r}, steps={[s.name for s in self._steps]!r})"
+
+
+def handlerless_marker(*args: Any, **kwargs: Any) -> Any:
+    """The `fn` of a wait, sleep or sub-flow step: never called (the stores settle them)."""
+    raise RuntimeError("a handlerless step (wait, sleep, sub-flow) has no function to call")
+
+
+def _handlerless_step(
+    workflow: str, name: object, kind: str, depends_on: object, **options: Any
+) -> Step:
+    if not isinstance(name, str) or not name:
+        raise DefinitionError(
+            f"workflow {workflow!r}: step name must be a non-empty string, got {name!r}"
+        )
+    where = f"workflow {workflow!r} step {name!r}"
+    step = Step(
+        name,
+        handlerless_marker,
+        depends_on=_dependency_names(where, name, depends_on),
+        kind=kind,
+        **options,
+    )
+    _check_handlerless(where, step)
+    return step
+
+
+def _check_handlerless(where: str, step: Step) -> None:
+    """The options of a wait, sleep or sub-flow, checked like a function step's."""
+    if step.when is not None or step.over is not None:
+        raise DefinitionError(f"{where}: a {step.kind} step takes no when= or over=")
+    if step.kind == WAIT:
+        _check_wait_timeout(where, step.wait_timeout)
+        if step.on_timeout not in ON_TIMEOUT:
+            raise DefinitionError(
+                f"{where}: on_timeout must be 'fail' or 'skip', got {step.on_timeout!r}"
+            )
+    elif step.kind == SLEEP:
+        if (step.sleep_seconds is None) == (step.until is None):
+            raise DefinitionError(f"{where}: a sleep needs seconds or until=, exactly one")
+        if step.sleep_seconds is not None:
+            _check_sleep_seconds(where, step.sleep_seconds)
+        _check_when(where, step.until)
+        signature = step.when_signature
+        if signature is not None and signature.positional_only and step.depends_on:
+            raise DefinitionError(
+                f"{where}: until's parameter {signature.positional_only[0]!r} is "
+                "positional-only; until is called with the step's arguments by keyword"
+            )
+        if signature is not None and signature.known and step.depends_on:
+            allowed = {*step.depends_on, INPUT}
+            unknown = [
+                n for n in signature.names if n not in allowed and n not in signature.defaults
+            ]
+            if unknown and not signature.var_keyword:
+                raise DefinitionError(
+                    f"{where}: until's parameter {unknown[0]!r} is not one of the step's "
+                    f"arguments ({', '.join(sorted(allowed))})"
+                )
+    elif step.kind == SUBFLOW and step.child is None:
+        raise DefinitionError(f"{where}: a sub-flow needs the flow it runs")
+    if step.kind != WAIT and (step.wait_timeout is not None or step.on_timeout != "fail"):
+        raise DefinitionError(f"{where}: timeout= and on_timeout= are for wait_for steps")
+    if step.kind != SLEEP and (step.sleep_seconds is not None or step.until is not None):
+        raise DefinitionError(f"{where}: seconds and until= are for sleep steps")
+    if step.kind != SUBFLOW and step.child is not None:
+        raise DefinitionError(f"{where}: a child flow is for subflow steps")
+    if step.timeout is not None or step.backoff is not None or step.start_delay:
+        raise DefinitionError(
+            f"{where}: a {step.kind} step runs no function: timeout, backoff and start_delay "
+            "do not apply"
+        )
+
+
+def _check_wait_timeout(where: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DefinitionError(f"{where}: timeout must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise DefinitionError(f"{where}: timeout must be > 0 seconds, got {value!r}")
+    return float(value)
+
+
+def _check_sleep_seconds(where: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DefinitionError(f"{where}: a sleep's seconds must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise DefinitionError(f"{where}: a sleep's seconds must be >= 0, got {value!r}")
+    return float(value)
 
 
 def _check_options_only(

@@ -48,6 +48,15 @@ class RunCancelled(WorkflowError):
     """The run was cancelled (`app.cancel_run`) before it finished."""
 
 
+class DeadlineExceeded(WorkflowError):
+    """The run did not finish before its deadline (`start_run(..., deadline=)`)."""
+
+
+class SignalError(PgflowError, ValueError):
+    """A signal that cannot be delivered: unknown run or step, a step that is no wait, a
+    run no longer running, or a wait that already took its signal (or timed out)."""
+
+
 class StepFailed(WorkflowError):
     """A step raised: `step` is its name, `reason` the exception, `attempt` the attempt number."""
 

@@ -392,6 +392,13 @@ class RunRecord:
     #: For runs started with `app.start_run` (each step a task): every step's state by
     #: name. Empty for in-process runs and runs read without their steps.
     steps: Mapping[str, StepState] = attrs.field(factory=dict)
+    #: A sub-flow's child run: the parent run and the parent's subflow step.
+    parent_id: str | None = None
+    parent_step: str | None = None
+    #: A run made by `restart_run`: the run it restarts.
+    restart_of: str | None = None
+    #: When a run started with `deadline=` fails if not finished.
+    deadline_at: datetime | None = attrs.field(default=None, validator=_aware)
 
 
 @attrs.frozen
@@ -449,3 +456,7 @@ class StepState:
     skip_reason: str | None = None
     #: The error that failed the step (the failing task's last error), when failed.
     error: dict[str, Any] | None = None
+    #: "step", "map", "wait", "sleep" or "subflow".
+    kind: str = "step"
+    #: A sub-flow step's latest child run (None before it starts).
+    child_id: str | None = None

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from pgflow.errors import MaxAttemptsExceeded, RunCancelled, StepFailed, WorkflowError
+from pgflow.errors import (
+    DeadlineExceeded,
+    MaxAttemptsExceeded,
+    RunCancelled,
+    StepFailed,
+    WorkflowError,
+)
 from pgflow.records import RunRecord, RunState
 
 if TYPE_CHECKING:
@@ -99,6 +105,11 @@ class RunHandle:
         if run.state is RunState.CANCELLED:
             raise RunCancelled(
                 f"run {self.workflow_id} of flow {run.workflow!r} was cancelled",
+                workflow_id=self.workflow_id,
+            )
+        if isinstance(run.error, dict) and run.error.get("kind") == "DeadlineExceeded":
+            raise DeadlineExceeded(
+                str(run.error.get("message") or f"run {self.workflow_id} passed its deadline"),
                 workflow_id=self.workflow_id,
             )
         raise run_error(with_steps(self._store, run))

@@ -48,6 +48,7 @@ __all__ = [
     "leader",
     "metadata",
     "runs",
+    "signals",
     "step_states",
     "steps",
     "task_outputs",
@@ -65,7 +66,7 @@ JOB_STATES = (
 RUN_STATES = ("running", "completed", "failed", "cancelled")
 STEP_OUTCOMES = ("completed", "failed", "timed_out", "skipped")
 STEP_STATES = ("pending", "started", "completed", "failed", "skipped", "cancelled")
-STEP_KINDS = ("step", "map")
+STEP_KINDS = ("step", "map", "wait", "sleep", "subflow")
 PRIORITY_MIN, PRIORITY_MAX = -32768, 32767
 JOBS_STORAGE = {
     "autovacuum_vacuum_scale_factor": "0.02",
@@ -117,7 +118,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 VERSION_TABLE = "pgflow_alembic_version"
 #: The head migration this code expects (tests check it against alembic/versions), so a
 #: worker can verify the schema with one query, without loading Alembic.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 
 metadata = MetaData()
 
@@ -173,6 +174,7 @@ jobs = Table(
 )
 
 _FINISHED = "state IN ('completed', 'discarded', 'cancelled')"
+_RUNNING_DEADLINE = "state = 'running' AND deadline_at IS NOT NULL"
 _RUNNING_FLOW = "state = 'running' AND remaining_steps IS NOT NULL"
 _STAGED = "state IN ('scheduled', 'retryable')"
 _UNFINISHED_TASK = (
@@ -270,6 +272,15 @@ runs = Table(
     # Distributed flow runs only (app.start_run): steps not yet finished; the run completes
     # in the transaction that brings it to 0. NULL for in-process runs.
     Column("remaining_steps", Integer),
+    # A sub-flow's child run: its parent run, the parent's step, and the queue of the relay
+    # task its end inserts for that step.
+    Column("parent_id", String(64)),
+    Column("parent_step", String(255)),
+    Column("parent_queue", String(63)),
+    # restart_run: the run this one restarts.
+    Column("restart_of", String(64)),
+    # start_run(deadline=): the leader fails the run when it is still running by then.
+    Column("deadline_at", UTCDateTime()),
     CheckConstraint(_in("state", RUN_STATES), name="pgflow_runs_state_check"),
     CheckConstraint("max_attempts >= 1 AND attempt >= 1", name="pgflow_runs_attempt_check"),
     # Counter updates stay HOT (no index holds a counter) when pages keep room for them.
@@ -282,6 +293,21 @@ Index(
     runs.c.finished_at,
     postgresql_where=text("state <> 'running'"),
     sqlite_where=text("state <> 'running'"),
+)
+
+# A run's children (cancel and inspection); partial: most runs have no parent.
+Index(
+    "pgflow_runs_parent_idx",
+    runs.c.parent_id,
+    postgresql_where=text("parent_id IS NOT NULL"),
+    sqlite_where=text("parent_id IS NOT NULL"),
+)
+# Running runs with a deadline, by deadline: the leader's deadline sweep.
+Index(
+    "pgflow_runs_deadline_idx",
+    runs.c.deadline_at,
+    postgresql_where=text(_RUNNING_DEADLINE),
+    sqlite_where=text(_RUNNING_DEADLINE),
 )
 
 # The running distributed runs by definition: the leader's unserved-flow sweep.
@@ -377,4 +403,20 @@ task_outputs = Table(
     Column("step", String(255), primary_key=True),
     Column("task_index", Integer, primary_key=True),
     Column("output", JSONType),
+)
+
+signals = Table(
+    "pgflow_signals",
+    metadata,
+    # The first signal sent to a wait_for step, kept until the run is pruned: one per
+    # (run, step), so a second one is refused, and one sent early waits here for the step.
+    Column(
+        "workflow_id",
+        String(64),
+        ForeignKey("pgflow_runs.workflow_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("step", String(255), primary_key=True),
+    Column("payload", JSONType),
+    Column("sent_at", UTCDateTime(), nullable=False),
 )

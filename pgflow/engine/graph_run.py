@@ -120,6 +120,14 @@ class GraphRun:
     ) -> None:
         self.workflow = workflow
         self.plan = workflow.plan
+        handlerless = [step for step in self.plan.steps if step.handlerless]
+        if handlerless:
+            step = handlerless[0]
+            raise DefinitionError(
+                f"workflow {workflow.name!r} step {step.name!r} is a {step.kind} step, which "
+                "needs a distributed run (app.start_run, or pgflow.testing in tests): it "
+                "waits without holding a thread, which pgflow.execute cannot do"
+            )
         self.input = input
         self.store = store
         self.clock = clock

@@ -10,12 +10,13 @@ one positional value (a chain step's input, a root's run input, a map's element)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 
-from pgflow.errors import RunStateError
-from pgflow.graph.shape import FlowPlan, StepPlan
+from pgflow.errors import DefinitionError, RunStateError, SignalError
+from pgflow.graph.shape import SLEEP, SUBFLOW, WAIT, FlowPlan, StepPlan, task_worker_name
 from pgflow.graph.signature import INPUT
 from pgflow.records import NewJob, RunRecord, RunState, StepStatus, TaskCompletion, TaskKey
 
@@ -31,9 +32,28 @@ class Settled:
 @attrs.frozen
 class Start:
     """Create one task per entry of `arguments` (index order): the step becomes started
-    with tasks_total = len(arguments) (always > 0)."""
+    with tasks_total = len(arguments) (always > 0). `at` (a sleep's end) schedules them."""
 
     arguments: tuple[dict[str, Any], ...]
+    at: datetime | None = None
+
+
+@attrs.frozen
+class Wait:
+    """A wait_for step became ready: complete it at once with a signal already stored for
+    it; otherwise it becomes started (tasks_total 1, nothing running) and, with a timeout,
+    gets its timeout task (`timeout_jobs`), which a signal cancels."""
+
+    envelope: dict[str, Any]
+
+
+@attrs.frozen
+class StartChild:
+    """A sub-flow step became ready: start a run of `step.child` on `input` in the same
+    transaction (`parent_id`, `parent_step`, `parent_queue` set); the step becomes started
+    (tasks_total 1) until the child's end inserts its relay task (`relay_job`)."""
+
+    input: Any
 
 
 @attrs.frozen
@@ -57,7 +77,10 @@ class Fail:
     error: dict[str, Any]
 
 
-Decision = Start | Complete | Skip | Fail
+Decision = Start | Complete | Skip | Fail | Wait | StartChild
+
+#: A sub-flow's relay task retries only if its worker dies (it only reads the child run).
+RELAY_ATTEMPTS = 3
 
 
 def decide(plan: FlowPlan, step: StepPlan, deps: Mapping[str, Settled], run_input: Any) -> Decision:
@@ -65,6 +88,8 @@ def decide(plan: FlowPlan, step: StepPlan, deps: Mapping[str, Settled], run_inpu
     settled, completed or skipped. A step whose dependencies failed is never asked: the
     failure already ended the run."""
     skipped = [name for name in step.deps if deps[name].state is StepStatus.SKIPPED]
+    if step.handlerless:
+        return _decide_handlerless(plan, step, deps, run_input, skipped)
     if step.is_map:
         if skipped:
             return Skip(f"skipped because the step it maps over, {skipped[0]!r}, was skipped")
@@ -104,6 +129,202 @@ def decide(plan: FlowPlan, step: StepPlan, deps: Mapping[str, Settled], run_inpu
     return Start((envelope(plan, [], kwargs),))
 
 
+def handlerless_value(step: StepPlan, deps: Mapping[str, Settled], run_input: Any) -> Any:
+    """What a wait, sleep or sub-flow takes as its value: the run's input (no dependency),
+    its one dependency's output, or a dict of its dependencies' outputs by name."""
+    if not step.deps:
+        return run_input
+    if len(step.deps) == 1:
+        return deps[step.deps[0]].output
+    return {name: deps[name].output for name in step.deps}
+
+
+def _decide_handlerless(
+    plan: FlowPlan,
+    step: StepPlan,
+    deps: Mapping[str, Settled],
+    run_input: Any,
+    skipped: list[str],
+) -> Decision:
+    if skipped:
+        return Skip(f"skipped because dependency {skipped[0]!r} was skipped")
+    value = handlerless_value(step, deps, run_input)
+    if step.kind == WAIT:
+        return Wait(envelope(plan, [value], {}))
+    if step.kind == SUBFLOW:
+        return StartChild(value)
+    if step.until is None:
+        return Start((envelope(plan, [value], {}),))
+    try:
+        at = _call_until(step, deps, run_input)
+    except Exception as exc:  # user code: the step fails, like a step raising
+        return Fail(
+            {
+                "kind": type(exc).__name__,
+                "message": f"sleep step {step.name!r}: until raised: {exc}",
+                "step": step.name,
+                "traceback": "",
+            }
+        )
+    return Start((envelope(plan, [value], {}),), at=at)
+
+
+def _call_until(step: StepPlan, deps: Mapping[str, Settled], run_input: Any) -> datetime:
+    """Call a sleep's `until` like `when`: the run's input positionally for a root, else
+    the dependencies' outputs (and `input`) by the names it declares."""
+    from pgflow.graph.signature import read_signature
+
+    assert step.until is not None
+    if not step.deps:
+        at = step.until(run_input)
+    else:
+        available = {name: deps[name].output for name in step.deps}
+        available[INPUT] = run_input
+        signature = read_signature(step.until)
+        if signature.known and not signature.var_keyword:
+            available = {k: v for k, v in available.items() if k in signature.names}
+        at = step.until(**available)
+    if not isinstance(at, datetime):
+        raise TypeError(f"until must return a datetime, got {type(at).__name__}")
+    if at.tzinfo is None:
+        raise ValueError(f"until must return an aware datetime, got naive {at!r}")
+    return at.astimezone(UTC)
+
+
+def timeout_jobs(
+    plan: FlowPlan, step: StepPlan, workflow_id: str, wait: Wait, *, priority: int = 0
+) -> list[NewJob]:
+    """A waiting step's timeout task (none without a timeout): one attempt, due when the
+    timeout passes; the worker that runs it fails or skips the step (`on_timeout`)."""
+    if step.wait_timeout is None:
+        return []
+    return [
+        NewJob(
+            worker=plan.worker,
+            args=wait.envelope,
+            queue=step.queue or plan.queue,
+            priority=priority,
+            max_attempts=1,
+            schedule_in=step.wait_timeout,
+            task=TaskKey(workflow_id, step.name, 0),
+        )
+    ]
+
+
+def relay_job(
+    *,
+    parent_id: str,
+    parent_step: str,
+    parent_flow: str,
+    parent_fingerprint: str,
+    parent_queue: str,
+    child_id: str,
+) -> NewJob:
+    """The task that settles a sub-flow step once its child run ended: a worker serving the
+    parent flow reads the child and completes the step with its result (or fails it)."""
+    return NewJob(
+        worker=task_worker_name(parent_flow),
+        args={"fingerprint": parent_fingerprint, "args": [], "kwargs": {}, "child": child_id},
+        queue=parent_queue,
+        max_attempts=RELAY_ATTEMPTS,
+        task=TaskKey(parent_id, parent_step, 0),
+    )
+
+
+def check_signal(
+    plan: FlowPlan | None, run: RunRecord | None, workflow_id: str, step: str
+) -> StepPlan:
+    """The wait step `step` of `run`, or SignalError naming the run and the step: unknown
+    run, not a distributed run, no such step, not a wait, or a run no longer running."""
+    if run is None:
+        raise SignalError(f"signal {step!r}: run {workflow_id!r} is not stored")
+    if plan is None:
+        raise SignalError(
+            f"signal {step!r}: run {workflow_id!r} of {run.workflow!r} was not started with "
+            "start_run; only distributed runs take signals"
+        )
+    if not plan.has_step(step):
+        waits = sorted(s.name for s in plan.steps if s.kind == WAIT)
+        raise SignalError(
+            f"signal {step!r}: flow {plan.flow!r} of run {workflow_id!r} has no step {step!r} "
+            f"(its wait_for steps: {', '.join(waits) or 'none'})"
+        )
+    wait = plan.step(step)
+    if wait.kind != WAIT:
+        raise SignalError(
+            f"signal {step!r}: step {step!r} of run {workflow_id!r} is a {wait.kind} step, "
+            "not a wait_for step"
+        )
+    if run.state is not RunState.RUNNING:
+        raise SignalError(
+            f"signal {step!r}: run {workflow_id!r} of flow {run.workflow!r} is "
+            f"{run.state.value}; only a running run takes signals"
+        )
+    return wait
+
+
+def refused_signal(workflow_id: str, step: str, status: StepStatus, reason: str | None) -> str:
+    """Why a signal to a wait that no longer waits is refused (SignalError's message)."""
+    if status is StepStatus.COMPLETED:
+        return (
+            f"signal {step!r}: step {step!r} of run {workflow_id!r} was already signalled "
+            "(a wait keeps its first signal)"
+        )
+    how = {
+        StepStatus.SKIPPED: f"was skipped ({reason})" if reason else "was skipped",
+        StepStatus.FAILED: "failed (its timeout passed)",
+        StepStatus.CANCELLED: "was cancelled",
+    }.get(status, f"is {status.value}")
+    return f"signal {step!r}: step {step!r} of run {workflow_id!r} {how}; nothing was delivered"
+
+
+def wait_timed_out(step: StepPlan) -> dict[str, Any]:
+    """The error a wait's timeout fails its step with (on_timeout="fail")."""
+    return {
+        "kind": "WaitTimedOut",
+        "message": (f"step {step.name!r} received no signal within {step.wait_timeout or 0:g}s"),
+        "step": step.name,
+        "traceback": "",
+    }
+
+
+def deadline_error(run: RunRecord) -> dict[str, Any]:
+    """What a run past its deadline stores as its error (RunHandle raises DeadlineExceeded)."""
+    return {
+        "kind": "DeadlineExceeded",
+        "message": f"run {run.workflow_id!r} of flow {run.workflow!r} passed its deadline",
+        "step": None,
+        "traceback": "",
+    }
+
+
+def restart_steps(plan: FlowPlan, from_step: str | None, new_input: bool) -> frozenset[str]:
+    """The steps a restart runs again: `from_step` and everything downstream of it; with a
+    new input, also the steps that read the input (roots, root maps, `input` parameters)
+    and everything downstream of them; with neither, every step."""
+    if from_step is None and not new_input:
+        return frozenset(step.name for step in plan.steps)
+    seeds: set[str] = set()
+    if from_step is not None:
+        if not plan.has_step(from_step):
+            names = ", ".join(step.name for step in plan.steps)
+            raise DefinitionError(
+                f"restart_run: flow {plan.flow!r} has no step {from_step!r} (steps: {names})"
+            )
+        seeds.add(from_step)
+    if new_input:
+        seeds |= {step.name for step in plan.steps if _reads_input(step)}
+    rerun: set[str] = set()
+    for step in plan.steps:  # topological order: a dependency is seen before its dependents
+        if step.name in seeds or any(dep in rerun for dep in step.deps):
+            rerun.add(step.name)
+    return frozenset(rerun)
+
+
+def _reads_input(step: StepPlan) -> bool:
+    return not step.deps or step.takes_input or (step.is_map and step.over is None)
+
+
 def envelope(plan: FlowPlan, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     """A task job's args: the definition it was made for, and what to call the step with."""
     return {"fingerprint": plan_fingerprint(plan), "args": args, "kwargs": kwargs}
@@ -132,12 +353,15 @@ def task_jobs(
     *,
     max_attempts: int,
     priority: int = 0,
+    at: datetime | None = None,
 ) -> list[NewJob]:
     """The jobs of a started step, one per task in index order: on the step's queue (else
     the flow's), with its own max_attempts (else the run's) and its start_delay."""
     queue = step.queue or plan.queue
     attempts = step.max_attempts or max_attempts
     delay = step.start_delay or None
+    if step.kind == SLEEP and at is None:
+        delay = step.sleep_seconds or None
     worker = plan.worker
     return [
         NewJob(
@@ -146,7 +370,8 @@ def task_jobs(
             queue=queue,
             priority=priority,
             max_attempts=attempts,
-            schedule_in=delay,
+            schedule_in=None if at is not None else delay,
+            scheduled_at=at,
             task=TaskKey(workflow_id, step.name, index),
         )
         for index, args in enumerate(arguments)

@@ -9,6 +9,8 @@ DefinitionError. The same plan drives the in-process engine and every backend's 
 from __future__ import annotations
 
 import heapq
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from pgflow.definition import Step, Workflow
 
 CHAIN, GRAPH = "chain", "graph"
+WAIT, SLEEP, SUBFLOW = "wait", "sleep", "subflow"
+HANDLERLESS_KINDS = frozenset({WAIT, SLEEP, SUBFLOW})
 #: Task jobs of flow `name` are stored with worker `TASK_WORKER_PREFIX + name`.
 TASK_WORKER_PREFIX = "pgflow.flow:"
 
@@ -52,10 +56,23 @@ class StepPlan:
     queue: str | None = None
     max_attempts: int | None = None
     start_delay: float = 0.0
+    #: A wait's timeout (seconds) and what it does then ("fail" or "skip").
+    wait_timeout: float | None = None
+    on_timeout: str = "fail"
+    #: A sleep's length, or the function of its arguments giving the datetime it ends at.
+    sleep_seconds: float | None = None
+    until: Callable[..., Any] | None = attrs.field(default=None, eq=False, repr=False)
+    #: A sub-flow's child plan.
+    child: FlowPlan | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def is_map(self) -> bool:
         return self.kind == "map"
+
+    @property
+    def handlerless(self) -> bool:
+        """A wait, sleep or sub-flow: settled by the stores, no function runs."""
+        return self.kind in HANDLERLESS_KINDS
 
 
 @attrs.frozen
@@ -152,7 +169,7 @@ def _graph_plan(workflow: Workflow) -> FlowPlan:
                     f"workflow {workflow.name!r} step {step.name!r}: depends on unknown step "
                     f"{dependency!r} (steps: {', '.join(close)})"
                 )
-        if not step.depends_on and not step.is_map:
+        if not step.depends_on and not step.is_map and not step.handlerless:
             _check_root(workflow.name, step)
     order = _topological_order(workflow.name, workflow.steps)
     dependents: dict[str, list[str]] = {name: [] for name in order}
@@ -165,7 +182,10 @@ def _graph_plan(workflow: Workflow) -> FlowPlan:
         step = by_name[name]
         signature = step.signature
         takes_input = signature.known and (INPUT in signature.names)
-        keyword = bool(step.depends_on) and not step.is_map
+        keyword = bool(step.depends_on) and not step.is_map and not step.handlerless
+        if step.until is not None:  # a sleep's until may ask for the run's input
+            until_signature = step.when_signature
+            takes_input = bool(until_signature and INPUT in until_signature.names)
         defaults = (
             frozenset(dep for dep in step.depends_on if dep in signature.defaults)
             if keyword
@@ -185,18 +205,24 @@ def _graph_plan(workflow: Workflow) -> FlowPlan:
                 queue=step.queue,
                 max_attempts=step.max_attempts,
                 start_delay=step.start_delay,
+                wait_timeout=step.wait_timeout,
+                on_timeout=step.on_timeout,
+                sleep_seconds=step.sleep_seconds,
+                until=step.until,
+                child=_child_plan(workflow.name, step),
             )
         )
-        shape.append(
-            {
-                "name": name,
-                "kind": step.kind,
-                "depends_on": sorted(step.depends_on),
-                "over": step.over,
-                "input": takes_input,
-                "defaults": sorted(defaults),
-            }
-        )
+        entry: dict[str, Any] = {
+            "name": name,
+            "kind": step.kind,
+            "depends_on": sorted(step.depends_on),
+            "over": step.over,
+            "input": takes_input,
+            "defaults": sorted(defaults),
+        }
+        if plans[-1].child is not None:
+            entry["flow"] = plans[-1].child.flow
+        shape.append(entry)
     definition: dict[str, Any] = {"kind": GRAPH, "steps": shape}
     if workflow.version is not None:
         definition["version"] = workflow.version
@@ -208,6 +234,39 @@ def _graph_plan(workflow: Workflow) -> FlowPlan:
         definition=definition,
         leaves=tuple(plan.name for plan in plans if not plan.dependents),
     )
+
+
+_building = threading.local()
+
+
+def _child_plan(workflow: str, step: Step) -> FlowPlan | None:
+    """A sub-flow step's child plan; DefinitionError when flows nest in a cycle."""
+    if step.kind != SUBFLOW:
+        return None
+    from pgflow.definition import resolve_workflow
+
+    stack: list[str] = getattr(_building, "stack", [])
+    _building.stack = stack
+    name = getattr(step.child, "name", None)
+    if isinstance(name, str) and (name == workflow or name in stack):
+        path = " -> ".join([*stack, workflow, name])
+        raise DefinitionError(
+            f"workflow {workflow!r} step {step.name!r}: sub-flows nest in a cycle: {path}"
+        )
+    stack.append(workflow)
+    try:
+        child = resolve_workflow(step.child)
+    except DefinitionError as exc:
+        if "nest in a cycle" in str(exc):
+            raise
+        raise DefinitionError(f"workflow {workflow!r} step {step.name!r}: {exc}") from None
+    finally:
+        stack.pop()
+    if child.name == workflow:
+        raise DefinitionError(
+            f"workflow {workflow!r} step {step.name!r}: a flow cannot run itself as a sub-flow"
+        )
+    return child.plan
 
 
 def _check_root(workflow: str, step: Step) -> None:
