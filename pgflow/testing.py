@@ -347,10 +347,7 @@ class TestQueue:
     def signal(self, workflow_id: str, name: str, payload: Any) -> bool:
         """`app.signal`: True when the wait was waiting (its dependents' tasks are then
         enqueued, and in inline mode run), False when the signal is kept for later."""
-        delivered = self.app.signal(workflow_id, name, payload)
-        if self.mode == "inline" and self._patch is not None:
-            self._run_flow_inline(workflow_id)
-        return delivered
+        return self.app.signal(workflow_id, name, payload)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -652,7 +649,7 @@ class _InlineMemoryBackend(_HarnessMemoryBackend):
 
 class _InsertPatch:
     """Inline mode on a user's own app: wrap its `insert` so stored jobs run at once, and
-    its `start_run` so a run's due tasks do."""
+    its `start_run` (`signal`, `resume_run`, `restart_run`) so a run's due tasks do."""
 
     def __init__(self, app: Pgflow, harness: TestQueue) -> None:
         self._app = app
@@ -679,11 +676,12 @@ class _InsertPatch:
 
         app.insert = insert  # type: ignore[method-assign, assignment]
         app.start_run = start_run  # type: ignore[method-assign]
+        app.signal = steered(app.signal, False)  # type: ignore[method-assign]
         app.resume_run = steered(app.resume_run, False)  # type: ignore[method-assign]
         app.restart_run = steered(app.restart_run, True)  # type: ignore[method-assign]
 
     def undo(self) -> None:
-        for name in ("insert", "start_run", "resume_run", "restart_run"):
+        for name in ("insert", "start_run", "signal", "resume_run", "restart_run"):
             with contextlib.suppress(AttributeError):
                 delattr(self._app, name)
 
