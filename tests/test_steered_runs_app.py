@@ -13,14 +13,17 @@ from typing import Any
 
 import attrs
 import pytest
+from click.testing import CliRunner
 
 import pgflow
 from pgflow import testing
 from pgflow.errors import DefinitionError, RunStateError, SignalError, StepFailed
 from pgflow.graph.shape import task_worker_name
-from pgflow.records import Job, JobState, StepStatus
+from pgflow.records import Job, JobState, RunState, StepStatus
 from pgflow.runtime.execution import Outcome, OutcomeKind, record_outcomes
 from pgflow.runtime.flow_tasks import RUNNING_CHILD_SNOOZE, execute_task
+from pgflow.runtime.leader import Leader
+from pgflow_backends.memory import InMemoryBackend
 from tests.waiting import wait_or_fail
 
 DAY = 86400.0
@@ -745,3 +748,72 @@ def test_a_running_instance_relays_sub_flows_sleeps_and_expires_deadlines() -> N
         assert waiting.result(timeout=20) == {"pay": "paid boss"}
     finally:
         app.close()
+
+
+# -- the leader's deadline sweep --------------------------------------------------------------
+
+
+def test_the_leader_expires_runs_past_their_deadline_every_interval() -> None:
+    clock = pgflow.FakeClock()
+    backend = InMemoryBackend(clock=clock)
+    ticks = iter(float(n) for n in range(1000))
+    woken: list[object] = []
+    leader = Leader(
+        backend=backend,
+        instance_id="lead",
+        clock=clock,
+        interval=1.0,
+        stale_timeout=300.0,
+        rescue_interval=100.0,
+        prune_after=None,
+        prune_interval=60.0,
+        cron=None,
+        on_staged=woken.append,
+        deadline_interval=10.0,
+        monotonic=lambda: next(ticks),
+    )
+    plan = strict.workflow.plan
+    backend.start_flow_run(plan, workflow_id="soon", input=1, max_attempts=1, deadline=5)
+    backend.start_flow_run(plan, workflow_id="later", input=1, max_attempts=1, deadline=50)
+    leader.tick()
+    assert _state(backend, "soon") is RunState.RUNNING
+    clock.advance(6)
+    leader.tick()  # the sweep ran at the first tick: not due again yet
+    assert _state(backend, "soon") is RunState.RUNNING
+    for _ in range(5):
+        leader.tick()
+    assert _state(backend, "soon") is RunState.FAILED
+    assert _state(backend, "later") is RunState.RUNNING
+    run = backend.get_run("soon")
+    assert run is not None and run.error is not None
+    assert run.error["kind"] == "DeadlineExceeded"
+    backend.close()
+
+
+def _state(backend: InMemoryBackend, workflow_id: str) -> RunState | None:
+    run = backend.get_run(workflow_id)
+    return None if run is None else run.state
+
+
+def test_worker_cli_passes_the_deadline_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pgflow.app
+    from pgflow import cli
+
+    created: list[dict[str, Any]] = []
+
+    class Recording:
+        def __init__(self, url: str, **options: Any) -> None:
+            created.append(options)
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(pgflow.app, "Pgflow", Recording)
+    runner = CliRunner()
+    base = ["worker", "--url", "memory://"]
+    assert runner.invoke(cli.cli, base).exit_code == 0
+    assert created[-1]["deadline_interval"] == 1.0
+    assert runner.invoke(cli.cli, [*base, "--deadline-interval", "0.25"]).exit_code == 0
+    assert created[-1]["deadline_interval"] == 0.25
+    bad = runner.invoke(cli.cli, [*base, "--deadline-interval", "0"])
+    assert bad.exit_code == 2 and "--deadline-interval" in bad.output
