@@ -100,7 +100,7 @@ def test_run_show_prints_each_step_and_json(app: pgflow.Pgflow, url: str) -> Non
     assert shown.exit_code == 0, shown.output
     assert "run s-1 of " + flow.name + ": completed" in shown.output
     assert 'result: {"double": [0, 2, 4]}' in shown.output
-    double_line = next(line for line in shown.output.splitlines() if "double" in line)
+    double_line = next(line for line in shown.output.splitlines() if "└─ double" in line)
     assert double_line.split()[:5] == ["└─", "double", "completed", "1", "3/3"]
     data = json.loads(_invoke("run", "show", "s-1", "--url", url, "--json").output)
     assert data["state"] == "completed" and data["output"] == {"double": [0, 2, 4]}
