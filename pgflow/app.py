@@ -459,10 +459,10 @@ class Pgflow:
         running, or a wait that already took a signal or timed out. With `connection`,
         the signal joins the caller's SQLAlchemy transaction."""
         store = self._flow_store()
-        run = self.backend.get_run(workflow_id)
-        if run is None and connection is not None:
-            # Perhaps started in the caller's transaction, unseen from here: the store
-            # reads the run in it and takes its plan from those known in this process.
+        if connection is not None:
+            # Nothing is read outside the caller's transaction (the run may be new in it,
+            # and SQLite would wait for it): the store reads the run there, its plan is
+            # the one this process knows by the run's fingerprint.
             delivered = store.signal_run(
                 _KnownPlans(), workflow_id, name, payload, connection=connection
             )
@@ -474,6 +474,7 @@ class Pgflow:
                 extra={**self._extra, "workflow_id": workflow_id, "step": name},
             )
             return delivered
+        run = self.backend.get_run(workflow_id)
         if run is None:
             raise SignalError(f"signal {name!r}: run {workflow_id!r} is not stored")
         plans: dict[str, FlowPlan] = {}
@@ -499,7 +500,7 @@ class Pgflow:
                 "delivered": delivered,
             },
         )
-        if delivered and connection is None:
+        if delivered:
             self._wake(set())
         return delivered
 
