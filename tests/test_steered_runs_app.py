@@ -817,3 +817,33 @@ def test_worker_cli_passes_the_deadline_interval(monkeypatch: pytest.MonkeyPatch
     assert created[-1]["deadline_interval"] == 0.25
     bad = runner.invoke(cli.cli, [*base, "--deadline-interval", "0"])
     assert bad.exit_code == 2 and "--deadline-interval" in bad.output
+
+
+def test_a_signal_in_the_callers_transaction_commits_with_it(sqlite_url: str) -> None:
+    """On SQLite (memory has no transactions to join): start and signal in one transaction,
+    nothing read outside it; a rollback leaves neither."""
+    from sqlalchemy import create_engine
+
+    from pgflow.backend import FlowStore
+
+    engine = create_engine(sqlite_url)
+    app = pgflow.Pgflow(engine, instance_id="in-tx")
+    try:
+        if not isinstance(app.backend, FlowStore):
+            pytest.skip("this branch's SQLite backend does not store steered runs yet")
+        app.migrate()
+        with engine.begin() as conn:
+            handle = app.start_run(strict, 1, connection=conn)
+            assert app.signal(handle.workflow_id, "manager", "boss", connection=conn) is False
+        run = app.get_run(handle.workflow_id)
+        assert run is not None and run.steps["manager"].state is StepStatus.PENDING
+        with pytest.raises(SignalError, match="already"):
+            app.signal(handle.workflow_id, "manager", "again")
+        with pytest.raises(RuntimeError, match="rolled back"), engine.begin() as conn:
+            other = app.start_run(strict, 2, connection=conn)
+            app.signal(other.workflow_id, "manager", "x", connection=conn)
+            raise RuntimeError("rolled back")
+        assert app.get_run(other.workflow_id) is None
+    finally:
+        app.close()
+        engine.dispose()
