@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -197,6 +198,28 @@ def transform(item: int) -> int:
 def load(transform: list[int]) -> int:
     _maybe_fail("load")
     return sum(transform)
+
+
+def _buggy_total(values: list[int]) -> int:
+    return sum(values) // (len(values) - len(values))  # ZeroDivisionError: the bug
+
+
+#: What `report` calls: a test swaps it for a fixed function, as a deploy would.
+total = _buggy_total
+
+audit = pgflow.Flow("st_audit")
+
+
+@audit.step
+def gather(input: int) -> list[int]:
+    CALLS.append("gather")
+    return list(range(input))
+
+
+@audit.step(depends_on=["gather"])
+def report(gather: list[int]) -> int:
+    CALLS.append("report")
+    return total(gather)
 
 
 # -- waits and signals ------------------------------------------------------------------------
@@ -460,6 +483,21 @@ def test_resume_after_a_fix_reruns_only_what_did_not_complete(t: testing.TestQue
     t.assert_step(run_id, "transform", state="completed", tasks_done=5)
     with pytest.raises(RunStateError, match="is completed"):
         t.app.resume_run(run_id)
+
+
+def test_resume_after_swapping_the_buggy_function(
+    t: testing.TestQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = t.app.start_run(audit, 4, max_attempts=2)
+    t.drain(with_scheduled=True, raise_on_failure=False)
+    step = t.assert_step(handle.workflow_id, "report", state="failed", attempts=2)
+    assert step.error is not None and "ZeroDivisionError" in step.error["kind"]
+    assert CALLS == ["gather", "report", "report"]
+    monkeypatch.setattr(sys.modules[__name__], "total", sum)  # the fix, deployed
+    t.app.resume_run(handle.workflow_id)
+    t.drain()
+    assert handle.result() == {"report": 6}
+    assert CALLS == ["gather", "report", "report", "report"]  # gather did not run again
 
 
 def test_resume_of_a_failed_sub_flow_resumes_its_child(t: testing.TestQueue) -> None:
