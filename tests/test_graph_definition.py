@@ -461,7 +461,10 @@ def _takes_a(a: Any) -> Any:
     ("step", "problem"),
     [
         (Step("b", _takes_a, depends_on=["b"]), "a step cannot depend on itself"),
-        (Step("b", _takes_a, kind="mapp"), "kind must be one of 'step', 'map', 'sleep', 'subflow', 'wait', got 'mapp'"),
+        (
+            Step("b", _takes_a, kind="mapp"),
+            "kind must be one of 'step', 'map', 'sleep', 'subflow', 'wait', got 'mapp'",
+        ),
         (Step("b", _takes_a, kind="map", over="a", depends_on=["a", "z"]), "a map depends only"),
         (Step("b", _takes_a, over="a", depends_on=["a"]), "over= is for map steps"),
         (Step("b", _takes_a, depends_on=["a"], when=3), "when must be callable, got int"),  # type: ignore[arg-type]

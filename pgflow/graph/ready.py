@@ -194,8 +194,8 @@ def _call_until(step: StepPlan, deps: Mapping[str, Settled], run_input: Any) -> 
 def timeout_jobs(
     plan: FlowPlan, step: StepPlan, workflow_id: str, wait: Wait, *, priority: int = 0
 ) -> list[NewJob]:
-    """A waiting step's timeout task (none without a timeout): one attempt, due when the
-    timeout passes; the worker that runs it fails or skips the step (`on_timeout`)."""
+    """A waiting step's timeout task (none without a timeout), due when the timeout passes;
+    the worker that runs it fails (discarding it, no retry) or skips the step."""
     if step.wait_timeout is None:
         return []
     return [
@@ -204,7 +204,9 @@ def timeout_jobs(
             args=wait.envelope,
             queue=step.queue or plan.queue,
             priority=priority,
-            max_attempts=1,
+            # The timeout itself never retries (its task fails or skips the step at once);
+            # attempts only let a rescue re-run it after its worker died.
+            max_attempts=RELAY_ATTEMPTS,
             schedule_in=step.wait_timeout,
             task=TaskKey(workflow_id, step.name, 0),
         )

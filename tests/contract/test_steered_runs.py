@@ -393,7 +393,7 @@ def test_a_wait_with_a_timeout_gets_one_timeout_task_due_then(store: Any) -> Non
     start(store, long_wait, "t0", "the value")
     (job,) = [j for j in store.list_jobs() if j.task is not None]
     assert job.task == TaskKey("t0", "answer", 0) and job.state is JobState.SCHEDULED
-    assert job.max_attempts == 1
+    assert job.max_attempts == RELAY_ATTEMPTS
     assert about(job.scheduled_at, now + timedelta(seconds=30))
     assert job.args["args"] == ["the value"]  # a root wait's value is the run's input
     assert signal(store, "t0", "answer", "yes") is True
@@ -421,7 +421,7 @@ def test_a_timeout_that_skips_skips_the_step_and_a_dependent_with_a_default_runs
 def test_a_timeout_that_fails_fails_the_step_and_run_without_retry(store: Any) -> None:
     start(store, timed_fail, "t2", None)
     job = claim_when_due(store, "answer")
-    assert job.max_attempts == 1
+    assert job.max_attempts == RELAY_ATTEMPTS
     timed_out = wait_timed_out(timed_fail.plan.step("answer"))
     assert store.fail_job(job.ref, timed_out, retry_in=None) is JobState.DISCARDED
     run = store.get_run("t2")
