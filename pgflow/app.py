@@ -35,7 +35,12 @@ from pgflow.errors import (
     SignalError,
     WorkflowError,
 )
-from pgflow.identifiers import validate_instance_id, validate_queue
+from pgflow.identifiers import (
+    storable_job_id,
+    storable_workflow_id,
+    validate_instance_id,
+    validate_queue,
+)
 from pgflow.records import (
     Instance,
     InstanceInfo,
@@ -315,6 +320,8 @@ class Pgflow:
 
     def get_job(self, job_id: int) -> Job | None:
         """The stored job (with `result` once completed), or None."""
+        if not storable_job_id(job_id):
+            return None
         return self.backend.get_job(job_id)
 
     def retry(self, job_id: int) -> Job | None:
@@ -323,6 +330,8 @@ class Pgflow:
         Its attempts and errors are kept; an exhausted job gets one more attempt. Raises
         JobStateError for an executing job. Returns the job, or None when there is none.
         """
+        if not storable_job_id(job_id):
+            return None
         job = self.backend.retry_job(job_id)
         if job is not None and job.state is JobState.AVAILABLE:
             self._wake({job.queue})
@@ -330,6 +339,8 @@ class Pgflow:
 
     def cancel(self, job_id: int) -> Job | None:
         """Cancel a waiting job now; ask a running one to stop. Returns the job, or None."""
+        if not storable_job_id(job_id):
+            return None
         job = self.backend.cancel_job(job_id)
         if job is not None and job.state is JobState.EXECUTING:
             for producer in list(self._producers.values()):
@@ -418,10 +429,16 @@ class Pgflow:
 
     def get_run(self, workflow_id: str) -> RunRecord | None:
         """The run (None when unknown), with `.steps` holding every step's state."""
-        run = self.backend.get_run(workflow_id)
+        run = self._stored_run(workflow_id)
         if run is None:
             return None
         return with_steps(self._flow_store(), run)
+
+    def _stored_run(self, workflow_id: str) -> RunRecord | None:
+        """The stored run, None for an unknown id or one no run could have."""
+        if not storable_workflow_id(workflow_id):
+            return None
+        return self.backend.get_run(workflow_id)
 
     def list_runs(
         self,
@@ -446,7 +463,7 @@ class Pgflow:
         ones are cancelled); a late completion changes nothing. RunStateError, naming the
         run and its state, for an unknown, finished or in-process run."""
         store = self._flow_store()
-        run = store.cancel_run(workflow_id)
+        run = store.cancel_run(workflow_id) if storable_workflow_id(workflow_id) else None
         if run is None:
             raise RunStateError(f"run {workflow_id!r} is not stored; nothing to cancel")
         return with_steps(store, run)
@@ -459,6 +476,8 @@ class Pgflow:
         running, or a wait that already took a signal or timed out. With `connection`,
         the signal joins the caller's SQLAlchemy transaction."""
         store = self._flow_store()
+        if not storable_workflow_id(workflow_id):
+            raise SignalError(f"signal {name!r}: run {workflow_id!r} is not stored")
         if connection is not None:
             # Nothing is read outside the caller's transaction (the run may be new in it,
             # and SQLite would wait for it): the store reads the run there, its plan is
@@ -474,7 +493,7 @@ class Pgflow:
                 extra={**self._extra, "workflow_id": workflow_id, "step": name},
             )
             return delivered
-        run = self.backend.get_run(workflow_id)
+        run = self._stored_run(workflow_id)
         if run is None:
             raise SignalError(f"signal {name!r}: run {workflow_id!r} is not stored")
         plans: dict[str, FlowPlan] = {}
@@ -511,7 +530,7 @@ class Pgflow:
         unknown, running or completed run; DefinitionError when this process does not know
         the definition the run was started with (it says how the known one differs)."""
         store = self._flow_store()
-        run = self.backend.get_run(workflow_id)
+        run = self._stored_run(workflow_id)
         if run is None:
             raise RunStateError(f"resume_run: run {workflow_id!r} is not stored")
         if run.state in (RunState.RUNNING, RunState.COMPLETED):
@@ -543,7 +562,7 @@ class Pgflow:
         from pgflow.graph.ready import restart_steps
 
         store = self._flow_store()
-        run = self.backend.get_run(workflow_id)
+        run = self._stored_run(workflow_id)
         if run is None:
             raise RunStateError(f"restart_run: run {workflow_id!r} is not stored")
         if run.state is RunState.RUNNING:

@@ -61,8 +61,32 @@ def validate_instance_id(instance_id: object) -> str:
 WORKFLOW_ID_MAX = 64
 
 
+def storable_workflow_id(workflow_id: object) -> bool:
+    """Whether a run could be stored under `workflow_id`: a lookup by any other id finds
+    nothing, without asking a database that would refuse it (a NUL, an oversized id)."""
+    return (
+        isinstance(workflow_id, str)
+        and 0 < len(workflow_id) <= WORKFLOW_ID_MAX
+        and "\x00" not in workflow_id
+    )
+
+
+#: Job ids are BIGINTs: a lookup outside this range finds nothing.
+JOB_ID_RANGE = range(1, 2**63)
+
+
+def storable_job_id(job_id: object) -> bool:
+    """Whether a job could have id `job_id` (a positive 64-bit int)."""
+    return isinstance(job_id, int) and not isinstance(job_id, bool) and job_id in JOB_ID_RANGE
+
+
 def validate_workflow_id(workflow_id: object) -> str:
-    """Return `workflow_id` if it is a non-empty string that fits the runs table's column."""
+    """Return `workflow_id` if it is a non-empty string that fits the runs table's column
+    (and holds no NUL, which PostgreSQL cannot store)."""
+    if isinstance(workflow_id, str) and "\x00" in workflow_id:
+        raise DefinitionError(
+            f"invalid workflow_id {workflow_id[:80]!r}: it holds a NUL character (\\x00)"
+        )
     if not isinstance(workflow_id, str) or not 0 < len(workflow_id) <= WORKFLOW_ID_MAX:
         shown = workflow_id if not isinstance(workflow_id, str) else workflow_id[:80]
         length = f" ({len(workflow_id)} characters)" if isinstance(workflow_id, str) else ""

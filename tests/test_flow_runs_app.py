@@ -484,3 +484,39 @@ def test_cancel_run_stops_a_running_step_and_result_raises_run_cancelled(app: Pg
         lambda: all(j.state is JobState.CANCELLED for j in app.backend.list_jobs()),
         "the running task to end cancelled",
     )
+
+
+@pytest.mark.parametrize("bad_id", ["a\x00b", "x" * 65, ""])
+def test_ids_no_run_could_have_are_unknown_runs_not_database_errors(
+    app: Pgflow, bad_id: str
+) -> None:
+    """PostgreSQL refuses NUL in text and an oversized id fits no row: a lookup by such an
+    id is an unknown run on every backend, never a BackendError from the driver."""
+    assert app.get_run(bad_id) is None
+    with pytest.raises(pgflow.RunStateError, match="is not stored"):
+        app.cancel_run(bad_id)
+    with pytest.raises(pgflow.RunStateError, match="is not stored"):
+        app.resume_run(bad_id)
+    with pytest.raises(pgflow.RunStateError, match="is not stored"):
+        app.restart_run(bad_id)
+    with pytest.raises(pgflow.SignalError, match="is not stored"):
+        app.signal(bad_id, "approval", 1)
+
+
+@pytest.mark.parametrize("bad_id", [0, -1, 2**63, 2**70])
+def test_job_ids_no_job_could_have_find_nothing(app: Pgflow, bad_id: int) -> None:
+    assert app.get_job(bad_id) is None
+    assert app.cancel(bad_id) is None
+    assert app.retry(bad_id) is None
+
+
+def test_a_workflow_id_with_a_nul_is_refused_at_start(app: Pgflow) -> None:
+    flow = pgflow.Flow(_name("nul_id"))
+
+    @flow.step
+    def only(value: Any) -> Any:
+        return value
+
+    with pytest.raises(pgflow.DefinitionError, match="NUL character"):
+        app.start_run(flow, 1, workflow_id="a\x00b")
+    assert app.list_runs(flow=flow) == []
