@@ -8,8 +8,11 @@ fixed number of statements, not a number per completion.
 
 Locking: a run's row is locked (FOR NO KEY UPDATE, ascending workflow_id) before any of its
 step or job rows by every transaction that writes about the run's steps: completions,
-failures, cancels, rescues and sweeps. They serialize per run and never deadlock. SQLite
-serializes writers anyway, so the locks are no-ops there.
+failures, cancels, rescues and sweeps. They serialize per run and never deadlock. Sub-flows
+keep one more order: a parent locks its children (a failure sweep, a resume), a child never
+locks its parent (its end only reads the parent's row and inserts the relay task), and a
+deadline sweep takes one run per transaction. SQLite serializes writers anyway, so the
+locks are no-ops there.
 """
 
 from __future__ import annotations
