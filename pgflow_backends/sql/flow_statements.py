@@ -151,6 +151,7 @@ class FlowStatements:
             .where(child.c.workflow_id.in_(_many("p_ids")))
             .order_by(child.c.workflow_id)
         )
+        self.restart_of: Select[Any] = select(runs.c.restart_of).where(runs.c.workflow_id == run_id)
         #: A run's child runs (the latest per sub-flow step is the step's child_id).
         self.children: Select[Any] = (
             select(runs.c.parent_step, runs.c.workflow_id, runs.c.state, runs.c.fingerprint)

@@ -202,3 +202,21 @@ def test_resume_map_keeps_elements(backend: Any) -> None:
     assert restarted.created and restarted.run.restart_of == "m1"
     assert backend.get_run("m2").state is RunState.COMPLETED
     assert backend.get_run("m2").output == {"each": [10, 20, 30]}
+
+
+def test_a_restart_keeps_the_child_of_a_copied_subflow_step(backend: Any) -> None:
+    backend.start_flow_run(parent.plan, workflow_id="c1", input=1, max_attempts=3)
+    run_task(backend, task_jobs(backend, "c1", "outer")[0], 1, parent)
+    child_id = backend.get_step_states("c1")["nested"].child_id
+    run_task(backend, task_jobs(backend, child_id, "inner")[0], "v", parent)
+    run_task(backend, task_jobs(backend, "c1", "nested")[0], "v", parent)
+    run_task(backend, task_jobs(backend, "c1", "after")[0], "w", parent)
+    assert backend.get_run("c1").state is RunState.COMPLETED
+    backend.restart_run(parent.plan, "c1", new_id="c2", rerun=frozenset({"after"}), input=1)
+    backend.cancel_run("c2")
+    backend.restart_run(parent.plan, "c2", new_id="c3", rerun=frozenset({"after"}), input=1)
+    for restarted, after in (("c2", StepStatus.CANCELLED), ("c3", StepStatus.STARTED)):
+        states = backend.get_step_states(restarted)
+        assert states["nested"].state is StepStatus.COMPLETED
+        assert states["nested"].child_id == child_id
+        assert states["after"].state is after
