@@ -505,6 +505,7 @@ class _InlineMemoryBackend(_HarnessMemoryBackend):
         input: Any,
         max_attempts: int,
         connection: Any = None,
+        deadline: float | None = None,
     ) -> RunStart:
         started = super().start_flow_run(
             plan,
@@ -512,6 +513,7 @@ class _InlineMemoryBackend(_HarnessMemoryBackend):
             input=input,
             max_attempts=max_attempts,
             connection=connection,
+            deadline=deadline,
         )
         if started.created:
             self.harness._run_flow_inline(workflow_id)
