@@ -168,7 +168,6 @@ class FlowStatements:
                 jobs.c.state,
                 jobs.c.attempt,
                 cast(jobs.c.errors, Text),
-                cast(jobs.c.meta, Text),
                 step_states.c.state,
             )
             .select_from(jobs)
@@ -358,6 +357,12 @@ class FlowStatements:
                 finished_at=null(),
                 remaining_steps=_p("p_steps", Integer()),
             )
+        )
+        #: A resumed run's tasks left executing by its end: cancelled outright (fenced out).
+        self.end_leftovers: Update = (
+            update(jobs)
+            .where(jobs.c.workflow_id == run_id, jobs.c.state.in_(_states(("executing",))))
+            .values(state="cancelled", completed_at=now, unique_key=RELEASED_KEY)
         )
         #: The map elements already stored (a resumed map runs only the others).
         self.output_indexes: Select[Any] = select(

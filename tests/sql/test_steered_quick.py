@@ -220,3 +220,27 @@ def test_a_restart_keeps_the_child_of_a_copied_subflow_step(backend: Any) -> Non
         assert states["nested"].state is StepStatus.COMPLETED
         assert states["nested"].child_id == child_id
         assert states["after"].state is after
+
+
+def test_a_task_left_executing_by_a_cancel_speaks_for_nothing_after_a_resume(
+    backend: Any, backend_kind: str
+) -> None:
+    """SQL: a resume cancels the tasks its run's end left executing (the memory backend
+    keeps them aside instead), so their late reports are fenced out."""
+    if backend_kind == "memory":
+        pytest.skip("the memory backend retires such tasks without ending them")
+    backend.start_flow_run(waiting.plan, workflow_id="l1", input=1, max_attempts=3)
+    backend.claim_jobs("default", "node", 100)
+    (old,) = task_jobs(backend, "l1", "ask")
+    backend.cancel_run("l1")
+    assert backend.get_job(old.id).cancel_requested
+    backend.resume_run(waiting.plan, "l1")
+    assert backend.get_job(old.id).state is JobState.CANCELLED
+    (new,) = [j for j in task_jobs(backend, "l1", "ask") if j.id != old.id]
+    late = TaskCompletion(old.ref, old.task, pgflow.serialization.dumps(1, what="output"))
+    assert backend.complete_tasks([late], plans(waiting)) == []
+    assert backend.fail_job(old.ref, {"kind": "E", "message": "late"}, retry_in=None) is None
+    assert backend.get_run("l1").state is RunState.RUNNING
+    assert backend.get_step_states("l1")["ask"].state is StepStatus.STARTED
+    run_task(backend, new, 2, waiting)
+    assert backend.get_step_states("l1")["approve"].state is StepStatus.STARTED
