@@ -362,9 +362,9 @@ class FlowStore(Protocol):
     - `get_step_states` gives each step's `kind` and, for a sub-flow step, `child_id` (its
       latest child run); run reads give `parent_id`, `parent_step`, `restart_of`,
       `deadline_at`.
-    - PostgreSQL: completions take `pg_advisory_xact_lock_shared` on each run's key and
-      run-level failures the exclusive lock, taken in ascending key order, before any row;
-      step rows are locked in (run, step_index) order.
+    - SQL: every transaction that writes about a run's steps or tasks (completion, failure,
+      cancel, signal, resume, rescue, sweep) first locks the run's row (FOR NO KEY UPDATE,
+      ascending workflow_id), then its step rows in (run, step_index) order.
     """
 
     def start_flow_run(
