@@ -9,7 +9,7 @@ import pytest
 
 import pgflow
 from pgflow.errors import SignalError
-from pgflow.graph.ready import plan_fingerprint
+from pgflow.graph.ready import RELAY_ATTEMPTS, plan_fingerprint
 from pgflow.records import JobState, RunState, StepStatus, TaskCompletion
 
 waiting = pgflow.Flow("quick_wait")
@@ -90,7 +90,7 @@ def test_wait_signal(backend: Any) -> None:
     assert states["approve"].state is StepStatus.STARTED
     assert states["approve"].kind == "wait"
     (timeout,) = task_jobs(backend, "w1", "approve")
-    assert timeout.state is JobState.SCHEDULED and timeout.max_attempts == 1
+    assert timeout.state is JobState.SCHEDULED and timeout.max_attempts == RELAY_ATTEMPTS
     assert backend.signal_run(plans(waiting), "w1", "approve", {"ok": True}) is True
     states = backend.get_step_states("w1")
     assert states["approve"].state is StepStatus.COMPLETED
