@@ -65,7 +65,7 @@ def test_two_signals_to_one_wait_deliver_exactly_one(pg_backend: PostgresBackend
         pg_backend.start_flow_run(waiting.plan, workflow_id=run_id, input=None, max_attempts=1)
         results = _together(
             [
-                lambda p=payload: pg_backend.signal_run(PLANS, run_id, "approval", p)
+                lambda p=payload, r=run_id: pg_backend.signal_run(PLANS, r, "approval", p)
                 for payload in ("first", "second")
             ]
         )
@@ -92,7 +92,7 @@ def test_two_resumes_of_one_run_resume_it_once(pg_backend: PostgresBackend) -> N
         run_id = f"res-{round_}"
         pg_backend.start_flow_run(mapped.plan, workflow_id=run_id, input=[1, 2, 3], max_attempts=1)
         pg_backend.cancel_run(run_id)
-        results = _together([lambda: pg_backend.resume_run(mapped.plan, run_id)] * 2)
+        results = _together([lambda r=run_id: pg_backend.resume_run(mapped.plan, r)] * 2)
         won = [value for ok, value in results if ok]
         lost = [value for ok, value in results if not ok]
         assert len(won) == 1 and won[0].state is RunState.RUNNING, results
