@@ -179,8 +179,7 @@ class _KnownPlans(Mapping[str, "FlowPlan"]):
     def __getitem__(self, fingerprint: str) -> FlowPlan:
         from pgflow.graph.registry import flows
 
-        found = self._definitions().get(fingerprint)
-        workflow = None if found is None else flows.find(*found)
+        workflow = flows.by_fingerprint(fingerprint)
         if workflow is None:
             raise KeyError(fingerprint)
         return workflow.plan
@@ -478,48 +477,29 @@ class Pgflow:
         store = self._flow_store()
         if not storable_workflow_id(workflow_id):
             raise SignalError(f"signal {name!r}: run {workflow_id!r} is not stored")
-        if connection is not None:
-            # Nothing is read outside the caller's transaction (the run may be new in it,
-            # and SQLite would wait for it): the store reads the run there, its plan is
-            # the one this process knows by the run's fingerprint.
+        # The store reads the run under its lock (in the caller's transaction too, where the
+        # run may be new and SQLite would wait for it) and takes its plan by fingerprint
+        # from the definitions this process knows: one transaction, no read before it.
+        try:
             delivered = store.signal_run(
                 _KnownPlans(), workflow_id, name, payload, connection=connection
             )
-            logger.info(
-                "signal %r %s run %s",
-                name,
-                "delivered to" if delivered else "kept for",
-                workflow_id,
-                extra={**self._extra, "workflow_id": workflow_id, "step": name},
-            )
-            return delivered
-        run = self._stored_run(workflow_id)
-        if run is None:
-            raise SignalError(f"signal {name!r}: run {workflow_id!r} is not stored")
-        plans: dict[str, FlowPlan] = {}
-        if run.fingerprint is not None:
-            if run.state is not RunState.RUNNING:  # whatever the definition: say why
-                raise SignalError(
-                    f"signal {name!r}: run {workflow_id!r} of flow {run.workflow!r} is "
-                    f"{run.state.value}; only a running run takes signals"
-                )
-            workflow = self._known_definition(run, f"signal {name!r}", SignalError)
-            plans[run.fingerprint] = workflow.plan
-        delivered = store.signal_run(plans, workflow_id, name, payload, connection=connection)
+        except SignalError as exc:
+            if not exc.definition_unknown or connection is not None:
+                raise
+            run = self._stored_run(workflow_id)
+            if run is None:
+                raise
+            self._known_definition(run, f"signal {name!r}", SignalError)  # says what differs
+            raise
         logger.info(
             "signal %r %s run %s",
             name,
             "delivered to" if delivered else "kept for",
             workflow_id,
-            extra={
-                **self._extra,
-                "workflow": run.workflow,
-                "workflow_id": workflow_id,
-                "step": name,
-                "delivered": delivered,
-            },
+            extra={**self._extra, "workflow_id": workflow_id, "step": name, "delivered": delivered},
         )
-        if delivered:
+        if delivered and connection is None:
             self._wake(set())
         return delivered
 

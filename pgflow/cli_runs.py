@@ -305,7 +305,14 @@ def _check_signal_step(app: Pgflow, workflow_id: str, name: str) -> None:
     if plan.has_step(name) and plan.step(name).kind == "wait":
         return
     try:
-        check_signal(plan, app.backend.get_run(workflow_id), workflow_id, name)
+        run = app.backend.get_run(workflow_id)
+        check_signal(
+            plan,
+            workflow_id,
+            name,
+            flow=None if run is None else run.workflow,
+            state=None if run is None else run.state,
+        )
     except SignalError as exc:
         raise click.BadParameter(str(exc), param_hint="'NAME'") from None
 

@@ -56,6 +56,11 @@ class SignalError(PgflowError, ValueError):
     """A signal that cannot be delivered: unknown run or step, a step that is no wait, a
     run no longer running, or a wait that already took its signal (or timed out)."""
 
+    def __init__(self, message: str, *, definition_unknown: bool = False) -> None:
+        super().__init__(message)
+        #: True when the refusal is only that this process does not define the run's flow.
+        self.definition_unknown = definition_unknown
+
 
 class StepFailed(WorkflowError):
     """A step raised: `step` is its name, `reason` the exception, `attempt` the attempt number."""

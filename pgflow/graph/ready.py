@@ -234,15 +234,21 @@ def relay_job(
 
 
 def check_signal(
-    plan: FlowPlan | None, run: RunRecord | None, workflow_id: str, step: str
+    plan: FlowPlan | None,
+    workflow_id: str,
+    step: str,
+    *,
+    flow: str | None,
+    state: RunState | str | None,
 ) -> StepPlan:
-    """The wait step `step` of `run`, or SignalError naming the run and the step: unknown
-    run, not a distributed run, no such step, not a wait, or a run no longer running."""
-    if run is None:
+    """The wait step `step` of run `workflow_id` (of flow `flow`, in `state`; both None for
+    an unknown run), or SignalError naming the run and the step: unknown run, not a
+    distributed run (`plan` None), no such step, not a wait, or a run no longer running."""
+    if flow is None or state is None:
         raise SignalError(f"signal {step!r}: run {workflow_id!r} is not stored")
     if plan is None:
         raise SignalError(
-            f"signal {step!r}: run {workflow_id!r} of {run.workflow!r} was not started with "
+            f"signal {step!r}: run {workflow_id!r} of {flow!r} was not started with "
             "start_run; only distributed runs take signals"
         )
     if not plan.has_step(step):
@@ -257,10 +263,10 @@ def check_signal(
             f"signal {step!r}: step {step!r} of run {workflow_id!r} is a {wait.kind} step, "
             "not a wait_for step"
         )
-    if run.state is not RunState.RUNNING:
+    if RunState(state) is not RunState.RUNNING:
         raise SignalError(
-            f"signal {step!r}: run {workflow_id!r} of flow {run.workflow!r} is "
-            f"{run.state.value}; only a running run takes signals"
+            f"signal {step!r}: run {workflow_id!r} of flow {flow!r} is "
+            f"{RunState(state).value}; only a running run takes signals"
         )
     return wait
 

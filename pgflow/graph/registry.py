@@ -54,6 +54,24 @@ class FlowRegistry:
                 return workflow
         return None
 
+    def by_fingerprint(self, fingerprint: str) -> Workflow | None:
+        """The known definition whose fingerprint is `fingerprint`, whatever its name (a
+        store reading a run under its lock asks by the run's fingerprint alone)."""
+        with self._lock:
+            for (_, known), workflow in self._workflows.items():
+                if known == fingerprint:
+                    return workflow
+            names = list(self._flows)
+        for name in names:
+            for flow in self._live(name):
+                try:
+                    workflow = flow.workflow
+                except DefinitionError:
+                    continue
+                if workflow.fingerprint == fingerprint:
+                    return workflow
+        return None
+
     def versions(self, name: str) -> list[Workflow]:
         """Every definition of flow `name` known here (to explain a mismatch)."""
         with self._lock:

@@ -280,10 +280,17 @@ class FlowTable:
                 raise SignalError(
                     f"signal {name!r}: run {workflow_id!r} of flow {run.workflow!r} was "
                     f"started with definition {flow.fingerprint[:12]}, which this process "
-                    "does not define; define the flow to signal its runs"
+                    "does not define; define the flow to signal its runs",
+                    definition_unknown=True,
                 )
             plan = plans.get(flow.fingerprint, flow.plan)
-        check_signal(plan, run, workflow_id, name)
+        check_signal(
+            plan,
+            workflow_id,
+            name,
+            flow=None if run is None else run.workflow,
+            state=None if run is None else run.state,
+        )
         assert flow is not None
         row = flow.steps[name]
         if (workflow_id, name) in self._signals:

@@ -120,6 +120,7 @@ class FlowStatements:
             runs.c.remaining_steps,
             runs.c.max_attempts,
             runs.c.parent_id,
+            runs.c.workflow,
         )
         self.lock_runs: Select[Any] = (
             select(*lock_columns)
@@ -127,10 +128,10 @@ class FlowStatements:
             .order_by(runs.c.workflow_id)
             .with_for_update(key_share=True)
         )
-        #: A run's running children (lock_runs' columns, then the flow's name), locked by
-        #: its failure sweep before its own steps (parents lock children, never the reverse).
+        #: A run's running children (lock_runs' columns), locked by its failure sweep before
+        #: its own steps (parents lock children, never the reverse).
         self.lock_children: Select[Any] = (
-            select(*lock_columns, runs.c.workflow)
+            select(*lock_columns)
             .where(runs.c.parent_id == run_id, runs.c.state == _RUNNING)
             .order_by(runs.c.workflow_id)
             .with_for_update(key_share=True)

@@ -85,6 +85,8 @@ class LockedRun:
     is_flow: bool
     #: A sub-flow's child run: its parent (whose step its end relays to).
     parent_id: str | None = None
+    #: The flow's name (for messages).
+    workflow: str = ""
     plan: FlowPlan | None = None
     #: Steps settled in this transaction, counted off `remaining_steps` once, at the end.
     settled: int = 0
@@ -154,13 +156,19 @@ class FlowSettler:
 
     def _found(self, row: Sequence[Any]) -> LockedRun:
         """Record a run row (lock_runs' columns) as its lock found it."""
-        workflow_id, state, fingerprint, remaining, max_attempts, parent_id = row[:6]
+        workflow_id, state, fingerprint, remaining, max_attempts, parent_id, workflow = row[:7]
         known = self._runs.get(workflow_id)
         if known is not None:
             known.state = state
             return known
         run = LockedRun(
-            workflow_id, state, fingerprint, max_attempts, remaining is not None, parent_id
+            workflow_id,
+            state,
+            fingerprint,
+            max_attempts,
+            remaining is not None,
+            parent_id,
+            workflow,
         )
         self._runs[workflow_id] = run
         return run
@@ -229,7 +237,14 @@ class FlowSettler:
             copy = {"p_workflow_id": workflow_id, "p_old_id": restart_of, "p_steps": list(kept)}
             self._c.execute(self._f.copy_steps, copy)
         run = LockedRun(
-            workflow_id, "running", plan_fingerprint(plan), max_attempts, True, parent_id, plan
+            workflow_id,
+            "running",
+            plan_fingerprint(plan),
+            max_attempts,
+            True,
+            parent_id,
+            plan.flow,
+            plan,
         )
         # Kept steps are counted off like steps settled now (a run with all kept completes).
         run.settled = len(kept)
@@ -770,22 +785,28 @@ class FlowSettler:
         """Deliver a signal (see FlowStore.signal_run): True when it completed the waiting
         step, False when stored for a wait not reached yet; SignalError otherwise."""
         run = self.lock([workflow_id]).get(workflow_id)
-        stored = None if run is None else self._stored_run(workflow_id)
         plan = None
-        if run is not None and stored is not None and run.is_flow:
+        if run is not None and run.is_flow:
             plan = plans.get(run.fingerprint or "")
             if plan is None and run.state != "running":
                 raise SignalError(
-                    f"signal {step!r}: run {workflow_id!r} of flow {stored.workflow!r} is "
+                    f"signal {step!r}: run {workflow_id!r} of flow {run.workflow!r} is "
                     f"{run.state}; only a running run takes signals"
                 )
             if plan is None:
                 raise SignalError(
-                    f"signal {step!r}: run {workflow_id!r} of flow {stored.workflow!r} was "
+                    f"signal {step!r}: run {workflow_id!r} of flow {run.workflow!r} was "
                     f"started with definition {run.fingerprint!r}, which this process does "
-                    f"not define; define flow {stored.workflow!r} to signal its runs"
+                    f"not define; define flow {run.workflow!r} to signal its runs",
+                    definition_unknown=True,
                 )
-        wait = check_signal(plan, stored, workflow_id, step)
+        wait = check_signal(
+            plan,
+            workflow_id,
+            step,
+            flow=None if run is None else run.workflow,
+            state=None if run is None else run.state,
+        )
         assert run is not None
         run.plan = plan
         params = {"p_workflow_id": workflow_id, "p_step": step, "p_payload": payload}
@@ -797,8 +818,9 @@ class FlowSettler:
             raise SignalError(refused_signal(workflow_id, step, StepStatus.COMPLETED, None))
         if status is StepStatus.PENDING or not self._complete_wait(workflow_id, step, payload):
             return False
-        self._c.execute(self._f.cancel_step_jobs, params)
-        self._flag_executing(self._f.executing_step_jobs, params)
+        if wait.wait_timeout is not None:  # its timeout task: cancelled, or flagged if running
+            self._c.execute(self._f.cancel_step_jobs, params)
+            self._flag_executing(self._f.executing_step_jobs, params)
         self._settle([], [(run, wait)])
         return True
 
