@@ -443,6 +443,13 @@ class FlowStatements:
             .values(state="cancelled", completed_at=now, unique_key=RELEASED_KEY)
             .returning(jobs.c.id)
         )
+        #: Flag one executing job cancel_requested (its new meta given); run as one batch
+        #: (executemany) for all the executing tasks of a run being swept.
+        self.flag_cancel_many: Update = (
+            update(jobs)
+            .where(jobs.c.id == _p("p_id", Integer()), jobs.c.state == "executing")
+            .values(meta=_json("p_meta"))
+        )
         self.executing_jobs: Select[Any] = (
             select(jobs.c.id, jobs.c.meta)
             .where(*run_jobs, jobs.c.state.in_(_states(("executing",))))

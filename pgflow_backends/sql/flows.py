@@ -767,12 +767,15 @@ class FlowSettler:
     def _flag_executing(self, statement: Any, params: Mapping[str, Any]) -> None:
         """Flag the executing jobs `statement` selects (id, meta) cancel_requested, so their
         instance stops them."""
+        batch: list[dict[str, Any]] = []
         for job_id, meta in self._c.execute(statement, params).all():
             current = meta if isinstance(meta, dict) else {}
             if current.get("cancel_requested"):
                 continue
             flagged = dumps({**current, "cancel_requested": True}, what="meta")
-            self._c.execute(self._s.flag_cancel, {"p_id": job_id, "p_meta": flagged})
+            batch.append({"p_id": job_id, "p_meta": flagged})
+        if batch:  # one executemany (psycopg pipelines it), not one round trip per job
+            self._c.execute(self._f.flag_cancel_many, batch)
 
     # -- signals, resume, restart, deadlines -------------------------------------------------
 
