@@ -1,0 +1,353 @@
+"""Steered runs (issue 11) across real worker processes on PostgreSQL: a signal sent while
+no worker is alive, a cancel in the middle of a 1,000-element map, a resume that reuses the
+completed elements of a map, and a sub-flow whose relay task dies with its worker.
+
+Each test spawns workers (run_worker.py), awaits database states rather than sleeping,
+bounds every wait, and kills its children at teardown; steps record what they did in the
+`flow_effects` table (steered_flows.py).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pgflow.app import Pgflow
+from pgflow.errors import RunCancelled, SignalError, StepFailed
+from pgflow.records import RunState
+from tests.distributed.conftest import Cluster, query, wait_until
+from tests.distributed.graph_flows import FLOW_EFFECTS_DDL
+from tests.distributed.steered_flows import (
+    FAILING_ELEMENT,
+    STEERED_DDL,
+    approvals,
+    crunching,
+    resumable,
+    shipping,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(150)]
+
+FLOWS = "tests.distributed.steered_flows"
+UNFINISHED = ("available", "scheduled", "executing", "retryable")
+
+
+@pytest.fixture
+def app(pg: str) -> Iterator[Pgflow]:
+    """An app that only starts, steers and reads runs (never started), as a web process."""
+    query(pg, FLOW_EFFECTS_DDL)
+    query(pg, STEERED_DDL)
+    starter = Pgflow(pg, instance_id="starter")
+    try:
+        yield starter
+    finally:
+        starter.close()
+
+
+def count(url: str, sql: str, params: Any = None) -> int:
+    return int(query(url, sql, params)[0][0])
+
+
+def run_state(url: str, run: str) -> str | None:
+    rows = query(url, "SELECT state FROM pgflow_runs WHERE workflow_id = %s", (run,))
+    return str(rows[0][0]) if rows else None
+
+
+def step_state(url: str, run: str, step: str) -> str | None:
+    rows = query(
+        url,
+        "SELECT state FROM pgflow_step_states WHERE workflow_id = %s AND step = %s",
+        (run, step),
+    )
+    return str(rows[0][0]) if rows else None
+
+
+def unfinished_jobs(url: str, run: str) -> int:
+    return count(
+        url,
+        "SELECT count(*) FROM pgflow_jobs WHERE workflow_id = %s AND state = ANY(%s)",
+        (run, list(UNFINISHED)),
+    )
+
+
+def kill(cluster: Cluster, instance_id: str) -> None:
+    cluster.signal(instance_id, signal.SIGKILL)
+    cluster.procs[instance_id].wait(10)
+
+
+# --- a. signals survive the absence of every worker --------------------------------------
+
+
+def test_a_signal_sent_while_every_worker_is_down_completes_the_run_on_a_fresh_worker(
+    cluster: Cluster, app: Pgflow
+) -> None:
+    url = cluster.url
+    run = "signal-while-down"
+    cluster.spawn("w1", imports=[FLOWS])
+    cluster.wait_online("w1")
+    handle = app.start_run(approvals, {"run": run}, workflow_id=run)
+    wait_until(lambda: step_state(url, run, "approval") == "started", 30, "the run to wait")
+    assert step_state(url, run, "publish") == "pending"
+    kill(cluster, "w1")
+
+    payload = {"ok": True, "by": "reviewer", "notes": ["ship it", 3]}
+    assert app.signal(run, "approval", payload) is True
+    # With no worker alive, the signal is stored, the wait completed and the next task queued.
+    assert query(url, "SELECT payload FROM pgflow_signals WHERE workflow_id = %s", (run,)) == [
+        (payload,)
+    ]
+    assert step_state(url, run, "approval") == "completed"
+    assert query(
+        url, "SELECT state FROM pgflow_jobs WHERE workflow_id = %s AND step = 'publish'", (run,)
+    ) == [("available",)]
+    assert run_state(url, run) == "running"
+    with pytest.raises(SignalError, match="already signalled"):
+        app.signal(run, "approval", {"ok": False})
+
+    cluster.spawn("w2", imports=[FLOWS])
+    assert handle.result(timeout=60.0) == {"publish": {"published": run, "approval": payload}}
+    effects = query(
+        url, "SELECT step, instance_id FROM flow_effects WHERE run = %s ORDER BY id", (run,)
+    )
+    assert effects == [("draft", "w1"), ("publish", "w2")]
+    record = app.get_run(run)
+    assert record is not None and record.state is RunState.COMPLETED
+    wait = record.steps["approval"]
+    assert (wait.state, wait.kind, wait.output, wait.tasks_done) == (
+        "completed",
+        "wait",
+        payload,
+        1,
+    )
+    assert query(url, "SELECT DISTINCT state FROM pgflow_jobs WHERE workflow_id = %s", (run,)) == [
+        ("completed",)
+    ]
+
+
+def test_a_signal_sent_before_the_wait_is_reached_with_no_worker_alive_is_kept(
+    cluster: Cluster, app: Pgflow
+) -> None:
+    """No worker has ever run: the signal is kept (False) and used when the wait is reached."""
+    url = cluster.url
+    run = "signal-early"
+    handle = app.start_run(approvals, {"run": run}, workflow_id=run)
+    assert step_state(url, run, "approval") == "pending"
+    payload = {"ok": True, "early": True}
+    assert app.signal(run, "approval", payload) is False
+    assert step_state(url, run, "approval") == "pending"
+    with pytest.raises(SignalError, match=r"already signalled|keeps its first signal"):
+        app.signal(run, "approval", {"ok": False})
+
+    cluster.spawn("late", imports=[FLOWS])
+    assert handle.result(timeout=60.0) == {"publish": {"published": run, "approval": payload}}
+    assert count(url, "SELECT count(*) FROM flow_effects WHERE run = %s", (run,)) == 2
+
+
+# --- b. a cancel in the middle of a wide map ---------------------------------------------
+
+MAP_WIDTH = 1_000
+#: Each element sleeps this long: short, but long enough that some run during the cancel.
+ELEMENT_SECONDS = 0.05
+
+
+def test_b_cancel_in_the_middle_of_a_1000_element_map_stops_everything_and_late_completions_count_nothing(  # noqa: E501
+    cluster: Cluster, app: Pgflow
+) -> None:
+    url = cluster.url
+    run = "cancel-map"
+    cluster.spawn("a", queues={"default": 5}, imports=[FLOWS])
+    cluster.spawn("b", queues={"default": 5}, imports=[FLOWS])
+    cluster.wait_online("a", "b")
+    handle = app.start_run(
+        crunching,
+        {"run": run, "count": MAP_WIDTH, "seconds": ELEMENT_SECONDS},
+        workflow_id=run,
+    )
+
+    def midway() -> bool:
+        done = count(url, "SELECT count(*) FROM pgflow_task_outputs WHERE workflow_id = %s", (run,))
+        executing = count(
+            url,
+            "SELECT count(*) FROM pgflow_jobs WHERE workflow_id = %s AND step = 'crunch' "
+            "AND state = 'executing'",
+            (run,),
+        )
+        return done >= 100 and executing >= 2
+
+    wait_until(midway, 90, "100 elements completed and some executing")
+    cancelled = app.cancel_run(run)
+    assert cancelled.state is RunState.CANCELLED
+    done_at_cancel = cancelled.steps["crunch"].tasks_done
+    outputs_at_cancel = count(
+        url,
+        "SELECT count(*) FROM pgflow_task_outputs WHERE workflow_id = %s AND step = 'crunch'",
+        (run,),
+    )
+    assert 100 <= done_at_cancel < MAP_WIDTH
+    assert outputs_at_cancel == done_at_cancel
+
+    wait_until(lambda: unfinished_jobs(url, run) == 0, 30, "every job of the run to finish")
+
+    record = app.get_run(run)
+    assert record is not None and record.state is RunState.CANCELLED
+    states = {name: str(step.state) for name, step in record.steps.items()}
+    assert states == {"items": "completed", "crunch": "cancelled", "tally": "cancelled"}
+    crunch = record.steps["crunch"]
+    assert (crunch.tasks_total, crunch.tasks_done) == (MAP_WIDTH, done_at_cancel)
+    assert (
+        count(
+            url,
+            "SELECT count(*) FROM pgflow_task_outputs WHERE workflow_id = %s AND step = 'crunch'",
+            (run,),
+        )
+        == outputs_at_cancel
+    )
+    jobs = dict(
+        query(
+            url,
+            "SELECT state, count(*) FROM pgflow_jobs WHERE workflow_id = %s AND step = 'crunch' "
+            "GROUP BY state",
+            (run,),
+        )
+    )
+    assert sum(jobs.values()) == MAP_WIDTH
+    assert set(jobs) <= {"completed", "cancelled"}, jobs
+    assert jobs.get("completed", 0) == done_at_cancel, jobs  # a late completion is no completion
+    flagged = count(
+        url,
+        "SELECT count(*) FROM pgflow_jobs WHERE workflow_id = %s "
+        "AND (meta ->> 'cancel_requested')::boolean",
+        (run,),
+    )
+    assert flagged >= 1, "no element was running when the cancel committed"
+    # The elements running at the cancel finished their work after it: late completions.
+    finished_work = count(
+        url, "SELECT count(*) FROM flow_effects WHERE run = %s AND event = 'done'", (run,)
+    )
+    assert finished_work > done_at_cancel
+    assert count(url, "SELECT count(*) FROM pgflow_jobs WHERE step = 'tally'") == 0
+    with pytest.raises(RunCancelled):
+        handle.result(timeout=5.0)
+    assert cluster.procs["a"].poll() is None and cluster.procs["b"].poll() is None
+
+
+# --- c. a resume that reuses what completed ----------------------------------------------
+
+
+def test_c_resume_runs_only_the_failed_element_and_reuses_the_nine_outputs(
+    cluster: Cluster, app: Pgflow
+) -> None:
+    url = cluster.url
+    run = "resume-map"
+    query(url, "INSERT INTO steered_blocks (run, element) VALUES (%s, %s)", (run, FAILING_ELEMENT))
+    cluster.spawn("w", queues={"default": 5}, imports=[FLOWS])
+    cluster.wait_online("w")
+    handle = app.start_run(resumable, {"run": run, "count": 10}, workflow_id=run)
+    with pytest.raises(StepFailed, match="blocked"):
+        handle.result(timeout=60.0)
+
+    failed = app.get_run(run)
+    assert failed is not None and failed.state is RunState.FAILED
+    part = failed.steps["part"]
+    assert (str(part.state), part.tasks_total, part.tasks_done) == ("failed", 10, 9)
+    assert str(failed.steps["combine"].state) == "cancelled"
+    assert dict(
+        query(
+            url,
+            "SELECT state, count(*) FROM pgflow_jobs WHERE workflow_id = %s AND step = 'part' "
+            "GROUP BY state",
+            (run,),
+        )
+    ) == {"completed": 9, "discarded": 1}
+    [(last_job,)] = query(url, "SELECT max(id) FROM pgflow_jobs WHERE workflow_id = %s", (run,))
+
+    query(url, "DELETE FROM steered_blocks WHERE run = %s", (run,))  # the fix
+    resumed = app.resume_run(run)
+    assert resumed.workflow_id == run
+    expected = [10 * n for n in range(10)]
+    assert resumed.result(timeout=60.0) == {"combine": {"parts": expected, "sum": sum(expected)}}
+
+    new_jobs = query(
+        url,
+        "SELECT step, task_index FROM pgflow_jobs WHERE workflow_id = %s AND id > %s ORDER BY id",
+        (run, last_job),
+    )
+    assert new_jobs == [("part", FAILING_ELEMENT), ("combine", 0)]
+    assert (
+        count(
+            url, "SELECT count(*) FROM pgflow_jobs WHERE workflow_id = %s AND step = 'part'", (run,)
+        )
+        == 11
+    )
+    assert (
+        count(
+            url,
+            "SELECT count(*) FROM pgflow_jobs WHERE workflow_id = %s AND step = 'parts'",
+            (run,),
+        )
+        == 1
+    )
+    calls = dict(
+        query(
+            url,
+            "SELECT element, count(*) FROM flow_effects WHERE run = %s AND step = 'part' "
+            "AND event = 'started' GROUP BY element",
+            (run,),
+        )
+    )
+    assert calls == {n: 2 if n == FAILING_ELEMENT else 1 for n in range(10)}
+    record = app.get_run(run)
+    assert record is not None and record.state is RunState.COMPLETED
+    part = record.steps["part"]
+    assert (str(part.state), part.tasks_total, part.tasks_done) == ("completed", 10, 10)
+    assert part.output == expected
+
+
+# --- a sub-flow's relay task lost with its worker ----------------------------------------
+
+
+def test_a_worker_killed_while_holding_a_subflow_relay_task_is_rescued_and_the_parent_completes(
+    cluster: Cluster, app: Pgflow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = cluster.url
+    run = "relay-lost"
+    cluster.spawn("kid", queues={"steered_child": 2}, imports=[FLOWS])
+    monkeypatch.setenv("PGFLOW_TEST_HOLD_RELAY", "1")
+    cluster.spawn("holder", queues={"steered_parent": 2}, imports=[FLOWS])
+    monkeypatch.delenv("PGFLOW_TEST_HOLD_RELAY")
+    cluster.wait_online("kid", "holder")
+    handle = app.start_run(shipping, {"run": run}, workflow_id=run)
+
+    wait_until(
+        lambda: count(url, "SELECT count(*) FROM flow_effects WHERE step = 'relay'") == 1,
+        30,
+        "the holder to take the relay task",
+    )
+    [(relay_id, state, reserved_by)] = query(
+        url,
+        "SELECT id, state, reserved_by FROM pgflow_jobs WHERE workflow_id = %s AND step = 'ship'",
+        (run,),
+    )
+    assert (state, reserved_by) == ("executing", "holder")
+    child_id = app.get_run(run).steps["ship"].child_id  # type: ignore[union-attr]
+    assert child_id is not None and run_state(url, child_id) == "completed"
+    kill(cluster, "holder")
+    assert run_state(url, run) == "running"
+
+    cluster.spawn("rescuer", queues={"steered_parent": 2}, imports=[FLOWS])
+    assert handle.result(timeout=60.0) == {"finish": {"shipped": {"pack": {"packed": run}}}}
+    [(state, attempt, reserved_by, errors)] = query(
+        url,
+        "SELECT state, attempt, reserved_by, errors FROM pgflow_jobs WHERE id = %s",
+        (relay_id,),
+    )
+    assert (state, attempt, reserved_by) == ("completed", 2, "rescuer")
+    assert [error["kind"] for error in errors] == ["rescued"]
+    child = app.get_run(child_id)
+    assert child is not None and child.state is RunState.COMPLETED
+    assert (child.parent_id, child.parent_step) == (run, "ship")
+    effects = query(url, "SELECT step, instance_id FROM flow_effects ORDER BY id")
+    assert effects == [("pack", "kid"), ("relay", "holder"), ("finish", "rescuer")]
