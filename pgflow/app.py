@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import attrs
 
@@ -32,6 +32,7 @@ from pgflow.errors import (
     DefinitionError,
     RunStateError,
     SchemaError,
+    SignalError,
     WorkflowError,
 )
 from pgflow.identifiers import validate_instance_id, validate_queue
@@ -48,6 +49,7 @@ from pgflow.records import (
 )
 from pgflow.run_handle import RunHandle, with_steps
 from pgflow.runtime.cron import CronScheduler, parse_cron
+from pgflow.runtime.deadlines import DEFAULT_DEADLINE_INTERVAL
 from pgflow.runtime.heartbeat import Heartbeat
 from pgflow.runtime.leader import Leader
 from pgflow.runtime.producer import Producer
@@ -62,6 +64,10 @@ from pgflow.runtime.wakeup import Wakeup
 from pgflow.runtime.worker_lookup import WorkerLookup
 from pgflow.serialization import check_limit, roundtrip
 from pgflow.worker import check_worker_modules
+
+if TYPE_CHECKING:
+    from pgflow.definition import Workflow
+    from pgflow.graph.shape import FlowPlan
 
 __all__ = ["AppStatus", "Pgflow", "default_instance_id"]
 
@@ -145,6 +151,17 @@ def _served_flows() -> list[tuple[str, str]]:
     return flows.served()
 
 
+def _register_flow(workflow: Workflow) -> None:
+    """Register a flow and its sub-flows (recursively) so this process runs their tasks."""
+    from pgflow.definition import SUBFLOW, resolve_workflow
+    from pgflow.graph.registry import flows
+
+    flows.add_workflow(workflow)
+    for step in workflow.steps:
+        if step.kind == SUBFLOW:
+            _register_flow(resolve_workflow(step.child))
+
+
 def _canonical(value: Any) -> str:
     """JSON with sorted keys: equal inputs compare equal whatever their key order."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -179,6 +196,7 @@ class Pgflow:
         rescue_interval: float | None = None,
         unserved_grace: float | None = DEFAULT_UNSERVED_GRACE,
         unserved_interval: float = DEFAULT_UNSERVED_INTERVAL,
+        deadline_interval: float = DEFAULT_DEADLINE_INTERVAL,
         shutdown_timeout: float = 30.0,
         imports: Iterable[str] = (),
         worker_modules: Iterable[str] = (),
@@ -208,6 +226,7 @@ class Pgflow:
         )
         self.unserved_grace = _optional_seconds("unserved_grace", unserved_grace)
         self.unserved_interval = _seconds("unserved_interval", unserved_interval)
+        self.deadline_interval = _seconds("deadline_interval", deadline_interval)
         self.shutdown_timeout = _seconds("shutdown_timeout", shutdown_timeout)
         self.cron = parse_cron(cron)
         self.clock = clock or SYSTEM_CLOCK
@@ -300,16 +319,18 @@ class Pgflow:
         workflow_id: str | None = None,
         max_attempts: int = 3,
         connection: Any = None,
+        deadline: float | None = None,
     ) -> RunHandle:
         """Start a distributed run of `flow` on `input`: each step a task job that any
         instance serving the flow's queues runs. Returns its handle at once.
 
+        With `deadline` (seconds), a run still running that long after its start fails
+        (`handle.result()` raises DeadlineExceeded), its sub-flow runs cancelled.
         An existing `workflow_id` returns that run's handle when it was started with the same
         definition and input (so a retried start is harmless), else raises DefinitionError
         (another definition) or WorkflowError (another input or flow).
         """
         from pgflow.definition import resolve_workflow
-        from pgflow.graph.registry import flows
 
         store = self._flow_store()
         workflow = resolve_workflow(flow)
@@ -317,11 +338,26 @@ class Pgflow:
             raise DefinitionError(
                 f"start_run: max_attempts must be an int >= 1, got {max_attempts!r}"
             )
+        if deadline is not None and (
+            isinstance(deadline, bool)
+            or not isinstance(deadline, (int, float))
+            or not math.isfinite(deadline)
+            or deadline <= 0
+        ):
+            raise DefinitionError(
+                f"start_run: deadline must be a positive number of seconds (or None), "
+                f"got {deadline!r}"
+            )
         plan = workflow.plan
-        flows.add_workflow(workflow)
+        _register_flow(workflow)
         run_id = workflow_id if workflow_id is not None else str(uuid.uuid4())
         run, created = store.start_flow_run(
-            plan, workflow_id=run_id, input=input, max_attempts=max_attempts, connection=connection
+            plan,
+            workflow_id=run_id,
+            input=input,
+            max_attempts=max_attempts,
+            connection=connection,
+            deadline=None if deadline is None else float(deadline),
         )
         if not created:
             self._check_same_run(
@@ -389,6 +425,152 @@ class Pgflow:
         if run is None:
             raise RunStateError(f"run {workflow_id!r} is not stored; nothing to cancel")
         return with_steps(store, run)
+
+    def signal(self, workflow_id: str, name: str, payload: Any, connection: Any = None) -> bool:
+        """Deliver `payload` to wait_for step `name` of running run `workflow_id`: True when
+        the step was waiting (it completes with the payload and the run moves on), False
+        when it is not reached yet (the signal is kept for it). SignalError, nothing
+        delivered, for an unknown run or step, a step that is no wait, a run no longer
+        running, or a wait that already took a signal or timed out. With `connection`,
+        the signal joins the caller's SQLAlchemy transaction."""
+        store = self._flow_store()
+        run = self.backend.get_run(workflow_id)
+        if run is None:
+            raise SignalError(f"signal {name!r}: run {workflow_id!r} is not stored")
+        plans: dict[str, FlowPlan] = {}
+        if run.fingerprint is not None:
+            if run.state is not RunState.RUNNING:  # whatever the definition: say why
+                raise SignalError(
+                    f"signal {name!r}: run {workflow_id!r} of flow {run.workflow!r} is "
+                    f"{run.state.value}; only a running run takes signals"
+                )
+            workflow = self._known_definition(run, f"signal {name!r}", SignalError)
+            plans[run.fingerprint] = workflow.plan
+        delivered = store.signal_run(plans, workflow_id, name, payload, connection=connection)
+        logger.info(
+            "signal %r %s run %s",
+            name,
+            "delivered to" if delivered else "kept for",
+            workflow_id,
+            extra={
+                **self._extra,
+                "workflow": run.workflow,
+                "workflow_id": workflow_id,
+                "step": name,
+                "delivered": delivered,
+            },
+        )
+        if delivered and connection is None:
+            self._wake(set())
+        return delivered
+
+    def resume_run(self, workflow_id: str) -> RunHandle:
+        """Continue a failed or cancelled distributed run from where it stopped: completed
+        and skipped steps are kept (their functions do not run again), the others run
+        anew. Fix the cause first (deploy the fix, then resume). RunStateError for an
+        unknown, running or completed run; DefinitionError when this process does not know
+        the definition the run was started with (it says how the known one differs)."""
+        store = self._flow_store()
+        run = self.backend.get_run(workflow_id)
+        if run is None:
+            raise RunStateError(f"resume_run: run {workflow_id!r} is not stored")
+        if run.state in (RunState.RUNNING, RunState.COMPLETED):
+            raise RunStateError(
+                f"resume_run: run {workflow_id!r} of flow {run.workflow!r} is "
+                f"{run.state.value}; only a failed or cancelled run can be resumed"
+            )
+        workflow = self._known_definition(run, "resume_run", DefinitionError)
+        _register_flow(workflow)
+        store.resume_run(workflow.plan, workflow_id)
+        logger.info(
+            "run %s of flow %r resumed",
+            workflow_id,
+            run.workflow,
+            extra={**self._extra, "workflow": run.workflow, "workflow_id": workflow_id},
+        )
+        self._wake(set())
+        return RunHandle(self.backend, store, workflow_id)
+
+    def restart_run(
+        self, workflow_id: str, from_step: str | None = None, input: Any = None
+    ) -> RunHandle:
+        """Start a new run (`restart_of` = `workflow_id`) of a finished run's definition.
+        `from_step` re-runs that step and everything downstream of it, keeping the other
+        outputs; a non-None `input` is the new run's input and re-runs the steps that read
+        the input (and what follows them); with neither, every step runs again on the old
+        input. RunStateError for an unknown or running run; DefinitionError for an unknown
+        step, or when this process does not know the run's definition."""
+        from pgflow.graph.ready import restart_steps
+
+        store = self._flow_store()
+        run = self.backend.get_run(workflow_id)
+        if run is None:
+            raise RunStateError(f"restart_run: run {workflow_id!r} is not stored")
+        if run.state is RunState.RUNNING:
+            raise RunStateError(
+                f"restart_run: run {workflow_id!r} of flow {run.workflow!r} is running; "
+                "cancel it first, or resume it once it failed"
+            )
+        workflow = self._known_definition(run, "restart_run", DefinitionError)
+        new_input = input is not None
+        rerun = restart_steps(workflow.plan, from_step, new_input)
+        _register_flow(workflow)
+        new_id = str(uuid.uuid4())
+        store.restart_run(
+            workflow.plan,
+            workflow_id,
+            new_id=new_id,
+            rerun=rerun,
+            input=input if new_input else run.input,
+        )
+        logger.info(
+            "run %s of flow %r restarted as %s",
+            workflow_id,
+            run.workflow,
+            new_id,
+            extra={
+                **self._extra,
+                "workflow": run.workflow,
+                "workflow_id": new_id,
+                "restart_of": workflow_id,
+                "from_step": from_step,
+                "new_input": new_input,
+            },
+        )
+        self._wake(set())
+        return RunHandle(self.backend, store, new_id)
+
+    @staticmethod
+    def _known_definition(run: RunRecord, what: str, error: type[Exception]) -> Workflow:
+        """The definition `run` was started with, as this process knows it, or `error`
+        naming the flow and how the definition(s) known here differ from the run's."""
+        from pgflow.graph.difference import describe_difference
+        from pgflow.graph.registry import flows
+        from pgflow.runtime.unserved_flows import short
+
+        if run.fingerprint is None:
+            raise RunStateError(
+                f"{what}: run {run.workflow_id!r} of {run.workflow!r} was not started with "
+                "start_run; only distributed runs can be steered"
+            )
+        workflow = flows.find(run.workflow, run.fingerprint)
+        if workflow is not None:
+            return workflow
+        message = (
+            f"{what}: run {run.workflow_id!r} of flow {run.workflow!r} was started with "
+            f"definition {short(run.fingerprint)}, which is not known in this process"
+        )
+        known = flows.versions(run.workflow)
+        if known:
+            changes = "; ".join(
+                f"definition {short(other.fingerprint)} differs from it: "
+                f"{describe_difference(run.definition, other.definition)}"
+                for other in known[:3]
+            )
+            message += f" ({changes}); run the code that defines the run's version"
+        else:
+            message += "; import the module that defines it"
+        raise error(message)
 
     def _flow_store(self) -> FlowStore:
         """The backend as a FlowStore, or BackendError naming it: distributed runs need one."""
@@ -470,6 +652,7 @@ class Pgflow:
                     else UnservedFlowSweep(grace=self.unserved_grace, extra=self._extra)
                 ),
                 unserved_interval=self.unserved_interval,
+                deadline_interval=self.deadline_interval,
             )
             heartbeat.start()
             for producer in self._producers.values():

@@ -402,6 +402,11 @@ def migrate(url: str | None, log_level: str) -> None:
 @seconds_option(
     "--unserved-interval", 60.0, "Seconds between the leader's checks for unserved flow runs."
 )
+@seconds_option(
+    "--deadline-interval",
+    1.0,
+    "Seconds between the leader's checks for flow runs past their deadline.",
+)
 @click.option(
     "--migrate/--no-migrate",
     "run_migrations",
@@ -427,6 +432,7 @@ def worker(
     rescue_interval: float | None,
     unserved_grace: float | None,
     unserved_interval: float,
+    deadline_interval: float,
     run_migrations: bool,
     log_level: str,
 ) -> None:
@@ -461,6 +467,7 @@ def worker(
             stage_interval=stage_interval,
             unserved_grace=unserved_grace,
             unserved_interval=unserved_interval,
+            deadline_interval=deadline_interval,
         )
         if rescue_interval is not None:
             options["rescue_interval"] = rescue_interval

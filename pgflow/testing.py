@@ -18,18 +18,22 @@ so retries, discards, snoozes and errors are recorded exactly as in production.
 Distributed graph runs work the same way: `t.app.start_run(flow, input)` enqueues the ready
 steps as task jobs, and `drain` runs them as a worker would, including the tasks each
 completion makes ready; `assert_step` checks a step's state (see pgflow.testing_flows).
+`t.signal(run_id, "approval", payload)` delivers a signal; `drain(with_scheduled=True)` lets
+time pass on the FakeClock: sleeps end, wait timeouts fire and run deadlines expire, in
+the order their times come.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
+from pgflow.backend import FlowStore
 from pgflow.clock import SYSTEM_CLOCK, Clock, FakeClock
 from pgflow.errors import Discard, StepFailed
 from pgflow.records import (
@@ -70,6 +74,9 @@ DEFAULT_DRAIN_LIMIT = 10_000
 #: Inline jobs inserting jobs that insert jobs... deeper than this is taken for a loop.
 MAX_INLINE_DEPTH = 50
 _ALL = 1_000_000_000
+#: How far past a due time `drain(with_scheduled=True)` moves the clock (1 ms).
+_TICK = 0.001
+_EXPIRE_PAGE = 100
 
 
 @attrs.frozen
@@ -274,17 +281,24 @@ class TestQueue:
         attempts: int | None = None,
         output: Any = UNSET,
         tasks_done: int | None = None,
+        kind: str | None = None,
+        child_id: str | None = UNSET,
     ) -> StepState:
         """Assert that step `step` of graph run `workflow_id` has the given attributes
-        (`output` compared as stored, i.e. as JSON gives it back); return its state."""
+        (`output` compared as stored, i.e. as JSON gives it back; `kind` "step", "map",
+        "wait", "sleep" or "subflow"; `child_id` a sub-flow's child run); return its state."""
         wanted_state = StepStatus(state) if state is not None else None
         run = self._graph_run(workflow_id)
         found = run.steps.get(step)
         if found is None:
             raise AssertionError(f"run {workflow_id!r} has no step {step!r}.\n{describe_run(run)}")
-        if step_matches(found, wanted_state, attempts, output, tasks_done):
+        if step_matches(
+            found, wanted_state, attempts, output, tasks_done, kind=kind, child_id=child_id
+        ):
             return found
-        wanted = _describe_step_filters(wanted_state, attempts, output, tasks_done)
+        wanted = _describe_step_filters(
+            wanted_state, attempts, output, tasks_done, kind=kind, child_id=child_id
+        )
         raise AssertionError(
             f"expected step {step!r} of run {workflow_id!r} with {wanted}.\n{describe_run(run)}"
         )
@@ -295,6 +309,45 @@ class TestQueue:
             known = ", ".join(repr(r.workflow_id) for r in self.backend.list_runs(limit=20))
             raise AssertionError(f"no run {workflow_id!r} is stored (runs: {known or 'none'})")
         return run
+
+    def assert_run(
+        self,
+        workflow_id: str,
+        *,
+        state: RunState | str | None = None,
+        output: Any = UNSET,
+        error_kind: str | None = None,
+    ) -> RunRecord:
+        """Assert that run `workflow_id` is in `state`, with `output` (as stored) and an
+        error of kind `error_kind` when given; return it (with its steps)."""
+        run = self._graph_run(workflow_id)
+        wanted_state = RunState(state) if state is not None else None
+        kind = (run.error or {}).get("kind")
+        if (
+            (wanted_state is None or run.state is wanted_state)
+            and (output is UNSET or run.output == output)
+            and (error_kind is None or kind == error_kind)
+        ):
+            return run
+        parts = []
+        if wanted_state is not None:
+            parts.append(f"state={wanted_state.value}")
+        if output is not UNSET:
+            parts.append(f"output={output!r}")
+        if error_kind is not None:
+            parts.append(f"error kind={error_kind!r}")
+        found = f"output={run.output!r}, error={run.error!r}"
+        raise AssertionError(
+            f"expected run {workflow_id!r} with {', '.join(parts) or 'any attributes'}; "
+            f"it has {found}.\n{describe_run(run)}"
+        )
+
+    # -- steering runs ---------------------------------------------------------------------
+
+    def signal(self, workflow_id: str, name: str, payload: Any) -> bool:
+        """`app.signal`: True when the wait was waiting (its dependents' tasks are then
+        enqueued, and in inline mode run), False when the signal is kept for later."""
+        return self.app.signal(workflow_id, name, payload)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -310,22 +363,25 @@ class TestQueue:
         """Run the due jobs of `queue` (all queues when None) in this thread; count outcomes.
 
         With `with_recursion`, jobs inserted by the drained jobs run too, until none is due.
-        With `with_scheduled`, the FakeClock moves forward to each scheduled or retryable
-        job's time so it runs as well (retries included, until they complete or are
-        discarded). The first job that raises (other than Discard/Snooze) has its exception
-        re-raised unless `raise_on_failure` is False. More than `limit` runs raise
-        RuntimeError: a job that snoozes or re-inserts itself forever would never end.
+        With `with_scheduled`, once nothing is due the FakeClock moves forward to the next
+        scheduled or retryable job's time so it runs as well (retries, sleeps and wait
+        timeouts included), and, draining all queues, to the next deadline of a running
+        flow run, which then fails (as the leader would expire it); until nothing is left.
+        The first job that raises (other than Discard/Snooze) has its exception re-raised
+        unless `raise_on_failure` is False. More than `limit` runs raise RuntimeError: a
+        job that snoozes or re-inserts itself forever would never end.
         A graph run's tasks are jobs too (see pgflow.testing_flows); a job cancelled after
         this drain claimed it (its run failed meanwhile) ends cancelled without running.
         """
         counts = dict.fromkeys(("completed", "retried", "discarded", "snoozed", "cancelled"), 0)
         runs = 0
         while True:
-            if with_scheduled:
-                self._advance_to_scheduled(queue)
+            self._expire_runs()
             self.backend.stage_jobs()
             batch = self._claim_all(queue)
             if not batch:
+                if with_scheduled and self._advance_to_scheduled(queue):
+                    continue
                 break
             for index, job in enumerate(batch):
                 runs += 1
@@ -373,23 +429,43 @@ class TestQueue:
         for job in jobs:
             self.backend.snooze_job(job.ref, 0.0)
 
-    def _advance_to_scheduled(self, queue: str | None) -> None:
-        """Move the FakeClock to the latest time a waiting job of `queue` is scheduled for."""
+    def _advance_to_scheduled(self, queue: str | None) -> bool:
+        """Move the FakeClock to the earliest time a waiting job of `queue` is scheduled
+        for, or (all queues) a running flow run's deadline passes; False when none is left."""
         pending = [
             job.scheduled_at
             for job in self.backend.list_jobs(queue=queue, limit=_ALL)
             if job.state in (JobState.SCHEDULED, JobState.RETRYABLE)
         ]
-        if not pending:
-            return
+        deadlines = []
+        if queue is None and isinstance(self.backend, FlowStore):
+            deadlines = [
+                run.deadline_at
+                for run in self.backend.list_runs(state=RunState.RUNNING, limit=_ALL)
+                if run.deadline_at is not None
+            ]
+        if not pending and not deadlines:
+            return False
         if not isinstance(self.clock, FakeClock):
             raise RuntimeError(
                 "drain(with_scheduled=True) moves the test clock forward; it needs the "
                 "store to run on a pgflow.FakeClock"
             )
-        ahead = (max(pending) - self.clock.now()).total_seconds()
-        if ahead > 0:
-            self.clock.advance(ahead)
+        at = min(pending + deadlines)
+        if not pending or min(deadlines, default=at) < min(pending):
+            at += timedelta(seconds=_TICK)  # a deadline passes after its instant
+        ahead = (at - self.clock.now()).total_seconds()
+        if ahead <= 0:  # due already, yet nothing ran: moving time cannot help
+            return False
+        self.clock.advance(ahead)
+        return True
+
+    def _expire_runs(self) -> None:
+        """Fail the running flow runs past their deadline, as the leader does."""
+        if not isinstance(self.backend, FlowStore):
+            return
+        while len(self.backend.expire_runs(_EXPIRE_PAGE)) == _EXPIRE_PAGE:
+            pass
 
     def _run(self, job: Job) -> _Ran:
         """Run one claimed job through the workers' own execution path."""
@@ -422,10 +498,12 @@ class TestQueue:
         runs = 0
         try:
             while True:
+                self._expire_runs()
                 self.backend.stage_jobs()
                 claimed = self._claim_all(None)
-                ours = [job for job in claimed if _task_of(job, workflow_id)]
-                self._release([job for job in claimed if not _task_of(job, workflow_id)])
+                family = self._family(workflow_id, claimed)
+                ours = [job for job in claimed if job.task and job.task.workflow_id in family]
+                self._release([job for job in claimed if job not in ours])
                 if not ours:
                     return
                 runs += len(ours)
@@ -442,6 +520,23 @@ class TestQueue:
                         raise ran.error
         finally:
             self._depth -= 1
+
+    def _family(self, workflow_id: str, jobs: Sequence[Job]) -> set[str]:
+        """The runs among `jobs`' that are `workflow_id` or its sub-flow runs (at any depth):
+        an inline run runs its children's tasks too."""
+        family = {workflow_id}
+        outside: set[str] = set()
+        for job in jobs:
+            if job.task is None:
+                continue
+            chain: list[str] = []
+            current: str | None = job.task.workflow_id
+            while current is not None and current not in family and current not in outside:
+                chain.append(current)
+                run = self.backend.get_run(current)
+                current = None if run is None else run.parent_id
+            (family if current in family else outside).update(chain)
+        return family
 
     def _run_inserted(self, jobs: Sequence[Job]) -> None:
         """Inline mode: run what an insert just stored, raising the first failure."""
@@ -505,6 +600,7 @@ class _InlineMemoryBackend(_HarnessMemoryBackend):
         input: Any,
         max_attempts: int,
         connection: Any = None,
+        deadline: float | None = None,
     ) -> RunStart:
         started = super().start_flow_run(
             plan,
@@ -512,15 +608,48 @@ class _InlineMemoryBackend(_HarnessMemoryBackend):
             input=input,
             max_attempts=max_attempts,
             connection=connection,
+            deadline=deadline,
         )
         if started.created:
             self.harness._run_flow_inline(workflow_id)
         return started
 
+    def signal_run(
+        self,
+        plans: Mapping[str, FlowPlan],
+        workflow_id: str,
+        step: str,
+        payload: Any,
+        *,
+        connection: Any = None,
+    ) -> bool:
+        delivered = super().signal_run(plans, workflow_id, step, payload, connection=connection)
+        if delivered:
+            self.harness._run_flow_inline(workflow_id)
+        return delivered
+
+    def resume_run(self, plan: FlowPlan, workflow_id: str) -> RunRecord:
+        resumed = super().resume_run(plan, workflow_id)
+        self.harness._run_flow_inline(workflow_id)
+        return resumed
+
+    def restart_run(
+        self,
+        plan: FlowPlan,
+        workflow_id: str,
+        *,
+        new_id: str,
+        rerun: Collection[str],
+        input: Any,
+    ) -> RunStart:
+        started = super().restart_run(plan, workflow_id, new_id=new_id, rerun=rerun, input=input)
+        self.harness._run_flow_inline(new_id)
+        return started
+
 
 class _InsertPatch:
     """Inline mode on a user's own app: wrap its `insert` so stored jobs run at once, and
-    its `start_run` so a run's due tasks do."""
+    its `start_run` (`signal`, `resume_run`, `restart_run`) so a run's due tasks do."""
 
     def __init__(self, app: Pgflow, harness: TestQueue) -> None:
         self._app = app
@@ -537,11 +666,22 @@ class _InsertPatch:
             harness._run_flow_inline(handle.workflow_id)
             return handle
 
+        def steered(method: Callable[..., Any], new_run: bool) -> Callable[..., Any]:
+            def call(workflow_id: str, *args: Any, **kwargs: Any) -> Any:
+                result = method(workflow_id, *args, **kwargs)
+                harness._run_flow_inline(result.workflow_id if new_run else workflow_id)
+                return result
+
+            return call
+
         app.insert = insert  # type: ignore[method-assign, assignment]
         app.start_run = start_run  # type: ignore[method-assign]
+        app.signal = steered(app.signal, False)  # type: ignore[method-assign]
+        app.resume_run = steered(app.resume_run, False)  # type: ignore[method-assign]
+        app.restart_run = steered(app.restart_run, True)  # type: ignore[method-assign]
 
     def undo(self) -> None:
-        for name in ("insert", "start_run"):
+        for name in ("insert", "start_run", "signal", "resume_run", "restart_run"):
             with contextlib.suppress(AttributeError):
                 delattr(self._app, name)
 
@@ -593,10 +733,6 @@ def inline(
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _task_of(job: Job, workflow_id: str) -> bool:
-    return job.task is not None and job.task.workflow_id == workflow_id
-
-
 def _worker_name(worker: type[Worker] | str | None) -> str | None:
     if worker is None or isinstance(worker, str):
         return worker
@@ -637,9 +773,19 @@ def _describe_filters(
 
 
 def _describe_step_filters(
-    state: StepStatus | None, attempts: int | None, output: Any, tasks_done: int | None
+    state: StepStatus | None,
+    attempts: int | None,
+    output: Any,
+    tasks_done: int | None,
+    *,
+    kind: str | None = None,
+    child_id: str | None = UNSET,
 ) -> str:
     parts = []
+    if kind is not None:
+        parts.append(f"kind={kind!r}")
+    if child_id is not UNSET:
+        parts.append(f"child_id={child_id!r}")
     if state is not None:
         parts.append(f"state={state.value}")
     if attempts is not None:

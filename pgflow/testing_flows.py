@@ -103,10 +103,22 @@ def _unknown_definition(job: Job) -> DefinitionError | None:
 
 
 def step_matches(
-    step: StepState, state: str | None, attempts: int | None, output: Any, tasks_done: int | None
+    step: StepState,
+    state: str | None,
+    attempts: int | None,
+    output: Any,
+    tasks_done: int | None,
+    *,
+    kind: str | None = None,
+    child_id: str | None = UNSET,
 ) -> bool:
-    """True when `step` has every attribute that was given (`output` unless UNSET)."""
+    """True when `step` has every attribute that was given (`output` and `child_id`
+    unless UNSET)."""
     if state is not None and step.state != state:
+        return False
+    if kind is not None and step.kind != kind:
+        return False
+    if child_id is not UNSET and step.child_id != child_id:
         return False
     if attempts is not None and step.attempts != attempts:
         return False
@@ -125,6 +137,10 @@ def describe_run(run: RunRecord) -> str:
 
 def describe_step(step: StepState) -> str:
     parts = [f"{step.step}: {step.state.value}", f"attempts={step.attempts}"]
+    if step.kind != "step":
+        parts.append(f"kind={step.kind}")
+    if step.child_id is not None:
+        parts.append(f"child={step.child_id}")
     if step.tasks_total is not None:
         parts.append(f"tasks={step.tasks_done}/{step.tasks_total}")
     if step.skip_reason is not None:

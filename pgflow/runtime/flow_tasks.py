@@ -4,6 +4,10 @@ The job names its definition (flow name in the worker column, fingerprint in its
 only a definition registered in this process (`pgflow.graph.registry.flows`) is run, never
 code a row names. The outcome carries a TaskCompletion, which the producer records with
 `complete_tasks` so the store settles the step in the same transaction.
+
+Handlerless steps have tasks too, which call no function: a sleep's task (scheduled at its
+end) completes with its value, a wait's timeout task skips or fails the wait, and a
+sub-flow's relay task (inserted when the child run ends) settles the step from the child.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ import attrs
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.definition import Step, Workflow
 from pgflow.errors import SerializationError
+from pgflow.graph import ready
 from pgflow.graph.registry import flows
-from pgflow.graph.shape import TASK_WORKER_PREFIX
-from pgflow.records import Job, TaskCompletion
+from pgflow.graph.shape import SLEEP, SUBFLOW, TASK_WORKER_PREFIX, WAIT, FlowPlan, StepPlan
+from pgflow.records import Job, JobError, RunRecord, RunState, TaskCompletion
 from pgflow.runtime.execution import JobControl, Outcome, OutcomeKind, _Run, job_log_extra
 from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES, dumps
+from pgflow.stored_errors import clean_error
 from pgflow.worker import backoff_delay
 
 if TYPE_CHECKING:
@@ -35,6 +41,10 @@ logger = logging.getLogger("pgflow.runtime")
 #: How long a task of a definition this process does not know waits before another try.
 UNKNOWN_DEFINITION_SNOOZE = 30.0
 SKIPPED_BY_WHEN = "when returned false"
+#: How long a relay task waits when its child run is, unexpectedly, still running.
+RUNNING_CHILD_SNOOZE = 60.0
+#: The `kind` of the error a sub-flow step fails with when its child run did not complete.
+SUBFLOW_FAILED = "SubflowFailed"
 
 
 class _StepTimedOut(TimeoutError):
@@ -78,6 +88,8 @@ def execute_task(
             run.failed(exc, None, honour_cancel=False), kind=OutcomeKind.DISCARDED, retry_in=None
         )
     limit = getattr(backend, "max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES)
+    if step.handlerless:
+        return _handlerless(job, workflow, run, backend, args, limit, instance_id)
     try:
         if step.when is not None and not step.is_map and not _call_when(step, args, kwargs):
             completion = TaskCompletion(job.ref, job.task, None, skipped=SKIPPED_BY_WHEN)
@@ -189,3 +201,161 @@ async def _await(value: Any, control: JobControl) -> Any:
 
     control.on_cancel(cancel)
     return await task
+
+
+def _handlerless(
+    job: Job,
+    workflow: Workflow,
+    run: _Run,
+    backend: Backend | None,
+    args: list[Any],
+    limit: int | None,
+    instance_id: str | None,
+) -> Outcome:
+    """The task of a wait, sleep or sub-flow step: no step function is called."""
+    assert job.task is not None
+    plan = workflow.plan
+    step = plan.step(job.task.step)
+    owner = f"flow {workflow.name!r} step {step.name!r}"
+    if step.kind == SLEEP:  # its time has come: it passes its value on
+        try:
+            output = dumps(args[0] if args else None, what="output", limit=limit, owner=owner)
+        except SerializationError as exc:
+            return attrs.evolve(
+                run.failed(exc, None, honour_cancel=False),
+                kind=OutcomeKind.DISCARDED,
+                retry_in=None,
+            )
+        return _completed(job, output, plan)
+    if step.kind == WAIT:
+        return _wait_timed_out(job, step, workflow, run, instance_id)
+    if step.kind == SUBFLOW:
+        return _relay(job, step, workflow, run, backend, limit, instance_id)
+    raise AssertionError(f"{owner}: unexpected handlerless kind {step.kind!r}")
+
+
+def _completed(
+    job: Job, output: str | None, plan: FlowPlan, *, skipped: str | None = None
+) -> Outcome:
+    assert job.task is not None
+    completion = TaskCompletion(job.ref, job.task, output, skipped=skipped)
+    return Outcome(job, OutcomeKind.COMPLETED, completion=completion, plan=plan)
+
+
+def _discarded(job: Job, run: _Run, error: dict[str, Any]) -> Outcome:
+    """Discarded at once, no retry: the store's job_ended path then fails the step and
+    its run with this error (kind and message as given, plus the attempt's bookkeeping)."""
+    stored = clean_error(
+        {
+            **JobError(
+                attempt=job.attempt,
+                at=run.clock.now(),
+                kind=str(error.get("kind", "error")),
+                message=str(error.get("message", "")),
+                traceback=str(error.get("traceback", "")),
+                instance_id=run.instance_id,
+            ).to_dict(),
+            "step": error.get("step"),
+        }
+    )
+    return Outcome(job, OutcomeKind.DISCARDED, error=stored, retry_in=None)
+
+
+def _wait_timed_out(
+    job: Job, step: StepPlan, workflow: Workflow, run: _Run, instance_id: str | None
+) -> Outcome:
+    """A wait's timeout task ran (a signal would have cancelled it): skip or fail the wait.
+    The store settles the step only while it waits, so a signal that won counts alone."""
+    extra = job_log_extra(job, instance_id, workflow=workflow.name, step=step.name)
+    if job.task is not None:
+        extra["workflow_id"] = job.task.workflow_id
+    if step.on_timeout == "skip":
+        logger.info(
+            "wait step %r received no signal within %gs: skipped",
+            step.name,
+            step.wait_timeout or 0,
+            extra=extra,
+        )
+        reason = f"no signal within {step.wait_timeout or 0:g}s"
+        return _completed(job, None, workflow.plan, skipped=reason)
+    logger.info(
+        "wait step %r received no signal within %gs: failed",
+        step.name,
+        step.wait_timeout or 0,
+        extra=extra,
+    )
+    return _discarded(job, run, ready.wait_timed_out(step))
+
+
+def _relay(
+    job: Job,
+    step: StepPlan,
+    workflow: Workflow,
+    run: _Run,
+    backend: Backend | None,
+    limit: int | None,
+    instance_id: str | None,
+) -> Outcome:
+    """A sub-flow's child run ended: complete the step with its result, or fail the step
+    (no retry: the child's own steps had theirs) naming the child and its error."""
+    assert job.task is not None
+    child_id = job.args.get("child")
+    extra = job_log_extra(
+        job,
+        instance_id,
+        workflow=workflow.name,
+        workflow_id=job.task.workflow_id,
+        step=step.name,
+        child_id=child_id,
+    )
+    if not isinstance(child_id, str):
+        return _discarded(
+            job,
+            run,
+            _subflow_error(step, f"task job {job.id} names no child run (args {job.args!r})"),
+        )
+    if backend is None:  # only the runtime calls this, always with its backend
+        return run.failed(RuntimeError("a relay task needs the backend"), None)
+    child = backend.get_run(child_id)
+    if child is None:
+        logger.warning(
+            "sub-flow step %r: child run %s is not stored", step.name, child_id, extra=extra
+        )
+        return _discarded(
+            job, run, _subflow_error(step, f"child run {child_id} is not stored (pruned?)")
+        )
+    if child.state is RunState.RUNNING:
+        logger.warning(
+            "sub-flow step %r: child run %s is still running; relay snoozed %gs",
+            step.name,
+            child_id,
+            RUNNING_CHILD_SNOOZE,
+            extra=extra,
+        )
+        return Outcome(job, OutcomeKind.SNOOZED, snooze=RUNNING_CHILD_SNOOZE)
+    if child.state is RunState.COMPLETED:
+        owner = f"flow {workflow.name!r} step {step.name!r}"
+        try:
+            output = dumps(child.output, what="output", limit=limit, owner=owner)
+        except SerializationError as exc:
+            return _discarded(job, run, _subflow_error(step, str(exc)))
+        return _completed(job, output, workflow.plan)
+    return _discarded(job, run, _subflow_error(step, _child_failure(child)))
+
+
+def _child_failure(child: RunRecord) -> str:
+    """`child run ID of flow 'F' <state>: <its error message>`."""
+    error = child.error if isinstance(child.error, dict) else {}
+    message = str(error.get("message") or "no error recorded")
+    return (
+        f"child run {child.workflow_id} of flow {child.workflow!r} {child.state.value}: {message}"
+    )
+
+
+def _subflow_error(step: StepPlan, why: str) -> dict[str, Any]:
+    return {
+        "kind": SUBFLOW_FAILED,
+        "message": f"sub-flow step {step.name!r} failed: {why}",
+        "step": step.name,
+        "traceback": "",
+    }

@@ -2,7 +2,8 @@
 
 The lease lives in the database (`acquire_leadership`, renewed every tick with a TTL of three
 ticks), so at most one instance stages due jobs, rescues jobs of dead instances, prunes old
-jobs, inserts cron slots and fails flow runs no instance serves (unserved_flows) at a time;
+jobs, inserts cron slots, fails flow runs no instance serves (unserved_flows) and flow runs
+past their deadline (deadlines) at a time;
 when it dies, another takes over within one TTL.
 
 The duties are fenced by the lease: before each one, the leader checks that the lease it
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from pgflow.clock import Clock
 from pgflow.runtime.cron import CronScheduler
+from pgflow.runtime.deadlines import DEFAULT_DEADLINE_INTERVAL, expire_due_runs
 from pgflow.runtime.reconnect import Guard
 from pgflow.runtime.service import ServiceThread
 from pgflow.runtime.unserved_flows import (
@@ -54,6 +56,7 @@ class Leader(ServiceThread):
         on_staged: Callable[[Iterable[str]], None],
         unserved: UnservedFlowSweep | None = None,
         unserved_interval: float = DEFAULT_UNSERVED_INTERVAL,
+        deadline_interval: float = DEFAULT_DEADLINE_INTERVAL,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
@@ -70,12 +73,14 @@ class Leader(ServiceThread):
         self._swept: SweptStore | None = backend if isinstance(backend, SweptStore) else None
         self.unserved = unserved if self._swept is not None else None
         self.unserved_interval = unserved_interval
+        self.deadline_interval = deadline_interval
         self.monotonic = monotonic
         self.is_leader = False
         self._lease_until = 0.0  # monotonic time until which the lease surely holds
         self._next_rescue = 0.0
         self._next_prune = 0.0
         self._next_unserved = 0.0
+        self._next_deadline = 0.0
         self._standing_down = False
         super().__init__("pgflow-leader", instance_id)
 
@@ -142,6 +147,7 @@ class Leader(ServiceThread):
         if not self.is_leader:
             self.is_leader = True
             self._next_rescue = self._next_prune = self._next_unserved = 0.0
+            self._next_deadline = 0.0
             if self.unserved is not None:
                 self.unserved.forget()  # another leader may have watched meanwhile
             logger.info("this instance is now the leader", extra=self._extra)
@@ -169,6 +175,12 @@ class Leader(ServiceThread):
             self._next_unserved = now + self.unserved_interval
             assert self._swept is not None  # unserved is set only with a SweptStore
             self.unserved.run(self._swept, self.holds_lease)
+        if self._swept is not None and now >= self._next_deadline:
+            if not self.holds_lease():
+                return
+            self._next_deadline = now + self.deadline_interval
+            if expire_due_runs(self._swept, self.holds_lease, self._extra):
+                self.on_staged(())  # an expired child's relay task may wait: wake everyone
         if self.cron is not None:
             if not self.holds_lease():
                 return

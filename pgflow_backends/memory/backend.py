@@ -7,9 +7,10 @@ stored as JSON text, so serialisation errors and returned copies behave as in SQ
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -18,8 +19,7 @@ import attrs
 
 from pgflow.backend import JobListener, RunStart
 from pgflow.clock import SYSTEM_CLOCK, Clock
-from pgflow.errors import BackendError, JobStateError
-from pgflow.graph.ready import plan_fingerprint
+from pgflow.errors import BackendError, DefinitionError, JobStateError
 from pgflow.identifiers import validate_cron_name, validate_instance_id, validate_workflow_id
 from pgflow.records import (
     Instance,
@@ -44,7 +44,6 @@ from pgflow.serialization import (
     check_limit,
     check_size,
     dumps,
-    loads,
 )
 from pgflow_backends.memory.cluster import InstanceTable
 from pgflow_backends.memory.flows import FlowTable
@@ -79,7 +78,7 @@ class InMemoryBackend:
         self._hub = ListenerHub(threading.Condition(self._lock))
         self._jobs = JobTable()
         self._runs = RunTable()
-        self._flows = FlowTable(self._jobs, self._runs)
+        self._flows = FlowTable(self._jobs, self._runs, self.max_payload_bytes)
         self._run_finished = threading.Condition(self._lock)  # wait_for_run waits on it
         self._instances = InstanceTable()
         self._cron_slots: dict[str, datetime] = {}  # cron entry name -> last slot enqueued
@@ -118,7 +117,7 @@ class InMemoryBackend:
             self._closed = True
             self._jobs = JobTable()
             self._runs = RunTable()
-            self._flows = FlowTable(self._jobs, self._runs)
+            self._flows = FlowTable(self._jobs, self._runs, self.max_payload_bytes)
             self._instances = InstanceTable()
             self._cron_slots = {}
             self._hub.close_all()
@@ -436,13 +435,12 @@ class InMemoryBackend:
         input: Any,
         max_attempts: int,
         connection: Any = None,
+        deadline: float | None = None,
     ) -> RunStart:
-        if connection is not None:
-            raise BackendError(
-                "InMemoryBackend cannot join an SQLAlchemy transaction (connection=...); "
-                "use SQLiteBackend or PostgresBackend for transactional starts"
-            )
+        _refuse_connection(connection, "transactional starts")
         validate_workflow_id(workflow_id)
+        if deadline is not None:
+            _check_deadline(workflow_id, deadline)
         encoded = dumps(
             input, what="input", limit=self.max_payload_bytes, owner=f"run {workflow_id!r}"
         )
@@ -450,23 +448,17 @@ class InMemoryBackend:
         with self._lock:
             self._check_open()
             now = self._now()
-            started = self._runs.start(
-                workflow_id=workflow_id,
-                workflow=plan.flow,
-                input=encoded,
-                max_attempts=max_attempts,
-                job_id=None,
-                fingerprint=plan_fingerprint(plan),
+            started = self._flows.start(
+                plan,
+                workflow_id,
+                encoded,
+                max_attempts,
+                now,
                 definition=definition,
-                now=now,
+                deadline_at=None if deadline is None else now + timedelta(seconds=deadline),
             )
-            if not started.created:
-                return started
-            self._flows.start(plan, workflow_id, loads(encoded), max_attempts, now)
             self._after_flow_change()
-            run = self._runs.get(workflow_id)
-            assert run is not None  # created above, under the same lock
-            return RunStart(run, True)
+            return started
 
     def complete_tasks(
         self,
@@ -487,7 +479,7 @@ class InMemoryBackend:
             self._check_open()
             now = self._now()
             self._flows.inserted = []
-            counted = self._flows.complete(completions, self.max_payload_bytes, now)
+            counted = self._flows.complete(completions, now)
             inserted, self._flows.inserted = self._flows.inserted, []
             if claim is not None and claim.limit > 0 and inserted and self._may_claim(claim):
                 claim.claimed = self._jobs.claim_ids(
@@ -538,6 +530,66 @@ class InMemoryBackend:
                 if left is not None and left <= 0:
                     return run
                 self._run_finished.wait(left)
+
+    def signal_run(
+        self,
+        plans: Mapping[str, FlowPlan],
+        workflow_id: str,
+        step: str,
+        payload: Any,
+        *,
+        connection: Any = None,
+    ) -> bool:
+        _refuse_connection(connection, "transactional signals")
+        owner = f"signal {step!r} of run {workflow_id!r}"
+        encoded = dumps(payload, what="payload", limit=self.max_payload_bytes, owner=owner)
+        with self._lock:
+            self._check_open()
+            self._flows.inserted = []
+            delivered = self._flows.signal(plans, workflow_id, step, encoded, self._now())
+            self._flows.inserted = []
+            self._after_flow_change()
+            return delivered
+
+    def resume_run(self, plan: FlowPlan, workflow_id: str) -> RunRecord:
+        with self._lock:
+            self._check_open()
+            self._flows.inserted = []
+            run = self._flows.resume(plan, workflow_id, self._now())
+            self._flows.inserted = []
+            self._after_flow_change()
+            return run
+
+    def restart_run(
+        self,
+        plan: FlowPlan,
+        workflow_id: str,
+        *,
+        new_id: str,
+        rerun: Collection[str],
+        input: Any,
+    ) -> RunStart:
+        validate_workflow_id(new_id)
+        encoded = dumps(input, what="input", limit=self.max_payload_bytes, owner=f"run {new_id!r}")
+        definition = self._runs.encode_definition(plan.definition)
+        with self._lock:
+            self._check_open()
+            self._flows.inserted = []
+            started = self._flows.restart(
+                plan, workflow_id, new_id, rerun, encoded, self._now(), definition=definition
+            )
+            self._flows.inserted = []
+            self._after_flow_change()
+            return started
+
+    def expire_runs(self, limit: int = 100) -> list[str]:
+        with self._lock:
+            self._check_open()
+            self._flows.inserted = []
+            expired = self._flows.expire(limit, self._now())
+            self._flows.inserted = []
+            self._after_flow_change()
+            return expired
 
     def running_flows(self) -> list[tuple[str, str, int]]:
         with self._lock:
@@ -596,3 +648,25 @@ class InMemoryBackend:
     def _check_open(self) -> None:
         if self._closed:
             raise BackendError("this InMemoryBackend is closed; create a new one")
+
+
+def _refuse_connection(connection: Any, what: str) -> None:
+    """Memory has no SQL transaction to join: say which backends do."""
+    if connection is not None:
+        raise BackendError(
+            "InMemoryBackend cannot join an SQLAlchemy transaction (connection=...); "
+            f"use SQLiteBackend or PostgresBackend for {what}"
+        )
+
+
+def _check_deadline(workflow_id: str, deadline: object) -> None:
+    """A deadline is a finite, positive number of seconds."""
+    if (
+        isinstance(deadline, bool)
+        or not isinstance(deadline, (int, float))
+        or not math.isfinite(deadline)
+        or deadline <= 0
+    ):
+        raise DefinitionError(
+            f"run {workflow_id!r}: deadline must be a positive number of seconds, got {deadline!r}"
+        )

@@ -31,6 +31,10 @@ class _Run:
     output: str | None = None
     error: str | None = None
     finished_at: datetime | None = None
+    parent_id: str | None = None
+    parent_step: str | None = None
+    restart_of: str | None = None
+    deadline_at: datetime | None = None
 
     def to_record(self) -> RunRecord:
         return RunRecord(
@@ -47,6 +51,10 @@ class _Run:
             job_id=self.job_id,
             fingerprint=self.fingerprint,
             definition=loads(self.definition),
+            parent_id=self.parent_id,
+            parent_step=self.parent_step,
+            restart_of=self.restart_of,
+            deadline_at=self.deadline_at,
         )
 
 
@@ -107,6 +115,10 @@ class RunTable:
         fingerprint: str | None,
         definition: str | None,
         now: datetime,
+        parent_id: str | None = None,
+        parent_step: str | None = None,
+        restart_of: str | None = None,
+        deadline_at: datetime | None = None,
     ) -> RunStart:
         run = self._runs.get(workflow_id)
         created = run is None
@@ -122,6 +134,10 @@ class RunTable:
                 job_id=job_id,
                 fingerprint=fingerprint,
                 definition=definition,
+                parent_id=parent_id,
+                parent_step=parent_step,
+                restart_of=restart_of,
+                deadline_at=deadline_at,
             )
             self._runs[workflow_id] = run
             self._steps[workflow_id] = []
@@ -140,6 +156,24 @@ class RunTable:
         run.state = RunState.RUNNING
         run.output = run.error = run.finished_at = None
         return True
+
+    def reopen(self, workflow_id: str) -> None:
+        """A resumed flow run is running again at its one attempt: its end is cleared."""
+        run = self._runs[workflow_id]
+        run.state = RunState.RUNNING
+        run.output = run.error = run.finished_at = None
+
+    def expired(self, now: datetime, limit: int) -> list[str]:
+        """Running runs whose deadline has passed, earliest deadline first."""
+        due = [
+            run
+            for run in self._runs.values()
+            if run.state is RunState.RUNNING
+            and run.deadline_at is not None
+            and run.deadline_at <= now
+        ]
+        due.sort(key=lambda run: run.deadline_at or now)
+        return [run.workflow_id for run in due[: max(limit, 0)]]
 
     def record_step(self, step: StepRecord, output: str | None, error: str | None) -> bool:
         if self._holding(step.workflow_id, step.attempt) is None:

@@ -726,6 +726,7 @@ class SQLBackend(SQLFlowStore):
             old_runs = list(connection.execute(self._s.old_runs, params).scalars())
             if old_runs:
                 connection.execute(self._f.delete_task_outputs, {"p_ids": old_runs})
+                connection.execute(self._f.delete_signals, {"p_ids": old_runs})
                 connection.execute(self._f.delete_step_states, {"p_ids": old_runs})
                 connection.execute(self._s.delete_steps, {"p_ids": old_runs})
                 connection.execute(self._s.delete_runs, {"p_ids": old_runs})

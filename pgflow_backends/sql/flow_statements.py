@@ -31,8 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from pgflow.schema import jobs, runs, step_states, task_outputs
-from pgflow_backends.sql.expressions import as_json, db_now, generic_plans
+from pgflow.schema import jobs, runs, signals, step_states, task_outputs
+from pgflow_backends.sql.expressions import as_json, db_now, db_now_plus, generic_plans, seconds
 from pgflow_backends.sql.rows import CLAIM_COLUMNS, RUN_COLUMNS
 from pgflow_backends.sql.statements import (
     FENCE,
@@ -85,7 +85,16 @@ class FlowStatements:
         # No generic_plans() here: a start may join the caller's transaction, whose own
         # queries must keep their planning; only pgflow's settles (the run lock) switch it.
         self.insert_run: Insert = run_insert(
-            insert_fn, {runs.c.remaining_steps: _p("p_steps", Integer())}
+            insert_fn,
+            {
+                runs.c.remaining_steps: _p("p_steps", Integer()),
+                # NULL seconds: no deadline (db_now_plus keeps NULL).
+                runs.c.deadline_at: db_now_plus(seconds("p_deadline")),
+                runs.c.parent_id: _p("p_parent_id", String()),
+                runs.c.parent_step: _p("p_parent_step", String()),
+                runs.c.parent_queue: _p("p_parent_queue", String()),
+                runs.c.restart_of: _p("p_restart_of", String()),
+            },
         )
         self.run: Select[Any] = select(*RUN_COLUMNS).where(runs.c.workflow_id == run_id)
         #: Executed with one parameter set per step (an executemany).
@@ -104,17 +113,49 @@ class FlowStatements:
         #: FOR NO KEY UPDATE in workflow_id order: completions, failures and sweeps of one
         #: run serialize here, before any step or job row, so they never deadlock. It also
         #: switches the rest of the transaction to generic plans (see generic_plans).
+        lock_columns = (
+            runs.c.workflow_id,
+            runs.c.state,
+            runs.c.fingerprint,
+            runs.c.remaining_steps,
+            runs.c.max_attempts,
+            runs.c.parent_id,
+        )
         self.lock_runs: Select[Any] = (
-            select(
-                runs.c.workflow_id,
-                runs.c.state,
-                runs.c.fingerprint,
-                runs.c.remaining_steps,
-                runs.c.max_attempts,
-            )
+            select(*lock_columns)
             .where(runs.c.workflow_id.in_(_many("p_ids")), generic_plans())
             .order_by(runs.c.workflow_id)
             .with_for_update(key_share=True)
+        )
+        #: A run's running children, locked by its failure sweep before its own steps (a
+        #: parent locks its children, never the other way round).
+        self.lock_children: Select[Any] = (
+            select(*lock_columns)
+            .where(runs.c.parent_id == run_id, runs.c.state == _RUNNING)
+            .order_by(runs.c.workflow_id)
+            .with_for_update(key_share=True)
+        )
+        child, parent = runs.alias("child"), runs.alias("parent")
+        #: Where the relay task of ended child runs goes: their parent (read, not locked).
+        self.parents_of: Select[Any] = (
+            select(
+                child.c.workflow_id,
+                child.c.parent_id,
+                child.c.parent_step,
+                child.c.parent_queue,
+                parent.c.workflow,
+                parent.c.fingerprint,
+                parent.c.state,
+            )
+            .join(parent, parent.c.workflow_id == child.c.parent_id)
+            .where(child.c.workflow_id.in_(_many("p_ids")))
+            .order_by(child.c.workflow_id)
+        )
+        #: A run's child runs (the latest per sub-flow step is the step's child_id).
+        self.children: Select[Any] = (
+            select(runs.c.parent_step, runs.c.workflow_id, runs.c.state)
+            .where(runs.c.parent_id == run_id)
+            .order_by(runs.c.started_at, runs.c.workflow_id)
         )
         self.run_input: Select[Any] = select(runs.c.input).where(runs.c.workflow_id == run_id)
         #: What failing a task's run needs of the job that ended it (never its args).
@@ -236,6 +277,130 @@ class FlowStatements:
             .values(state="completed", output=_json("p_output"), finished_at=now)
         )
 
+        # -- handlerless steps: signals, waits ---------------------------------------------
+        #: The signals stored for some waits of some runs (filtered by pair in Python).
+        self.signals_for: Select[Any] = select(
+            signals.c.workflow_id, signals.c.step, signals.c.payload
+        ).where(signals.c.workflow_id.in_(_many("p_ids")), signals.c.step.in_(_many("p_steps")))
+        #: A wait keeps its first signal: a second insert for (run, step) returns nothing.
+        self.insert_signal: Insert = (
+            insert_fn(signals)
+            .values(workflow_id=run_id, step=step, payload=_json("p_payload"), sent_at=now)
+            .on_conflict_do_nothing(index_elements=[signals.c.workflow_id, signals.c.step])
+            .returning(signals.c.step)
+        )
+        self.step_state: Select[Any] = select(step_states.c.state, step_states.c.skip_reason).where(
+            *this_step
+        )
+        #: A waiting step completed by its signal, from `started` only (a timeout's or a
+        #: relay's completion racing it then counts nothing).
+        self.signal_step: Update = (
+            update(step_states)
+            .where(*this_step, step_states.c.state == "started", step_states.c.tasks_done == 0)
+            .values(state="completed", output=_json("p_output"), tasks_done=1, completed_at=now)
+            .returning(step_states.c.step)
+        )
+        step_jobs = (jobs.c.workflow_id == run_id, jobs.c.step == step)
+        self.cancel_step_jobs: Update = (
+            update(jobs)
+            .where(*step_jobs, jobs.c.state.in_(_states(WAITING)))
+            .values(state="cancelled", completed_at=now, unique_key=RELEASED_KEY)
+        )
+        self.executing_step_jobs: Select[Any] = (
+            select(jobs.c.id, jobs.c.meta)
+            .where(*step_jobs, jobs.c.state.in_(_states(("executing",))))
+            .order_by(jobs.c.id)
+        )
+
+        # -- resume, restart, deadlines ----------------------------------------------------
+        self.step_rows: Select[Any] = (
+            select(step_states.c.step, step_states.c.state)
+            .where(step_states.c.workflow_id == run_id)
+            .order_by(step_states.c.step_index)
+        )
+        #: A step resumed from the frontier: pending again, counters and results cleared.
+        self.reset_step: Update = (
+            update(step_states)
+            .where(*this_step)
+            .values(
+                state="pending",
+                remaining_deps=_p("p_deps", Integer()),
+                tasks_total=null(),
+                tasks_done=0,
+                attempts=0,
+                output=null(),
+                error=null(),
+                skip_reason=null(),
+                started_at=null(),
+                completed_at=null(),
+            )
+        )
+        self.resume_run: Update = (
+            update(runs)
+            .where(runs.c.workflow_id == run_id, runs.c.state != _RUNNING)
+            .values(
+                state="running",
+                output=null(),
+                error=null(),
+                finished_at=null(),
+                remaining_steps=_p("p_steps", Integer()),
+            )
+        )
+        #: The map elements already stored (a resumed map runs only the others).
+        self.output_indexes: Select[Any] = select(
+            task_outputs.c.step, task_outputs.c.task_index
+        ).where(task_outputs.c.workflow_id == run_id, task_outputs.c.step.in_(_many("p_steps")))
+        #: A resumed map: started with the elements already stored counted done.
+        self.start_step_done: Update = (
+            update(step_states)
+            .where(*this_step)
+            .values(
+                state="started",
+                started_at=now,
+                tasks_total=_p("p_total", Integer()),
+                tasks_done=_p("p_done", Integer()),
+            )
+        )
+        old = step_states.alias("old")
+        copied = (
+            "step",
+            "step_index",
+            "kind",
+            "state",
+            "tasks_total",
+            "tasks_done",
+            "attempts",
+            "output",
+            "error",
+            "skip_reason",
+            "started_at",
+            "completed_at",
+        )
+        #: A restart's kept steps, copied as they were from the old run.
+        self.copy_steps: Insert = insert_fn(step_states).from_select(
+            ["workflow_id", "remaining_deps", *copied],
+            select(
+                cast(run_id, String()),
+                literal_column("0", Integer()),
+                *(old.c[name] for name in copied),
+            ).where(
+                old.c.workflow_id == _p("p_old_id", String()),
+                old.c.step.in_(_many("p_steps")),
+            ),
+        )
+        #: Running runs past their deadline, oldest deadline first; the predicate is the
+        #: partial index pgflow_runs_deadline_idx's.
+        self.expired_runs: Select[Any] = (
+            select(runs.c.workflow_id)
+            .where(
+                runs.c.state == _RUNNING,
+                runs.c.deadline_at.is_not(None),
+                runs.c.deadline_at <= now,
+            )
+            .order_by(runs.c.deadline_at, runs.c.workflow_id)
+            .limit(_p("p_limit", Integer()))
+        )
+
         # -- failing a run ---------------------------------------------------------------
         self.fail_step: Update = (
             update(step_states)
@@ -288,6 +453,7 @@ class FlowStatements:
                 step_states.c.tasks_done,
                 step_states.c.skip_reason,
                 step_states.c.error,
+                step_states.c.kind,
             )
             .where(step_states.c.workflow_id == run_id)
             .order_by(step_states.c.step_index)
@@ -344,6 +510,9 @@ class FlowStatements:
         )
         self.delete_task_outputs: Delete = delete(task_outputs).where(
             task_outputs.c.workflow_id.in_(_many("p_ids"))
+        )
+        self.delete_signals: Delete = delete(signals).where(
+            signals.c.workflow_id.in_(_many("p_ids"))
         )
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
 from pgflow.backend import RunStart
-from pgflow.graph.shape import FlowPlan
+from pgflow.graph.shape import SUBFLOW, FlowPlan
 from pgflow.identifiers import validate_workflow_id
 from pgflow.records import (
     Job,
@@ -38,6 +38,8 @@ __all__ = ["SQLFlowStore"]
 
 #: SQLite has no notifications between processes: a waiter re-reads the run this often.
 _POLL_MIN, _POLL_MAX = 0.005, 0.1
+
+_T = TypeVar("_T")
 
 
 class SQLFlowStore:
@@ -105,6 +107,7 @@ class SQLFlowStore:
         input: Any,
         max_attempts: int,
         connection: Any = None,
+        deadline: float | None = None,
     ) -> RunStart:
         validate_workflow_id(workflow_id)
         encoded = dumps(
@@ -116,13 +119,19 @@ class SQLFlowStore:
             "input": loads(encoded),
             "max_attempts": max_attempts,
             "definition": dumps(plan.definition, what="definition"),
+            "deadline": None if deadline is None else float(deadline),
         }
+        return self._settling(connection, lambda settler: settler.start(plan, **arguments))
+
+    def _settling(self, connection: Any, work: Callable[[FlowSettler], _T]) -> _T:
+        """Run `work` with a settler in a transaction of its own, or in the caller's
+        (`connection`), then wake the queues that gained tasks (at commit)."""
         if connection is None:
             with self._tx() as own:
                 settler = self._settler(own)
-                started = settler.start(plan, **arguments)
+                done = work(settler)
                 settler.announce_new_tasks([])
-                return started
+                return done
         if not isinstance(connection, Connection):
             raise TypeError(
                 f"connection must be an SQLAlchemy Connection, not {type(connection).__name__}"
@@ -130,9 +139,9 @@ class SQLFlowStore:
         self._check_open()
         with self._translated():
             settler = self._settler(connection, own=False)
-            started = settler.start(plan, **arguments)
+            done = work(settler)
             settler.announce_new_tasks([])
-            return started
+            return done
 
     def complete_tasks(
         self,
@@ -164,12 +173,16 @@ class SQLFlowStore:
 
     def get_step_states(self, workflow_id: str) -> dict[str, StepState]:
         params = {"p_workflow_id": workflow_id}
+        children: dict[str, str] = {}
         with self._read() as connection:
             rows = connection.execute(self._f.step_states, params).all()
             live: dict[str, int] = {}
             if rows:
                 for name, attempt in connection.execute(self._f.live_attempts, params).all():
                     live[name] = attempt
+            if any(row[10] == SUBFLOW for row in rows):
+                for name, child_id, _ in connection.execute(self._f.children, params).all():
+                    children[name] = child_id  # oldest first: the latest child wins
         return {
             row[0]: StepState(
                 step=row[0],
@@ -182,6 +195,8 @@ class SQLFlowStore:
                 tasks_done=row[7],
                 skip_reason=row[8],
                 error=row[9],
+                kind=row[10],
+                child_id=children.get(row[0]),
             )
             for row in rows
         }
@@ -195,6 +210,72 @@ class SQLFlowStore:
         with self._tx() as connection:
             self._settler(connection).cancel_run(workflow_id)
         return self.get_run(workflow_id)
+
+    def signal_run(
+        self,
+        plans: Mapping[str, FlowPlan],
+        workflow_id: str,
+        step: str,
+        payload: Any,
+        *,
+        connection: Any = None,
+    ) -> bool:
+        encoded = dumps(
+            payload,
+            what="payload",
+            limit=self.max_payload_bytes,
+            owner=f"signal {step!r} of run {workflow_id!r}",
+        )
+        return self._settling(
+            connection, lambda settler: settler.signal(plans, workflow_id, step, encoded)
+        )
+
+    def resume_run(self, plan: FlowPlan, workflow_id: str) -> RunRecord:
+        with self._tx() as connection:
+            settler = self._settler(connection)
+            settler.resume(plan, workflow_id)
+            settler.announce_new_tasks([])
+        run = self.get_run(workflow_id)
+        assert run is not None  # runs are only deleted finished (prune)
+        return run
+
+    def restart_run(
+        self,
+        plan: FlowPlan,
+        workflow_id: str,
+        *,
+        new_id: str,
+        rerun: Collection[str],
+        input: Any,
+    ) -> RunStart:
+        validate_workflow_id(new_id)
+        encoded = dumps(input, what="input", limit=self.max_payload_bytes, owner=f"run {new_id!r}")
+        arguments: dict[str, Any] = {
+            "new_id": new_id,
+            "rerun": frozenset(rerun),
+            "encoded_input": encoded,
+            "input": loads(encoded),
+            "definition": dumps(plan.definition, what="definition"),
+        }
+        with self._tx() as connection:
+            settler = self._settler(connection)
+            started = settler.restart(plan, workflow_id, **arguments)
+            settler.announce_new_tasks([])
+        return started
+
+    def expire_runs(self, limit: int = 100) -> list[str]:
+        """One transaction per run: each locks only its run and that run's descendants
+        (never a parent after a child, which a parent's own sweep could deadlock with)."""
+        if limit <= 0:
+            return []
+        with self._read() as connection:
+            due = list(connection.execute(self._f.expired_runs, {"p_limit": limit}).scalars())
+        expired: list[str] = []
+        for workflow_id in due:
+            with self._tx() as connection:
+                if self._settler(connection).expire(workflow_id):
+                    expired.append(str(workflow_id))
+        return expired
 
     def wait_for_run(self, workflow_id: str, timeout: float | None) -> RunRecord | None:
         """Re-read the run until it finished or `timeout` passed (SQLite: no notifications

@@ -14,15 +14,22 @@ serializes writers anyway, so the locks are no-ops there.
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 from sqlalchemy import Connection
 
 from pgflow.backend import RunStart
-from pgflow.errors import BackendError, SerializationError
+from pgflow.errors import (
+    BackendError,
+    DefinitionError,
+    RunStateError,
+    SerializationError,
+    SignalError,
+)
 from pgflow.graph.ready import (
     Complete,
     Decision,
@@ -30,16 +37,31 @@ from pgflow.graph.ready import (
     Settled,
     Skip,
     Start,
+    StartChild,
+    Wait,
     cancelled_error,
     check_cancellable,
+    check_signal,
+    deadline_error,
     decide,
     plan_fingerprint,
+    refused_signal,
+    relay_job,
     run_output,
     task_jobs,
+    timeout_jobs,
     unknown_step_error,
 )
-from pgflow.graph.shape import FlowPlan, StepPlan
-from pgflow.records import Job, JobState, NewJob, StepStatus, SuccessorClaim, TaskCompletion
+from pgflow.graph.shape import SUBFLOW, FlowPlan, StepPlan
+from pgflow.records import (
+    Job,
+    JobState,
+    NewJob,
+    RunRecord,
+    StepStatus,
+    SuccessorClaim,
+    TaskCompletion,
+)
 from pgflow.serialization import dumps, loads
 from pgflow_backends.sql.flow_rows import FlowRows, StepKey, TaskResult
 from pgflow_backends.sql.flow_statements import FlowStatements
@@ -58,6 +80,8 @@ class LockedRun:
     fingerprint: str | None
     max_attempts: int
     is_flow: bool
+    #: A sub-flow's child run: its parent (whose step its end relays to).
+    parent_id: str | None = None
     plan: FlowPlan | None = None
     #: Steps settled in this transaction, counted off `remaining_steps` once, at the end.
     settled: int = 0
@@ -100,9 +124,19 @@ class FlowSettler:
         self._inputs: dict[str, Any] = {}
         #: Task jobs this transaction inserted, for a successor claim.
         self._inserted: list[Job] = []
+        #: Of those, the ones no successor claim takes: child runs' tasks and relays (the
+        #: completing instance may not serve their flow).
+        self._foreign: set[int] = set()
+        #: A resume: the map elements already stored, by step (only those run again).
+        self._kept_elements: dict[StepKey, set[int]] = {}
+        #: A resume: sub-flow steps whose failed or cancelled child is resumed, not replaced
+        #: (None: the child still runs; the step only waits for its relay).
+        self._old_children: dict[StepKey, tuple[str, str]] = {}
         #: Steps this transaction settled, as (state, output JSON text): a dependent decided
         #: in the same transaction reads them from here instead of from the table.
         self._known: dict[StepKey, tuple[StepStatus, str | None]] = {}
+        #: The signals stored for the waits decided in the current wave.
+        self._signals: dict[StepKey, Any] = {}
 
     # -- locks -----------------------------------------------------------------------------
 
@@ -111,11 +145,22 @@ class FlowSettler:
         wanted = sorted({w for w in workflow_ids if w not in self._runs})
         if wanted:
             rows = self._c.execute(self._f.lock_runs, {"p_ids": wanted}).all()
-            for workflow_id, state, fingerprint, remaining, max_attempts in rows:
-                self._runs[workflow_id] = LockedRun(
-                    workflow_id, state, fingerprint, max_attempts, remaining is not None
-                )
+            for row in rows:
+                self._found(row)
         return self._runs
+
+    def _found(self, row: Sequence[Any]) -> LockedRun:
+        """Record a run row (lock_runs' columns) as its lock found it."""
+        workflow_id, state, fingerprint, remaining, max_attempts, parent_id = row
+        known = self._runs.get(workflow_id)
+        if known is not None:
+            known.state = state
+            return known
+        run = LockedRun(
+            workflow_id, state, fingerprint, max_attempts, remaining is not None, parent_id
+        )
+        self._runs[workflow_id] = run
+        return run
 
     def lock_task_runs(self, job_ids: Sequence[int]) -> bool:
         """Before touching these jobs' rows: lock the runs they are tasks of. False when
@@ -137,8 +182,15 @@ class FlowSettler:
         input: Any,
         max_attempts: int,
         definition: str,
+        deadline: float | None = None,
+        parent_id: str | None = None,
+        parent_step: str | None = None,
+        parent_queue: str | None = None,
+        restart_of: str | None = None,
+        kept: Collection[str] = (),
     ) -> RunStart:
-        """Store the run and its step rows, then decide its roots (cascading)."""
+        """Store the run and its step rows, then decide its roots (cascading). A restart
+        copies the `kept` steps of run `restart_of`; the others start pending."""
         params = {
             "p_workflow_id": workflow_id,
             "p_workflow": plan.flow,
@@ -147,6 +199,11 @@ class FlowSettler:
             "p_fingerprint": plan_fingerprint(plan),
             "p_definition": definition,
             "p_steps": len(plan.steps),
+            "p_deadline": deadline,
+            "p_parent_id": parent_id,
+            "p_parent_step": parent_step,
+            "p_parent_queue": parent_queue,
+            "p_restart_of": restart_of,
         }
         row = self._c.execute(self._f.insert_run, params).first()
         if row is None:
@@ -160,15 +217,23 @@ class FlowSettler:
                     "p_step": step.name,
                     "p_index": step.index,
                     "p_kind": step.kind,
-                    "p_deps": len(step.deps),
+                    "p_deps": sum(1 for dep in step.deps if dep not in kept),
                 }
                 for step in plan.steps
+                if step.name not in kept
             ],
         )
-        run = LockedRun(workflow_id, "running", plan_fingerprint(plan), max_attempts, True, plan)
+        if kept:
+            copy = {"p_workflow_id": workflow_id, "p_old_id": restart_of, "p_steps": list(kept)}
+            self._c.execute(self._f.copy_steps, copy)
+        run = LockedRun(
+            workflow_id, "running", plan_fingerprint(plan), max_attempts, True, parent_id, plan
+        )
+        # Kept steps are counted off like steps settled now (a run with all kept completes).
+        run.settled = len(kept)
         self._runs[workflow_id] = run
         self._inputs[workflow_id] = input
-        self._settle([(run, step) for step in plan.roots], [])
+        self._settle(_ready_steps(run, plan, kept), [])
         if run.state == "running":  # as inserted; re-read only a run that ended at once
             return RunStart(run_from_row(row), True)
         stored = self._c.execute(self._f.run, params).one()
@@ -331,6 +396,9 @@ class FlowSettler:
         completed: list[tuple[str, str, str]] = []
         skipped: list[tuple[str, str, str]] = []
         settled: list[tuple[LockedRun, StepPlan]] = []
+        waits: list[tuple[LockedRun, StepPlan, Wait]] = []
+        children: list[tuple[LockedRun, StepPlan, StartChild]] = []
+        resumed_maps: list[tuple[LockedRun, StepPlan, int, int]] = []
         for workflow_id, decided in decisions.items():
             run = self._runs[workflow_id]
             assert run.plan is not None
@@ -348,9 +416,23 @@ class FlowSettler:
                         workflow_id,
                         decision.arguments,
                         max_attempts=run.max_attempts,
+                        at=decision.at,
                     )
+                    stored = self._kept_elements.pop((workflow_id, step.name), None)
+                    if stored is not None:  # a resumed map: only the missing elements
+                        total = len(jobs)
+                        jobs = [job for job in jobs if job.task and job.task.index not in stored]
+                        resumed_maps.append((run, step, total, total - len(jobs)))
+                        new_jobs += jobs
+                        continue
                     new_jobs += jobs
                     started.append((workflow_id, step.name, len(jobs)))
+                elif isinstance(decision, Wait):
+                    waits.append((run, step, decision))
+                    started.append((workflow_id, step.name, 1))
+                elif isinstance(decision, StartChild):
+                    children.append((run, step, decision))
+                    started.append((workflow_id, step.name, 1))
                 elif isinstance(decision, Complete):
                     output = dumps(decision.output, what="output")
                     completed.append((workflow_id, step.name, output))
@@ -360,12 +442,122 @@ class FlowSettler:
                     skipped.append((workflow_id, step.name, decision.reason))
                     settled.append((run, step))
                     self._known[(workflow_id, step.name)] = (StepStatus.SKIPPED, None)
+        if waits:
+            new_jobs += self._timeout_jobs(waits)
         if new_jobs:
             self._inserted += self._insert_jobs(new_jobs)
         self._rows.start_steps(started)
         self._rows.complete_steps(completed)
         self._rows.skip_steps(skipped)
+        if resumed_maps:
+            settled += self._start_resumed_maps(resumed_maps)
+        if waits:
+            settled += self._signalled(waits)
+        for run, step, child in children:
+            self._start_child(run, step, child)
         return settled
+
+    def _timeout_jobs(self, waits: list[tuple[LockedRun, StepPlan, Wait]]) -> list[NewJob]:
+        """The timeout tasks of the waits that have no signal stored yet (read in one
+        statement); the others are completed by `_signalled`."""
+        found = self._c.execute(
+            self._f.signals_for,
+            {
+                "p_ids": sorted({run.workflow_id for run, _, _ in waits}),
+                "p_steps": sorted({step.name for _, step, _ in waits}),
+            },
+        ).all()
+        self._signals = {(str(w), str(s)): payload for w, s, payload in found}
+        jobs: list[NewJob] = []
+        for run, step, wait in waits:
+            if (run.workflow_id, step.name) not in self._signals:
+                assert run.plan is not None
+                jobs += timeout_jobs(run.plan, step, run.workflow_id, wait)
+        return jobs
+
+    def _signalled(
+        self, waits: list[tuple[LockedRun, StepPlan, Wait]]
+    ) -> list[tuple[LockedRun, StepPlan]]:
+        """Waits that found their signal stored complete at once with its payload."""
+        settled: list[tuple[LockedRun, StepPlan]] = []
+        for run, step, _ in waits:
+            key = (run.workflow_id, step.name)
+            if key in self._signals:
+                text = dumps(self._signals[key], what="output")
+                if self._complete_wait(run.workflow_id, step.name, text):
+                    settled.append((run, step))
+        return settled
+
+    def _complete_wait(self, workflow_id: str, step: str, text: str) -> bool:
+        """A started wait completes with a signal's payload (tasks_done 1); False when it
+        no longer waits."""
+        params = {"p_workflow_id": workflow_id, "p_step": step, "p_output": text}
+        if self._c.execute(self._f.signal_step, params).first() is None:
+            return False
+        self._known[(workflow_id, step)] = (StepStatus.COMPLETED, text)
+        return True
+
+    def _start_resumed_maps(
+        self, maps: list[tuple[LockedRun, StepPlan, int, int]]
+    ) -> list[tuple[LockedRun, StepPlan]]:
+        """Resumed maps start with their stored elements counted done; one with every
+        element stored settles at once (its output from the stored elements)."""
+        finished: list[tuple[LockedRun, StepPlan]] = []
+        for run, step, total, done in maps:
+            params = {
+                "p_workflow_id": run.workflow_id,
+                "p_step": step.name,
+                "p_total": total,
+                "p_done": done,
+            }
+            self._c.execute(self._f.start_step_done, params)
+            if done >= total:
+                finished.append((run, step))
+        return self._settle_maps(finished)
+
+    def _start_child(self, run: LockedRun, step: StepPlan, decision: StartChild) -> None:
+        """Start (or, resuming, resume) a sub-flow step's child run in this transaction; its
+        tasks and relays are not for a successor claim."""
+        assert run.plan is not None and step.child is not None
+        if not run.live:
+            return  # the run failed in this wave (another child failed at once)
+        mark = len(self._inserted)
+        old = self._old_children.pop((run.workflow_id, step.name), None)
+        if old is not None:
+            child_id, child_state = old
+            if child_state != "running":
+                child = self.lock([child_id]).get(child_id)
+                if child is not None:
+                    self._resume(child, step.child)
+        else:
+            try:
+                encoded = dumps(
+                    decision.input,
+                    what="input",
+                    limit=self._limit,
+                    owner=f"sub-flow step {step.name!r} of run {run.workflow_id!r}",
+                )
+            except SerializationError as exc:
+                error = {
+                    "kind": "SerializationError",
+                    "message": str(exc),
+                    "step": step.name,
+                    "traceback": "",
+                }
+                self._fail(run, step.name, error, error)
+                return
+            self.start(
+                step.child,
+                workflow_id=str(uuid.uuid4()),
+                encoded_input=encoded,
+                input=loads(encoded),
+                max_attempts=run.max_attempts,
+                definition=dumps(step.child.definition, what="definition"),
+                parent_id=run.workflow_id,
+                parent_step=step.name,
+                parent_queue=step.queue or run.plan.queue,
+            )
+        self._foreign.update(job.id for job in self._inserted[mark:])
 
     def _count_off(self) -> None:
         """Subtract each run's settled steps; the runs at 0 complete with their result."""
@@ -390,6 +582,36 @@ class FlowSettler:
         self._rows.complete_runs(rows)
         for run in done:
             self._run_finished(run.workflow_id)
+        self._relay([run for run in done if run.parent_id is not None])
+
+    def _relay(self, ended: list[LockedRun]) -> None:
+        """Child runs that just ended: the relay task of each one whose parent still runs
+        (its parent's row is read, not locked: a new job row conflicts with nobody)."""
+        if not ended:
+            return
+        ids = sorted(run.workflow_id for run in ended)
+        relays: list[NewJob] = []
+        for row in self._c.execute(self._f.parents_of, {"p_ids": ids}).all():
+            child_id, parent_id, parent_step, parent_queue, flow, fingerprint, state = row
+            parent = self._runs.get(parent_id)
+            if (parent.state if parent is not None else state) != "running":
+                continue
+            if parent_step is None or parent_queue is None or fingerprint is None:
+                continue  # not a sub-flow's child (written by hand)
+            relays.append(
+                relay_job(
+                    parent_id=parent_id,
+                    parent_step=parent_step,
+                    parent_flow=flow,
+                    parent_fingerprint=fingerprint,
+                    parent_queue=parent_queue,
+                    child_id=child_id,
+                )
+            )
+        if relays:
+            inserted = self._insert_jobs(relays)
+            self._inserted += inserted
+            self._foreign.update(job.id for job in inserted)
 
     def announce_new_tasks(self, claimed: Sequence[Job]) -> None:
         """Wake the queues that gained available tasks in this transaction (at commit),
@@ -409,7 +631,9 @@ class FlowSettler:
         ids = [
             job.id
             for job in self._inserted
-            if job.queue == claim.queue and job.state is JobState.AVAILABLE
+            if job.queue == claim.queue
+            and job.state is JobState.AVAILABLE
+            and job.id not in self._foreign
         ][: max(claim.limit, 0)]
         if not ids:
             return []
@@ -455,6 +679,10 @@ class FlowSettler:
         if run is None or not run.live:
             return
         step = str(step_name)
+        where = {"p_workflow_id": workflow_id, "p_step": step}
+        current = self._c.execute(self._f.step_state, where).first()
+        if current is not None and current[0] != "started":
+            return  # settled already (a signalled wait's timeout task): nothing to fail
         errors = decode_errors(errors_text)
         last = errors[-1] if errors and isinstance(errors[-1], dict) else None
         if last is None:
@@ -496,28 +724,214 @@ class FlowSettler:
         *,
         attempt: int = 0,
         state: str = "failed",
+        relay: bool = True,
     ) -> None:
-        """End the run `state` (failed; cancelled by cancel_run): the culprit step failed,
-        live steps cancelled, its jobs stopped."""
+        """End the run `state` (failed; cancelled by cancel_run): first its running children
+        (locked, then swept, ending cancelled), then the culprit step failed, live steps
+        cancelled, its jobs stopped; a child run's end relays to its parent (not when its
+        parent's own sweep ends it: `relay` False)."""
         key = {"p_workflow_id": run.workflow_id}
+        for row in self._c.execute(self._f.lock_children, key).all():
+            child = self._found(row)
+            if child.live:
+                swept = _cancelled_with_parent(child.workflow_id, run.workflow_id)
+                self._fail(child, None, None, swept, state="cancelled", relay=False)
         if culprit is not None:
             text = dumps(step_error, what="error")
             params = dict(key, p_step=culprit, p_error=text, p_attempt=attempt)
             self._c.execute(self._f.fail_step, params)
         self._c.execute(self._f.cancel_steps, key)
         self._c.execute(self._f.cancel_jobs, key)
-        for job_id, meta in self._c.execute(self._f.executing_jobs, key).all():
+        self._flag_executing(self._f.executing_jobs, key)
+        error = dumps(run_error, what="error")
+        self._c.execute(self._f.fail_run, dict(key, p_error=error, p_state=state))
+        run.state = state
+        self._run_finished(run.workflow_id)
+        if relay and run.parent_id is not None:
+            self._relay([run])
+
+    def _flag_executing(self, statement: Any, params: Mapping[str, Any]) -> None:
+        """Flag the executing jobs `statement` selects (id, meta) cancel_requested, so their
+        instance stops them (their end then counts nothing)."""
+        for job_id, meta in self._c.execute(statement, params).all():
             current = meta if isinstance(meta, dict) else {}
             if current.get("cancel_requested"):
                 continue
             flagged = dumps({**current, "cancel_requested": True}, what="meta")
             self._c.execute(self._s.flag_cancel, {"p_id": job_id, "p_meta": flagged})
-        error = dumps(run_error, what="error")
-        self._c.execute(self._f.fail_run, dict(key, p_error=error, p_state=state))
-        run.state = state
-        self._run_finished(run.workflow_id)
+
+    # -- signals, resume, restart, deadlines -------------------------------------------------
+
+    def _stored_run(self, workflow_id: str) -> RunRecord:
+        return run_from_row(self._c.execute(self._f.run, {"p_workflow_id": workflow_id}).one())
+
+    def signal(
+        self, plans: Mapping[str, FlowPlan], workflow_id: str, step: str, payload: str
+    ) -> bool:
+        """Deliver a signal (see FlowStore.signal_run): True when it completed the waiting
+        step, False when stored for a wait not reached yet; SignalError otherwise."""
+        run = self.lock([workflow_id]).get(workflow_id)
+        stored = None if run is None else self._stored_run(workflow_id)
+        plan = None
+        if run is not None and stored is not None and run.is_flow:
+            plan = plans.get(run.fingerprint or "")
+            if plan is None:
+                raise SignalError(
+                    f"signal {step!r}: run {workflow_id!r} of flow {stored.workflow!r} was "
+                    f"started with definition {run.fingerprint!r}, which this process does "
+                    f"not define; define flow {stored.workflow!r} to signal its runs"
+                )
+        wait = check_signal(plan, stored, workflow_id, step)
+        assert run is not None
+        run.plan = plan
+        params = {"p_workflow_id": workflow_id, "p_step": step, "p_payload": payload}
+        status_text, reason = self._c.execute(self._f.step_state, params).one()
+        status = StepStatus(status_text)
+        if status not in (StepStatus.PENDING, StepStatus.STARTED):
+            raise SignalError(refused_signal(workflow_id, step, status, reason))
+        if self._c.execute(self._f.insert_signal, params).first() is None:
+            raise SignalError(refused_signal(workflow_id, step, StepStatus.COMPLETED, None))
+        if status is StepStatus.PENDING or not self._complete_wait(workflow_id, step, payload):
+            return False
+        self._c.execute(self._f.cancel_step_jobs, params)
+        self._flag_executing(self._f.executing_step_jobs, params)
+        self._settle([], [(run, wait)])
+        return True
+
+    def _check_stopped(self, what: str, workflow_id: str, plan: FlowPlan) -> LockedRun:
+        """The locked run `what` (resume_run, restart_run) may act on: a finished
+        distributed run of `plan`'s definition; RunStateError or DefinitionError else."""
+        run = self.lock([workflow_id]).get(workflow_id)
+        if run is None:
+            raise RunStateError(f"{what}: run {workflow_id!r} is not stored")
+        stored = self._stored_run(workflow_id)
+        if not run.is_flow:
+            raise RunStateError(
+                f"{what}: run {workflow_id!r} of {stored.workflow!r} was not started with "
+                "start_run; only distributed runs can be resumed or restarted"
+            )
+        if run.state == "running" or (what == "resume_run" and run.state == "completed"):
+            wanted = "a failed or cancelled" if what == "resume_run" else "a finished"
+            raise RunStateError(
+                f"{what}: run {workflow_id!r} of flow {stored.workflow!r} is {run.state}; "
+                f"only {wanted} run can be {'resumed' if what == 'resume_run' else 'restarted'}"
+            )
+        if plan_fingerprint(plan) != run.fingerprint:
+            raise DefinitionError(
+                f"{what}: run {workflow_id!r} of flow {stored.workflow!r} was started with "
+                f"definition {run.fingerprint!r}, not the given plan's "
+                f"{plan_fingerprint(plan)!r}"
+            )
+        return run
+
+    def resume(self, plan: FlowPlan, workflow_id: str) -> None:
+        """Continue a failed or cancelled run from its frontier (see FlowStore.resume_run)."""
+        self._resume(self._check_stopped("resume_run", workflow_id, plan), plan)
+
+    def _resume(self, run: LockedRun, plan: FlowPlan) -> None:
+        """Reset the steps not completed or skipped to pending, run the ready ones again
+        (maps keep their stored elements, failed children are resumed), cascading."""
+        key = {"p_workflow_id": run.workflow_id}
+        states = {str(name): str(state) for name, state in self._c.execute(self._f.step_rows, key)}
+        kept = {name for name, state in states.items() if state in ("completed", "skipped")}
+        again = [step for step in plan.steps if step.name not in kept]
+        if again:
+            self._c.execute(
+                self._f.reset_step,
+                [
+                    dict(
+                        key,
+                        p_step=step.name,
+                        p_deps=sum(1 for dep in step.deps if dep not in kept),
+                    )
+                    for step in again
+                ],
+            )
+        self._c.execute(self._f.resume_run, dict(key, p_steps=len(plan.steps)))
+        run.state, run.plan, run.settled = "running", plan, len(kept)
+        maps = [step.name for step in again if step.is_map]
+        if maps:
+            params = dict(key, p_steps=maps)
+            for name, index in self._c.execute(self._f.output_indexes, params):
+                self._kept_elements.setdefault((run.workflow_id, str(name)), set()).add(index)
+        if any(step.kind == SUBFLOW for step in again):
+            for name, child_id, state in self._c.execute(self._f.children, key):
+                if name in states and name not in kept:  # the latest child wins
+                    self._old_children[(run.workflow_id, str(name))] = (str(child_id), state)
+            for name, (_, state) in list(self._old_children.items()):
+                if state == "completed":  # a completed child is not resumed: a new one runs
+                    del self._old_children[name]
+        self._settle(_ready_steps(run, plan, kept), [])
+
+    def restart(
+        self,
+        plan: FlowPlan,
+        workflow_id: str,
+        *,
+        new_id: str,
+        rerun: Collection[str],
+        encoded_input: str,
+        input: Any,
+        definition: str,
+    ) -> RunStart:
+        """Start `new_id` as a restart of finished run `workflow_id` (see
+        FlowStore.restart_run): its completed and skipped steps not in `rerun` are copied."""
+        old = self._check_stopped("restart_run", workflow_id, plan)
+        key = {"p_workflow_id": workflow_id}
+        kept = [
+            str(name)
+            for name, state in self._c.execute(self._f.step_rows, key)
+            if state in ("completed", "skipped") and name not in rerun
+        ]
+        return self.start(
+            plan,
+            workflow_id=new_id,
+            encoded_input=encoded_input,
+            input=input,
+            max_attempts=old.max_attempts,
+            definition=definition,
+            restart_of=workflow_id,
+            kept=kept,
+        )
+
+    def expire(self, workflow_id: str) -> bool:
+        """Fail a running run whose deadline passed (children swept first); False when it
+        is no longer running."""
+        run = self.lock([workflow_id]).get(workflow_id)
+        if run is None or not run.live:
+            return False
+        self._fail(run, None, None, deadline_error(self._stored_run(workflow_id)))
+        return True
+
+
+def _cancelled_with_parent(child_id: str, parent_id: str) -> dict[str, Any]:
+    """What a child run ended by its parent's failure sweep stores as its error."""
+    return {
+        "kind": "RunCancelled",
+        "message": f"run {child_id!r} was cancelled with its parent run {parent_id!r}",
+        "step": None,
+        "traceback": "",
+    }
+
+
+def _ready_steps(
+    run: LockedRun, plan: FlowPlan, kept: Collection[str]
+) -> list[tuple[LockedRun, StepPlan]]:
+    """The steps not kept whose dependencies are all kept (the roots when none is)."""
+    if not kept:
+        return [(run, step) for step in plan.roots]
+    return [
+        (run, step)
+        for step in plan.steps
+        if step.name not in kept and all(dep in kept for dep in step.deps)
+    ]
 
 
 def _needs_input(step: StepPlan) -> bool:
     """Whether deciding `step` needs the run's input (roots, root maps, `input` params)."""
-    return not step.deps or step.takes_input or (step.is_map and step.over is None)
+    return (
+        not step.deps
+        or step.takes_input
+        or (step.is_map and step.over is None)
+        or step.until is not None  # a sleep's until may ask for `input`
+    )

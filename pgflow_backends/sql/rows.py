@@ -94,6 +94,10 @@ RUN_COLUMNS: tuple[ColumnElement[Any], ...] = (
     runs.c.job_id,
     runs.c.fingerprint,
     runs.c.definition,
+    runs.c.parent_id,
+    runs.c.parent_step,
+    runs.c.restart_of,
+    runs.c.deadline_at,
 )
 STEP_COLUMNS: tuple[ColumnElement[Any], ...] = (
     steps.c.workflow_id,
@@ -279,6 +283,10 @@ def run_from_row(row: Sequence[Any]) -> RunRecord:
         job_id=row[10],
         fingerprint=row[11],
         definition=row[12],
+        parent_id=row[13],
+        parent_step=row[14],
+        restart_of=row[15],
+        deadline_at=row[16],
     )
 
 
