@@ -124,7 +124,8 @@ def combine(part: list[int]) -> dict[str, Any]:
     return {"parts": part, "sum": sum(part)}
 
 
-# --- a sub-flow: parent (ship = child run) -> finish; the child packs its input ----------
+# --- a sub-flow: parent (ship = child run) -> finish; the child (a chain of one step, so
+# its result is that step's output) packs its input ------------------------------------
 
 packing = pgflow.Flow("steered_child", queue="steered_child")
 

@@ -345,7 +345,7 @@ def test_a_worker_killed_while_holding_a_subflow_relay_task_is_rescued_and_the_p
     assert run_state(url, run) == "running"
 
     cluster.spawn("rescuer", queues={"steered_parent": 2}, imports=[FLOWS])
-    assert handle.result(timeout=60.0) == {"finish": {"shipped": {"pack": {"packed": run}}}}
+    assert handle.result(timeout=60.0) == {"finish": {"shipped": {"packed": run}}}
     [(state, attempt, reserved_by, errors)] = query(
         url,
         "SELECT state, attempt, reserved_by, errors FROM pgflow_jobs WHERE id = %s",
