@@ -146,6 +146,48 @@ def finish(ship: Any, input: dict[str, Any]) -> dict[str, Any]:
     return {"shipped": ship}
 
 
+# --- a durable sleep between two steps: doze_off -> rest (sleep) -> wake ---------------
+
+#: How long the nap flow's sleep lasts: long enough to kill and replace the worker inside it.
+NAP_SECONDS = 3.0
+
+napping = pgflow.Flow("steered_nap")
+
+
+@napping.step
+def doze_off(input: dict[str, Any]) -> dict[str, Any]:
+    record(str(input["run"]), "doze_off", "ran")
+    return {"run": input["run"]}
+
+
+napping.sleep("rest", NAP_SECONDS, depends_on=["doze_off"])
+
+
+@napping.step(depends_on=["rest"])
+def wake(rest: dict[str, Any]) -> dict[str, Any]:
+    record(str(rest["run"]), "wake", "ran")
+    return {"woke": rest["run"]}
+
+
+# --- a run outliving its deadline: linger (slow) -> after ---------------------------------
+
+overdue = pgflow.Flow("steered_overdue")
+
+
+@overdue.step
+def linger(input: dict[str, Any]) -> dict[str, Any]:
+    record(str(input["run"]), "linger", "started")
+    time.sleep(float(input["seconds"]))
+    record(str(input["run"]), "linger", "done")
+    return {"run": input["run"]}
+
+
+@overdue.step(depends_on=["linger"])
+def after(linger: dict[str, Any]) -> str:
+    record(str(linger["run"]), "after", "ran")
+    return "too late"
+
+
 def _hold_relays() -> None:
     """Make this process's relay tasks hang on their read of the child run (see above)."""
     from pgflow_backends.postgres import PostgresBackend

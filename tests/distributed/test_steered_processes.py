@@ -16,15 +16,18 @@ from typing import Any
 import pytest
 
 from pgflow.app import Pgflow
-from pgflow.errors import RunCancelled, SignalError, StepFailed
+from pgflow.errors import DeadlineExceeded, RunCancelled, SignalError, StepFailed
 from pgflow.records import RunState
 from tests.distributed.conftest import Cluster, query, wait_until
 from tests.distributed.graph_flows import FLOW_EFFECTS_DDL
 from tests.distributed.steered_flows import (
     FAILING_ELEMENT,
+    NAP_SECONDS,
     STEERED_DDL,
     approvals,
     crunching,
+    napping,
+    overdue,
     resumable,
     shipping,
 )
@@ -358,3 +361,89 @@ def test_a_worker_killed_while_holding_a_subflow_relay_task_is_rescued_and_the_p
     assert (child.parent_id, child.parent_step) == (run, "ship")
     effects = query(url, "SELECT step, instance_id FROM flow_effects ORDER BY id")
     assert effects == [("pack", "kid"), ("relay", "holder"), ("finish", "rescuer")]
+
+
+# --- a durable sleep and a deadline, kept by the database rather than by a process --------
+
+
+def test_a_durable_sleep_outlives_its_worker_and_ends_on_a_fresh_one_not_before_its_time(
+    cluster: Cluster, app: Pgflow
+) -> None:
+    url = cluster.url
+    run = "nap"
+    cluster.spawn("w1", imports=[FLOWS])
+    cluster.wait_online("w1")
+    handle = app.start_run(napping, {"run": run}, workflow_id=run)
+    wait_until(lambda: step_state(url, run, "rest") == "started", 30, "the sleep to start")
+    [(state, due, dozed)] = query(
+        url,
+        "SELECT j.state, j.scheduled_at, s.completed_at FROM pgflow_jobs j "
+        "JOIN pgflow_step_states s ON s.workflow_id = j.workflow_id AND s.step = 'doze_off' "
+        "WHERE j.workflow_id = %s AND j.step = 'rest'",
+        (run,),
+    )
+    assert state == "scheduled"
+    assert abs((due - dozed).total_seconds() - NAP_SECONDS) < 0.5
+    kill(cluster, "w1")
+
+    cluster.spawn("w2", imports=[FLOWS])
+    assert handle.result(timeout=60.0) == {"wake": {"woke": run}}
+    effects = query(
+        url, "SELECT step, instance_id, at FROM flow_effects WHERE run = %s ORDER BY id", (run,)
+    )
+    assert [(step, instance) for step, instance, _ in effects] == [
+        ("doze_off", "w1"),
+        ("wake", "w2"),
+    ]
+    assert effects[1][2] >= due  # the step after the sleep never started early
+    record = app.get_run(run)
+    assert record is not None
+    rest = record.steps["rest"]
+    assert (rest.kind, str(rest.state), rest.output) == ("sleep", "completed", {"run": run})
+
+
+DEADLINE = 2.0
+#: How long the overdue flow's first step works: well past the deadline.
+LINGER_SECONDS = 6.0
+
+
+def test_a_run_past_its_deadline_is_failed_by_a_worker_while_its_step_still_runs(
+    cluster: Cluster, app: Pgflow
+) -> None:
+    url = cluster.url
+    run = "overdue"
+    cluster.spawn("w", imports=[FLOWS], deadline_interval=0.25)
+    cluster.wait_online("w")
+    handle = app.start_run(
+        overdue, {"run": run, "seconds": LINGER_SECONDS}, workflow_id=run, deadline=DEADLINE
+    )
+    with pytest.raises(DeadlineExceeded):
+        handle.result(timeout=30.0)
+
+    record = app.get_run(run)
+    assert record is not None and record.state is RunState.FAILED
+    assert record.error is not None and record.error["kind"] == "DeadlineExceeded"
+    assert record.deadline_at is not None and record.finished_at is not None
+    ran_for = (record.finished_at - record.started_at).total_seconds()
+    assert DEADLINE <= ran_for < LINGER_SECONDS
+    assert {name: str(step.state) for name, step in record.steps.items()} == {
+        "linger": "cancelled",
+        "after": "cancelled",
+    }
+    [(state, flagged)] = query(
+        url,
+        "SELECT state, meta ->> 'cancel_requested' FROM pgflow_jobs "
+        "WHERE workflow_id = %s AND step = 'linger'",
+        (run,),
+    )
+    assert (state, flagged) == ("executing", "true")
+
+    # The step ends its work later; its completion counts nothing and nothing runs after it.
+    wait_until(lambda: unfinished_jobs(url, run) == 0, 30, "the lingering step to end")
+    assert query(
+        url, "SELECT step, event FROM flow_effects WHERE run = %s ORDER BY id", (run,)
+    ) == [("linger", "started"), ("linger", "done")]
+    after_end = app.get_run(run)
+    assert after_end is not None and after_end.state is RunState.FAILED
+    assert after_end.steps["linger"].tasks_done == 0
+    assert count(url, "SELECT count(*) FROM pgflow_jobs WHERE workflow_id = %s", (run,)) == 1
