@@ -21,9 +21,9 @@ CANCEL_QUEUE = "steered_cancel"
 WAIT_STEP = "approval"
 
 
-def _signal_flow() -> Any:
+def _signal_flow() -> pgflow.Flow:
     """approval (wait_for, the run's first step) -> resumed, which reports when it starts."""
-    flow: Any = pgflow.Flow("bench_steered_signal", queue=SIGNAL_QUEUE)
+    flow = pgflow.Flow("bench_steered_signal", queue=SIGNAL_QUEUE)
     flow.wait_for(WAIT_STEP)
 
     @flow.step(depends_on=[WAIT_STEP])
@@ -38,9 +38,9 @@ def _signal_flow() -> Any:
     return flow
 
 
-def _cancel_flow() -> Any:
+def _cancel_flow() -> pgflow.Flow:
     """elements -> element (a map, each element sleeping a little) -> gather."""
-    flow: Any = pgflow.Flow("bench_steered_cancel", queue=CANCEL_QUEUE)
+    flow = pgflow.Flow("bench_steered_cancel", queue=CANCEL_QUEUE)
 
     @flow.step
     def elements(input: dict[str, Any]) -> list[float]:
@@ -58,4 +58,6 @@ def _cancel_flow() -> Any:
 
 
 #: The flows by key ("signal", "cancel"); empty where MISSING.
-FLOWS: dict[str, Any] = {} if MISSING else {"signal": _signal_flow(), "cancel": _cancel_flow()}
+FLOWS: dict[str, pgflow.Flow] = (
+    {} if MISSING else {"signal": _signal_flow(), "cancel": _cancel_flow()}
+)

@@ -201,7 +201,7 @@ def _hold_relays() -> None:
             time.sleep(3600.0)
         return run
 
-    PostgresBackend.get_run = get_run  # type: ignore[method-assign]
+    PostgresBackend.get_run = get_run  # type: ignore[method-assign, assignment]
 
 
 if os.environ.get("PGFLOW_TEST_HOLD_RELAY") == "1":
