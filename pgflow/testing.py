@@ -501,7 +501,7 @@ class TestQueue:
                 self._expire_runs()
                 self.backend.stage_jobs()
                 claimed = self._claim_all(None)
-                family = self._family(workflow_id, claimed)
+                family = self._family(self._root(workflow_id), claimed)
                 ours = [job for job in claimed if job.task and job.task.workflow_id in family]
                 self._release([job for job in claimed if job not in ours])
                 if not ours:
@@ -520,6 +520,16 @@ class TestQueue:
                         raise ran.error
         finally:
             self._depth -= 1
+
+    def _root(self, workflow_id: str) -> str:
+        """The top run of `workflow_id`'s sub-flow tree (a child's end relays to its parent)."""
+        seen = {workflow_id}
+        run = self.backend.get_run(workflow_id)
+        while run is not None and run.parent_id is not None and run.parent_id not in seen:
+            seen.add(run.parent_id)
+            workflow_id = run.parent_id
+            run = self.backend.get_run(workflow_id)
+        return workflow_id
 
     def _family(self, workflow_id: str, jobs: Sequence[Job]) -> set[str]:
         """The runs among `jobs`' that are `workflow_id` or its sub-flow runs (at any depth):

@@ -64,11 +64,20 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("pgflow_signals")
-    # Steps of the new kinds have no place in the old schema: their runs go with them.
-    op.execute(
-        "DELETE FROM pgflow_runs WHERE workflow_id IN (SELECT workflow_id FROM "
-        "pgflow_step_states WHERE kind NOT IN ('step', 'map'))"
-    )
+    # Steps of the new kinds have no place in the old schema: their runs go with them, with
+    # their rows in every table (explicitly: SQLite may run this without foreign keys).
+    # The step rows go last: they say which runs go.
+    for table in (
+        "pgflow_jobs",
+        "pgflow_task_outputs",
+        "pgflow_steps",
+        "pgflow_runs",
+        "pgflow_step_states",
+    ):
+        op.execute(
+            f"DELETE FROM {table} WHERE workflow_id IN (SELECT workflow_id FROM "
+            "pgflow_step_states WHERE kind NOT IN ('step', 'map'))"
+        )
     with op.batch_alter_table("pgflow_step_states") as batch:
         batch.drop_constraint("pgflow_step_states_kind_check", type_="check")
         batch.create_check_constraint("pgflow_step_states_kind_check", sa.text(_OLD_KINDS))

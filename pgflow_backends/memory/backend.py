@@ -78,7 +78,7 @@ class InMemoryBackend:
         self._hub = ListenerHub(threading.Condition(self._lock))
         self._jobs = JobTable()
         self._runs = RunTable()
-        self._flows = FlowTable(self._jobs, self._runs, self.max_payload_bytes)
+        self._flows = FlowTable(self._jobs, self._runs)
         self._run_finished = threading.Condition(self._lock)  # wait_for_run waits on it
         self._instances = InstanceTable()
         self._cron_slots: dict[str, datetime] = {}  # cron entry name -> last slot enqueued
@@ -117,7 +117,7 @@ class InMemoryBackend:
             self._closed = True
             self._jobs = JobTable()
             self._runs = RunTable()
-            self._flows = FlowTable(self._jobs, self._runs, self.max_payload_bytes)
+            self._flows = FlowTable(self._jobs, self._runs)
             self._instances = InstanceTable()
             self._cron_slots = {}
             self._hub.close_all()
@@ -448,7 +448,7 @@ class InMemoryBackend:
         with self._lock:
             self._check_open()
             now = self._now()
-            started = self._flows.start(
+            started = self._flow_table().start(
                 plan,
                 workflow_id,
                 encoded,
@@ -479,7 +479,7 @@ class InMemoryBackend:
             self._check_open()
             now = self._now()
             self._flows.inserted = []
-            counted = self._flows.complete(completions, now)
+            counted = self._flow_table().complete(completions, now)
             inserted, self._flows.inserted = self._flows.inserted, []
             if claim is not None and claim.limit > 0 and inserted and self._may_claim(claim):
                 claim.claimed = self._jobs.claim_ids(
@@ -546,7 +546,7 @@ class InMemoryBackend:
         with self._lock:
             self._check_open()
             self._flows.inserted = []
-            delivered = self._flows.signal(plans, workflow_id, step, encoded, self._now())
+            delivered = self._flow_table().signal(plans, workflow_id, step, encoded, self._now())
             self._flows.inserted = []
             self._after_flow_change()
             return delivered
@@ -555,7 +555,7 @@ class InMemoryBackend:
         with self._lock:
             self._check_open()
             self._flows.inserted = []
-            run = self._flows.resume(plan, workflow_id, self._now())
+            run = self._flow_table().resume(plan, workflow_id, self._now())
             self._flows.inserted = []
             self._after_flow_change()
             return run
@@ -575,7 +575,7 @@ class InMemoryBackend:
         with self._lock:
             self._check_open()
             self._flows.inserted = []
-            started = self._flows.restart(
+            started = self._flow_table().restart(
                 plan, workflow_id, new_id, rerun, encoded, self._now(), definition=definition
             )
             self._flows.inserted = []
@@ -586,7 +586,7 @@ class InMemoryBackend:
         with self._lock:
             self._check_open()
             self._flows.inserted = []
-            expired = self._flows.expire(limit, self._now())
+            expired = self._flow_table().expire(limit, self._now())
             self._flows.inserted = []
             self._after_flow_change()
             return expired
@@ -600,6 +600,12 @@ class InMemoryBackend:
         with self._lock:
             self._check_open()
             return self._flows.running_ids(flow, fingerprint, limit)
+
+    def _flow_table(self) -> FlowTable:
+        """The flow table, held to the payload limit as it is now (it may be changed after
+        construction). Called with the lock held."""
+        self._flows.limit = self.max_payload_bytes
+        return self._flows
 
     def _tasks_ended(self, job_ids: Iterable[int], now: datetime) -> None:
         """Jobs just changed state: a flow task that ended discarded or cancelled fails its

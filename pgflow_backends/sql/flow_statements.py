@@ -165,6 +165,7 @@ class FlowStatements:
             jobs.c.state,
             jobs.c.attempt,
             cast(jobs.c.errors, Text),
+            cast(jobs.c.meta, Text),
         ).where(jobs.c.id == _p("p_id", Integer()), jobs.c.workflow_id.is_not(None))
         #: The run a job is a task of (never changes, so read without a lock, before any).
         self.task_run_of: Select[Any] = select(jobs.c.workflow_id).where(

@@ -65,10 +65,13 @@ from pgflow.records import (
 from pgflow.serialization import dumps, loads
 from pgflow_backends.sql.flow_rows import FlowRows, StepKey, TaskResult
 from pgflow_backends.sql.flow_statements import FlowStatements
-from pgflow_backends.sql.rows import decode_errors, job_from_row, run_from_row
+from pgflow_backends.sql.rows import decode_errors, decode_object, job_from_row, run_from_row
 from pgflow_backends.sql.statements import Statements
 
-__all__ = ["FlowSettler", "LockedRun"]
+__all__ = ["RETIRED", "FlowSettler", "LockedRun"]
+
+#: Meta key of a task job stopped by its run's end or by a signal (see _flag_executing).
+RETIRED = "retired"
 
 
 @attrs.define
@@ -209,20 +212,19 @@ class FlowSettler:
         if row is None:
             existing = self._c.execute(self._f.run, params).one()
             return RunStart(run_from_row(existing), False)
-        self._c.execute(
-            self._f.insert_steps,
-            [
-                {
-                    "p_workflow_id": workflow_id,
-                    "p_step": step.name,
-                    "p_index": step.index,
-                    "p_kind": step.kind,
-                    "p_deps": sum(1 for dep in step.deps if dep not in kept),
-                }
-                for step in plan.steps
-                if step.name not in kept
-            ],
-        )
+        pending = [
+            {
+                "p_workflow_id": workflow_id,
+                "p_step": step.name,
+                "p_index": step.index,
+                "p_kind": step.kind,
+                "p_deps": sum(1 for dep in step.deps if dep not in kept),
+            }
+            for step in plan.steps
+            if step.name not in kept
+        ]
+        if pending:
+            self._c.execute(self._f.insert_steps, pending)
         if kept:
             copy = {"p_workflow_id": workflow_id, "p_old_id": restart_of, "p_steps": list(kept)}
             self._c.execute(self._f.copy_steps, copy)
@@ -671,10 +673,12 @@ class FlowSettler:
         row = self._c.execute(self._f.ended_task, {"p_id": job_id}).first()
         if row is None:
             return  # not a task
-        workflow_id, step_name, job_state, attempt, errors_text = row
+        workflow_id, step_name, job_state, attempt, errors_text, meta_text = row
         state = JobState(job_state)
         if state not in (JobState.DISCARDED, JobState.CANCELLED):
             return
+        if decode_object(meta_text).get(RETIRED):
+            return  # stopped by its run's end or a signal: it speaks for no step any more
         run = self.lock([workflow_id]).get(workflow_id)  # normally locked already
         if run is None or not run.live:
             return
@@ -752,12 +756,13 @@ class FlowSettler:
 
     def _flag_executing(self, statement: Any, params: Mapping[str, Any]) -> None:
         """Flag the executing jobs `statement` selects (id, meta) cancel_requested, so their
-        instance stops them (their end then counts nothing)."""
+        instance stops them, and retired: their end fails nothing, even once a resume has
+        made their step live again."""
         for job_id, meta in self._c.execute(statement, params).all():
             current = meta if isinstance(meta, dict) else {}
             if current.get("cancel_requested"):
                 continue
-            flagged = dumps({**current, "cancel_requested": True}, what="meta")
+            flagged = dumps({**current, "cancel_requested": True, RETIRED: True}, what="meta")
             self._c.execute(self._s.flag_cancel, {"p_id": job_id, "p_meta": flagged})
 
     # -- signals, resume, restart, deadlines -------------------------------------------------

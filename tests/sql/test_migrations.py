@@ -61,6 +61,91 @@ def test_migrated_schema_equals_metadata(engine: Engine) -> None:
     assert diffs == []
 
 
+def _downgrade(engine: Engine, revision: str) -> None:
+    """Downgrade as `alembic downgrade` would (the CLI's own engine, one transaction)."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.downgrade(migrations._config(conn), revision)
+
+
+def test_0005_downgrades_and_upgrades_again(engine: Engine, sql_url: str) -> None:
+    """0005 down to 0004 drops the run links, deadlines and signals, and the runs with steps
+    of the new kinds (with their step rows); up again equals metadata."""
+    import pgflow
+    from pgflow_backends.postgres import PostgresBackend
+    from pgflow_backends.sqlite import SQLiteBackend
+
+    waits = pgflow.Flow("migration_waits")
+
+    @waits.step
+    def first(input: object) -> object: ...
+
+    waits.wait_for("approve", depends_on=["first"])
+    plain = pgflow.Flow("migration_plain")
+
+    @plain.step
+    def only(input: object) -> object: ...
+
+    migrations.upgrade(engine)
+    backend: Any = (SQLiteBackend if sql_url.startswith("sqlite") else PostgresBackend)(sql_url)
+    try:
+        backend.start_flow_run(waits.plan, workflow_id="new-kinds", input=1, max_attempts=1)
+        backend.start_flow_run(
+            plain.plan, workflow_id="old-kinds", input=1, max_attempts=1, deadline=60
+        )
+    finally:
+        backend.close()
+    _downgrade(engine, "0004")
+    assert migrations.current_revision(engine) == "0004"
+    inspector = inspect(engine)
+    assert "pgflow_signals" not in inspector.get_table_names()
+    columns = {column["name"] for column in inspector.get_columns("pgflow_runs")}
+    assert not columns & {"parent_id", "parent_step", "parent_queue", "restart_of", "deadline_at"}
+    with engine.connect() as conn:
+        kept = conn.execute(text("SELECT workflow_id FROM pgflow_runs")).scalars().all()
+        steps = conn.execute(text("SELECT workflow_id FROM pgflow_step_states")).scalars().all()
+        jobs = conn.execute(text("SELECT workflow_id FROM pgflow_jobs")).scalars().all()
+    assert (kept, steps, jobs) == (["old-kinds"], ["old-kinds"], ["old-kinds"])
+    migrations.upgrade(engine)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_object": _only_pgflow}
+        )
+        assert compare_metadata(context, metadata) == []
+
+
+def test_0005_upgrade_keeps_the_runs_stored(sql_url: str, engine: Engine) -> None:
+    """Upgrading a database at 0004 that holds flow runs keeps them and their step rows
+    (the step table is rebuilt on SQLite, through the backend's own engine)."""
+    from pgflow_backends.postgres import PostgresBackend
+    from pgflow_backends.sqlite import SQLiteBackend
+
+    migrations.upgrade(engine, "0004")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO pgflow_runs (workflow_id, workflow, state, attempt, max_attempts,"
+                " started_at, remaining_steps) VALUES ('r', 'f', 'running', 1, 1,"
+                f" {'0' if sql_url.startswith('sqlite') else 'now()'}, 1)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO pgflow_step_states (workflow_id, step, step_index, kind, state,"
+                " remaining_deps, tasks_done, attempts) VALUES ('r', 's', 0, 'step',"
+                " 'pending', 0, 0, 0)"
+            )
+        )
+    backend: Any = (SQLiteBackend if sql_url.startswith("sqlite") else PostgresBackend)(sql_url)
+    try:
+        backend.migrate()
+        assert backend.get_run("r") is not None
+        assert list(backend.get_step_states("r")) == ["s"]
+    finally:
+        backend.close()
+
+
 def test_the_applications_alembic_version_is_untouched(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)"))
