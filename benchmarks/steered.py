@@ -165,6 +165,7 @@ class Cancelled:
 
     wall_ns: int
     jobs: int
+    flagged: int
     steps: int
     runs: int
     done: int
@@ -189,10 +190,11 @@ def _cancel_rows(app: Any, url: str, sizes: Sizes) -> list[Row]:
             began = time.perf_counter_ns()
             record = app.cancel_run(run)
             wall = time.perf_counter_ns() - began
-            jobs, steps, runs = _written(url, run)
+            jobs, flagged, steps, runs = _written(url, run)
             if str(record.state) != "cancelled":
                 raise RuntimeError(f"run {run} is {record.state} after cancel_run")
-            samples.append(Cancelled(wall, jobs, steps, runs, record.steps["element"].tasks_done))
+            done = record.steps["element"].tasks_done
+            samples.append(Cancelled(wall, jobs, flagged, steps, runs, done))
             # The elements running at the cancel end before the next run is timed.
             _poll(url, _UNFINISHED, run, lambda left: left == 0, group.check_alive)
     metrics = latency_metrics([sample.wall_ns for sample in samples])
@@ -208,9 +210,9 @@ def _cancel_rows(app: Any, url: str, sizes: Sizes) -> list[Row]:
             f"app.cancel_run mid-map of {width:,} (2 worker processes)",
             metrics,
             detail=(
-                f"p50 {_ms(metrics[MEDIAN])}; wrote {metrics['rows_written_median']:,.0f} rows "
-                f"(median run: {middle.jobs:,} jobs, {middle.steps} steps, {middle.runs} run, "
-                f"{middle.done:,} elements done)"
+                f"median run: {middle.done:,} elements done, wrote {middle.rows:,} rows "
+                f"({middle.jobs:,} jobs, {middle.flagged} of them executing and flagged, "
+                f"{middle.steps} steps, {middle.runs} run)"
             ),
         )
     ]
@@ -241,8 +243,9 @@ def _poll(
             time.sleep(0.005)
 
 
-def _written(url: str, run: str) -> tuple[int, int, int]:
-    """Jobs, step states and runs the cancel's transaction wrote (see the module doc)."""
+def _written(url: str, run: str) -> tuple[int, int, int, int]:
+    """Jobs (and of them, executing ones flagged), step states and runs the cancel's
+    transaction wrote (see the module doc)."""
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
@@ -252,6 +255,8 @@ def _written(url: str, run: str) -> tuple[int, int, int]:
             SELECT
               (SELECT count(*) FROM pgflow_jobs, cancel WHERE workflow_id = %(run)s
                  AND (xmin::text = cancel.xid OR (meta ->> 'cancel_requested')::boolean)),
+              (SELECT count(*) FROM pgflow_jobs WHERE workflow_id = %(run)s
+                 AND (meta ->> 'cancel_requested')::boolean),
               (SELECT count(*) FROM pgflow_step_states, cancel WHERE workflow_id = %(run)s
                  AND xmin::text = cancel.xid),
               (SELECT count(*) FROM pgflow_runs, cancel WHERE xmin::text = cancel.xid)
@@ -259,7 +264,7 @@ def _written(url: str, run: str) -> tuple[int, int, int]:
             {"run": run},
         ).fetchone()
     assert row is not None
-    return int(row[0]), int(row[1]), int(row[2])
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
 def _ms(ns: float) -> str:
