@@ -595,6 +595,66 @@ def test_enqueued_listing_names_the_task() -> None:
             t.refute_enqueued()
 
 
+# -- steered runs in the harness ------------------------------------------------------------
+
+SEEN_AT: dict[str, Any] = {}
+HARNESS_CLOCK: list[pgflow.FakeClock] = []
+
+timed = pgflow.Flow("tg_timed")
+
+
+@timed.step
+def kickoff(input: int) -> int:
+    return input
+
+
+timed.sleep("nap", 3600, depends_on=["kickoff"])
+timed.wait_for("answer", depends_on=["kickoff"], timeout=7200, on_timeout="skip")
+
+
+@timed.step(depends_on=["nap"])
+def after_nap(nap: int) -> int:
+    SEEN_AT["after_nap"] = HARNESS_CLOCK[0].now()
+    return nap
+
+
+@timed.step(depends_on=["answer"])
+def after_answer(answer: Any) -> Any:
+    return answer
+
+
+def test_drain_with_scheduled_moves_time_to_each_due_task_in_turn() -> None:
+    with testing.manual() as t:
+        clock = _fake_clock(t)
+        HARNESS_CLOCK[:] = [clock]
+        begun = clock.now()
+        handle = t.app.start_run(timed, 1)
+        t.drain(with_scheduled=True)
+        # The nap's task ran at its own time, before the answer's timeout moved time on.
+        assert SEEN_AT["after_nap"] == begun + timedelta(seconds=3600)
+        assert clock.now() == begun + timedelta(seconds=7200)
+        t.assert_step(handle.workflow_id, "answer", state="skipped", kind="wait")
+        t.assert_step(handle.workflow_id, "after_answer", state="skipped")
+        assert handle.result() == {"after_nap": 1}
+
+
+def test_signal_and_deadline_in_the_harness() -> None:
+    with testing.manual() as t:
+        handle = t.app.start_run(timed, 2, deadline=1800)
+        t.drain()
+        assert t.signal(handle.workflow_id, "answer", "yes") is True
+        t.assert_step(handle.workflow_id, "answer", state="completed", output="yes")
+        t.drain()
+        t.assert_step(handle.workflow_id, "after_answer", state="completed", output="yes")
+        t.drain(with_scheduled=True)  # the deadline comes before the nap ends
+        t.assert_run(handle.workflow_id, state="failed", error_kind="DeadlineExceeded")
+        t.assert_step(handle.workflow_id, "nap", state="cancelled")
+        with pytest.raises(AssertionError, match=r"expected run .* with state=completed"):
+            t.assert_run(handle.workflow_id, state="completed")
+        with pytest.raises(AssertionError, match="kind='map'"):
+            t.assert_step(handle.workflow_id, "nap", kind="map")
+
+
 # -- the documentation's example --------------------------------------------------------------
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "testing.md"

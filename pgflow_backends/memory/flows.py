@@ -382,7 +382,7 @@ class FlowTable:
 
     def prune(self) -> None:
         """Forget the step states, outputs and signals of runs the run table no longer holds."""
-        for workflow_id in [w for w in self._flows if self.runs.get(w) is None]:
+        for workflow_id in [w for w in self._flows if self.runs.state(w) is None]:
             del self._flows[workflow_id]
         for key in [k for k in self._signals if k[0] not in self._flows]:
             del self._signals[key]
@@ -428,8 +428,7 @@ class FlowTable:
     # -- settling --------------------------------------------------------------------------
 
     def _running(self, workflow_id: str) -> bool:
-        run = self.runs.get(workflow_id)
-        return run is not None and run.state is RunState.RUNNING
+        return self.runs.state(workflow_id) is RunState.RUNNING
 
     def _record(self, workflow_id: str) -> RunRecord:
         run = self.runs.get(workflow_id)
@@ -660,7 +659,7 @@ class FlowTable:
             previous is not None
             and row.child_id is not None
             and previous.fingerprint == plan_fingerprint(child_plan)
-            and self._record(row.child_id).state in RESUMABLE
+            and self.runs.state(row.child_id) in RESUMABLE
         ):
             row.state = StepStatus.STARTED
             row.started_at = now

@@ -216,6 +216,11 @@ class RunTable:
         run = self._runs.get(workflow_id)
         return None if run is None else run.to_record()
 
+    def state(self, workflow_id: str) -> RunState | None:
+        """The run's state alone (None when unknown): a read that decodes nothing."""
+        run = self._runs.get(workflow_id)
+        return None if run is None else run.state
+
     def steps(self, workflow_id: str) -> list[StepRecord]:
         return [step.to_record() for step in self._steps.get(workflow_id, ())]
 

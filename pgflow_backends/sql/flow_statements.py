@@ -127,10 +127,10 @@ class FlowStatements:
             .order_by(runs.c.workflow_id)
             .with_for_update(key_share=True)
         )
-        #: A run's running children, locked by its failure sweep before its own steps (a
-        #: parent locks its children, never the other way round).
+        #: A run's running children (lock_runs' columns, then the flow's name), locked by
+        #: its failure sweep before its own steps (parents lock children, never the reverse).
         self.lock_children: Select[Any] = (
-            select(*lock_columns)
+            select(*lock_columns, runs.c.workflow)
             .where(runs.c.parent_id == run_id, runs.c.state == _RUNNING)
             .order_by(runs.c.workflow_id)
             .with_for_update(key_share=True)
@@ -153,7 +153,7 @@ class FlowStatements:
         )
         #: A run's child runs (the latest per sub-flow step is the step's child_id).
         self.children: Select[Any] = (
-            select(runs.c.parent_step, runs.c.workflow_id, runs.c.state)
+            select(runs.c.parent_step, runs.c.workflow_id, runs.c.state, runs.c.fingerprint)
             .where(runs.c.parent_id == run_id)
             .order_by(runs.c.started_at, runs.c.workflow_id)
         )

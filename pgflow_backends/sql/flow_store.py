@@ -185,7 +185,7 @@ class SQLFlowStore:
                 for name, attempt in connection.execute(self._f.live_attempts, params).all():
                     live[name] = attempt
             if any(row[10] == SUBFLOW for row in rows):
-                for name, child_id, _ in connection.execute(self._f.children, params).all():
+                for name, child_id, *_ in connection.execute(self._f.children, params).all():
                     children[name] = child_id  # oldest first: the latest child wins
         return {
             row[0]: StepState(

@@ -127,8 +127,8 @@ class FlowSettler:
         self._inputs: dict[str, Any] = {}
         #: Task jobs this transaction inserted, for a successor claim.
         self._inserted: list[Job] = []
-        #: Of those, the ones no successor claim takes: child runs' tasks and relays (the
-        #: completing instance may not serve their flow).
+        #: Of those, the ones no successor claim takes: child runs' tasks (the completing
+        #: instance may not serve their flow).
         self._foreign: set[int] = set()
         #: A resume: the map elements already stored, by step (only those run again).
         self._kept_elements: dict[StepKey, set[int]] = {}
@@ -154,7 +154,7 @@ class FlowSettler:
 
     def _found(self, row: Sequence[Any]) -> LockedRun:
         """Record a run row (lock_runs' columns) as its lock found it."""
-        workflow_id, state, fingerprint, remaining, max_attempts, parent_id = row
+        workflow_id, state, fingerprint, remaining, max_attempts, parent_id = row[:6]
         known = self._runs.get(workflow_id)
         if known is not None:
             known.state = state
@@ -529,8 +529,8 @@ class FlowSettler:
             child_id, child_state = old
             if child_state != "running":
                 child = self.lock([child_id]).get(child_id)
-                if child is not None:
-                    self._resume(child, step.child)
+                assert child is not None  # a parent's children are pruned with it
+                self._resume(child, step.child)
         else:
             try:
                 encoded = dumps(
@@ -610,10 +610,9 @@ class FlowSettler:
                     child_id=child_id,
                 )
             )
-        if relays:
+        if relays:  # woken now: a failure sweep announces nothing else (no successor claim)
             inserted = self._insert_jobs(relays)
-            self._inserted += inserted
-            self._foreign.update(job.id for job in inserted)
+            self._announce({job.queue for job in inserted if job.state is JobState.AVAILABLE})
 
     def announce_new_tasks(self, claimed: Sequence[Job]) -> None:
         """Wake the queues that gained available tasks in this transaction (at commit),
@@ -683,10 +682,6 @@ class FlowSettler:
         if run is None or not run.live:
             return
         step = str(step_name)
-        where = {"p_workflow_id": workflow_id, "p_step": step}
-        current = self._c.execute(self._f.step_state, where).first()
-        if current is not None and current[0] != "started":
-            return  # settled already (a signalled wait's timeout task): nothing to fail
         errors = decode_errors(errors_text)
         last = errors[-1] if errors and isinstance(errors[-1], dict) else None
         if last is None:
@@ -738,7 +733,7 @@ class FlowSettler:
         for row in self._c.execute(self._f.lock_children, key).all():
             child = self._found(row)
             if child.live:
-                swept = _cancelled_with_parent(child.workflow_id, run.workflow_id)
+                swept = _cancelled_with_parent(child.workflow_id, row[6], run.workflow_id)
                 self._fail(child, None, None, swept, state="cancelled", relay=False)
         if culprit is not None:
             text = dumps(step_error, what="error")
@@ -780,6 +775,11 @@ class FlowSettler:
         plan = None
         if run is not None and stored is not None and run.is_flow:
             plan = plans.get(run.fingerprint or "")
+            if plan is None and run.state != "running":
+                raise SignalError(
+                    f"signal {step!r}: run {workflow_id!r} of flow {stored.workflow!r} is "
+                    f"{run.state}; only a running run takes signals"
+                )
             if plan is None:
                 raise SignalError(
                     f"signal {step!r}: run {workflow_id!r} of flow {stored.workflow!r} was "
@@ -860,12 +860,20 @@ class FlowSettler:
             for name, index in self._c.execute(self._f.output_indexes, params):
                 self._kept_elements.setdefault((run.workflow_id, str(name)), set()).add(index)
         if any(step.kind == SUBFLOW for step in again):
-            for name, child_id, state in self._c.execute(self._f.children, key):
-                if name in states and name not in kept:  # the latest child wins
-                    self._old_children[(run.workflow_id, str(name))] = (str(child_id), state)
-            for name, (_, state) in list(self._old_children.items()):
-                if state == "completed":  # a completed child is not resumed: a new one runs
-                    del self._old_children[name]
+            latest: dict[str, tuple[str, str, str | None]] = {}
+            for name, child_id, state, fingerprint in self._c.execute(self._f.children, key):
+                latest[str(name)] = (str(child_id), str(state), fingerprint)  # oldest first
+            for step in again:
+                found = latest.get(step.name)
+                if step.child is None or found is None:
+                    continue
+                child_id, state, fingerprint = found
+                # A failed or cancelled child of the same definition resumes; a running one
+                # is waited for; otherwise a new child starts.
+                if state == "running" or (
+                    state in ("failed", "cancelled") and fingerprint == plan_fingerprint(step.child)
+                ):
+                    self._old_children[(run.workflow_id, step.name)] = (child_id, state)
         self._settle(_ready_steps(run, plan, kept), [])
 
     def restart(
@@ -909,11 +917,13 @@ class FlowSettler:
         return True
 
 
-def _cancelled_with_parent(child_id: str, parent_id: str) -> dict[str, Any]:
+def _cancelled_with_parent(child_id: str, flow: str, parent_id: str) -> dict[str, Any]:
     """What a child run ended by its parent's failure sweep stores as its error."""
     return {
         "kind": "RunCancelled",
-        "message": f"run {child_id!r} was cancelled with its parent run {parent_id!r}",
+        "message": (
+            f"run {child_id!r} of flow {flow!r} was cancelled with its parent run {parent_id!r}"
+        ),
         "step": None,
         "traceback": "",
     }

@@ -507,6 +507,26 @@ def test_a_signal_racing_the_timeout_completion_one_wins(store: Any) -> None:
         store.cancel_run(workflow_id)
 
 
+def test_a_delivered_signal_and_a_relay_wake_their_queues(store: Any) -> None:
+    listener = store.listener()
+    try:
+        start(store, approval, "wk1", 1)
+        assert listener.wait(5.0) == {"default"}
+        finish(store, approval.plan, only(store, "prep"), "p")
+        assert listener.wait(0.0) == set()  # the wait queues nothing
+        assert signal(store, "wk1", "approve", "go")
+        assert listener.wait(5.0) == {"default"}  # after's task
+        finish(store, approval.plan, only(store, "after"), "x")
+        start(store, parent, "wk2", 1)
+        assert listener.wait(5.0) == {"default"}
+        finish(store, parent.plan, only(store, "p_prep"), 1)
+        assert listener.wait(5.0) == {"default"}  # the child's task
+        finish(store, child.plan, only(store, "child_work"), 2)
+        assert listener.wait(5.0) == {"default"}  # the relay
+    finally:
+        listener.close()
+
+
 class _Rollback(Exception):
     """Raised inside a transaction to make SQLAlchemy roll it back."""
 
@@ -814,6 +834,20 @@ def test_resume_of_a_wait_uses_a_signal_kept_for_it(store: Any) -> None:
     assert store.get_step_states("rs7")["approve"].output == "kept"
 
 
+def test_resume_of_a_timed_out_wait_waits_again_with_a_new_timeout(store: Any) -> None:
+    start(store, timed_fail, "rs8", None)
+    old = claim_when_due(store, "answer")
+    store.fail_job(old.ref, wait_timed_out(timed_fail.plan.step("answer")), retry_in=None)
+    assert store.get_run("rs8").state is RunState.FAILED
+    store.resume_run(timed_fail.plan, "rs8")
+    answer = store.get_step_states("rs8")["answer"]
+    assert (answer.state, answer.error) == (StepStatus.STARTED, None)
+    (timeout,) = live_jobs(store)
+    assert timeout.id != old.id and timeout.task == TaskKey("rs8", "answer", 0)
+    assert signal(store, "rs8", "answer", "finally") is True
+    assert only(store, "consume").args["kwargs"] == {"answer": "finally"}
+
+
 # -- restart ---------------------------------------------------------------------------------
 
 
@@ -876,6 +910,29 @@ def test_restart_of_a_failed_run_copies_what_settled(store: Any) -> None:
     assert only(store, "second", ["one"]).task.workflow_id == "new3"
 
 
+def test_restart_copies_a_skipped_step_with_its_reason_and_a_rerun_wait_waits_again(
+    store: Any,
+) -> None:
+    start(store, timed_skip, "old5", None)
+    finish(store, timed_skip.plan, claim_when_due(store, "answer"), skipped="no signal")
+    finish(store, timed_skip.plan, only(store, "use"), "defaulted")
+    rerun = restart_steps(timed_skip.plan, "use", False)
+    store.restart_run(timed_skip.plan, "old5", new_id="new5", rerun=rerun, input=None)
+    answer = store.get_step_states("new5")["answer"]
+    assert (answer.state, answer.skip_reason) == (StepStatus.SKIPPED, "no signal")
+    assert only(store, "use").args["kwargs"] == {}
+    # Run again from the wait: the new run waits for a signal of its own.
+    start(store, approval, "old6", 1)
+    finish(store, approval.plan, only(store, "prep"), "p")
+    signal(store, "old6", "approve", "first time")
+    finish(store, approval.plan, only(store, "after"), "done")
+    rerun = restart_steps(approval.plan, "approve", False)
+    store.restart_run(approval.plan, "old6", new_id="new6", rerun=rerun, input=1)
+    assert states(store, "new6")["approve"] is StepStatus.STARTED
+    assert signal(store, "new6", "approve", "second time") is True
+    assert only(store, "after").args["kwargs"] == {"approve": "second time"}
+
+
 def test_restart_refuses_a_running_run_an_unknown_one_and_another_definition(
     store: Any,
 ) -> None:
@@ -926,6 +983,20 @@ def test_a_run_past_its_deadline_fails_and_its_children_are_cancelled(store: Any
     assert store.get_run("done-early").state is RunState.COMPLETED
     assert [j.task.workflow_id for j in live_jobs(store)] == ["no-deadline"]
     assert store.expire_runs() == []
+
+
+def test_expire_runs_takes_at_most_its_limit(store: Any) -> None:
+    last = [start(store, chain, w, 1, deadline=0.01) for w in ("e1", "e2", "e3")][-1]
+    end = time.monotonic() + 10
+    while store.database_time() <= last.deadline_at:  # every deadline has passed
+        assert time.monotonic() < end
+        time.sleep(0.01)
+    first = store.expire_runs(2)
+    assert len(first) == 2
+    rest = store.expire_runs(limit=2)
+    assert sorted(first + rest) == ["e1", "e2", "e3"]
+    assert store.expire_runs() == []
+    assert {store.get_run(w).state for w in ("e1", "e2", "e3")} == {RunState.FAILED}
 
 
 def test_expire_runs_leaves_runs_within_their_deadline(store: Any) -> None:
