@@ -146,6 +146,18 @@ def finish(ship: Any, input: dict[str, Any]) -> dict[str, Any]:
     return {"shipped": ship}
 
 
+# --- a parent whose child run is the wide map: inner (sub-flow of crunching) -> summary ---
+
+nesting = pgflow.Flow("steered_nest")
+nesting.subflow("inner", crunching)
+
+
+@nesting.step(depends_on=["inner"])
+def summary(inner: int, input: dict[str, Any]) -> str:
+    record(str(input["run"]), "summary", "ran")
+    return f"{inner} elements"
+
+
 # --- a durable sleep between two steps: doze_off -> rest (sleep) -> wake ---------------
 
 #: How long the nap flow's sleep lasts: long enough to kill and replace the worker inside it.

@@ -27,6 +27,7 @@ from tests.distributed.steered_flows import (
     approvals,
     crunching,
     napping,
+    nesting,
     overdue,
     resumable,
     shipping,
@@ -242,6 +243,67 @@ def test_b_cancel_in_the_middle_of_a_1000_element_map_stops_everything_and_late_
     with pytest.raises(RunCancelled):
         handle.result(timeout=5.0)
     assert cluster.procs["a"].poll() is None and cluster.procs["b"].poll() is None
+
+
+def test_cancelling_a_parent_mid_child_map_cancels_the_child_first_and_leaves_no_job(
+    cluster: Cluster, app: Pgflow
+) -> None:
+    """The parent's sweep takes its running child with it in the same transaction (no relay
+    for the parent), while two workers keep completing the child's elements."""
+    url = cluster.url
+    run = "nest-cancel"
+    cluster.spawn("a", queues={"default": 5}, imports=[FLOWS])
+    cluster.spawn("b", queues={"default": 5}, imports=[FLOWS])
+    cluster.wait_online("a", "b")
+    handle = app.start_run(
+        nesting, {"run": run, "count": 300, "seconds": ELEMENT_SECONDS}, workflow_id=run
+    )
+    [(child,)] = query(url, "SELECT workflow_id FROM pgflow_runs WHERE parent_id = %s", (run,))
+
+    def midway() -> bool:
+        done = count(
+            url, "SELECT count(*) FROM pgflow_task_outputs WHERE workflow_id = %s", (child,)
+        )
+        executing = count(
+            url,
+            "SELECT count(*) FROM pgflow_jobs WHERE workflow_id = %s AND state = 'executing'",
+            (child,),
+        )
+        return done >= 30 and executing >= 1
+
+    wait_until(midway, 60, "30 elements of the child completed and some executing")
+    cancelled = app.cancel_run(run)
+    assert cancelled.state is RunState.CANCELLED
+    inner = app.get_run(child)  # ended by the parent's transaction, not later
+    assert inner is not None and inner.state is RunState.CANCELLED
+    assert (inner.parent_id, inner.parent_step) == (run, "inner")
+    done_at_cancel = inner.steps["crunch"].tasks_done
+    assert 30 <= done_at_cancel < 300
+
+    wait_until(
+        lambda: unfinished_jobs(url, run) + unfinished_jobs(url, child) == 0,
+        30,
+        "every job of both runs to finish",
+    )
+    assert count(url, "SELECT count(*) FROM pgflow_jobs WHERE workflow_id = %s", (run,)) == 0
+    parent = app.get_run(run)
+    assert parent is not None and parent.state is RunState.CANCELLED
+    assert {name: str(step.state) for name, step in parent.steps.items()} == {
+        "inner": "cancelled",
+        "summary": "cancelled",
+    }
+    assert parent.steps["inner"].child_id == child
+    inner = app.get_run(child)
+    assert inner is not None and inner.state is RunState.CANCELLED
+    assert {name: str(step.state) for name, step in inner.steps.items()} == {
+        "items": "completed",
+        "crunch": "cancelled",
+        "tally": "cancelled",
+    }
+    assert inner.steps["crunch"].tasks_done == done_at_cancel
+    assert count(url, "SELECT count(*) FROM flow_effects WHERE step = 'summary'") == 0
+    with pytest.raises(RunCancelled):
+        handle.result(timeout=5.0)
 
 
 # --- c. a resume that reuses what completed ----------------------------------------------
