@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, overload
 
@@ -160,6 +160,31 @@ def _register_flow(workflow: Workflow) -> None:
     for step in workflow.steps:
         if step.kind == SUBFLOW:
             _register_flow(resolve_workflow(step.child))
+
+
+class _KnownPlans(Mapping[str, "FlowPlan"]):
+    """The plans of every flow definition known in this process, by fingerprint, looked
+    up when the store asks (for a run the app cannot read before the store does)."""
+
+    def _definitions(self) -> dict[str, tuple[str, str]]:
+        from pgflow.graph.registry import flows
+
+        return {fingerprint: (name, fingerprint) for name, fingerprint in flows.served()}
+
+    def __getitem__(self, fingerprint: str) -> FlowPlan:
+        from pgflow.graph.registry import flows
+
+        found = self._definitions().get(fingerprint)
+        workflow = None if found is None else flows.find(*found)
+        if workflow is None:
+            raise KeyError(fingerprint)
+        return workflow.plan
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._definitions())
+
+    def __len__(self) -> int:
+        return len(self._definitions())
 
 
 def _canonical(value: Any) -> str:
@@ -434,6 +459,21 @@ class Pgflow:
         running, or a wait that already took a signal or timed out. With `connection`,
         the signal joins the caller's SQLAlchemy transaction."""
         store = self._flow_store()
+        if connection is not None:
+            # Nothing is read outside the caller's transaction (the run may be new in it,
+            # and SQLite would wait for it): the store reads the run there, its plan is
+            # the one this process knows by the run's fingerprint.
+            delivered = store.signal_run(
+                _KnownPlans(), workflow_id, name, payload, connection=connection
+            )
+            logger.info(
+                "signal %r %s run %s",
+                name,
+                "delivered to" if delivered else "kept for",
+                workflow_id,
+                extra={**self._extra, "workflow_id": workflow_id, "step": name},
+            )
+            return delivered
         run = self.backend.get_run(workflow_id)
         if run is None:
             raise SignalError(f"signal {name!r}: run {workflow_id!r} is not stored")
@@ -460,7 +500,7 @@ class Pgflow:
                 "delivered": delivered,
             },
         )
-        if delivered and connection is None:
+        if delivered:
             self._wake(set())
         return delivered
 

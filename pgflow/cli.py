@@ -46,6 +46,8 @@ LOG_FIELDS = (
     "step",
     "attempt",
     "max_attempts",
+    "child_id",
+    "restart_of",
 )
 
 # Spaces around "=" are allowed ("default = 3"), as around the commas.

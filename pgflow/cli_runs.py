@@ -202,7 +202,8 @@ def resume(
     "--input",
     "input_json",
     metavar="JSON",
-    help="A new input (JSON): re-runs the steps that read the input and what follows.",
+    help="A new input (JSON): re-runs the steps that read the input and what follows "
+    "(null: keep the old input).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the new run as JSON.")
 @log_level_option("WARNING")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -197,6 +198,28 @@ def transform(item: int) -> int:
 def load(transform: list[int]) -> int:
     _maybe_fail("load")
     return sum(transform)
+
+
+def _buggy_total(values: list[int]) -> int:
+    return sum(values) // (len(values) - len(values))  # ZeroDivisionError: the bug
+
+
+#: What `report` calls: a test swaps it for a fixed function, as a deploy would.
+total = _buggy_total
+
+audit = pgflow.Flow("st_audit")
+
+
+@audit.step
+def gather(input: int) -> list[int]:
+    CALLS.append("gather")
+    return list(range(input))
+
+
+@audit.step(depends_on=["gather"])
+def report(gather: list[int]) -> int:
+    CALLS.append("report")
+    return total(gather)
 
 
 # -- waits and signals ------------------------------------------------------------------------
@@ -460,6 +483,21 @@ def test_resume_after_a_fix_reruns_only_what_did_not_complete(t: testing.TestQue
     t.assert_step(run_id, "transform", state="completed", tasks_done=5)
     with pytest.raises(RunStateError, match="is completed"):
         t.app.resume_run(run_id)
+
+
+def test_resume_after_swapping_the_buggy_function(
+    t: testing.TestQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = t.app.start_run(audit, 4, max_attempts=2)
+    t.drain(with_scheduled=True, raise_on_failure=False)
+    step = t.assert_step(handle.workflow_id, "report", state="failed", attempts=2)
+    assert step.error is not None and "ZeroDivisionError" in step.error["kind"]
+    assert CALLS == ["gather", "report", "report"]
+    monkeypatch.setattr(sys.modules[__name__], "total", sum)  # the fix, deployed
+    t.app.resume_run(handle.workflow_id)
+    t.drain()
+    assert handle.result() == {"report": 6}
+    assert CALLS == ["gather", "report", "report", "report"]  # gather did not run again
 
 
 def test_resume_of_a_failed_sub_flow_resumes_its_child(t: testing.TestQueue) -> None:
@@ -817,3 +855,33 @@ def test_worker_cli_passes_the_deadline_interval(monkeypatch: pytest.MonkeyPatch
     assert created[-1]["deadline_interval"] == 0.25
     bad = runner.invoke(cli.cli, [*base, "--deadline-interval", "0"])
     assert bad.exit_code == 2 and "--deadline-interval" in bad.output
+
+
+def test_a_signal_in_the_callers_transaction_commits_with_it(sqlite_url: str) -> None:
+    """On SQLite (memory has no transactions to join): start and signal in one transaction,
+    nothing read outside it; a rollback leaves neither."""
+    from sqlalchemy import create_engine
+
+    from pgflow.backend import FlowStore
+
+    engine = create_engine(sqlite_url)
+    app = pgflow.Pgflow(engine, instance_id="in-tx")
+    try:
+        if not isinstance(app.backend, FlowStore):
+            pytest.skip("this branch's SQLite backend does not store steered runs yet")
+        app.migrate()
+        with engine.begin() as conn:
+            handle = app.start_run(strict, 1, connection=conn)
+            assert app.signal(handle.workflow_id, "manager", "boss", connection=conn) is False
+        run = app.get_run(handle.workflow_id)
+        assert run is not None and run.steps["manager"].state is StepStatus.PENDING
+        with pytest.raises(SignalError, match="already"):
+            app.signal(handle.workflow_id, "manager", "again")
+        with pytest.raises(RuntimeError, match="rolled back"), engine.begin() as conn:
+            other = app.start_run(strict, 2, connection=conn)
+            app.signal(other.workflow_id, "manager", "x", connection=conn)
+            raise RuntimeError("rolled back")
+        assert app.get_run(other.workflow_id) is None
+    finally:
+        app.close()
+        engine.dispose()

@@ -158,15 +158,26 @@ class FlowStatements:
             .order_by(runs.c.started_at, runs.c.workflow_id)
         )
         self.run_input: Select[Any] = select(runs.c.input).where(runs.c.workflow_id == run_id)
-        #: What failing a task's run needs of the job that ended it (never its args).
-        self.ended_task: Select[Any] = select(
-            jobs.c.workflow_id,
-            jobs.c.step,
-            jobs.c.state,
-            jobs.c.attempt,
-            cast(jobs.c.errors, Text),
-            cast(jobs.c.meta, Text),
-        ).where(jobs.c.id == _p("p_id", Integer()), jobs.c.workflow_id.is_not(None))
+        #: What failing a task's run needs of the job that ended it (never its args), and
+        #: its step's state (a step settled already fails nothing).
+        self.ended_task: Select[Any] = (
+            select(
+                jobs.c.workflow_id,
+                jobs.c.step,
+                jobs.c.state,
+                jobs.c.attempt,
+                cast(jobs.c.errors, Text),
+                cast(jobs.c.meta, Text),
+                step_states.c.state,
+            )
+            .select_from(jobs)
+            .outerjoin(
+                step_states,
+                (step_states.c.workflow_id == jobs.c.workflow_id)
+                & (step_states.c.step == jobs.c.step),
+            )
+            .where(jobs.c.id == _p("p_id", Integer()), jobs.c.workflow_id.is_not(None))
+        )
         #: The run a job is a task of (never changes, so read without a lock, before any).
         self.task_run_of: Select[Any] = select(jobs.c.workflow_id).where(
             jobs.c.id.in_(_many("p_job_ids")), jobs.c.workflow_id.is_not(None)

@@ -672,12 +672,12 @@ class FlowSettler:
         row = self._c.execute(self._f.ended_task, {"p_id": job_id}).first()
         if row is None:
             return  # not a task
-        workflow_id, step_name, job_state, attempt, errors_text, meta_text = row
+        workflow_id, step_name, job_state, attempt, errors_text, meta_text, step_state = row
         state = JobState(job_state)
         if state not in (JobState.DISCARDED, JobState.CANCELLED):
             return
-        if decode_object(meta_text).get(RETIRED):
-            return  # stopped by its run's end or a signal: it speaks for no step any more
+        if step_state in ("completed", "skipped") or decode_object(meta_text).get(RETIRED):
+            return  # its step settled, or it was stopped by its run's end or a signal
         run = self.lock([workflow_id]).get(workflow_id)  # normally locked already
         if run is None or not run.live:
             return
