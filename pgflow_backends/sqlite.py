@@ -208,6 +208,26 @@ class SQLiteBackend(SQLBackend):
     def _guard(self) -> contextlib.AbstractContextManager[object]:
         return self._hub.lock
 
+    def migrate(self) -> None:
+        """Upgrade the schema with foreign keys off: SQLite rebuilds a table to alter it, and
+        dropping the old pgflow_runs with them on would cascade to every run's steps."""
+        from pgflow.migrations import upgrade  # Alembic loads only where migrations run
+
+        self._check_open()
+        with self._translated(), self._hub.lock, self.engine.connect() as connection:
+            # The pragma is a no-op inside a transaction: set it on the driver before the
+            # upgrade begins one, and put the connection's setting back after it.
+            dbapi: Any = connection.connection.driver_connection
+            if dbapi.in_transaction:
+                dbapi.rollback()
+            enabled = dbapi.execute("PRAGMA foreign_keys").fetchone()[0]
+            dbapi.execute("PRAGMA foreign_keys = OFF")
+            try:
+                upgrade(connection)
+            finally:
+                if not dbapi.in_transaction:
+                    dbapi.execute(f"PRAGMA foreign_keys = {'ON' if enabled else 'OFF'}")
+
     def _run_write(self) -> contextlib.AbstractContextManager[Connection]:
         """Run and step writes are single statements (start_run's read-back aside, which
         needs no lock): on pgflow's own engine they skip BEGIN IMMEDIATE and COMMIT, and

@@ -151,6 +151,7 @@ class FlowStatements:
             .where(child.c.workflow_id.in_(_many("p_ids")))
             .order_by(child.c.workflow_id)
         )
+        self.restart_of: Select[Any] = select(runs.c.restart_of).where(runs.c.workflow_id == run_id)
         #: A run's child runs (the latest per sub-flow step is the step's child_id).
         self.children: Select[Any] = (
             select(runs.c.parent_step, runs.c.workflow_id, runs.c.state, runs.c.fingerprint)
@@ -167,7 +168,6 @@ class FlowStatements:
                 jobs.c.state,
                 jobs.c.attempt,
                 cast(jobs.c.errors, Text),
-                cast(jobs.c.meta, Text),
                 step_states.c.state,
             )
             .select_from(jobs)
@@ -357,6 +357,12 @@ class FlowStatements:
                 finished_at=null(),
                 remaining_steps=_p("p_steps", Integer()),
             )
+        )
+        #: A resumed run's tasks left executing by its end: cancelled outright (fenced out).
+        self.end_leftovers: Update = (
+            update(jobs)
+            .where(jobs.c.workflow_id == run_id, jobs.c.state.in_(_states(("executing",))))
+            .values(state="cancelled", completed_at=now, unique_key=RELEASED_KEY)
         )
         #: The map elements already stored (a resumed map runs only the others).
         self.output_indexes: Select[Any] = select(

@@ -43,6 +43,9 @@ _POLL_MIN, _POLL_MAX = 0.005, 0.1
 
 _T = TypeVar("_T")
 
+#: Step states a restart copies.
+_SETTLED = ("completed", "skipped")
+
 
 class SQLFlowStore:
     """FlowStore over the SQLBackend's connection handling (a mixin: see SQLBackend)."""
@@ -185,8 +188,7 @@ class SQLFlowStore:
                 for name, attempt in connection.execute(self._f.live_attempts, params).all():
                     live[name] = attempt
             if any(row[10] == SUBFLOW for row in rows):
-                for name, child_id, *_ in connection.execute(self._f.children, params).all():
-                    children[name] = child_id  # oldest first: the latest child wins
+                children = self._children(connection, workflow_id, rows)
         return {
             row[0]: StepState(
                 step=row[0],
@@ -204,6 +206,32 @@ class SQLFlowStore:
             )
             for row in rows
         }
+
+    def _children(
+        self, connection: Connection, workflow_id: str, rows: Sequence[Any]
+    ) -> dict[str, str]:
+        """Each sub-flow step's latest child run; a step a restart copied keeps the child of
+        the run it was copied from (found along `restart_of`)."""
+        children: dict[str, str] = {}
+        source: str | None = workflow_id
+        copied = {row[0] for row in rows if row[10] == SUBFLOW and row[1] in _SETTLED}
+        seen: set[str] = set()
+        while source is not None and source not in seen:
+            seen.add(source)
+            found: dict[str, str] = {}
+            for name, child_id, *_ in connection.execute(
+                self._f.children, {"p_workflow_id": source}
+            ).all():
+                found[name] = child_id  # oldest first: the latest child wins
+            for name, child_id in found.items():
+                if source == workflow_id or (name in copied and name not in children):
+                    children[name] = child_id
+            if not copied - children.keys():
+                break
+            source = connection.execute(
+                self._f.restart_of, {"p_workflow_id": source}
+            ).scalar_one_or_none()
+        return children
 
     def fail_run(self, workflow_id: str, error: dict[str, Any]) -> bool:
         dumps(error, what="error", limit=self.max_payload_bytes, owner=f"run {workflow_id!r}")

@@ -8,8 +8,11 @@ fixed number of statements, not a number per completion.
 
 Locking: a run's row is locked (FOR NO KEY UPDATE, ascending workflow_id) before any of its
 step or job rows by every transaction that writes about the run's steps: completions,
-failures, cancels, rescues and sweeps. They serialize per run and never deadlock. SQLite
-serializes writers anyway, so the locks are no-ops there.
+failures, cancels, rescues and sweeps. They serialize per run and never deadlock. Sub-flows
+keep one more order: a parent locks its children (a failure sweep, a resume), a child never
+locks its parent (its end only reads the parent's row and inserts the relay task), and a
+deadline sweep takes one run per transaction. SQLite serializes writers anyway, so the
+locks are no-ops there.
 """
 
 from __future__ import annotations
@@ -65,13 +68,10 @@ from pgflow.records import (
 from pgflow.serialization import dumps, loads
 from pgflow_backends.sql.flow_rows import FlowRows, StepKey, TaskResult
 from pgflow_backends.sql.flow_statements import FlowStatements
-from pgflow_backends.sql.rows import decode_errors, decode_object, job_from_row, run_from_row
+from pgflow_backends.sql.rows import decode_errors, job_from_row, run_from_row
 from pgflow_backends.sql.statements import Statements
 
-__all__ = ["RETIRED", "FlowSettler", "LockedRun"]
-
-#: Meta key of a task job stopped by its run's end or by a signal (see _flag_executing).
-RETIRED = "retired"
+__all__ = ["FlowSettler", "LockedRun"]
 
 
 @attrs.define
@@ -672,12 +672,12 @@ class FlowSettler:
         row = self._c.execute(self._f.ended_task, {"p_id": job_id}).first()
         if row is None:
             return  # not a task
-        workflow_id, step_name, job_state, attempt, errors_text, meta_text, step_state = row
+        workflow_id, step_name, job_state, attempt, errors_text, step_state = row
         state = JobState(job_state)
         if state not in (JobState.DISCARDED, JobState.CANCELLED):
             return
-        if step_state in ("completed", "skipped") or decode_object(meta_text).get(RETIRED):
-            return  # its step settled, or it was stopped by its run's end or a signal
+        if step_state in ("completed", "skipped"):
+            return  # its step settled already (a wait's timeout task that a signal beat)
         run = self.lock([workflow_id]).get(workflow_id)  # normally locked already
         if run is None or not run.live:
             return
@@ -751,13 +751,12 @@ class FlowSettler:
 
     def _flag_executing(self, statement: Any, params: Mapping[str, Any]) -> None:
         """Flag the executing jobs `statement` selects (id, meta) cancel_requested, so their
-        instance stops them, and retired: their end fails nothing, even once a resume has
-        made their step live again."""
+        instance stops them."""
         for job_id, meta in self._c.execute(statement, params).all():
             current = meta if isinstance(meta, dict) else {}
             if current.get("cancel_requested"):
                 continue
-            flagged = dumps({**current, "cancel_requested": True, RETIRED: True}, what="meta")
+            flagged = dumps({**current, "cancel_requested": True}, what="meta")
             self._c.execute(self._s.flag_cancel, {"p_id": job_id, "p_meta": flagged})
 
     # -- signals, resume, restart, deadlines -------------------------------------------------
@@ -852,6 +851,9 @@ class FlowSettler:
                     for step in again
                 ],
             )
+        # Tasks still executing from before the run ended (flagged then) end now: whatever
+        # their instance reports later is fenced out, so they never speak for a resumed step.
+        self._c.execute(self._f.end_leftovers, key)
         self._c.execute(self._f.resume_run, dict(key, p_steps=len(plan.steps)))
         run.state, run.plan, run.settled = "running", plan, len(kept)
         maps = [step.name for step in again if step.is_map]

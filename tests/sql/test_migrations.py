@@ -115,19 +115,20 @@ def test_0005_downgrades_and_upgrades_again(engine: Engine, sql_url: str) -> Non
         assert compare_metadata(context, metadata) == []
 
 
-def test_0005_upgrade_keeps_the_runs_stored(sql_url: str, engine: Engine) -> None:
-    """Upgrading a database at 0004 that holds flow runs keeps them and their step rows
-    (the step table is rebuilt on SQLite, through the backend's own engine)."""
+def test_an_upgrade_through_the_backend_keeps_the_runs_stored(sql_url: str, engine: Engine) -> None:
+    """Upgrading a database at 0003 that holds flow runs keeps them with their step rows:
+    SQLite rebuilds pgflow_runs (0004) and the step table (0005), which with the backend's
+    foreign keys on would cascade to every run's steps."""
     from pgflow_backends.postgres import PostgresBackend
     from pgflow_backends.sqlite import SQLiteBackend
 
-    migrations.upgrade(engine, "0004")
+    migrations.upgrade(engine, "0003")
+    now = "0" if sql_url.startswith("sqlite") else "now()"
     with engine.begin() as conn:
         conn.execute(
             text(
                 "INSERT INTO pgflow_runs (workflow_id, workflow, state, attempt, max_attempts,"
-                " started_at, remaining_steps) VALUES ('r', 'f', 'running', 1, 1,"
-                f" {'0' if sql_url.startswith('sqlite') else 'now()'}, 1)"
+                f" started_at, remaining_steps) VALUES ('r', 'f', 'running', 1, 1, {now}, 1)"
             )
         )
         conn.execute(
@@ -137,11 +138,18 @@ def test_0005_upgrade_keeps_the_runs_stored(sql_url: str, engine: Engine) -> Non
                 " 'pending', 0, 0, 0)"
             )
         )
+        conn.execute(
+            text(
+                "INSERT INTO pgflow_steps (workflow_id, step, idx, attempt, outcome, started_at,"
+                f" duration) VALUES ('r', 's', 0, 1, 'completed', {now}, 0)"
+            )
+        )
     backend: Any = (SQLiteBackend if sql_url.startswith("sqlite") else PostgresBackend)(sql_url)
     try:
         backend.migrate()
         assert backend.get_run("r") is not None
         assert list(backend.get_step_states("r")) == ["s"]
+        assert [step.step for step in backend.get_steps("r")] == ["s"]
     finally:
         backend.close()
 
