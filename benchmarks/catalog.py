@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks import distributed, durable, graph, inprocess, primitives
+from benchmarks import distributed, durable, graph, inprocess, primitives, steered
 from benchmarks.harness import Benchmark
 
 BENCHMARKS: list[Benchmark] = [
@@ -11,6 +11,7 @@ BENCHMARKS: list[Benchmark] = [
     *primitives.BENCHMARKS,
     *distributed.BENCHMARKS,
     *graph.BENCHMARKS,
+    *steered.BENCHMARKS,
 ]
 
 

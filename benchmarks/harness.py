@@ -60,6 +60,8 @@ class Row:
     targets: tuple[Target, ...] = ()
     skipped: str | None = None
     error: str | None = None
+    #: Free text for the table's detail column (e.g. what a call wrote), when set.
+    detail: str = ""
 
     def verdict(self) -> str:
         """PASS / MISS against every target ("-" with none); skip and error reasons win."""
@@ -90,6 +92,7 @@ class Row:
                 for t in self.targets
             ],
             "verdict": self.verdict(),
+            "detail": self.detail,
             "skipped": self.skipped,
             "error": self.error,
         }

@@ -60,19 +60,27 @@ def format_duration(ns: float) -> str:
     return f"{ns / 1_000_000_000:.2f} s"
 
 
+def _detail(row: Row) -> str:
+    """The detail column: the row's own text, else what its extra metric says."""
+    metrics = row.metrics
+    if row.detail:
+        return row.detail
+    if OVERHEAD_PER_STEP in metrics:
+        return f"{format_duration(metrics[OVERHEAD_PER_STEP])}/step overhead"
+    if SECONDS in metrics:
+        return f"in {metrics[SECONDS]:.2f} s"
+    if INSERT_CALL in metrics:
+        return f"insert call {format_duration(metrics[INSERT_CALL])}"
+    return ""
+
+
 def _cells(row: Row) -> list[str]:
     metrics = row.metrics
     latency = [
         format_duration(metrics[key]) if key in metrics else "" for key in (MEDIAN, P95, P99)
     ]
     throughput = f"{metrics[RATE]:,.0f} {row.rate_unit}".strip() if RATE in metrics else ""
-    detail = ""
-    if OVERHEAD_PER_STEP in metrics:
-        detail = f"{format_duration(metrics[OVERHEAD_PER_STEP])}/step overhead"
-    elif SECONDS in metrics:
-        detail = f"in {metrics[SECONDS]:.2f} s"
-    elif INSERT_CALL in metrics:
-        detail = f"insert call {format_duration(metrics[INSERT_CALL])}"
+    detail = _detail(row)
     target = "; ".join(t.label for t in row.targets)
     count = f"{metrics['n']:,.0f}" if "n" in metrics else ""
     return [row.benchmark, row.case, count, *latency, throughput, detail, target]

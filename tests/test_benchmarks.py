@@ -184,3 +184,64 @@ def test_graph_postgres_rows_carry_rates_latency_and_the_issue_targets() -> None
     assert latency.metrics == {MEDIAN: 2e6, P99: 5e6}
     assert latency.verdict() == "PASS"
     assert "3,500 runs/s" in render_table(rows)
+
+
+def test_steered_suite_is_selectable_and_skips_without_wait_steps(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from benchmarks import catalog, cli, steered_flows
+    from benchmarks.harness import RunContext
+
+    selected = catalog.select(["steered"])
+    assert [b.name for b in selected] == ["steered-postgres"]
+    monkeypatch.setattr(steered_flows, "MISSING", "not measured: wait_for steps missing")
+    ctx = RunContext(True, tmp_path, "postgresql://unused/postgres")
+    [row] = cli.run_one(selected[0], ctx)
+    assert row.skipped == "not measured: wait_for steps missing"
+
+
+def test_steered_results_file_lists_every_case(tmp_path: Path) -> None:
+    from benchmarks import steered
+
+    rows = [
+        Row("steered-postgres", "signal-to-resume", {"n": 3.0, MEDIAN: 4e6}, detail="p50 4 ms"),
+        Row("steered-postgres", "app.cancel_run", skipped="no PostgreSQL"),
+    ]
+    machine = {
+        "date": "2026-12-01",
+        "cpu_count": 2,
+        "cpu_model": "cpu",
+        "python": "CPython 3.11",
+        "postgresql": "PostgreSQL 15",
+    }
+    path = tmp_path / "steered.md"
+    steered.write_results(path, machine, rows)
+    text = path.read_text()
+    assert "| signal-to-resume | 3 | 4.00 ms |  |  | p50 4 ms |" in text
+    assert "| app.cancel_run |  |  |  |  | skipped: no PostgreSQL |" in text
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_steered_postgres_runs_at_a_tiny_size(
+    postgres_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole group end to end (worker processes, signals, cancels) at a tiny size; a quick
+    run never writes benchmarks/results/steered.md."""
+    from benchmarks import cli, steered
+    from benchmarks.harness import RunContext
+
+    monkeypatch.setattr(steered, "QUICK", steered.Sizes(5, 1, 2, 200))
+    monkeypatch.setattr(steered, "RESULTS", tmp_path / "never.md")
+    [benchmark] = [b for b in catalog.BENCHMARKS if b.name == "steered-postgres"]
+    rows = cli.run_one(benchmark, RunContext(True, tmp_path, postgres_server))
+    assert [row.error or row.skipped for row in rows] == [None, None, None], rows
+    resume, call, cancel = rows
+    assert resume.metrics["n"] == 5 and resume.metrics[MEDIAN] > 0
+    assert call.metrics["n"] == 5
+    assert cancel.metrics["n"] == 2
+    assert 60 <= cancel.metrics["elements_done_median"] < 200
+    # at least the run, its map step and the elements still waiting were written
+    assert cancel.metrics["rows_written_median"] >= 3
+    assert "wrote" in render_table(rows)
+    assert not (tmp_path / "never.md").exists()
