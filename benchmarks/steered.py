@@ -38,6 +38,7 @@ from benchmarks.harness import (
     Row,
     RunContext,
     Skip,
+    Target,
     latency_metrics,
     require,
 )
@@ -132,6 +133,7 @@ def _signal_rows(app: Any, url: str, sizes: Sizes) -> list[Row]:
             "signal-to-resume: app.signal -> next step starts, 1 worker process",
             latency_metrics(resumes),
             detail=f"of which the app.signal call p50 {_ms(call_metrics[MEDIAN])}",
+            targets=(Target(MEDIAN, "<", 5e6, "p50 < 5 ms"),),
         ),
         Row(
             "steered-postgres",

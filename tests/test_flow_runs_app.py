@@ -520,3 +520,37 @@ def test_a_workflow_id_with_a_nul_is_refused_at_start(app: Pgflow) -> None:
     with pytest.raises(pgflow.DefinitionError, match="NUL character"):
         app.start_run(flow, 1, workflow_id="a\x00b")
     assert app.list_runs(flow=flow) == []
+
+
+def test_a_sync_task_finishing_after_its_run_was_cancelled_is_logged_as_counting_nothing(
+    app: Pgflow, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its job completes but its result counts nothing: that is the expected end of a
+    cancelled run's running task, logged at INFO, not a fencing warning."""
+    started, release = threading.Event(), threading.Event()
+    flow = pgflow.Flow(_name("late_sync"))
+
+    @flow.step
+    def slow(x: int) -> int:
+        started.set()
+        release.wait(20)
+        return x
+
+    @flow.step
+    def after(x: int) -> int:
+        return x
+
+    handle = app.start_run(flow, 1)
+    assert started.wait(20)
+    caplog.set_level(logging.INFO, logger="pgflow.runtime")
+    app.cancel_run(handle.workflow_id)
+    release.set()
+    wait_or_fail(
+        lambda: any("counted nothing" in r.getMessage() for r in caplog.records),
+        "the late task's outcome to be logged",
+    )
+    late = [r for r in caplog.records if "counted nothing" in r.getMessage()]
+    assert [r.levelno for r in late] == [logging.INFO]
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in warnings if r.name.startswith("pgflow")], warnings
+    assert app.get_run(handle.workflow_id).steps["slow"].state is StepStatus.CANCELLED

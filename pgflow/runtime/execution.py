@@ -571,7 +571,17 @@ def _complete(
 def _log_outcome(outcome: Outcome, instance_id: str | None) -> None:
     job = outcome.job
     extra = job_log_extra(job, instance_id, outcome=outcome.kind.value)
-    if outcome.fenced:
+    if outcome.fenced and outcome.completion is not None:
+        # A task's result that counts nothing is expected after its run was cancelled or
+        # failed, or its step settled another way (a signal beat a timeout): not a warning.
+        logger.info(
+            "job %s: task result of attempt %s counted nothing (its run ended or its step "
+            "settled first, or the attempt no longer holds the job)",
+            job.id,
+            job.attempt,
+            extra=extra,
+        )
+    elif outcome.fenced:
         logger.warning(
             "job %s: result of attempt %s ignored, the attempt no longer holds the job",
             job.id,
