@@ -35,6 +35,7 @@ from pgflow.errors import (
     SignalError,
     WorkflowError,
 )
+from pgflow.graph.ready import check_deadline
 from pgflow.identifiers import (
     storable_job_id,
     storable_workflow_id,
@@ -373,16 +374,8 @@ class Pgflow:
             raise DefinitionError(
                 f"start_run: max_attempts must be an int >= 1, got {max_attempts!r}"
             )
-        if deadline is not None and (
-            isinstance(deadline, bool)
-            or not isinstance(deadline, (int, float))
-            or not math.isfinite(deadline)
-            or deadline <= 0
-        ):
-            raise DefinitionError(
-                f"start_run: deadline must be a positive number of seconds (or None), "
-                f"got {deadline!r}"
-            )
+        if deadline is not None:
+            check_deadline("start_run", deadline)
         plan = workflow.plan
         _register_flow(workflow)
         run_id = workflow_id if workflow_id is not None else str(uuid.uuid4())

@@ -9,6 +9,7 @@ one positional value (a chain step's input, a root's run input, a map's element)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -294,6 +295,21 @@ def wait_timed_out(step: StepPlan) -> dict[str, Any]:
         "step": step.name,
         "traceback": "",
     }
+
+
+def check_deadline(owner: str, deadline: object) -> float:
+    """A run's deadline: a finite number of seconds > 0 (DefinitionError naming `owner`,
+    e.g. "start_run" or the run, otherwise)."""
+    if (
+        isinstance(deadline, bool)
+        or not isinstance(deadline, (int, float))
+        or not math.isfinite(deadline)
+        or deadline <= 0
+    ):
+        raise DefinitionError(
+            f"{owner}: deadline must be a positive number of seconds, got {deadline!r}"
+        )
+    return float(deadline)
 
 
 def deadline_error(run: RunRecord) -> dict[str, Any]:

@@ -7,7 +7,6 @@ stored as JSON text, so serialisation errors and returned copies behave as in SQ
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -19,7 +18,8 @@ import attrs
 
 from pgflow.backend import JobListener, RunStart
 from pgflow.clock import SYSTEM_CLOCK, Clock
-from pgflow.errors import BackendError, DefinitionError, JobStateError
+from pgflow.errors import BackendError, JobStateError
+from pgflow.graph.ready import check_deadline
 from pgflow.identifiers import validate_cron_name, validate_instance_id, validate_workflow_id
 from pgflow.records import (
     Instance,
@@ -440,7 +440,7 @@ class InMemoryBackend:
         _refuse_connection(connection, "transactional starts")
         validate_workflow_id(workflow_id)
         if deadline is not None:
-            _check_deadline(workflow_id, deadline)
+            check_deadline(f"run {workflow_id!r}", deadline)
         encoded = dumps(
             input, what="input", limit=self.max_payload_bytes, owner=f"run {workflow_id!r}"
         )
@@ -662,17 +662,4 @@ def _refuse_connection(connection: Any, what: str) -> None:
         raise BackendError(
             "InMemoryBackend cannot join an SQLAlchemy transaction (connection=...); "
             f"use SQLiteBackend or PostgresBackend for {what}"
-        )
-
-
-def _check_deadline(workflow_id: str, deadline: object) -> None:
-    """A deadline is a finite, positive number of seconds."""
-    if (
-        isinstance(deadline, bool)
-        or not isinstance(deadline, (int, float))
-        or not math.isfinite(deadline)
-        or deadline <= 0
-    ):
-        raise DefinitionError(
-            f"run {workflow_id!r}: deadline must be a positive number of seconds, got {deadline!r}"
         )

@@ -8,7 +8,6 @@ A mixin of SQLBackend: each method is one transaction that hands its connection 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
@@ -16,7 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection
 
 from pgflow.backend import RunStart
-from pgflow.errors import DefinitionError
+from pgflow.graph.ready import check_deadline
 from pgflow.graph.shape import SUBFLOW, FlowPlan
 from pgflow.identifiers import validate_workflow_id
 from pgflow.records import (
@@ -116,7 +115,7 @@ class SQLFlowStore:
     ) -> RunStart:
         validate_workflow_id(workflow_id)
         if deadline is not None:
-            _check_deadline(workflow_id, deadline)
+            check_deadline(f"run {workflow_id!r}", deadline)
         encoded = dumps(
             input, what="input", limit=self.max_payload_bytes, owner=f"run {workflow_id!r}"
         )
@@ -333,16 +332,3 @@ class SQLFlowStore:
         with self._read() as connection:
             rows = connection.execute(self._f.running_flows).all()
         return [(str(name), str(fingerprint), int(count)) for name, fingerprint, count in rows]
-
-
-def _check_deadline(workflow_id: str, deadline: object) -> None:
-    """A deadline is a finite, positive number of seconds (DefinitionError otherwise)."""
-    if (
-        isinstance(deadline, bool)
-        or not isinstance(deadline, (int, float))
-        or not math.isfinite(deadline)
-        or deadline <= 0
-    ):
-        raise DefinitionError(
-            f"run {workflow_id!r}: deadline must be a positive number of seconds, got {deadline!r}"
-        )

@@ -336,13 +336,7 @@ class FlowSettler:
                     owner=f"map step {step.name!r}",
                 )
             except SerializationError as exc:
-                error = {
-                    "kind": "SerializationError",
-                    "message": str(exc),
-                    "step": step.name,
-                    "traceback": "",
-                }
-                self._fail(run, step.name, error, error)
+                self._fail_unstorable(run, step, exc)
                 continue
             completed.append((run.workflow_id, step.name, text))
             settled.append((run, step))
@@ -555,13 +549,7 @@ class FlowSettler:
                     owner=f"sub-flow step {step.name!r} of run {run.workflow_id!r}",
                 )
             except SerializationError as exc:
-                error = {
-                    "kind": "SerializationError",
-                    "message": str(exc),
-                    "step": step.name,
-                    "traceback": "",
-                }
-                self._fail(run, step.name, error, error)
+                self._fail_unstorable(run, step, exc)
                 return
             self.start(
                 step.child,
@@ -763,6 +751,17 @@ class FlowSettler:
         self._run_finished(run.workflow_id)
         if relay and run.parent_id is not None:
             self._relay([run])
+
+    def _fail_unstorable(self, run: LockedRun, step: StepPlan, exc: SerializationError) -> None:
+        """A value the step produced (a map's list, a child's input) cannot be stored: the
+        step fails, and with it the run, naming why."""
+        error = {
+            "kind": "SerializationError",
+            "message": str(exc),
+            "step": step.name,
+            "traceback": "",
+        }
+        self._fail(run, step.name, error, error)
 
     def _flag_executing(self, statement: Any, params: Mapping[str, Any]) -> None:
         """Flag the executing jobs `statement` selects (id, meta) cancel_requested, so their
