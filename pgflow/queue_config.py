@@ -1,0 +1,189 @@
+"""`pgflow.Queue`: how one queue's jobs may flow, per instance and across the cluster.
+
+A frozen value, validated when built, so a bad limit fails at the line that configures it
+(with the field's name) rather than in a worker thread. `queue_options` turns what
+`queues=` accepts (an int, or a Queue) into Queues; `parse_queue_spec` reads the CLI form.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from pgflow.errors import DefinitionError
+from pgflow.identifiers import validate_queue
+
+__all__ = ["Queue", "RateLimit", "parse_queue_spec", "queue_options"]
+
+#: (allowed starts, window in seconds)
+RateLimit = tuple[int, float]
+#: What a job's args key may be called when a queue is partitioned by it.
+_ARGS_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,62}$")
+
+
+def _positive_int(field: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DefinitionError(f"{field} must be an integer >= 1, got {value!r}")
+
+
+def _rate(field: str, value: object) -> RateLimit | None:
+    """A rate as (allowed, period): allowed an int >= 1, period a finite number > 0."""
+    if value is None:
+        return None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise DefinitionError(
+            f"{field} must be (allowed, period_seconds), e.g. (60, 60.0), got {value!r}"
+        )
+    allowed, period = value
+    _positive_int(f"{field}'s allowed count", allowed)
+    if isinstance(period, bool) or not isinstance(period, (int, float)):
+        raise DefinitionError(f"{field}'s period must be a number of seconds, got {period!r}")
+    if not math.isfinite(period) or period <= 0:
+        raise DefinitionError(f"{field}'s period must be > 0 seconds, got {period!r}")
+    return (int(allowed), float(period))
+
+
+@attrs.frozen
+class Queue:
+    """One queue's limits.
+
+    `limit`: jobs this instance runs at once. `global_limit`: jobs executing at once across
+    every instance. `rate_limit=(allowed, period)`: at most `allowed` starts in any window of
+    `period` seconds, cluster-wide. `partition_by`: a key of the jobs' args; its values are
+    served in turn, and `partition_limit` / `partition_rate_limit` apply to each value.
+    """
+
+    limit: int = 10
+    global_limit: int | None = None
+    rate_limit: RateLimit | None = None
+    partition_by: str | None = None
+    partition_limit: int | None = None
+    partition_rate_limit: RateLimit | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _positive_int("limit", self.limit)
+        _positive_int("global_limit", self.global_limit)
+        _positive_int("partition_limit", self.partition_limit)
+        object.__setattr__(self, "rate_limit", _rate("rate_limit", self.rate_limit))
+        object.__setattr__(
+            self, "partition_rate_limit", _rate("partition_rate_limit", self.partition_rate_limit)
+        )
+        if self.partition_by is not None and (
+            not isinstance(self.partition_by, str) or not _ARGS_KEY.match(self.partition_by)
+        ):
+            raise DefinitionError(
+                "partition_by must name a key of the jobs' args (letters, digits, _ . -, "
+                f"at most 63 characters, not starting with a digit), got {self.partition_by!r}"
+            )
+        for field in ("partition_limit", "partition_rate_limit"):
+            if getattr(self, field) is not None and self.partition_by is None:
+                raise DefinitionError(f"{field} needs partition_by (the args key to split on)")
+
+    @property
+    def shapes_flow(self) -> bool:
+        """True when something beyond this instance's own limit applies to the queue."""
+        return any(
+            value is not None
+            for value in (
+                self.global_limit,
+                self.rate_limit,
+                self.partition_by,
+            )
+        )
+
+    def describe(self) -> str:
+        """The CLI form of this queue's options (without the name), e.g. "20:global=8"."""
+        parts = [str(self.limit)]
+        if self.global_limit is not None:
+            parts.append(f"global={self.global_limit}")
+        if self.rate_limit is not None:
+            parts.append(f"rate={_rate_text(self.rate_limit)}")
+        if self.partition_by is not None:
+            parts.append(f"partition={self.partition_by}")
+        if self.partition_limit is not None:
+            parts.append(f"per_partition={self.partition_limit}")
+        if self.partition_rate_limit is not None:
+            parts.append(f"prate={_rate_text(self.partition_rate_limit)}")
+        return ":".join(parts)
+
+
+def _rate_text(rate: RateLimit) -> str:
+    allowed, period = rate
+    return f"{allowed}/{period:g}s"
+
+
+def queue_options(queues: Mapping[str, Any]) -> dict[str, Queue]:
+    """Validate what `queues=` was given (name -> int or Queue) into name -> Queue; the
+    error names the queue at fault."""
+    if not isinstance(queues, Mapping) or not queues:
+        raise DefinitionError(f"Pgflow: queues must be a non-empty dict, got {queues!r}")
+    checked: dict[str, Queue] = {}
+    for name, value in queues.items():
+        validate_queue(name)
+        if isinstance(value, Queue):
+            checked[name] = value
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DefinitionError(
+                f"Pgflow: queue {name!r} limit must be a positive integer or a pgflow.Queue, "
+                f"got {value!r}"
+            )
+        checked[name] = Queue(limit=value)
+    return checked
+
+
+_RATE = re.compile(r"^(?P<allowed>\d+)/(?P<period>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)?$")
+_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_KEYS = {
+    "global": "global_limit",
+    "rate": "rate_limit",
+    "partition": "partition_by",
+    "per_partition": "partition_limit",
+    "prate": "partition_rate_limit",
+}
+
+
+def parse_queue_spec(name: str, spec: str) -> Queue:
+    """Read the CLI form of one queue's options: "20", or "20:global=8:rate=60/60s:
+    partition=tenant_id:per_partition=2:prate=10/1s" (any of the keyed parts, any order).
+    ValueError, naming the queue and the part, for anything else."""
+    parts = spec.split(":")
+    options: dict[str, Any] = {}
+    head = parts[0].strip()
+    if head:
+        if not head.isdigit():
+            raise ValueError(f"queue {name!r}: the limit must be a positive integer, got {head!r}")
+        options["limit"] = int(head)
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or key not in _KEYS or not value:
+            known = ", ".join(f"{k}=..." for k in _KEYS)
+            raise ValueError(f"queue {name!r}: {part!r} is not one of {known}")
+        field = _KEYS[key]
+        if field in options:
+            raise ValueError(f"queue {name!r}: {key}= is given twice")
+        if field in ("rate_limit", "partition_rate_limit"):
+            match = _RATE.match(value)
+            if match is None:
+                raise ValueError(
+                    f"queue {name!r}: {key}={value!r} is not ALLOWED/PERIOD, e.g. 60/60s or 10/1s"
+                )
+            period = float(match.group("period")) * _UNITS[match.group("unit")]
+            options[field] = (int(match.group("allowed")), period)
+        elif field == "partition_by":
+            options[field] = value
+        else:
+            if not value.isdigit():
+                raise ValueError(f"queue {name!r}: {key} must be a positive integer, got {value!r}")
+            options[field] = int(value)
+    try:
+        return Queue(**options)
+    except DefinitionError as exc:
+        raise ValueError(f"queue {name!r}: {exc}") from None
