@@ -20,6 +20,7 @@ from pgflow.errors import (
     JobStateError,
     MaxAttemptsExceeded,
     PgflowError,
+    RateLimited,
     RunCancelled,
     RunStateError,
     SchemaError,
@@ -30,6 +31,7 @@ from pgflow.errors import (
     StepTimedOut,
     WorkflowError,
 )
+from pgflow.queue_config import Queue
 from pgflow.records import (
     Job,
     JobState,
@@ -106,6 +108,8 @@ __all__ = [
     "NewJob",
     "Pgflow",
     "PgflowError",
+    "Queue",
+    "RateLimited",
     "RunCancelled",
     "RunRecord",
     "RunState",

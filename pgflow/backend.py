@@ -21,6 +21,8 @@ from pgflow.records import (
     JobState,
     Liveness,
     NewJob,
+    QueueControl,
+    QueueStats,
     RescueReport,
     RunRecord,
     RunState,
@@ -32,6 +34,7 @@ from pgflow.records import (
 
 if TYPE_CHECKING:
     from pgflow.graph.shape import FlowPlan
+    from pgflow.queue_config import Queue
 
 
 class RunStart(NamedTuple):
@@ -144,11 +147,25 @@ class JobQueue(Protocol):
         ...
 
     def claim_jobs(
-        self, queue: str, instance_id: str, limit: int, incarnation: str = ""
+        self,
+        queue: str,
+        instance_id: str,
+        limit: int,
+        incarnation: str = "",
+        *,
+        shape: Queue | None = None,
     ) -> list[Job]:
         """Reserve up to `limit` available jobs of `queue`: highest priority, then oldest
         scheduled_at, then lowest id. Each job goes to exactly one claimer; it becomes
         executing, attempt + 1, attempted_at = now, reserved_by = instance_id.
+
+        Nothing is claimed while the queue is paused or held (`pause_queue`, `hold_queue`).
+        With `shape` (a `pgflow.Queue` whose `shapes_flow` is true) the claim also keeps its
+        cluster-wide limits, claims of the queue serializing: `global_limit` executing at
+        most, `rate_limit` starts per sliding window (recorded per claimed job),
+        `partition_by` partitions served round robin from the queue's cursor with
+        `partition_limit` / `partition_rate_limit` per partition and held partitions skipped
+        (see the issue 12 spec in docs/flow-control.md).
 
         With `incarnation`, the claim is fenced by it: nothing is claimed unless
         `instance_id` is registered by that very incarnation. A claim and a registration
@@ -311,6 +328,29 @@ class JobQueue(Protocol):
 
     def listener(self) -> JobListener:
         """A new listener for "jobs inserted or staged" hints."""
+        ...
+
+    def pause_queue(self, queue: str) -> None:
+        """Stop every instance's claims of `queue` (running jobs finish; new jobs wait)."""
+        ...
+
+    def resume_queue(self, queue: str) -> None:
+        """Let `queue` be claimed again, and wake its listeners."""
+        ...
+
+    def hold_queue(self, queue: str, seconds: float, partition: str | None = None) -> None:
+        """No start on `queue` (or only its `partition`) for `seconds` from now, on every
+        instance; a later hold extends the current one, an earlier one does not shorten it."""
+        ...
+
+    def queue_controls(self) -> list[QueueControl]:
+        """Every queue with a stored control (paused, held, held partitions), by name."""
+        ...
+
+    def queue_stats(self, queue: str, shape: Queue | None = None) -> QueueStats:
+        """What `pgflow status` shows of one queue: jobs executing and available, its
+        control, the starts in the current rate window(s) of `shape`, and with
+        `shape.partition_by` the partitions with the most available jobs (up to 10)."""
         ...
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class PgflowError(Exception):
     """Base of every error raised by pgflow itself, so callers can catch them all at once."""
@@ -153,3 +155,22 @@ class Snooze(Exception):
             raise DefinitionError(f"Snooze seconds must be >= 0, got {seconds!r}")
         super().__init__(f"snoozed for {seconds:g}s")
         self.seconds = float(seconds)
+
+
+class RateLimited(Exception):
+    """Raised by a job (or a flow step) whose provider said "slow down": the job runs again
+    in `retry_after` seconds without counting an attempt, and its queue (on a partitioned
+    queue, its partition) starts nothing until then, on every instance."""
+
+    def __init__(self, retry_after: float) -> None:
+        if (
+            isinstance(retry_after, bool)
+            or not isinstance(retry_after, (int, float))
+            or not math.isfinite(retry_after)
+            or retry_after <= 0
+        ):
+            raise DefinitionError(
+                f"RateLimited(retry_after=...) must be a number of seconds > 0, got {retry_after!r}"
+            )
+        super().__init__(f"rate limited for {retry_after:g}s")
+        self.retry_after = float(retry_after)

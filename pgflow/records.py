@@ -460,3 +460,30 @@ class StepState:
     kind: str = "step"
     #: A sub-flow step's latest child run (None before it starts).
     child_id: str | None = None
+
+
+@attrs.frozen
+class QueueControl:
+    """What an operator or a RateLimited set on a queue, as stored for every instance."""
+
+    queue: str
+    paused: bool = False
+    paused_at: datetime | None = attrs.field(default=None, validator=_aware)
+    #: No start on the whole queue before this time.
+    hold_until: datetime | None = attrs.field(default=None, validator=_aware)
+    #: Held partitions of a partitioned queue, each until its time.
+    partition_holds: Mapping[str, datetime] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class QueueStats:
+    """One queue as `pgflow status` shows it."""
+
+    queue: str
+    executing: int
+    available: int
+    control: QueueControl
+    #: Starts in the current rate window (None without a rate limit).
+    rate_used: int | None = None
+    #: The partitions with the most available jobs: (partition, available, executing).
+    partitions: tuple[tuple[str, int, int], ...] = ()

@@ -47,6 +47,9 @@ __all__ = [
     "jobs",
     "leader",
     "metadata",
+    "partition_holds",
+    "queue_controls",
+    "rate_starts",
     "runs",
     "signals",
     "step_states",
@@ -118,7 +121,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 VERSION_TABLE = "pgflow_alembic_version"
 #: The head migration this code expects (tests check it against alembic/versions), so a
 #: worker can verify the schema with one query, without loading Alembic.
-SCHEMA_REVISION = "0005"
+SCHEMA_REVISION = "0006"
 
 metadata = MetaData()
 
@@ -419,4 +422,43 @@ signals = Table(
     Column("step", String(255), primary_key=True),
     Column("payload", JSONType),
     Column("sent_at", UTCDateTime(), nullable=False),
+)
+
+queue_controls = Table(
+    "pgflow_queue_controls",
+    metadata,
+    # What an operator (pause) or a RateLimited (hold) set on a queue, read by every claim.
+    Column("queue", String(63), primary_key=True),
+    Column("paused", Boolean(create_constraint=False), nullable=False, server_default=false()),
+    Column("paused_at", UTCDateTime()),
+    Column("hold_until", UTCDateTime()),
+    # A partitioned queue's round robin: the partition its last claim ended with.
+    Column("cursor", String(255)),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+partition_holds = Table(
+    "pgflow_partition_holds",
+    metadata,
+    # A partition of a partitioned queue held by a RateLimited until hold_until.
+    Column("queue", String(63), primary_key=True),
+    Column("partition", String(255), primary_key=True),
+    Column("hold_until", UTCDateTime(), nullable=False),
+)
+
+rate_starts = Table(
+    "pgflow_rate_starts",
+    metadata,
+    # One row per job started on a rate-limited queue (partition "" for the queue-wide
+    # window), kept for the longest window: the sliding windows count these.
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True),
+    Column("queue", String(63), nullable=False),
+    Column("partition", String(255), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+)
+Index(
+    "pgflow_rate_starts_window_idx",
+    rate_starts.c.queue,
+    rate_starts.c.partition,
+    rate_starts.c.started_at,
 )
