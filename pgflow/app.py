@@ -18,9 +18,10 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, overload
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import attrs
 
@@ -42,6 +43,7 @@ from pgflow.identifiers import (
     validate_instance_id,
     validate_queue,
 )
+from pgflow.queue_config import Queue, published, queue_options, read_published
 from pgflow.records import (
     Instance,
     InstanceInfo,
@@ -49,6 +51,8 @@ from pgflow.records import (
     JobCount,
     JobState,
     NewJob,
+    QueueControl,
+    QueueStats,
     RescueReport,
     RunRecord,
     RunState,
@@ -75,7 +79,7 @@ if TYPE_CHECKING:
     from pgflow.definition import Workflow
     from pgflow.graph.shape import FlowPlan
 
-__all__ = ["AppStatus", "Pgflow", "default_instance_id"]
+__all__ = ["AppStatus", "Pgflow", "QueueFlow", "default_instance_id", "queue_flows"]
 
 logger = logging.getLogger("pgflow.runtime")
 
@@ -90,11 +94,82 @@ def default_instance_id() -> str:
 
 
 @attrs.frozen
+class QueueFlow:
+    """One queue as `pgflow status` shows it: the options the online instances serving it
+    published, and its flow now (executing, available, rate window, pause, holds and the
+    partitions with the most waiting jobs)."""
+
+    queue: str
+    stats: QueueStats
+    #: Each distinct `pgflow.Queue` the online instances serving the queue published, with
+    #: how many publish it, most first (several only while a deploy changes them).
+    options: tuple[tuple[Queue, int], ...] = ()
+    #: "paused", "held" (the whole queue, by a RateLimited, until stats.control.hold_until)
+    #: or "active".
+    state: str = "active"
+
+    @property
+    def shape(self) -> Queue | None:
+        """The options status reads the queue's rate window and partitions by."""
+        return self.options[0][0] if self.options else None
+
+
+def _queue_state(control: QueueControl, now: datetime) -> str:
+    if control.paused:
+        return "paused"
+    if control.hold_until is not None and control.hold_until > now:
+        return "held"
+    return "active"
+
+
+def queue_flows(
+    backend: Backend,
+    counts: Sequence[JobCount],
+    instances: Sequence[Instance],
+    local: Mapping[str, Queue] | None = None,
+    now: datetime | None = None,
+) -> list[QueueFlow]:
+    """Every queue known from its jobs, its online instances, its stored control or
+    `local` (an app's own queues, used when no online instance publishes the queue), by
+    name, with `backend.queue_stats` read through the options it is served with. `now`
+    (the store's clock) tells a hold still on from one that ended."""
+    now = now or datetime.now(UTC)
+    if not hasattr(backend, "queue_stats"):
+        return []  # a backend written before flow control (issue 12): nothing to show
+    published_by: dict[str, Counter[Queue]] = {}
+    for instance in instances:
+        if instance.status != "online":
+            continue
+        for name, value in instance.queues.items():
+            options = read_published(value)
+            if options is not None:
+                published_by.setdefault(name, Counter())[options] += 1
+    names = {count.queue for count in counts} | set(published_by) | set(local or {})
+    names.update(control.queue for control in backend.queue_controls())
+    flows: list[QueueFlow] = []
+    for name in sorted(names):
+        served = published_by.get(name, Counter()).most_common()
+        ranked = sorted(served, key=lambda item: (-item[1], item[0].describe()))
+        if not ranked and local is not None and name in local:
+            ranked = [(local[name], 0)]
+        shape = ranked[0][0] if ranked else None
+        stats = backend.queue_stats(name, shape)
+        flows.append(QueueFlow(name, stats, tuple(ranked), _queue_state(stats.control, now)))
+    return flows
+
+
+@attrs.frozen
 class AppStatus:
-    """What `pgflow status` shows: job counts by queue, state and instance; the instances."""
+    """What `pgflow status` shows: job counts by queue, state and instance; the instances;
+    each queue's flow."""
 
     jobs: tuple[JobCount, ...]
     instances: tuple[Instance, ...]
+    queues: tuple[QueueFlow, ...] = ()
+
+    def queue(self, name: str) -> QueueFlow | None:
+        """The flow of queue `name`, or None when status knows no such queue."""
+        return next((flow for flow in self.queues if flow.queue == name), None)
 
     def count(self, *, queue: str | None = None, state: JobState | None = None) -> int:
         return sum(
@@ -214,7 +289,7 @@ class Pgflow:
         self,
         url_or_engine_or_backend: Any,
         *,
-        queues: Mapping[str, int] | None = None,
+        queues: Mapping[str, int | Queue] | None = None,
         instance_id: str | None = None,
         heartbeat_interval: float = 5.0,
         stale_timeout: float = 300.0,
@@ -236,7 +311,14 @@ class Pgflow:
         for module in imports:
             importlib.import_module(module)
         self.worker_modules = check_worker_modules(worker_modules)
-        self.queues = self._check_queues(DEFAULT_QUEUES if queues is None else queues)
+        #: Each queue's full options (`pgflow.Queue`); an int given for a queue is its limit.
+        self.queue_options: dict[str, Queue] = queue_options(
+            DEFAULT_QUEUES if queues is None else queues
+        )
+        #: Each queue's limit on this instance (what the app had before pgflow.Queue).
+        self.queues: dict[str, int] = {
+            name: options.limit for name, options in self.queue_options.items()
+        }
         self.instance_id = validate_instance_id(
             default_instance_id() if instance_id is None else instance_id
         )
@@ -272,19 +354,6 @@ class Pgflow:
         self._displaced = threading.Event()
         self._incarnation = ""
         self._extra = {"instance_id": self.instance_id}
-
-    @staticmethod
-    def _check_queues(queues: Mapping[str, int]) -> dict[str, int]:
-        if not isinstance(queues, Mapping) or not queues:
-            raise DefinitionError(f"Pgflow: queues must be a non-empty dict, got {queues!r}")
-        checked: dict[str, int] = {}
-        for name, limit in queues.items():
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-                raise DefinitionError(
-                    f"Pgflow: queue {name!r} limit must be a positive integer, got {limit!r}"
-                )
-            checked[validate_queue(name)] = limit
-        return checked
 
     def __repr__(self) -> str:
         return f"Pgflow({self.backend.url!r}, instance_id={self.instance_id!r})"
@@ -615,11 +684,39 @@ class Pgflow:
         return self.backend
 
     def status(self) -> AppStatus:
-        """Job counts by queue, state and instance, and the registered instances."""
+        """Job counts by queue, state and instance, the registered instances, and each
+        queue's flow (limits, executing, available, rate window, pause and holds)."""
+        counts = tuple(self.backend.job_counts())
+        instances = tuple(self.backend.list_instances())
         return AppStatus(
-            jobs=tuple(self.backend.job_counts()),
-            instances=tuple(self.backend.list_instances()),
+            jobs=counts,
+            instances=instances,
+            queues=tuple(
+                queue_flows(
+                    self.backend, counts, instances, self.queue_options, now=self.clock.now()
+                )
+            ),
         )
+
+    # --- flow control --------------------------------------------------------------------
+
+    def pause_queue(self, name: str) -> None:
+        """Stop every instance's starts of queue `name` (this one's at once, the others'
+        at their next claim): running jobs finish, jobs inserted meanwhile wait."""
+        queue = validate_queue(name)
+        self.backend.pause_queue(queue)
+        logger.info("queue %r paused", queue, extra={**self._extra, "queue": queue})
+
+    def resume_queue(self, name: str) -> None:
+        """Let queue `name` start jobs again on every instance (the backend wakes their
+        listeners; this instance's producers are woken here too)."""
+        queue = validate_queue(name)
+        self.backend.resume_queue(queue)
+        logger.info("queue %r resumed", queue, extra={**self._extra, "queue": queue})
+        self._wake({queue})
+
+    def _published_queues(self) -> dict[str, int | dict[str, Any]]:
+        return {name: published(options) for name, options in self.queue_options.items()}
 
     # --- serving queues ------------------------------------------------------------------
 
@@ -643,7 +740,9 @@ class Pgflow:
                 instance_id=self.instance_id,
                 hostname=socket.gethostname(),
                 pid=os.getpid(),
-                queues=dict(self.queues),
+                # A plain queue's limit as an int, as ever; a shaped queue's options as an
+                # object, so `pgflow status` shows every instance's limits.
+                queues=cast("dict[str, int]", self._published_queues()),
                 incarnation=self._incarnation,
                 flows=_served_flows(),  # type: ignore[arg-type]  # attrs converter=tuple
             )
@@ -653,7 +752,8 @@ class Pgflow:
                 queue: Producer(
                     backend=self.backend,
                     queue=queue,
-                    limit=limit,
+                    limit=options.limit,
+                    options=options,
                     instance_id=self.instance_id,
                     poll_interval=self.poll_interval,
                     incarnation=self._incarnation,
@@ -661,7 +761,7 @@ class Pgflow:
                     async_loop=self._async_loop,
                     lookup=self.worker_lookup,
                 )
-                for queue, limit in self.queues.items()
+                for queue, options in self.queue_options.items()
             }
             heartbeat = Heartbeat(
                 self.backend, info, self.heartbeat_interval, on_displaced=self._stand_down
@@ -697,8 +797,8 @@ class Pgflow:
         logger.info(
             "instance %s serving %s",
             self.instance_id,
-            ", ".join(f"{q}={n}" for q, n in self.queues.items()),
-            extra={**self._extra, "queues": dict(self.queues)},
+            ", ".join(f"{q}={options.describe()}" for q, options in self.queue_options.items()),
+            extra={**self._extra, "queues": self._published_queues()},
         )
 
     def _register(self, info: InstanceInfo) -> bool:

@@ -23,8 +23,10 @@ import click
 
 from pgflow.errors import DefinitionError, PgflowError
 from pgflow.identifiers import validate_instance_id, validate_queue
+from pgflow.queue_config import Queue, parse_queue_spec, published, read_published
 
 if TYPE_CHECKING:
+    from pgflow.app import QueueFlow
     from pgflow.backend import Backend
     from pgflow.cron_file import CronFileEntry
     from pgflow.records import Instance, JobCount
@@ -60,13 +62,16 @@ logger = logging.getLogger("pgflow.cli")
 # --- argument handling ----------------------------------------------------------------------
 
 
-def parse_queues(spec: str) -> dict[str, int]:
-    """Parse "default=10,priority=5" into {"default": 10, "priority": 5}.
+def parse_queues(spec: str) -> dict[str, int | Queue]:
+    """Parse "default=10,priority=5" into {"default": 10, "priority": 5}, and a queue with
+    flow options, "llm=20:global=8:rate=60/60s:partition=tenant_id:per_partition=2:
+    prate=10/1s", into a `pgflow.Queue` (see `parse_queue_spec`; queues separated by commas).
 
     A bare name ("default") gets a limit of 10. Raises ValueError with a message meant for
-    the user when the spec is malformed, a limit is not a positive integer, or a queue repeats.
+    the user, naming the queue and the part at fault, when the spec is malformed, a limit is
+    not a positive integer, an option is unknown or invalid, or a queue repeats.
     """
-    queues: dict[str, int] = {}
+    queues: dict[str, int | Queue] = {}
     items = [item.strip() for item in spec.split(",")]
     if not spec.strip() or any(not item for item in items):
         raise ValueError(f"{spec!r} is not a list of NAME=LIMIT separated by commas")
@@ -84,19 +89,21 @@ def parse_queues(spec: str) -> dict[str, int]:
         if limit_text is None:
             queues[name] = 10
             continue
-        try:
-            limit = int(limit_text)
-        except ValueError:
-            limit = 0
-        if limit < 1:
+        head, colon, _options = limit_text.partition(":")
+        if (head or not colon) and not (head.isdigit() and int(head) >= 1):
             raise ValueError(
-                f"the limit of queue {name!r} must be a positive integer, got {limit_text!r}"
+                f"the limit of queue {name!r} must be a positive integer, got {head!r}"
             )
-        queues[name] = limit
+        if not colon:
+            queues[name] = int(head)
+            continue
+        queues[name] = parse_queue_spec(name, limit_text)
     return queues
 
 
-def _queues_callback(_ctx: click.Context, param: click.Parameter, value: str) -> dict[str, int]:
+def _queues_callback(
+    _ctx: click.Context, param: click.Parameter, value: str
+) -> dict[str, int | Queue]:
     try:
         return parse_queues(value)
     except ValueError as exc:
@@ -327,8 +334,11 @@ def migrate(url: str | None, log_level: str) -> None:
     default=DEFAULT_QUEUES,
     show_default=True,
     callback=_queues_callback,
-    metavar="NAME=LIMIT,...",
-    help="Queues this instance serves, each with its concurrency limit.",
+    metavar="NAME=LIMIT[:OPTION=VALUE...],...",
+    help="Queues this instance serves, each with its concurrency limit on this instance, "
+    "then flow options: global=N (executing at once across all instances), rate=N/PERIOD "
+    "(starts per sliding window, e.g. 60/60s), partition=ARGS_KEY, per_partition=N, "
+    "prate=N/PERIOD. E.g. default=10,llm=20:global=8:rate=60/60s.",
 )
 @click.option(
     "--import",
@@ -419,7 +429,7 @@ def migrate(url: str | None, log_level: str) -> None:
 @log_level_option("INFO")
 def worker(
     url: str | None,
-    queues: dict[str, int],
+    queues: dict[str, int | Queue],
     imports: tuple[str, ...],
     worker_modules: tuple[str, ...],
     instance_id: str | None,
@@ -494,12 +504,84 @@ def status(url: str | None, show_all: bool, as_json: bool, log_level: str) -> No
             backend.check_schema()
             counts = backend.job_counts()
             instances = backend.list_instances()
+            from pgflow.app import queue_flows
+
+            flows = queue_flows(backend, counts, instances)
         finally:
             backend.close()
         if as_json:
-            click.echo(json.dumps(status_data(backend.url, counts, instances), indent=2))
+            data = status_data(backend.url, counts, instances, queues=flows)
+            click.echo(json.dumps(data, indent=2))
         else:
-            click.echo(render_status(backend.url, counts, instances, show_all=show_all))
+            click.echo(
+                render_status(backend.url, counts, instances, show_all=show_all, queues=flows)
+            )
+
+
+@cli.group("queue", short_help="Pause or resume a queue on every instance.")
+def queue_group() -> None:
+    """Flow control of one queue, cluster-wide: `pause` stops every instance's starts of
+    it (running jobs finish, new jobs wait), `resume` lets them start again."""
+
+
+def _queue_name_callback(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return validate_queue(value)
+    except DefinitionError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+def _control_queue(name: str, url: str | None, as_json: bool, log_level: str, pause: bool) -> None:
+    configure_logging(log_level)
+    url = resolve_url(url)
+    with clean_errors(url):
+        backend = open_backend(url)
+        try:
+            backend.check_schema()
+            if pause:
+                backend.pause_queue(name)
+            else:
+                backend.resume_queue(name)
+            from pgflow.app import queue_flows
+
+            flows = queue_flows(backend, backend.job_counts(), backend.list_instances())
+        finally:
+            backend.close()
+        flow = next(flow for flow in flows if flow.queue == name)
+        if as_json:
+            click.echo(json.dumps(queue_flow_data(flow), indent=2))
+        elif pause:
+            click.echo(
+                f"queue {name!r} paused on every instance: running jobs finish, "
+                f"{flow.stats.available} available job(s) wait (pgflow queue resume {name})"
+            )
+        else:
+            held = "" if flow.state != "held" else " (still held by a RateLimited until "
+            if held:
+                held += f"{_time(flow.stats.control.hold_until)})"  # type: ignore[arg-type]
+            click.echo(f"queue {name!r} resumed{held}: {flow.stats.available} available job(s)")
+
+
+@queue_group.command("pause", short_help="Stop every instance's starts of a queue.")
+@click.argument("name", callback=_queue_name_callback)
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="Print the queue's state as JSON.")
+@log_level_option("WARNING")
+def pause_command(name: str, url: str | None, as_json: bool, log_level: str) -> None:
+    """Pause queue NAME on every instance, including ones started later: running jobs
+    finish, jobs inserted meanwhile wait until `pgflow queue resume NAME`."""
+    _control_queue(name, url, as_json, log_level, pause=True)
+
+
+@queue_group.command("resume", short_help="Let a paused queue start jobs again.")
+@click.argument("name", callback=_queue_name_callback)
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="Print the queue's state as JSON.")
+@log_level_option("WARNING")
+def resume_command(name: str, url: str | None, as_json: bool, log_level: str) -> None:
+    """Resume queue NAME: every instance serving it starts its jobs again (woken at once
+    where the database notifies, else at their next poll)."""
+    _control_queue(name, url, as_json, log_level, pause=False)
 
 
 @cli.command(short_help="Run the ProcessData demo workflow on a SQLite file.")
@@ -600,10 +682,17 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 
 
 def render_status(
-    url: str, counts: Sequence[JobCount], instances: Sequence[Instance], *, show_all: bool
+    url: str,
+    counts: Sequence[JobCount],
+    instances: Sequence[Instance],
+    *,
+    show_all: bool,
+    queues: Sequence[QueueFlow] = (),
 ) -> str:
     """The text of `pgflow status`."""
     parts = [f"pgflow status of {url}", ""]
+    if queues:
+        parts.extend([*render_queue_flows(queues), ""])
     job_rows = sorted(
         (
             (count.queue, count.state.value, count.reserved_by or "-", count.count)
@@ -634,7 +723,8 @@ def render_status(
                 item.hostname or "-",
                 item.pid or "-",
                 item.incarnation[:8] or "-",
-                ",".join(f"{name}={limit}" for name, limit in item.queues.items()) or "-",
+                ",".join(f"{name}={_published_text(value)}" for name, value in item.queues.items())
+                or "-",
                 item.abandoned,
             )
             for item in shown
@@ -659,12 +749,102 @@ def render_status(
     return "\n".join(parts)
 
 
+def _published_text(value: object) -> str:
+    """An instance's published queue options in the CLI's form (see queue_config.published)."""
+    options = read_published(value)
+    return "?" if options is None else options.describe()
+
+
+def _held_text(until: datetime | None) -> str:
+    return "-" if until is None else _time(until)
+
+
+def render_queue_flows(flows: Sequence[QueueFlow]) -> list[str]:
+    """The "Queues" part of `pgflow status`: each queue's limits (as the online instances
+    serving it publish them), its jobs, rate window and state; then the partitions with the
+    most available jobs of each partitioned queue."""
+    rows = []
+    partition_rows: list[tuple[object, ...]] = []
+    for flow in flows:
+        stats, shape = flow.stats, flow.shape
+        limits = " | ".join(
+            options.describe() + (f" (x{count})" if len(flow.options) > 1 else "")
+            for options, count in flow.options
+        )
+        rate = "-"
+        if shape is not None and shape.rate_limit is not None and stats.rate_used is not None:
+            allowed, period = shape.rate_limit
+            rate = f"{stats.rate_used}/{allowed} per {period:g}s"
+        state = flow.state
+        if state == "held":
+            state = f"held until {_time(stats.control.hold_until)}"  # type: ignore[arg-type]
+        held = len(stats.control.partition_holds)
+        if held:
+            state += f", {held} partition{'s' if held > 1 else ''} held"
+        rows.append((flow.queue, limits or "-", stats.executing, stats.available, rate, state))
+        holds = stats.control.partition_holds
+        for partition, available, executing in stats.partitions:
+            partition_rows.append(
+                (
+                    flow.queue,
+                    json.dumps(partition),
+                    available,
+                    executing,
+                    _held_text(holds.get(partition)),
+                )
+            )
+    lines = [f"Queues ({len(flows)})"]
+    lines.append(
+        render_table(("queue", "limits", "executing", "available", "rate window", "state"), rows)
+    )
+    if partition_rows:
+        lines.extend(["", "Top partitions by backlog"])
+        lines.append(
+            render_table(
+                ("queue", "partition", "available", "executing", "held until"), partition_rows
+            )
+        )
+    return lines
+
+
+def queue_flow_data(flow: QueueFlow) -> dict[str, Any]:
+    """One queue of `pgflow status --json`."""
+    stats, control = flow.stats, flow.stats.control
+    return {
+        "queue": flow.queue,
+        "limits": [
+            {"options": options.describe(), "published": published(options), "instances": count}
+            for options, count in flow.options
+        ],
+        "executing": stats.executing,
+        "available": stats.available,
+        "rate_used": stats.rate_used,
+        "state": flow.state,
+        "paused": control.paused,
+        "paused_at": None if control.paused_at is None else control.paused_at.isoformat(),
+        "hold_until": None if control.hold_until is None else control.hold_until.isoformat(),
+        "partition_holds": {
+            partition: until.isoformat() for partition, until in control.partition_holds.items()
+        },
+        "partitions": [
+            {"partition": partition, "available": available, "executing": executing}
+            for partition, available, executing in stats.partitions
+        ],
+    }
+
+
 def status_data(
-    url: str, counts: Sequence[JobCount], instances: Sequence[Instance]
+    url: str,
+    counts: Sequence[JobCount],
+    instances: Sequence[Instance],
+    *,
+    queues: Sequence[QueueFlow] = (),
 ) -> dict[str, Any]:
-    """What `pgflow status --json` prints: every count and every instance, offline included."""
+    """What `pgflow status --json` prints: every count, every instance (offline included)
+    and each queue's flow."""
     return {
         "url": url,
+        "queues": [queue_flow_data(flow) for flow in queues],
         "jobs": [
             {
                 "queue": count.queue,

@@ -7,6 +7,7 @@ A frozen value, validated when built, so a bad limit fails at the line that conf
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -17,12 +18,23 @@ import attrs
 from pgflow.errors import DefinitionError
 from pgflow.identifiers import validate_queue
 
-__all__ = ["Queue", "RateLimit", "parse_queue_spec", "queue_options"]
+__all__ = [
+    "DEFAULT_PARTITION",
+    "Queue",
+    "RateLimit",
+    "parse_queue_spec",
+    "partition_of",
+    "published",
+    "queue_options",
+    "read_published",
+]
 
 #: (allowed starts, window in seconds)
 RateLimit = tuple[int, float]
 #: What a job's args key may be called when a queue is partitioned by it.
 _ARGS_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,62}$")
+#: The partition of a job whose args lack the partition key (or hold null there).
+DEFAULT_PARTITION = ""
 
 
 def _positive_int(field: str, value: object) -> None:
@@ -187,3 +199,68 @@ def parse_queue_spec(name: str, spec: str) -> Queue:
         return Queue(**options)
     except DefinitionError as exc:
         raise ValueError(f"queue {name!r}: {exc}") from None
+
+
+def partition_of(job_args: Any, key: str, is_task: bool) -> str:
+    """A job's partition under `partition_by=key`, by the rule every backend's claim uses:
+    its args' `key` as text; for a flow task job (`is_task`: args are an envelope) the key
+    of the task's positional value (args["args"][0]), else of its `input` keyword
+    (args["kwargs"]["input"]). Missing or null: DEFAULT_PARTITION (""). Strings are taken as
+    they are, other JSON values in JSON spelling (as PostgreSQL's ->> gives them)."""
+    value: Any = None
+    if isinstance(job_args, Mapping):
+        if not is_task:
+            value = job_args.get(key)
+        else:
+            positional = job_args.get("args")
+            if isinstance(positional, list) and positional and isinstance(positional[0], Mapping):
+                value = positional[0].get(key)
+            if value is None:
+                keywords = job_args.get("kwargs")
+                given = keywords.get("input") if isinstance(keywords, Mapping) else None
+                if isinstance(given, Mapping):
+                    value = given.get(key)
+    if value is None:
+        return DEFAULT_PARTITION
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+_FIELDS = (
+    "limit",
+    "global_limit",
+    "rate_limit",
+    "partition_by",
+    "partition_limit",
+    "partition_rate_limit",
+)
+
+
+def published(queue: Queue) -> int | dict[str, Any]:
+    """What an instance publishes of one queue (`InstanceInfo.queues`, stored as JSON): the
+    bare limit for a queue with no other option, as before issue 12, so readers of plain
+    queues see what they always saw; else an object of the options set, "limit" included."""
+    if queue == Queue(limit=queue.limit):
+        return queue.limit
+    fields: dict[str, Any] = {}
+    for field in _FIELDS:
+        value = getattr(queue, field)
+        if value is not None:
+            fields[field] = list(value) if isinstance(value, tuple) else value
+    return fields
+
+
+def read_published(value: object) -> Queue | None:
+    """The Queue an instance published (see `published`); None for a value this version
+    cannot read (another version's format, a hand-edited row): shown as unknown, not fatal."""
+    try:
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return Queue(limit=value)
+        if isinstance(value, Mapping):
+            return Queue(**{field: value[field] for field in _FIELDS if field in value})
+    except (DefinitionError, TypeError):
+        return None
+    return None

@@ -46,13 +46,14 @@ from pgflow.records import (
     StepState,
     StepStatus,
 )
-from pgflow.testing_flows import UNSET, describe_run, describe_task, run_task, step_matches
+from pgflow.testing_flows import UNSET, describe_run, describe_task, step_matches
 from pgflow_backends.memory import InMemoryBackend
 
 if TYPE_CHECKING:
     from pgflow.app import Pgflow
     from pgflow.backend import Backend, RunStart
     from pgflow.graph.shape import FlowPlan
+    from pgflow.queue_config import Queue
     from pgflow.run_handle import RunHandle
     from pgflow.runtime.execution import Outcome
     from pgflow.worker import Worker
@@ -124,7 +125,7 @@ class TestQueue:
         *,
         app: Pgflow | None = None,
         clock: Clock | None = None,
-        queues: Mapping[str, int] | None = None,
+        queues: Mapping[str, int | Queue] | None = None,
     ) -> None:
         if mode not in ("inline", "manual"):
             raise ValueError(f"pgflow.testing mode must be 'inline' or 'manual', not {mode!r}")
@@ -471,11 +472,17 @@ class TestQueue:
         """Run one claimed job through the workers' own execution path."""
         from pgflow.runtime.execution import run_job
 
+        queues = self.app.queue_options  # a RateLimited holds the partition they say
         if job.task is not None:  # a step of a distributed flow run
-            outcome = run_task(self.backend, job, TESTING_INSTANCE, self.clock)
+            outcome = _run_task(self.backend, job, self.clock, queues)
         else:
             outcome = run_job(
-                self.backend, job, TESTING_INSTANCE, clock=self.clock, lookup=self._lookup
+                self.backend,
+                job,
+                TESTING_INSTANCE,
+                clock=self.clock,
+                lookup=self._lookup,
+                queues=queues,
             )
         error = _failure_of(outcome)
         if error is not None:
@@ -704,7 +711,7 @@ def testing_app(
     *,
     app: Pgflow | None = None,
     clock: Clock | None = None,
-    queues: Mapping[str, int] | None = None,
+    queues: Mapping[str, int | Queue] | None = None,
 ) -> TestQueue:
     """A TestQueue in `mode`; use it as a context manager (or call `close()`)."""
     return TestQueue(mode, app=app, clock=clock, queues=queues)
@@ -715,7 +722,7 @@ def manual(
     app: Pgflow | None = None,
     *,
     clock: Clock | None = None,
-    queues: Mapping[str, int] | None = None,
+    queues: Mapping[str, int | Queue] | None = None,
 ) -> Iterator[TestQueue]:
     """Jobs are stored, never run by themselves: assert on them, then `drain()`.
 
@@ -730,7 +737,7 @@ def inline(
     app: Pgflow | None = None,
     *,
     clock: Clock | None = None,
-    queues: Mapping[str, int] | None = None,
+    queues: Mapping[str, int | Queue] | None = None,
 ) -> Iterator[TestQueue]:
     """Every inserted job runs at once in the caller's thread; its failure raises there.
 
@@ -741,6 +748,26 @@ def inline(
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _run_task(backend: Backend, job: Job, clock: Clock, queues: Mapping[str, Queue]) -> Outcome:
+    """`testing_flows.run_task`, recording with the app's queue options, so a step raising
+    RateLimited on a partitioned queue holds its partition as a worker's would."""
+    from pgflow.runtime.execution import JobControl, OutcomeKind, _Run, record_outcomes
+    from pgflow.runtime.flow_tasks import execute_task
+    from pgflow.testing_flows import _off_the_loop, _unknown_definition
+
+    unknown = _unknown_definition(job)
+    if unknown is not None:
+        failed = _Run(job, TESTING_INSTANCE, clock, JobControl()).failed(
+            unknown, None, honour_cancel=False
+        )
+        outcome = attrs.evolve(failed, kind=OutcomeKind.DISCARDED, retry_in=None)
+    else:
+        outcome = _off_the_loop(
+            lambda: execute_task(job, instance_id=TESTING_INSTANCE, backend=backend, clock=clock)
+        )
+    return record_outcomes(backend, [outcome], instance_id=TESTING_INSTANCE, queues=queues)[0]
 
 
 def _worker_name(worker: type[Worker] | str | None) -> str | None:

@@ -66,6 +66,9 @@ class FakeBackend:
     def list_instances(self) -> list[Any]:
         return []
 
+    def queue_controls(self) -> list[Any]:
+        return []
+
     def close(self) -> None:
         pass
 

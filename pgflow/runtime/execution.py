@@ -12,8 +12,9 @@ import asyncio
 import enum
 import inspect
 import logging
+import math
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -21,7 +22,15 @@ import attrs
 from pgflow.abandoned import ABANDONED
 from pgflow.cancellation import CancelFlag
 from pgflow.clock import SYSTEM_CLOCK, Clock
-from pgflow.errors import Discard, PgflowError, SerializationError, Snooze, StepFailed
+from pgflow.errors import (
+    Discard,
+    PgflowError,
+    RateLimited,
+    SerializationError,
+    Snooze,
+    StepFailed,
+)
+from pgflow.queue_config import partition_of
 from pgflow.records import Job, JobError, JobRef, JobState, SuccessorClaim, TaskCompletion
 from pgflow.runtime.worker_lookup import DEFAULT_LOOKUP, WorkerLookup
 from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES, dumps
@@ -37,6 +46,7 @@ from pgflow.worker import (
 if TYPE_CHECKING:
     from pgflow.backend import Backend, JobQueue
     from pgflow.graph.shape import FlowPlan
+    from pgflow.queue_config import Queue
 
 __all__ = [
     "JobControl",
@@ -86,6 +96,9 @@ class Outcome:
     #: For a flow task: what `complete_tasks` records, and the plan it settles against.
     completion: TaskCompletion | None = None
     plan: FlowPlan | None = attrs.field(default=None, eq=False, repr=False)
+    #: A snooze caused by `pgflow.RateLimited`: recording it also holds the job's queue (or
+    #: partition) for these seconds.
+    rate_limited: float | None = None
 
     @property
     def ref(self) -> JobRef:
@@ -218,6 +231,21 @@ def _error_dict(
     )
 
 
+def _usable_retry_after(exc: RateLimited) -> bool:
+    """RateLimited checks `retry_after` when built; one changed afterwards (or a subclass
+    that skipped the check) fails the attempt like any error, its message naming why."""
+    value = getattr(exc, "retry_after", None)
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    ):
+        return True
+    exc.add_note(f"pgflow.RateLimited: retry_after must be a number of seconds > 0, got {value!r}")
+    return False
+
+
 def _discard_reason(exc: BaseException) -> Discard | None:
     """A Discard raised by perform, or by a workflow step that perform ran."""
     if isinstance(exc, Discard):
@@ -257,6 +285,14 @@ class _Run:
         job = self.job
         if isinstance(exc, Snooze):
             return Outcome(job, OutcomeKind.SNOOZED, exception=exc, snooze=exc.seconds)
+        if isinstance(exc, RateLimited) and _usable_retry_after(exc):
+            return Outcome(
+                job,
+                OutcomeKind.SNOOZED,
+                exception=exc,
+                snooze=exc.retry_after,
+                rate_limited=exc.retry_after,
+            )
         message, tb = exception_text(exc), traceback_text(exc)
         error = _error_dict(job, self.instance_id, self.clock, _kind_of(exc), message, tb)
         if honour_cancel and self.control.cancelled.is_set():
@@ -492,13 +528,19 @@ async def _contained(perform: Coroutine[Any, Any, T]) -> T:
 
 
 def record_outcomes(
-    backend: JobQueue, outcomes: Sequence[Outcome], *, instance_id: str | None = None
+    backend: JobQueue,
+    outcomes: Sequence[Outcome],
+    *,
+    instance_id: str | None = None,
+    queues: Mapping[str, Queue] | None = None,
 ) -> list[Outcome]:
     """Write outcomes to the backend (completions in one batch), fenced by each attempt.
 
     Returns them marked `recorded`, with `fenced` set for writes the backend refused and
     the kind corrected to what the backend decided (e.g. cancelled). Database errors
     propagate; every write is fenced, so the caller may simply retry the same outcomes.
+    A RateLimited outcome also holds its queue, or its partition when `queues` (the options
+    of this instance's queues) says the job's queue is partitioned.
     """
     done: list[Outcome] = []
     completions = [o for o in outcomes if o.kind is OutcomeKind.COMPLETED]
@@ -510,6 +552,9 @@ def record_outcomes(
         if outcome.kind is OutcomeKind.COMPLETED:
             continue
         if outcome.kind is OutcomeKind.SNOOZED:
+            if outcome.rate_limited is not None:
+                # Held first: a retried write holds again, which only extends the hold.
+                hold_for_rate_limit(backend, outcome, queues, instance_id)
             ok = backend.snooze_job(outcome.ref, outcome.snooze or 0.0)
             done.append(attrs.evolve(outcome, recorded=True, fenced=not ok))
             continue
@@ -525,6 +570,34 @@ def record_outcomes(
     for outcome in done:
         _log_outcome(outcome, instance_id)
     return done
+
+
+def hold_for_rate_limit(
+    backend: JobQueue,
+    outcome: Outcome,
+    queues: Mapping[str, Queue] | None,
+    instance_id: str | None,
+) -> str | None:
+    """Hold the starts of a rate-limited job's queue (on a partitioned queue: of the job's
+    partition) on every instance, for its `retry_after`; return the partition held."""
+    job = outcome.job
+    seconds = outcome.rate_limited
+    assert seconds is not None
+    options = None if queues is None else queues.get(job.queue)
+    partition = None
+    if options is not None and options.partition_by is not None:
+        partition = partition_of(job.args, options.partition_by, job.task is not None)
+    backend.hold_queue(job.queue, seconds, partition)
+    logger.info(
+        "job %s rate limited: %s held %gs, the job snoozed as long",
+        job.id,
+        f"queue {job.queue!r}"
+        if partition is None
+        else f"partition {partition!r} of {job.queue!r}",
+        seconds,
+        extra=job_log_extra(job, instance_id, retry_after=seconds, partition=partition),
+    )
+    return partition
 
 
 def record_completions(
@@ -622,9 +695,10 @@ def run_job(
     clock: Clock = SYSTEM_CLOCK,
     control: JobControl | None = None,
     lookup: WorkerLookup = DEFAULT_LOOKUP,
+    queues: Mapping[str, Queue] | None = None,
 ) -> Outcome:
     """Run a claimed job in this thread and record its outcome: the inline form of a producer."""
     outcome = execute_job(
         job, instance_id=instance_id, backend=backend, clock=clock, control=control, lookup=lookup
     )
-    return record_outcomes(backend, [outcome], instance_id=instance_id)[0]
+    return record_outcomes(backend, [outcome], instance_id=instance_id, queues=queues)[0]

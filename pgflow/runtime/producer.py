@@ -44,6 +44,7 @@ from pgflow.stored_errors import minimal_error
 if TYPE_CHECKING:
     from pgflow.backend import Backend
     from pgflow.background_loop import BackgroundLoop
+    from pgflow.queue_config import Queue
 
 logger = logging.getLogger("pgflow.runtime")
 
@@ -54,6 +55,23 @@ BATCH_FLOOR = 0.5
 COALESCE_SECONDS = 0.002
 #: After an abort, how long interrupted jobs may take to report before being left to rescue.
 ABORT_ACK_SECONDS = 1.0
+#: A shaped queue (global, rate or partition limits) whose claim came up short may have more
+#: jobs than its limits let start now: it claims again after this long (a rate limit's
+#: interval between starts when shorter, not below SHAPED_RETRY_MIN), the wait doubling while
+#: claims find nothing, up to the poll interval (paused or empty queues: as plain ones).
+SHAPED_RETRY_FIRST = 0.05
+SHAPED_RETRY_MIN = 0.005
+
+
+def _first_retry(shape: Queue | None, poll_interval: float) -> float:
+    """How soon a shaped queue claims again after a short claim (see SHAPED_RETRY_FIRST)."""
+    first = SHAPED_RETRY_FIRST
+    if shape is not None:
+        for rate in (shape.rate_limit, shape.partition_rate_limit):
+            if rate is not None:
+                allowed, period = rate
+                first = min(first, period / allowed)
+    return min(max(first, SHAPED_RETRY_MIN), poll_interval)
 
 
 @attrs.define
@@ -84,8 +102,20 @@ class Producer:
         clock: Clock,
         async_loop: BackgroundLoop,
         lookup: WorkerLookup = DEFAULT_LOOKUP,
+        options: Queue | None = None,
     ) -> None:
         self.backend = backend
+        #: The queue's full options (a RateLimited holds its partition when partitioned).
+        self.options = options
+        #: What every claim passes as `shape=`: the options when they shape the flow.
+        self.shape = options if options is not None and options.shapes_flow else None
+        self._retry_first = _first_retry(self.shape, poll_interval)
+        self._retry_delay = self._retry_first
+        self._retry_at: float | None = None  # a shaped queue's next claim after a short one
+        # Our acknowledgements free room under a global or per-partition limit.
+        self._acks_free_room = self.shape is not None and (
+            self.shape.global_limit is not None or self.shape.partition_limit is not None
+        )
         self.lookup = lookup
         self.queue = queue
         self.limit = limit
@@ -125,6 +155,7 @@ class Producer:
             target=self._ack_main, name=f"pgflow-acks-{queue}", daemon=True
         )
         self._extra = {"instance_id": instance_id, "queue": queue}
+        self._options = {} if options is None else {queue: options}
         self.completed = 0  # jobs this producer ran to an acknowledged end, for status
 
     # --- control, from other threads ----------------------------------------------------
@@ -138,6 +169,7 @@ class Producer:
         with self._lock:
             self._hints += 1
             self._maybe_more = True
+            self._retry_at = None
         self._wake.set()
 
     def begin_stop(self) -> None:
@@ -209,12 +241,13 @@ class Producer:
                 guard.attempt(self._poll_tick)
             if self._stop.is_set():
                 self._hold_until = None  # no claim is coming: nothing to wait for
+                self._retry_at = None
                 with self._lock:
                     if not self._running:
                         return
             elif not self._fill_slots(guard):
                 continue
-            until = next_poll if self._hold_until is None else min(next_poll, self._hold_until)
+            until = min(t for t in (next_poll, self._hold_until, self._retry_at) if t is not None)
             self._wake.wait(max(0.0, until - time.monotonic()))
             self._wake.clear()
 
@@ -278,6 +311,10 @@ class Producer:
             free = self.limit - len(self._running) - self._abandoned - self._reserved
             if free <= 0 or not self._maybe_more:
                 return
+            if self._retry_at is not None:
+                if time.monotonic() < self._retry_at:
+                    return  # a shaped queue's limits were reached: the loop wakes for it
+                self._retry_at = None
             if self._running and free < self._batch_floor:
                 # Busy: let a few more slots free up (briefly) so one claim fills many.
                 now = time.monotonic()
@@ -289,9 +326,14 @@ class Producer:
             hints = self._hints
             self._reserved += free  # so a successor claim meanwhile cannot take them too
         try:
-            jobs = self.backend.claim_jobs(
-                self.queue, self.instance_id, free, incarnation=self.incarnation
-            )
+            if self.shape is None:
+                jobs = self.backend.claim_jobs(
+                    self.queue, self.instance_id, free, incarnation=self.incarnation
+                )
+            else:
+                jobs = self.backend.claim_jobs(
+                    self.queue, self.instance_id, free, self.incarnation, shape=self.shape
+                )
         except Exception:
             # The claim may have committed with its reply lost: look for orphans first.
             self._release_needed = True
@@ -301,11 +343,31 @@ class Producer:
         with self._lock:
             self._reserved -= free
             if len(jobs) < free and self._hints == hints:
-                self._maybe_more = False  # the queue ran dry; wait for a hint or the poll
+                if self.shape is None:
+                    self._maybe_more = False  # the queue ran dry; wait for a hint or the poll
+                else:
+                    self._came_up_short(len(jobs))
+            elif self.shape is not None:
+                self._retry_delay = self._retry_first
             for job in jobs:
                 self._running[job.id] = _Running(job, JobControl())
         for job in jobs:
             self._dispatch(job)
+
+    def _came_up_short(self, claimed: int) -> None:
+        """A shaped queue's claim got fewer jobs than it asked for (lock held): its limits,
+        not an empty queue, may be the cause, and nothing would announce their easing (a job
+        ending elsewhere, the rate window sliding). Claim again soon, less and less often
+        while claims find nothing; at the poll interval, wait for a hint or the poll."""
+        if claimed:
+            self._retry_delay = self._retry_first
+        delay = self._retry_delay
+        if not claimed:
+            if delay >= self.poll_interval:
+                self._maybe_more = False
+                return
+            self._retry_delay = min(delay * 2, self.poll_interval)
+        self._retry_at = time.monotonic() + delay
 
     def _release_orphans(self) -> None:
         """Fail (for a retry) jobs the database says we run but we do not (or no longer) hold.
@@ -471,7 +533,9 @@ class Producer:
                 self._run_successors(claim, written)
         for outcome in others:
             try:
-                record_outcomes(self.backend, [outcome], instance_id=self.instance_id)
+                record_outcomes(
+                    self.backend, [outcome], instance_id=self.instance_id, queues=self._options
+                )
             except Exception as exc:
                 if is_transient(exc):
                     raise
@@ -488,8 +552,8 @@ class Producer:
         gather many tasks at once (a successor claim per acknowledgement would keep each
         batch as small as the one before it).
         """
-        if not any(o.completion is not None for o in completions):
-            return None
+        if self.shape is not None or not any(o.completion is not None for o in completions):
+            return None  # a shaped queue's claims all go through its limits
         with self._lock:
             free = self.limit - len(self._running) - self._abandoned - self._reserved
             if free <= 0 or self._running or self._stop.is_set():
@@ -537,7 +601,9 @@ class Producer:
     def _refused(self, outcome: Outcome) -> Exception | None:
         """Write one outcome; the error when the database refuses it (transient ones raise)."""
         try:
-            record_outcomes(self.backend, [outcome], instance_id=self.instance_id)
+            record_outcomes(
+                self.backend, [outcome], instance_id=self.instance_id, queues=self._options
+            )
         except Exception as exc:
             if is_transient(exc):
                 raise
@@ -552,3 +618,10 @@ class Producer:
             self._finished.extend(kept)
             if counted:
                 self.completed += len(outcomes)
+            if not self._acks_free_room:
+                return
+            # Acknowledged: these jobs no longer count against the queue's global or
+            # per-partition limit, so a claim that found no room may find some now.
+            self._maybe_more = True
+            self._retry_at = None
+        self._wake.set()
