@@ -691,8 +691,6 @@ def render_status(
 ) -> str:
     """The text of `pgflow status`."""
     parts = [f"pgflow status of {url}", ""]
-    if queues:
-        parts.extend([*render_queue_flows(queues), ""])
     job_rows = sorted(
         (
             (count.queue, count.state.value, count.reserved_by or "-", count.count)
@@ -707,6 +705,8 @@ def render_status(
     else:
         parts.append("(no jobs)")
     parts.append("")
+    if queues:
+        parts.extend([*render_queue_flows(queues), ""])
     online = [item for item in instances if item.status == "online"]
     shown = list(instances) if show_all else online
     hidden = len(instances) - len(shown)

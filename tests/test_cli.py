@@ -625,9 +625,16 @@ def _readme_block_after(marker: str) -> str:
 def test_readme_status_example_is_what_status_prints() -> None:
     from datetime import UTC, datetime
 
-    from pgflow.records import Instance, JobCount
+    from pgflow.app import QueueFlow
+    from pgflow.queue_config import Queue
+    from pgflow.records import Instance, JobCount, QueueControl, QueueStats
 
     when = datetime(2026, 11, 26, 7, 18, 39, tzinfo=UTC)
+    default = QueueFlow(
+        "default",
+        QueueStats("default", executing=0, available=0, control=QueueControl("default")),
+        options=((Queue(limit=10), 1),),
+    )
     printed = cli.render_status(
         "postgresql://postgres@127.0.0.1/app",
         [JobCount("default", "completed", "a", 20), JobCount("default", "scheduled", None, 1)],
@@ -638,6 +645,7 @@ def test_readme_status_example_is_what_status_prints() -> None:
             )
         ],
         show_all=False,
+        queues=[default],
     )  # fmt: skip
     assert _readme_block_after("`pgflow status` prints the jobs") == printed + "\n"
 

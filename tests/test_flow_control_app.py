@@ -499,7 +499,8 @@ def test_status_shows_limits_use_and_state(shared: _SharedMemory) -> None:
     text = CliRunner().invoke(cli.cli, ["status", "--url", "memory://"])
     assert text.exit_code == 0, text.output
     lines = text.output.splitlines()
-    row = next(line for line in lines if line.startswith("fc-global "))
+    queues_table = lines[lines.index("Queues (2)") :]
+    row = next(line for line in queues_table if line.startswith("fc-global "))
     assert row.split()[:7] == [
         "fc-global",
         "4:global=2:rate=60/60s:partition=tenant",
@@ -512,7 +513,7 @@ def test_status_shows_limits_use_and_state(shared: _SharedMemory) -> None:
     assert row.rstrip().endswith("paused")
     assert "Top partitions by backlog" in lines
     assert any(line.split()[:4] == ["fc-global", '"acme"', "1", "1"] for line in lines)
-    assert any(line.startswith("default ") and "held until" in line for line in lines)
+    assert any(line.startswith("default ") and "held until" in line for line in queues_table)
     assert any(
         line.startswith("elsewhere ")
         and " fc-global=4:global=2:rate=60/60s:partition=tenant " in line
@@ -535,3 +536,35 @@ def test_status_shows_limits_use_and_state(shared: _SharedMemory) -> None:
         "executing": 1,
     }
     assert data["default"]["state"] == "held"
+
+
+FLOW_CALLS: list[str] = []
+rate_flow = pgflow.Flow("fc_rate_flow", queue="fc-rate")
+
+
+@rate_flow.step
+def ask(input: dict[str, Any]) -> str:
+    FLOW_CALLS.append(input["tenant"])
+    if len(FLOW_CALLS) == 1:
+        raise pgflow.RateLimited(5.0)
+    return f"answer for {input['tenant']}"
+
+
+@rate_flow.step(depends_on=["ask"])
+def store(ask: str) -> str:
+    return ask.upper()
+
+
+def test_rate_limited_in_a_flow_step_holds_the_runs_partition() -> None:
+    FLOW_CALLS.clear()
+    clock = FakeClock()
+    options = Queue(limit=2, partition_by="tenant")
+    with pgflow.testing.manual(clock=clock, queues={"fc-rate": options}) as t:
+        handle = t.app.start_run(rate_flow, {"tenant": "acme"})
+        assert t.drain().snoozed == 1
+        (control,) = t.backend.queue_controls()
+        assert control.partition_holds == {"acme": clock.now() + timedelta(seconds=5)}
+        t.assert_step(handle.workflow_id, "ask", state="started", attempts=0)
+        assert t.drain(with_scheduled=True).completed == 2
+        t.assert_run(handle.workflow_id, state="completed", output={"store": "ANSWER FOR ACME"})
+        assert FLOW_CALLS == ["acme", "acme"]
