@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -350,6 +350,40 @@ def test_two_instances_share_one_global_limit(backend: InMemoryBackend) -> None:
         for app in apps:
             app.stop()
     assert MOST_RUNNING <= 2
+
+
+STARTS: list[datetime] = []
+
+
+class Stamped(Worker, queue="fc-window"):
+    """Keeps its claim time: the start the rate window counted."""
+
+    def perform(self, job: Job) -> None:
+        assert job.attempted_at is not None
+        with LOCK:
+            STARTS.append(job.attempted_at)
+
+
+def test_a_rate_limit_holds_in_every_window(backend: InMemoryBackend) -> None:
+    STARTS.clear()
+    window = 0.3
+    options = Queue(limit=10, rate_limit=(4, window))
+    apps = [
+        Pgflow(backend, queues={"fc-window": options}, instance_id=f"fc-{n}", **FAST)
+        for n in range(2)
+    ]
+    apps[0].insert([Stamped.new({"n": n}) for n in range(14)])
+    for app in apps:
+        app.start()
+    try:
+        wait_or_fail(lambda: len(STARTS) == 14, "every job started")
+    finally:
+        for app in apps:
+            app.stop()
+    starts = sorted(STARTS)
+    for index, start in enumerate(starts):
+        within = [t for t in starts[index:] if (t - start).total_seconds() < window]
+        assert len(within) <= 4, (start, within)
 
 
 def test_pause_stops_starts_until_resume(backend: InMemoryBackend) -> None:

@@ -61,6 +61,7 @@ ABORT_ACK_SECONDS = 1.0
 #: claims find nothing, up to the poll interval (paused or empty queues: as plain ones).
 SHAPED_RETRY_FIRST = 0.05
 SHAPED_RETRY_MIN = 0.005
+RATE_RETRIES_PER_WINDOW = 40
 
 
 def _first_retry(shape: Queue | None, poll_interval: float) -> float:
@@ -72,6 +73,14 @@ def _first_retry(shape: Queue | None, poll_interval: float) -> float:
                 allowed, period = rate
                 first = min(first, period / allowed)
     return min(max(first, SHAPED_RETRY_MIN), poll_interval)
+
+
+def _shortest_period(shape: Queue | None) -> float | None:
+    """The shortest rate window of a shaped queue (None without a rate limit)."""
+    if shape is None:
+        return None
+    periods = [rate[1] for rate in (shape.rate_limit, shape.partition_rate_limit) if rate]
+    return min(periods) if periods else None
 
 
 @attrs.define
@@ -110,6 +119,8 @@ class Producer:
         #: What every claim passes as `shape=`: the options when they shape the flow.
         self.shape = options if options is not None and options.shapes_flow else None
         self._retry_first = _first_retry(self.shape, poll_interval)
+        self._rate_period = _shortest_period(self.shape)
+        self._last_claimed = float("-inf")  # monotonic time of the last claim that got jobs
         self._retry_delay = self._retry_first
         self._retry_at: float | None = None  # a shaped queue's next claim after a short one
         # Our acknowledgements free room under a global or per-partition limit.
@@ -349,6 +360,8 @@ class Producer:
                     self._came_up_short(len(jobs))
             elif self.shape is not None:
                 self._retry_delay = self._retry_first
+                if jobs:
+                    self._last_claimed = time.monotonic()
             for job in jobs:
                 self._running[job.id] = _Running(job, JobControl())
         for job in jobs:
@@ -358,16 +371,25 @@ class Producer:
         """A shaped queue's claim got fewer jobs than it asked for (lock held): its limits,
         not an empty queue, may be the cause, and nothing would announce their easing (a job
         ending elsewhere, the rate window sliding). Claim again soon, less and less often
-        while claims find nothing; at the poll interval, wait for a hint or the poll."""
+        while claims find nothing; at the poll interval, wait for a hint or the poll. Within
+        a rate period of the last claim that got jobs, a full window is the likely cause:
+        the wait stays under 1/RATE_RETRIES_PER_WINDOW of the period, so a window that
+        slides on is used within that much of its time."""
+        now = time.monotonic()
         if claimed:
+            self._last_claimed = now
             self._retry_delay = self._retry_first
-        delay = self._retry_delay
-        if not claimed:
-            if delay >= self.poll_interval:
-                self._maybe_more = False
-                return
-            self._retry_delay = min(delay * 2, self.poll_interval)
-        self._retry_at = time.monotonic() + delay
+            self._retry_at = now + self._retry_first
+            return
+        cap = self.poll_interval
+        if self._rate_period is not None and now - self._last_claimed < self._rate_period:
+            cap = min(cap, max(self._retry_first, self._rate_period / RATE_RETRIES_PER_WINDOW))
+        delay = min(self._retry_delay, cap)
+        if delay >= self.poll_interval:
+            self._maybe_more = False
+            return
+        self._retry_delay = min(delay * 2, cap)
+        self._retry_at = now + delay
 
     def _release_orphans(self) -> None:
         """Fail (for a retry) jobs the database says we run but we do not (or no longer) hold.
