@@ -555,3 +555,44 @@ def test_a_shaped_claim_is_fenced_by_the_incarnation(backend: Backend) -> None:
 def test_a_shape_that_shapes_nothing_claims_like_a_plain_claim(backend: Backend) -> None:
     fill(backend, 4)
     assert len(claim(backend, Queue(limit=2), limit=3)) == 3
+
+
+# -- flow tasks --------------------------------------------------------------------------------
+
+
+def test_a_flows_task_jobs_are_partitioned_by_the_run_input(backend: Backend) -> None:
+    from .test_flow_runs import chain
+
+    shape = Queue(partition_by="tenant", partition_limit=1)
+    store: Any = backend  # every bundled backend is a FlowStore
+    for n, tenant in enumerate(["x", "x", "y"]):
+        store.start_flow_run(
+            chain.plan, workflow_id=f"fc-{n}", input={"tenant": tenant}, max_attempts=3
+        )
+
+    got = backend.claim_jobs("default", "node-a", 10, shape=shape)
+    assert sorted(job.args["args"][0]["tenant"] for job in got) == ["x", "y"]
+
+
+def test_a_successor_claim_takes_nothing_from_a_paused_queue(backend: Backend) -> None:
+    from pgflow.graph.ready import plan_fingerprint
+    from pgflow.records import SuccessorClaim, TaskCompletion
+    from pgflow.serialization import dumps
+
+    from .test_flow_runs import chain
+
+    store: Any = backend
+    store.start_flow_run(chain.plan, workflow_id="fc-paused", input=1, max_attempts=3)
+    (first,) = backend.claim_jobs("default", "node-a", 10)
+    assert first.task is not None
+    backend.pause_queue("default")
+    successor = SuccessorClaim(queue="default", instance_id="node-a", limit=5)
+    store.complete_tasks(
+        [TaskCompletion(first.ref, first.task, dumps(2, what="output"))],
+        {plan_fingerprint(chain.plan): chain.plan},
+        claim=successor,
+    )
+    assert successor.claimed == []
+    backend.resume_queue("default")
+    (second,) = backend.claim_jobs("default", "node-a", 10)
+    assert second.task is not None and second.task.step == "second"
