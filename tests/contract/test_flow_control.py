@@ -486,6 +486,14 @@ def test_a_missing_or_null_key_is_the_default_partition(backend: Backend) -> Non
     assert backend.queue_stats(Q, shape).partitions[0] == ("", 2, 1)
 
 
+def test_a_number_key_is_its_text(backend: Backend) -> None:
+    shape = Queue(partition_by="tenant", partition_limit=1)
+    backend.insert_jobs([new(queue=Q, args={"tenant": t}) for t in (7, "7", 8)])
+
+    assert len(claim(backend, shape, limit=10)) == 2
+    assert backend.queue_stats(Q, shape).partitions[0] == ("7", 1, 1)
+
+
 def test_task_jobs_are_partitioned_by_their_positional_value_or_input(
     backend: Backend,
 ) -> None:
