@@ -202,46 +202,55 @@ def _round_robin(
 ) -> list[_Row]:
     """Take at most one job per partition per round, from the partition after the queue's
     cursor on, until `budget` is used or no partition can give more; move the cursor to the
-    partition taken from last."""
-    heaps = jobs.partitions(queue, key)
-    held = controls.partition_holds(queue, now)
-    names = sorted(name for name in heaps if name not in held)
+    partition taken from last. Partitions are looked at only as the rounds reach them, so a
+    claim's cost follows its budget more than the number of partitions."""
+    names = jobs.partitions(queue, key)
     if not names:
         return []
     control = controls.controls.get(queue)
     cursor = None if control is None else control.cursor
     first = 0 if cursor is None else bisect.bisect_right(names, cursor)
-    order = names[first:] + names[:first]
-
-    room: dict[str, float] = dict.fromkeys(order, math.inf)
+    order = names[first:] + names[:first]  # a copy: drained partitions leave `names`
+    held = controls.partition_holds(queue, now)
+    executing: Counter[str] | None = None
     if shape.partition_limit is not None:
         executing = Counter(jobs.partition_of(row, key) for row in jobs.executing_rows(queue))
-        for name in order:
-            room[name] = shape.partition_limit - executing[name]
     rate: RateLimit | None = shape.partition_rate_limit
-    if rate is not None:
-        allowed, period = rate
-        for name in order:
-            if room[name] > 0:
-                room[name] = min(room[name], allowed - controls.used(queue, name, period, now))
 
+    def room_of(name: str) -> float:
+        """How many more jobs the partition may start now (before this claim's)."""
+        if name in held:
+            return 0
+        room: float = math.inf
+        if executing is not None and shape.partition_limit is not None:
+            room = shape.partition_limit - executing[name]
+        if rate is not None and room > 0:
+            room = min(room, rate[0] - controls.used(queue, name, rate[1], now))
+        return room
+
+    rooms: dict[str, float] = {}
     chosen: list[_Row] = []
     taken: Counter[str] = Counter()
     last: str | None = None
-    active = [name for name in order if room[name] > 0]
+    active = order
     while active and len(chosen) < budget:
         still: list[str] = []
         for name in active:
             if len(chosen) >= budget:
                 break
+            room = rooms.get(name)
+            if room is None:
+                room = rooms[name] = room_of(name)
+            if room <= 0:
+                continue
             row = jobs.take_from_partition(queue, name)
             if row is None:
                 continue  # drained: it leaves the rotation
             chosen.append(row)
             taken[name] += 1
             last = name
-            room[name] -= 1
-            if room[name] > 0:
+            rooms[name] = room - 1
+            if room > 1:
                 still.append(name)
         active = still
     if last is not None:

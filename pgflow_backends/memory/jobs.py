@@ -6,6 +6,7 @@ current time in, so the table is a plain, deterministic model of the SQL job tab
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import json
 from collections import Counter
@@ -113,6 +114,19 @@ class _Partitions:
 
     key: str
     heaps: dict[str, list[tuple[int, datetime, int]]] = attrs.Factory(dict)
+    #: The keys of `heaps`, sorted: the round robin's order, kept without sorting per claim.
+    names: list[str] = attrs.Factory(list)
+
+    def push(self, name: str, entry: tuple[int, datetime, int]) -> None:
+        heap = self.heaps.get(name)
+        if heap is None:
+            heap = self.heaps[name] = []
+            bisect.insort(self.names, name)
+        heapq.heappush(heap, entry)
+
+    def drop(self, name: str) -> None:
+        if self.heaps.pop(name, None) is not None:
+            del self.names[bisect.bisect_left(self.names, name)]
 
 
 def partition_value(args: Any, key: str, *, task: bool) -> str:
@@ -215,7 +229,7 @@ class JobTable:
             row = self._pop_valid(heap)
             if row is not None:
                 return row
-        index.heaps.pop(partition, None)
+        index.drop(partition)
         return None
 
     def start(self, chosen: Sequence[_Row], instance_id: str, now: datetime) -> list[Job]:
@@ -443,12 +457,13 @@ class JobTable:
     def executing_rows(self, queue: str) -> list[_Row]:
         return [self.rows[job_id] for job_id in self._executing.get(queue, ())]
 
-    def partitions(self, queue: str, key: str) -> dict[str, list[tuple[int, datetime, int]]]:
-        """The queue's available jobs as heaps by partition of args `key`, switching the queue
-        to per-partition heaps (once; again only if the key changes)."""
+    def partitions(self, queue: str, key: str) -> list[str]:
+        """The queue's partitions (by args `key`) that may have available jobs, sorted (a
+        live list: copy it before taking jobs). Switches the queue to per-partition heaps,
+        once, and again only if the key changes."""
         index = self._partitioned.get(queue)
         if index is not None and index.key == key:
-            return index.heaps
+            return index.names
         entries = self._live_entries(queue)
         index = self._partitioned[queue] = _Partitions(key)
         for entry in entries:
@@ -456,7 +471,8 @@ class JobTable:
             index.heaps.setdefault(name, []).append(entry)
         for heap in index.heaps.values():
             heapq.heapify(heap)
-        return index.heaps
+        index.names = sorted(index.heaps)
+        return index.names
 
     def partition_of(self, row: _Row, key: str) -> str:
         """The row's partition under args `key` (cached on the row: args never change)."""
@@ -623,8 +639,7 @@ class JobTable:
             if index is None:
                 heapq.heappush(self._available.setdefault(row.queue, []), row.claim_order())
             else:
-                name = self.partition_of(row, index.key)
-                heapq.heappush(index.heaps.setdefault(name, []), row.claim_order())
+                index.push(self.partition_of(row, index.key), row.claim_order())
         elif state is JobState.EXECUTING:
             self._executing.setdefault(row.queue, set()).add(row.id)
         elif state in WAITING_STATES:
