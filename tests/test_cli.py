@@ -785,3 +785,53 @@ def test_graph_command_in_a_real_process(tmp_path: Path) -> None:
     )  # fmt: skip
     assert missing.returncode == 2
     assert "'real_graph_flows:nothing'" in missing.stderr
+
+
+# -- flow control (issue 12) ----------------------------------------------------------------------
+
+
+def test_worker_passes_per_queue_options_to_the_app(
+    runner: CliRunner, recording_app: type[RecordingPgflow]
+) -> None:
+    from pgflow.queue_config import Queue
+
+    spec = "default=10,llm=20:global=8:rate=60/60s:partition=tenant_id:per_partition=2:prate=10/1s"
+    result = runner.invoke(cli.cli, ["worker", "--url", "memory://", "--queues", spec])
+    assert result.exit_code == 0, result.output
+    (created,) = recording_app.created
+    assert created["queues"] == {
+        "default": 10,
+        "llm": Queue(
+            limit=20,
+            global_limit=8,
+            rate_limit=(60, 60.0),
+            partition_by="tenant_id",
+            partition_limit=2,
+            partition_rate_limit=(10, 1.0),
+        ),
+    }
+    REAL_PGFLOW("memory://", queues=created["queues"]).close()  # what the real app accepts
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ("llm=20:prate=10", "queue 'llm': prate='10' is not ALLOWED/PERIOD"),
+        ("llm=20:partition=", "queue 'llm': 'partition=' is not one of"),
+        ("llm=20:partition=a b", "is not NAME=LIMIT"),
+        ("llm=20:rate=0/1s", "queue 'llm': rate_limit's allowed count must be an integer >= 1"),
+    ],
+)
+def test_bad_queue_options_exit_2_naming_queue_and_part(
+    runner: CliRunner, recording_app: type[RecordingPgflow], spec: str, problem: str
+) -> None:
+    result = runner.invoke(cli.cli, ["worker", "--url", "memory://", "--queues", spec])
+    assert result.exit_code == 2
+    assert "--queues" in result.output and problem in result.output
+    assert recording_app.created == []
+
+
+def test_queue_commands_are_listed(runner: CliRunner) -> None:
+    shown = runner.invoke(cli.cli, ["queue", "--help"])
+    assert shown.exit_code == 0
+    assert "pause" in shown.output and "resume" in shown.output
