@@ -602,3 +602,34 @@ def test_rate_limited_in_a_flow_step_holds_the_runs_partition() -> None:
         assert t.drain(with_scheduled=True).completed == 2
         t.assert_run(handle.workflow_id, state="completed", output={"store": "ANSWER FOR ACME"})
         assert FLOW_CALLS == ["acme", "acme"]
+
+
+WORKFLOW_CALLS: list[int] = []
+limited_chain = pgflow.Flow("fc_limited_chain")
+
+
+@limited_chain.step
+def call_provider(input: dict[str, Any]) -> str:
+    WORKFLOW_CALLS.append(1)
+    if len(WORKFLOW_CALLS) == 1:
+        raise pgflow.RateLimited(20.0)
+    return "ok"
+
+
+LimitedChainWorker = pgflow.workflow_worker(limited_chain, queue="fc-rate", max_attempts=2)
+
+
+def test_rate_limited_in_a_workflow_worker_step_holds_the_queue() -> None:
+    WORKFLOW_CALLS.clear()
+    clock = FakeClock()
+    with pgflow.testing.manual(clock=clock, queues={"fc-rate": 2}) as t:
+        job = t.insert(LimitedChainWorker.new({"tenant": "acme"}))
+        assert t.drain().snoozed == 1
+        stored = t.app.get_job(job.id)
+        assert stored is not None and stored.attempt == 0
+        assert (stored.scheduled_at - clock.now()).total_seconds() >= 20
+        (control,) = t.backend.queue_controls()
+        assert control.hold_until is not None
+        assert (control.hold_until - clock.now()).total_seconds() >= 20
+        assert t.drain(with_scheduled=True).completed == 1
+        assert WORKFLOW_CALLS == [1, 1]

@@ -231,6 +231,22 @@ def _error_dict(
     )
 
 
+def _rate_limited(exc: BaseException) -> RateLimited | None:
+    """The RateLimited behind `exc`: itself, or what made a workflow_worker's step snooze
+    the job (its retry deferred), when its retry_after is usable."""
+    found: BaseException | None = exc
+    if isinstance(exc, Snooze):  # its cause: the step's error, caused by what the step raised
+        found = exc.__cause__
+        for _ in range(3):
+            if found is None or isinstance(found, RateLimited):
+                break
+            reason = getattr(found, "reason", None)  # StepFailed's
+            found = reason if isinstance(reason, BaseException) else found.__cause__
+    if isinstance(found, RateLimited) and _usable_retry_after(found):
+        return found
+    return None
+
+
 def _usable_retry_after(exc: RateLimited) -> bool:
     """RateLimited checks `retry_after` when built; one changed afterwards (or a subclass
     that skipped the check) fails the attempt like any error, its message naming why."""
@@ -283,16 +299,15 @@ class _Run:
         self, exc: BaseException, worker_cls: type[Worker] | None, *, honour_cancel: bool = True
     ) -> Outcome:
         job = self.job
+        limited = _rate_limited(exc)
+        if limited is not None:
+            # A Snooze caused by one: a workflow_worker's step deferring its retry.
+            seconds = max(limited.retry_after, exc.seconds if isinstance(exc, Snooze) else 0.0)
+            return Outcome(
+                job, OutcomeKind.SNOOZED, exception=exc, snooze=seconds, rate_limited=seconds
+            )
         if isinstance(exc, Snooze):
             return Outcome(job, OutcomeKind.SNOOZED, exception=exc, snooze=exc.seconds)
-        if isinstance(exc, RateLimited) and _usable_retry_after(exc):
-            return Outcome(
-                job,
-                OutcomeKind.SNOOZED,
-                exception=exc,
-                snooze=exc.retry_after,
-                rate_limited=exc.retry_after,
-            )
         message, tb = exception_text(exc), traceback_text(exc)
         error = _error_dict(job, self.instance_id, self.clock, _kind_of(exc), message, tb)
         if honour_cancel and self.control.cancelled.is_set():
