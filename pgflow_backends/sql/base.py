@@ -947,8 +947,7 @@ class SQLBackend(SQLFlowStore):
             if windows:
                 connection.execute(q.prune_starts, dict(params, p_longest=max(windows)))
             if shape.partition_by is None:
-                rows = connection.execute(q.claim(), params).all()
-                claimed = [job_from_row(row) for row in rows]
+                claimed = [job_from_row(row) for row in connection.execute(q.claim(), params)]
                 claimed.sort(key=lambda job: (-job.priority, job.scheduled_at, job.id))
                 parts = [""] * len(claimed)
             else:
@@ -960,7 +959,7 @@ class SQLBackend(SQLFlowStore):
                 statement = q.claim_partitioned(
                     shape.partition_limit is not None, per_rate is not None
                 )
-                rows: Sequence[Any] = connection.execute(statement, params).all()
+                rows: list[Any] = list(connection.execute(statement, params))
                 if not q.returns_part and rows:
                     found: dict[int, str] = dict(
                         connection.execute(q.parts, dict(params, p_ids=[row[0] for row in rows]))
