@@ -961,11 +961,11 @@ class SQLBackend(SQLFlowStore):
                 )
                 rows: list[Any] = list(connection.execute(statement, params))
                 if not q.returns_part and rows:
-                    found: dict[int, str] = dict(
-                        connection.execute(q.parts, dict(params, p_ids=[row[0] for row in rows]))
-                        .tuples()
-                        .all()
-                    )
+                    ids = [row[0] for row in rows]
+                    found: dict[int, str] = {
+                        job_id: part
+                        for job_id, part in connection.execute(q.parts, dict(params, p_ids=ids))
+                    }
                     rows = [(*row, found[row[0]]) for row in rows]
                 claimed, parts = _round_robin(rows, cursor)
                 if parts:
