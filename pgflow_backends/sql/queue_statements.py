@@ -91,7 +91,7 @@ def _partition_pg(element: partition_key, compiler: SQLCompiler, **kw: Any) -> s
     return (
         f"COALESCE(LEFT(CASE WHEN {workflow_id} IS NULL THEN {args} ->> {key} "
         f"ELSE COALESCE({args} -> 'args' -> 0 ->> {key}, "
-        f"{args} -> 'kwargs' -> 'input' ->> {key}) END, {PARTITION_WIDTH}), '')"
+        f"{args} -> 'kwargs' -> 'input' ->> {key}) END, {PARTITION_WIDTH}), '') COLLATE \"C\""
     )
 
 
@@ -293,8 +293,9 @@ class QueueStatements:
         )
 
     def _ordered(self, column: ColumnElement[str]) -> ColumnElement[str]:
-        """Partition keys in code point order (Python's), whatever the database's collation."""
-        return column.collate("C") if self.dialect == "postgresql" else column
+        """Partition keys in code point order (Python's): `partition_key` is COLLATE "C" on
+        PostgreSQL already, and SQLite compares bytes."""
+        return column
 
     def lock(self) -> Any:
         """PostgreSQL: the transaction-scoped advisory lock that serializes a queue's shaped
@@ -435,8 +436,9 @@ class QueueStatements:
             .where(
                 registered_incarnation(),
                 self._id_in(picked),
-                # Taken meanwhile by a claim that does not shape the queue: skipped.
-                jobs.c.state == literal_column("'available'"),
+                # Taken meanwhile by a claim that does not shape the queue: skipped. (COALESCE
+                # hides the claim index's predicate: the ids are fetched by primary key.)
+                func.coalesce(jobs.c.state, literal_column("''")) == literal_column("'available'"),
                 relaxed_commit(),
             )
             .values(**claimed_values())
