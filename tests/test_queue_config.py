@@ -47,6 +47,22 @@ def test_full_queue_round_trips_through_the_cli_form() -> None:
         ({"partition_rate_limit": (1, 1.0)}, "partition_rate_limit needs partition_by"),
         ({"partition_by": "9lives"}, "partition_by must name a key of the jobs' args"),
         ({"partition_by": "a\x00b"}, "partition_by must name a key of the jobs' args"),
+        ({"partition_by": 5}, "partition_by must name a key of the jobs' args"),
+        ({"global_limit": 2.5}, "global_limit must be an integer >= 1, got 2.5"),
+        (
+            {"partition_by": "t", "partition_limit": 0},
+            "partition_limit must be an integer >= 1, got 0",
+        ),
+        ({"rate_limit": (5, "1s")}, "rate_limit's period must be a number of seconds"),
+        ({"rate_limit": (5, 1.0, 2)}, "rate_limit must be (allowed, period_seconds)"),
+        (
+            {"partition_by": "t", "partition_rate_limit": (3, -1.0)},
+            "partition_rate_limit's period must be > 0 seconds",
+        ),
+        (
+            {"partition_by": "t", "partition_rate_limit": (0.5, 1.0)},
+            "partition_rate_limit's allowed count must be an integer >= 1",
+        ),
     ],
 )
 def test_bad_options_name_the_field(options: dict[str, object], problem: str) -> None:
@@ -94,3 +110,17 @@ def test_cli_form(spec: str, expected: Queue) -> None:
 def test_cli_form_errors_name_the_queue(spec: str, problem: str) -> None:
     with pytest.raises(ValueError, match=re.escape(problem)):
         parse_queue_spec("q", spec)
+
+
+@pytest.mark.parametrize(
+    ("queue", "shapes"),
+    [
+        (Queue(limit=50), False),
+        (Queue(global_limit=1), True),
+        (Queue(rate_limit=(1, 1.0)), True),
+        (Queue(partition_by="tenant"), True),
+        (Queue(partition_by="tenant", partition_limit=1), True),
+    ],
+)
+def test_only_cluster_wide_options_shape_the_claim(queue: Queue, shapes: bool) -> None:
+    assert queue.shapes_flow is shapes

@@ -20,7 +20,12 @@ from pgflow.backend import JobListener, RunStart
 from pgflow.clock import SYSTEM_CLOCK, Clock
 from pgflow.errors import BackendError, JobStateError
 from pgflow.graph.ready import check_deadline
-from pgflow.identifiers import validate_cron_name, validate_instance_id, validate_workflow_id
+from pgflow.identifiers import (
+    validate_cron_name,
+    validate_instance_id,
+    validate_queue,
+    validate_workflow_id,
+)
 from pgflow.records import (
     Instance,
     InstanceInfo,
@@ -30,6 +35,8 @@ from pgflow.records import (
     JobState,
     Liveness,
     NewJob,
+    QueueControl,
+    QueueStats,
     RescueReport,
     RunRecord,
     RunState,
@@ -46,6 +53,7 @@ from pgflow.serialization import (
     dumps,
 )
 from pgflow_backends.memory.cluster import InstanceTable
+from pgflow_backends.memory.controls import ControlTable, claim_shaped, hold_seconds
 from pgflow_backends.memory.flows import FlowTable
 from pgflow_backends.memory.jobs import JobTable
 from pgflow_backends.memory.listener import ListenerHub
@@ -54,6 +62,7 @@ from pgflow_backends.rescue_messages import lost_incarnation, stopped_instance
 
 if TYPE_CHECKING:
     from pgflow.graph.shape import FlowPlan
+    from pgflow.queue_config import Queue
 
 
 class InMemoryBackend:
@@ -81,6 +90,7 @@ class InMemoryBackend:
         self._flows = FlowTable(self._jobs, self._runs)
         self._run_finished = threading.Condition(self._lock)  # wait_for_run waits on it
         self._instances = InstanceTable()
+        self._controls = ControlTable()
         self._cron_slots: dict[str, datetime] = {}  # cron entry name -> last slot enqueued
         self._closed = False
 
@@ -119,6 +129,7 @@ class InMemoryBackend:
             self._runs = RunTable()
             self._flows = FlowTable(self._jobs, self._runs)
             self._instances = InstanceTable()
+            self._controls = ControlTable()
             self._cron_slots = {}
             self._hub.close_all()
             self._run_finished.notify_all()
@@ -229,13 +240,24 @@ class InMemoryBackend:
             return stored
 
     def claim_jobs(
-        self, queue: str, instance_id: str, limit: int, incarnation: str = ""
+        self,
+        queue: str,
+        instance_id: str,
+        limit: int,
+        incarnation: str = "",
+        *,
+        shape: Queue | None = None,
     ) -> list[Job]:
         with self._lock:
             self._check_open()
             if incarnation and not self._instances.holds(instance_id, incarnation):
                 return []  # displaced (or never registered): the claim is fenced
-            return self._jobs.claim(queue, instance_id, limit, self._now())
+            now = self._now()
+            if self._controls.blocked(queue, now):
+                return []  # paused or held: nothing starts
+            if shape is None or not shape.shapes_flow:
+                return self._jobs.claim(queue, instance_id, limit, now)
+            return claim_shaped(self._jobs, self._controls, queue, instance_id, limit, now, shape)
 
     def complete_jobs(
         self, refs: Sequence[JobRef], results: Sequence[str | None] | None = None
@@ -425,6 +447,56 @@ class InMemoryBackend:
         self._check_open()
         return self._hub.listener()
 
+    # -- flow control ----------------------------------------------------------------------
+
+    def pause_queue(self, queue: str) -> None:
+        validate_queue(queue)
+        with self._lock:
+            self._check_open()
+            self._controls.pause(queue, self._now())
+
+    def resume_queue(self, queue: str) -> None:
+        validate_queue(queue)
+        with self._lock:
+            self._check_open()
+            self._controls.resume(queue, self._now())
+            self._hub.announce([queue])
+
+    def hold_queue(self, queue: str, seconds: float, partition: str | None = None) -> None:
+        validate_queue(queue)
+        seconds = hold_seconds(seconds)
+        if partition is not None and not isinstance(partition, str):
+            raise TypeError(f"hold_queue: partition must be a str or None, got {partition!r}")
+        with self._lock:
+            self._check_open()
+            now = self._now()
+            self._controls.hold(queue, now + timedelta(seconds=seconds), partition, now)
+
+    def queue_controls(self) -> list[QueueControl]:
+        with self._lock:
+            self._check_open()
+            return self._controls.snapshots(self._now())
+
+    def queue_stats(self, queue: str, shape: Queue | None = None) -> QueueStats:
+        with self._lock:
+            self._check_open()
+            now = self._now()
+            rate_used = None
+            if shape is not None and shape.rate_limit is not None:
+                rate_used = self._controls.used(queue, None, shape.rate_limit[1], now)
+            partitions: tuple[tuple[str, int, int], ...] = ()
+            if shape is not None and shape.partition_by is not None:
+                partitions = self._jobs.top_partitions(queue, shape.partition_by, 10)
+            executing, available = self._jobs.queue_counts(queue)
+            return QueueStats(
+                queue=queue,
+                executing=executing,
+                available=available,
+                control=self._controls.snapshot(queue, now),
+                rate_used=rate_used,
+                partitions=partitions,
+            )
+
     # -- distributed flow runs (FlowStore) -------------------------------------------------
 
     def start_flow_run(
@@ -495,8 +567,11 @@ class InMemoryBackend:
             return counted
 
     def _may_claim(self, claim: SuccessorClaim) -> bool:
-        """A successor claim is fenced by the incarnation like claim_jobs (lock held)."""
-        return not claim.incarnation or self._instances.holds(claim.instance_id, claim.incarnation)
+        """A successor claim is fenced by the incarnation like claim_jobs, and refused on a
+        paused or held queue (lock held)."""
+        if claim.incarnation and not self._instances.holds(claim.instance_id, claim.incarnation):
+            return False
+        return not self._controls.blocked(claim.queue, self._now())
 
     def get_step_states(self, workflow_id: str) -> dict[str, StepState]:
         with self._lock:

@@ -6,10 +6,13 @@ current time in, so the table is a plain, deterministic model of the SQL job tab
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import attrs
 
@@ -54,6 +57,9 @@ class _Row:
     errors: list[str] = attrs.Factory(list)
     result: str | None = None
     task: TaskKey | None = None
+    #: The args key the cached partition was read with, and that partition.
+    partition_key: str | None = None
+    partition: str = ""
 
     def to_job(self, *, conflict: bool = False) -> Job:
         return Job(
@@ -103,6 +109,56 @@ class _Row:
 
 
 @attrs.define
+class _Partitions:
+    """A partitioned queue's available jobs: a claim-order heap per partition."""
+
+    key: str
+    heaps: dict[str, list[tuple[int, datetime, int]]] = attrs.Factory(dict)
+    #: The keys of `heaps`, sorted: the round robin's order, kept without sorting per claim.
+    names: list[str] = attrs.Factory(list)
+
+    def push(self, name: str, entry: tuple[int, datetime, int]) -> None:
+        heap = self.heaps.get(name)
+        if heap is None:
+            heap = self.heaps[name] = []
+            bisect.insort(self.names, name)
+        heapq.heappush(heap, entry)
+
+    def drop(self, name: str) -> None:
+        if self.heaps.pop(name, None) is not None:
+            del self.names[bisect.bisect_left(self.names, name)]
+
+
+def partition_value(args: Any, key: str, *, task: bool) -> str:
+    """A job's partition: its args' `key` as text; for a flow task (args are an envelope)
+    the key of its positional value, else of its `input` keyword; missing or null: ""."""
+    value: Any = None
+    if not task:
+        if isinstance(args, dict):
+            value = args.get(key)
+    elif isinstance(args, dict):
+        positional = args.get("args")
+        if isinstance(positional, list) and positional and isinstance(positional[0], dict):
+            value = positional[0].get(key)
+        if value is None:
+            keywords = args.get("kwargs")
+            given = keywords.get("input") if isinstance(keywords, dict) else None
+            if isinstance(given, dict):
+                value = given.get(key)
+    return partition_text(value)
+
+
+def partition_text(value: Any) -> str:
+    """A JSON value as partition text, as PostgreSQL's ->> gives it: strings as they are,
+    numbers and true/false in JSON spelling, objects and arrays as JSON; null as ""."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+@attrs.define
 class _Prepared:
     """A NewJob validated and encoded, ready to become a row; built before anything is written."""
 
@@ -124,6 +180,10 @@ class JobTable:
         self._available: dict[str, list[tuple[int, datetime, int]]] = {}
         self._waiting: set[int] = set()  # scheduled or retryable: what staging looks at
         self._unique: dict[str, int] = {}
+        self._executing: dict[str, set[int]] = {}  # per queue: for global/partition limits
+        # A queue claimed with partition_by keeps its available jobs here instead, one heap
+        # per partition (same stale-entry rule), under the args key they were split by.
+        self._partitioned: dict[str, _Partitions] = {}
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -145,19 +205,49 @@ class JobTable:
         return stored, woken
 
     def claim(self, queue: str, instance_id: str, limit: int, now: datetime) -> list[Job]:
+        return self.start(self.take_available(queue, limit), instance_id, now)
+
+    def take_available(self, queue: str, limit: int) -> list[_Row]:
+        """Pop up to `limit` available jobs of `queue` in claim order, now executing (the
+        caller finishes the claim with `start`)."""
+        if queue in self._partitioned:
+            self._unpartition(queue)  # claimed without partitions again: one heap
         heap = self._available.get(queue)
         chosen: list[_Row] = []
         while heap and len(chosen) < limit:
-            key = heapq.heappop(heap)
-            row = self.rows.get(key[2])
-            if row is not None and row.state is JobState.AVAILABLE and row.claim_order() == key:
+            row = self._pop_valid(heap)
+            if row is not None:
                 chosen.append(row)
-                self._move(row, JobState.EXECUTING)  # so a duplicate entry is stale now
+        return chosen
+
+    def take_from_partition(self, queue: str, partition: str) -> _Row | None:
+        """Pop the next available job of one partition (see `partitions`), now executing;
+        None, and the partition forgotten, when it has none left."""
+        index = self._partitioned[queue]
+        heap = index.heaps.get(partition)
+        while heap:
+            row = self._pop_valid(heap)
+            if row is not None:
+                return row
+        index.drop(partition)
+        return None
+
+    def start(self, chosen: Sequence[_Row], instance_id: str, now: datetime) -> list[Job]:
+        """Finish a claim of rows taken (executing already): attempt, time, claimer."""
         for row in chosen:
             row.attempt += 1
             row.attempted_at = now
             row.reserved_by = instance_id
         return [row.to_job() for row in chosen]
+
+    def _pop_valid(self, heap: list[tuple[int, datetime, int]]) -> _Row | None:
+        """Pop the heap's top; the row, moved to executing, unless the entry was stale."""
+        key = heapq.heappop(heap)
+        row = self.rows.get(key[2])
+        if row is not None and row.state is JobState.AVAILABLE and row.claim_order() == key:
+            self._move(row, JobState.EXECUTING)  # so a duplicate entry is stale now
+            return row
+        return None
 
     def claim_ids(
         self, ids: Sequence[int], queue: str, instance_id: str, limit: int, now: datetime
@@ -172,11 +262,7 @@ class JobTable:
             if row is not None and row.queue == queue and row.state is JobState.AVAILABLE:
                 chosen.append(row)
                 self._move(row, JobState.EXECUTING)  # its heap entry is stale now
-        for row in chosen:
-            row.attempt += 1
-            row.attempted_at = now
-            row.reserved_by = instance_id
-        return [row.to_job() for row in chosen]
+        return self.start(chosen, instance_id, now)
 
     def complete(
         self, refs: Sequence[JobRef], now: datetime, results: Sequence[str | None] | None = None
@@ -363,6 +449,88 @@ class JobTable:
             meta["cancel_requested"] = True
             row.meta = dumps(meta, what="meta")
 
+    # -- flow control ----------------------------------------------------------------------
+
+    def executing_count(self, queue: str) -> int:
+        return len(self._executing.get(queue, ()))
+
+    def executing_rows(self, queue: str) -> list[_Row]:
+        return [self.rows[job_id] for job_id in self._executing.get(queue, ())]
+
+    def partitions(self, queue: str, key: str) -> list[str]:
+        """The queue's partitions (by args `key`) that may have available jobs, sorted (a
+        live list: copy it before taking jobs). Switches the queue to per-partition heaps,
+        once, and again only if the key changes."""
+        index = self._partitioned.get(queue)
+        if index is not None and index.key == key:
+            return index.names
+        entries = self._live_entries(queue)
+        index = self._partitioned[queue] = _Partitions(key)
+        for entry in entries:
+            name = self.partition_of(self.rows[entry[2]], key)
+            index.heaps.setdefault(name, []).append(entry)
+        for heap in index.heaps.values():
+            heapq.heapify(heap)
+        index.names = sorted(index.heaps)
+        return index.names
+
+    def partition_of(self, row: _Row, key: str) -> str:
+        """The row's partition under args `key` (cached on the row: args never change)."""
+        if row.partition_key != key:
+            row.partition = partition_value(loads(row.args), key, task=row.task is not None)
+            row.partition_key = key
+        return row.partition
+
+    def queue_counts(self, queue: str) -> tuple[int, int]:
+        """(executing, available) jobs of the queue."""
+        available = sum(
+            1
+            for row in self.rows.values()
+            if row.queue == queue and row.state is JobState.AVAILABLE
+        )
+        return self.executing_count(queue), available
+
+    def top_partitions(self, queue: str, key: str, limit: int) -> tuple[tuple[str, int, int], ...]:
+        """The queue's partitions with the most available jobs: (partition, available,
+        executing), most available first, then by name."""
+        available: Counter[str] = Counter()
+        executing: Counter[str] = Counter()
+        for row in self.rows.values():
+            if row.queue != queue:
+                continue
+            if row.state is JobState.AVAILABLE:
+                available[self.partition_of(row, key)] += 1
+            elif row.state is JobState.EXECUTING:
+                executing[self.partition_of(row, key)] += 1
+        names = sorted(available.keys() | executing.keys(), key=lambda n: (-available[n], n))
+        return tuple((name, available[name], executing[name]) for name in names[:limit])
+
+    def _unpartition(self, queue: str) -> None:
+        """Back to one heap of the queue's available jobs (a plain claim of a queue that was
+        claimed by partitions)."""
+        entries = self._live_entries(queue)
+        heapq.heapify(entries)
+        self._available[queue] = entries
+
+    def _live_entries(self, queue: str) -> list[tuple[int, datetime, int]]:
+        """Every live heap entry of the queue (once each), taken out of whichever index holds
+        them."""
+        heaps = [self._available.pop(queue, [])]
+        index = self._partitioned.pop(queue, None)
+        if index is not None:
+            heaps.extend(index.heaps.values())
+        live: dict[int, tuple[int, datetime, int]] = {}
+        for heap in heaps:
+            for entry in heap:
+                row = self.rows.get(entry[2])
+                if (
+                    row is not None
+                    and row.state is JobState.AVAILABLE
+                    and (row.claim_order() == entry)
+                ):
+                    live[entry[2]] = entry
+        return list(live.values())
+
     # -- reads -----------------------------------------------------------------------------
 
     def get(self, job_id: int) -> Job | None:
@@ -463,8 +631,16 @@ class JobTable:
         """
         if row.state in WAITING_STATES:
             self._waiting.discard(row.id)
+        elif row.state is JobState.EXECUTING:
+            self._executing[row.queue].discard(row.id)
         row.state = state
         if state is JobState.AVAILABLE:
-            heapq.heappush(self._available.setdefault(row.queue, []), row.claim_order())
+            index = self._partitioned.get(row.queue)
+            if index is None:
+                heapq.heappush(self._available.setdefault(row.queue, []), row.claim_order())
+            else:
+                index.push(self.partition_of(row, index.key), row.claim_order())
+        elif state is JobState.EXECUTING:
+            self._executing.setdefault(row.queue, set()).add(row.id)
         elif state in WAITING_STATES:
             self._waiting.add(row.id)
