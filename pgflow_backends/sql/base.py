@@ -1009,7 +1009,8 @@ class SQLBackend(SQLFlowStore):
                 connection.execute(self._q.hold_partition, params)
 
     def queue_controls(self) -> list[QueueControl]:
-        with self._tx() as connection:
+        # Reads only: no write lock (SQLite), no transaction of its own (PostgreSQL).
+        with self._read() as connection:
             rows = connection.execute(self._q.controls).all()
             held = connection.execute(self._q.partition_holds).all()
         return _controls(rows, held)
@@ -1018,7 +1019,7 @@ class SQLBackend(SQLFlowStore):
         params: dict[str, Any] = {"p_queue": queue}
         rate_used: int | None = None
         partitions: tuple[tuple[str, int, int], ...] = ()
-        with self._tx() as connection:
+        with self._read() as connection:
             executing, available = connection.execute(self._q.counts, params).one()
             rows = connection.execute(self._q.control, params).all()
             held = connection.execute(self._q.queue_partition_holds, params).all()
