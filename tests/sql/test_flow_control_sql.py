@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,10 +20,12 @@ from sqlalchemy import text
 
 from pgflow.queue_config import Queue
 from pgflow.records import Job, NewJob
+from pgflow.registry import backend_from_url
 from pgflow_backends.memory.jobs import partition_text
 from pgflow_backends.postgres import PostgresBackend
 from pgflow_backends.sql.base import SQLBackend
 from pgflow_backends.sql.queue_statements import QUEUE_LOCK_CLASS
+from tests.sql.helpers import run_helpers
 
 Q = "shaped"
 
@@ -170,3 +173,52 @@ def test_a_partitioned_claim_rotates_its_cursor(sql_backend: SQLBackend) -> None
         for _ in range(4)
     ]
     assert served == [["a", "b", "c"], ["d", "a", "b"], ["c", "d", "a"], ["b", "c", "d"]]
+
+
+def _shaped_race(url: str, tmp_path: Path) -> None:
+    """Four processes claim one shaped queue together (global_limit=4, partition_limit=1 over
+    six tenants): the database never shows more executing than that, and every job is
+    claimed exactly once."""
+    backend = backend_from_url(url)
+    try:
+        backend.migrate()
+        inserted = backend.insert_jobs(
+            [
+                NewJob(worker="w.W", queue="shaped-race", args={"tenant": f"t{n % 6}"})
+                for n in range(90)
+            ]
+        )
+    finally:
+        backend.close()
+    go = tmp_path / "go"
+    outputs = run_helpers(
+        "shaped_claim_worker.py",
+        [[url, f"proc-{n}", str(go)] for n in range(4)],
+        timeout=120,
+        go=go,
+    )
+    claims: Counter[int] = Counter()
+    for out in outputs:
+        head, *ids = out.split("\n")
+        _, most, per_partition = head.split()
+        assert int(most) <= 4
+        assert int(per_partition) <= 1
+        claims.update(int(line) for line in ids if line)
+    assert sorted(claims) == sorted(job.id for job in inserted)
+    assert set(claims.values()) == {1}
+    assert sum(1 for out in outputs if len(out.split()) > 3) >= 2  # it really was a race
+
+
+@pytest.mark.slow
+def test_processes_sharing_one_sqlite_file_keep_a_shaped_queues_limits(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    _shaped_race(sqlite_url, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_processes_on_postgres_keep_a_shaped_queues_limits(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    _shaped_race(postgres_url, tmp_path)
