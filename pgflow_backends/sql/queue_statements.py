@@ -389,11 +389,13 @@ class QueueStatements:
         )
         source: Any = ranked
         conditions: list[ColumnElement[bool]] = [
+            # No partition gives more than the budget: fewer rows for the final sort.
+            ranked.c.rnk <= _p("p_limit", Integer()),
             ranked.c.part.not_in(
                 select(partition_holds.c.partition).where(
                     partition_holds.c.queue == queue, partition_holds.c.hold_until > at
                 )
-            )
+            ),
         ]
         if per_limit:
             busy = (
