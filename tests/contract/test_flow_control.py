@@ -292,6 +292,38 @@ def test_rate_limited_starts_never_exceed_a_sliding_window_and_the_next_window_a
     assert max(times) - min(times) >= timedelta(seconds=period * 3)
 
 
+def test_rate_windows_hold_across_concurrent_claimers(backend: Backend) -> None:
+    allowed, period = 5, 0.2
+    shape = Queue(rate_limit=(allowed, period))
+    fill(backend, 30)
+    guard = threading.Lock()
+    times: list[datetime] = []
+    failures: list[BaseException] = []
+
+    def claimer(instance: str) -> None:
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                jobs = claim(backend, shape, instance=instance)
+                finish(backend, jobs)
+                with guard:
+                    times.extend(job.attempted_at for job in jobs if job.attempted_at)
+                    if len(times) >= 30:
+                        return
+                time.sleep(0.005)
+        except BaseException as exc:  # reported by the test thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(f"node-{n}",)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    assert failures == []
+    assert len(times) == 30
+    assert worst_window(times, period) <= allowed
+
+
 # -- partitions --------------------------------------------------------------------------------
 
 
@@ -396,6 +428,14 @@ def test_partition_limit_holds_under_concurrent_claimers(backend: Backend) -> No
     assert worst == 1
 
 
+def test_global_limit_caps_a_partitioned_claim(backend: Backend) -> None:
+    shape = Queue(global_limit=2, partition_by="tenant", partition_limit=5)
+    by_tenant(backend, {"a": 3, "b": 3, "c": 3})
+
+    assert len(claim(backend, shape, limit=10)) == 2
+    assert claim(backend, shape, limit=10) == []
+
+
 def test_partition_rate_limit_applies_per_key(backend: Backend) -> None:
     shape = Queue(partition_by="tenant", partition_rate_limit=(2, 30.0))
     by_tenant(backend, {"a": 5, "b": 5, "c": 5})
@@ -444,6 +484,14 @@ def test_a_missing_or_null_key_is_the_default_partition(backend: Backend) -> Non
     got = claim(backend, shape, limit=10)
     assert sorted(job.args.get("tenant") or "" for job in got) == ["", "a"]
     assert backend.queue_stats(Q, shape).partitions[0] == ("", 2, 1)
+
+
+def test_a_number_key_is_its_text(backend: Backend) -> None:
+    shape = Queue(partition_by="tenant", partition_limit=1)
+    backend.insert_jobs([new(queue=Q, args={"tenant": t}) for t in (7, "7", 8)])
+
+    assert len(claim(backend, shape, limit=10)) == 2
+    assert backend.queue_stats(Q, shape).partitions[0] == ("7", 1, 1)
 
 
 def test_task_jobs_are_partitioned_by_their_positional_value_or_input(
