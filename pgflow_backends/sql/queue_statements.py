@@ -177,6 +177,13 @@ def _later_sqlite(element: later_of, compiler: SQLCompiler, **kw: Any) -> str:
     return f"(CASE WHEN {first} IS NULL OR {second} > {first} THEN {second} ELSE {first} END)"
 
 
+def _shaped_values() -> dict[str, Any]:
+    """What a shaped claim writes: as a plain claim, but attempted_at is the clock the head
+    read after the lock (`p_at`), the very time its starts are recorded at, so the jobs'
+    start times keep the rate windows exactly (and still differ from claim to claim)."""
+    return dict(claimed_values(), attempted_at=_p("p_at", UTCDateTime()))
+
+
 class QueueStatements:
     """Flow control's statements for one dialect; the shaped claims' variants by shape."""
 
@@ -354,7 +361,7 @@ class QueueStatements:
         return (
             update(jobs)
             .where(registered_incarnation(), self._id_in(candidates), relaxed_commit())
-            .values(**claimed_values())
+            .values(**_shaped_values())
             .returning(*CLAIM_COLUMNS)
         )
 
@@ -443,7 +450,7 @@ class QueueStatements:
                 func.coalesce(jobs.c.state, literal_column("''")) == literal_column("'available'"),
                 relaxed_commit(),
             )
-            .values(**claimed_values())
+            .values(**_shaped_values())
             .returning(*CLAIM_COLUMNS, *returned)
         )
 
