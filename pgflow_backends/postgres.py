@@ -530,7 +530,23 @@ class PostgresBackend(SQLBackend):
         """pg_advisory_xact_lock(QUEUE_LOCK_CLASS, hashtext(queue)): the queue's shaped claims
         on every instance serialize, until each one's transaction ends. Two queues whose
         names hash alike merely share the lock."""
+        if self._isolated_above_read_committed():
+            # Else the snapshot would be taken before the lock is granted: the head would not
+            # see what the claims that held the lock meanwhile committed.
+            connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         connection.execute(self._q.lock(), {"p_queue": queue})
+
+    def _isolated_above_read_committed(self) -> bool:
+        """Whether this engine's transactions are REPEATABLE READ or SERIALIZABLE (an
+        application's Engine, or the server's default_transaction_isolation)."""
+        level = self.engine.get_execution_options().get("isolation_level") or getattr(
+            self.engine.dialect, "default_isolation_level", None
+        )
+        return str(level or "READ COMMITTED").upper().replace("_", " ") not in (
+            "READ COMMITTED",
+            "READ UNCOMMITTED",
+            "AUTOCOMMIT",
+        )
 
     def listener(self) -> JobListener:
         """A dedicated autocommit connection LISTENing on pgflow_jobs; reconnects on failure."""

@@ -223,3 +223,22 @@ def test_processes_on_postgres_keep_a_shaped_queues_limits(
     postgres_url: str, tmp_path: Path
 ) -> None:
     _shaped_race(postgres_url, tmp_path)
+
+
+@pytest.mark.postgres
+def test_shaped_claims_count_after_the_lock_on_a_repeatable_read_engine(postgres_url: str) -> None:
+    """An application's Engine in REPEATABLE READ: the claim still reads after the lock."""
+    from sqlalchemy import create_engine
+
+    from pgflow_backends.sql.urls import parse
+
+    engine = create_engine(parse(postgres_url), isolation_level="REPEATABLE READ", pool_size=20)
+    backend = PostgresBackend(engine)
+    try:
+        backend.migrate()
+        _fill(backend, [{} for _ in range(100)])
+        got = _race(backend, Queue(limit=3, global_limit=5), claimers=20, limit=3)
+        assert sum(len(jobs) for jobs in got) == 5
+    finally:
+        backend.close()
+        engine.dispose()
