@@ -5,7 +5,9 @@ concurrent claimers never wait on each other nor get the same job. Inserts (and 
 snoozes, rescues) send `NOTIFY pgflow_jobs` with the queue name only, inside the same
 transaction, so a listener wakes exactly when the jobs become visible. Bulk inserts send
 arrays through one `INSERT ... SELECT FROM unnest(...)`, and completions one `UPDATE ...
-FROM unnest(ids, attempts)`, so a batch costs one round trip.
+FROM unnest(ids, attempts)`, so a batch costs one round trip. A claim with a flow-control
+shape (`pgflow.Queue`) runs in a transaction that first takes `pg_advisory_xact_lock` on the
+queue's name: the queue's shaped claims serialize across instances (see queue_statements).
 """
 
 from __future__ import annotations
