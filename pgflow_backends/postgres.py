@@ -36,6 +36,7 @@ from pgflow_backends.sql.driver import DriverConnections
 from pgflow_backends.sql.errors import translate
 from pgflow_backends.sql.flow_rows import FlowRows
 from pgflow_backends.sql.pool import ping_when_idle
+from pgflow_backends.sql.queue_statements import QUEUE_LOCK_CLASS
 from pgflow_backends.sql.rows import job_from_driver_row, stored_copy, utc
 from pgflow_backends.sql.urls import mask, parse
 
@@ -292,6 +293,66 @@ _NOTIFY = text(
 )
 
 
+#: A shaped claim without partitions, in one statement run after the queue's lock (see
+#: PostgresBackend._claim_shaped): the clock after the lock, the budget the pause, the global
+#: limit and the rate window leave, the claim itself (the plain claim's, attempted_at the
+#: clock), the pruning and the recording of the window's starts. %(returning)s: the claim's
+#: columns.
+_SHAPED_CLAIM = """
+WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS at),
+budget AS MATERIALIZED (
+    SELECT clock.at, CASE
+        WHEN EXISTS (SELECT 1 FROM pgflow_queue_controls c
+                     WHERE c.queue = %%(p_queue)s AND (c.paused OR c.hold_until > clock.at))
+        THEN 0
+        ELSE GREATEST(0, LEAST(
+            %%(p_limit)s::INTEGER,
+            CASE WHEN %%(p_global)s::INTEGER IS NULL THEN %%(p_limit)s::INTEGER
+                 ELSE %%(p_global)s::INTEGER - (
+                     SELECT count(*) FROM pgflow_jobs
+                     WHERE queue = %%(p_queue)s AND state = 'executing') END,
+            CASE WHEN %%(p_allowed)s::INTEGER IS NULL THEN %%(p_limit)s::INTEGER
+                 ELSE %%(p_allowed)s::INTEGER - (
+                     SELECT count(*) FROM pgflow_rate_starts
+                     WHERE queue = %%(p_queue)s
+                       AND started_at >= clock.at - make_interval(secs => %%(p_period)s::FLOAT8)
+                 ) END))
+        END AS n
+    FROM clock
+),
+claimed AS (
+    UPDATE pgflow_jobs
+    SET state = 'executing', attempt = pgflow_jobs.attempt + 1,
+        attempted_at = (SELECT at FROM budget), reserved_by = %%(p_instance)s
+    WHERE (%%(p_incarnation)s::VARCHAR = '' OR EXISTS (
+              SELECT 1 FROM pgflow_instances
+              WHERE instance_id = %%(p_instance)s AND incarnation = %%(p_incarnation)s
+              FOR KEY SHARE))
+      AND pgflow_jobs.id = ANY (ARRAY(
+              SELECT j.id FROM pgflow_jobs AS j
+              WHERE j.state = 'available' AND j.queue = %%(p_queue)s
+              ORDER BY j.priority DESC, j.scheduled_at, j.id
+              LIMIT (SELECT n FROM budget)
+              FOR UPDATE SKIP LOCKED))
+      AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+    RETURNING %(returning)s
+),
+pruned AS (
+    DELETE FROM pgflow_rate_starts
+    WHERE %%(p_allowed)s::INTEGER IS NOT NULL AND queue = %%(p_queue)s
+      AND started_at < (SELECT at FROM budget) - make_interval(secs => %%(p_period)s::FLOAT8)
+      AND EXISTS (SELECT 1 FROM claimed)
+),
+recorded AS (
+    INSERT INTO pgflow_rate_starts (queue, partition, started_at)
+    SELECT %%(p_queue)s, '', (SELECT at FROM budget) FROM claimed
+    WHERE %%(p_allowed)s::INTEGER IS NOT NULL
+)
+SELECT * FROM claimed
+"""
+_SHAPED_LOCK = "SELECT pg_advisory_xact_lock(%(p_class)s, hashtext(%(p_queue)s))"
+
+
 def _create_engine(url: URL) -> Engine:
     try:
         engine = create_engine(
@@ -349,6 +410,8 @@ class PostgresBackend(SQLBackend):
         compiled = self._s.claim.compile(dialect=engine.dialect)
         self._claim_sql = compiled.string
         self._claim_params: dict[str, Any] = dict(compiled.params)
+        returning = self._claim_sql.split(" RETURNING ", 1)[1]
+        self._shaped_claim_sql = _SHAPED_CLAIM % {"returning": returning}
         # The same pool, in autocommit mode: each statement is its own transaction.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._run_waits = RunWaits(engine, self.url)
@@ -527,6 +590,44 @@ class PostgresBackend(SQLBackend):
         """Claims may be lost in a crash (see claim_jobs), so fenced writes also match the
         claim's time."""
         return ref.claimed_at
+
+    def _claim_shaped(
+        self, queue: str, instance_id: str, limit: int, incarnation: str, shape: Queue
+    ) -> list[Job]:
+        """A shaped claim without partitions as one pipelined exchange on the driver
+        connection: BEGIN (READ COMMITTED), the queue's advisory lock, one statement, COMMIT,
+        sent together. Each statement takes its snapshot when it starts, so the claim's reads
+        follow the lock. Partitioned claims take the general path (their cost is the scan)."""
+        if shape.partition_by is not None:
+            return super()._claim_shaped(queue, instance_id, limit, incarnation, shape)
+        rate = shape.rate_limit
+        params = {
+            "p_class": QUEUE_LOCK_CLASS,
+            "p_queue": queue,
+            "p_instance": instance_id,
+            "p_incarnation": incarnation,
+            "p_limit": limit,
+            "p_global": shape.global_limit,
+            "p_allowed": None if rate is None else rate[0],
+            "p_period": None if rate is None else rate[1],
+        }
+        with self._driver() as conn:
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                    conn.execute(_SHAPED_LOCK, params)
+                    cursor = conn.execute(self._shaped_claim_sql, params)
+                    conn.execute("COMMIT")
+                rows = cursor.fetchall()
+            except BaseException:
+                # Leave no transaction open on the pooled connection (autocommit mode).
+                with contextlib.suppress(Exception):
+                    if conn.info.transaction_status != 0:
+                        conn.execute("ROLLBACK")
+                raise
+        claimed = [job_from_driver_row(row) for row in rows]
+        claimed.sort(key=_claim_order)
+        return claimed
 
     def _lock_queue(self, connection: Connection, queue: str) -> None:
         """pg_advisory_xact_lock(QUEUE_LOCK_CLASS, hashtext(queue)): the queue's shaped claims
