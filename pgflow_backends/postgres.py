@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import URL, Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -350,6 +351,8 @@ recorded AS (
 )
 SELECT * FROM claimed
 """
+#: Pipeline mode needs libpq 14 or later; without it shaped claims take the general path.
+_PIPELINES = psycopg.Pipeline.is_supported()
 _SHAPED_LOCK = "SELECT pg_advisory_xact_lock(%(p_class)s, hashtext(%(p_queue)s))"
 
 
@@ -598,7 +601,7 @@ class PostgresBackend(SQLBackend):
         connection: BEGIN (READ COMMITTED), the queue's advisory lock, one statement, COMMIT,
         sent together. Each statement takes its snapshot when it starts, so the claim's reads
         follow the lock. Partitioned claims take the general path (their cost is the scan)."""
-        if shape.partition_by is not None:
+        if shape.partition_by is not None or not _PIPELINES:
             return super()._claim_shaped(queue, instance_id, limit, incarnation, shape)
         rate = shape.rate_limit
         params = {
