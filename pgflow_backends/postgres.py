@@ -5,7 +5,9 @@ concurrent claimers never wait on each other nor get the same job. Inserts (and 
 snoozes, rescues) send `NOTIFY pgflow_jobs` with the queue name only, inside the same
 transaction, so a listener wakes exactly when the jobs become visible. Bulk inserts send
 arrays through one `INSERT ... SELECT FROM unnest(...)`, and completions one `UPDATE ...
-FROM unnest(ids, attempts)`, so a batch costs one round trip.
+FROM unnest(ids, attempts)`, so a batch costs one round trip. A claim with a flow-control
+shape (`pgflow.Queue`) runs in a transaction that first takes `pg_advisory_xact_lock` on the
+queue's name: the queue's shaped claims serialize across instances (see queue_statements).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import URL, Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -24,6 +27,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from pgflow.backend import JobListener
 from pgflow.errors import BackendError
 from pgflow.identifiers import validate_instance_id
+from pgflow.queue_config import Queue
 from pgflow.records import Job, JobRef, JobState, NewJob, RunRecord
 from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES
 from pgflow_backends.postgres_flow_rows import PostgresFlowRows
@@ -33,6 +37,7 @@ from pgflow_backends.sql.driver import DriverConnections
 from pgflow_backends.sql.errors import translate
 from pgflow_backends.sql.flow_rows import FlowRows
 from pgflow_backends.sql.pool import ping_when_idle
+from pgflow_backends.sql.queue_statements import QUEUE_LOCK_CLASS
 from pgflow_backends.sql.rows import job_from_driver_row, stored_copy, utc
 from pgflow_backends.sql.urls import mask, parse
 
@@ -289,6 +294,68 @@ _NOTIFY = text(
 )
 
 
+#: A shaped claim without partitions, in one statement run after the queue's lock (see
+#: PostgresBackend._claim_shaped): the clock after the lock, the budget the pause, the global
+#: limit and the rate window leave, the claim itself (the plain claim's, attempted_at the
+#: clock), the pruning and the recording of the window's starts. %(returning)s: the claim's
+#: columns.
+_SHAPED_CLAIM = """
+WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS at),
+budget AS MATERIALIZED (
+    SELECT clock.at, CASE
+        WHEN EXISTS (SELECT 1 FROM pgflow_queue_controls c
+                     WHERE c.queue = %%(p_queue)s AND (c.paused OR c.hold_until > clock.at))
+        THEN 0
+        ELSE GREATEST(0, LEAST(
+            %%(p_limit)s::INTEGER,
+            CASE WHEN %%(p_global)s::INTEGER IS NULL THEN %%(p_limit)s::INTEGER
+                 ELSE %%(p_global)s::INTEGER - (
+                     SELECT count(*) FROM pgflow_jobs
+                     WHERE queue = %%(p_queue)s AND state = 'executing') END,
+            CASE WHEN %%(p_allowed)s::INTEGER IS NULL THEN %%(p_limit)s::INTEGER
+                 ELSE %%(p_allowed)s::INTEGER - (
+                     SELECT count(*) FROM pgflow_rate_starts
+                     WHERE queue = %%(p_queue)s
+                       AND started_at >= clock.at - make_interval(secs => %%(p_period)s::FLOAT8)
+                 ) END))
+        END AS n
+    FROM clock
+),
+claimed AS (
+    UPDATE pgflow_jobs
+    SET state = 'executing', attempt = pgflow_jobs.attempt + 1,
+        attempted_at = (SELECT at FROM budget), reserved_by = %%(p_instance)s
+    WHERE (%%(p_incarnation)s::VARCHAR = '' OR EXISTS (
+              SELECT 1 FROM pgflow_instances
+              WHERE instance_id = %%(p_instance)s AND incarnation = %%(p_incarnation)s
+              FOR KEY SHARE))
+      AND pgflow_jobs.id = ANY (ARRAY(
+              SELECT j.id FROM pgflow_jobs AS j
+              WHERE j.state = 'available' AND j.queue = %%(p_queue)s
+              ORDER BY j.priority DESC, j.scheduled_at, j.id
+              LIMIT (SELECT n FROM budget)
+              FOR UPDATE SKIP LOCKED))
+      AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+    RETURNING %(returning)s
+),
+pruned AS (
+    DELETE FROM pgflow_rate_starts
+    WHERE %%(p_allowed)s::INTEGER IS NOT NULL AND queue = %%(p_queue)s
+      AND started_at < (SELECT at FROM budget) - make_interval(secs => %%(p_period)s::FLOAT8)
+      AND EXISTS (SELECT 1 FROM claimed)
+),
+recorded AS (
+    INSERT INTO pgflow_rate_starts (queue, partition, started_at)
+    SELECT %%(p_queue)s, '', (SELECT at FROM budget) FROM claimed
+    WHERE %%(p_allowed)s::INTEGER IS NOT NULL
+)
+SELECT * FROM claimed
+"""
+#: Pipeline mode needs libpq 14 or later; without it shaped claims take the general path.
+_PIPELINES = psycopg.Pipeline.is_supported()
+_SHAPED_LOCK = "SELECT pg_advisory_xact_lock(%(p_class)s, hashtext(%(p_queue)s))"
+
+
 def _create_engine(url: URL) -> Engine:
     try:
         engine = create_engine(
@@ -346,6 +413,8 @@ class PostgresBackend(SQLBackend):
         compiled = self._s.claim.compile(dialect=engine.dialect)
         self._claim_sql = compiled.string
         self._claim_params: dict[str, Any] = dict(compiled.params)
+        returning = self._claim_sql.split(" RETURNING ", 1)[1]
+        self._shaped_claim_sql = _SHAPED_CLAIM % {"returning": returning}
         # The same pool, in autocommit mode: each statement is its own transaction.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._run_waits = RunWaits(engine, self.url)
@@ -451,7 +520,13 @@ class PostgresBackend(SQLBackend):
         return _inserted(result.all(), batch)
 
     def claim_jobs(
-        self, queue: str, instance_id: str, limit: int, incarnation: str = ""
+        self,
+        queue: str,
+        instance_id: str,
+        limit: int,
+        incarnation: str = "",
+        *,
+        shape: Queue | None = None,
     ) -> list[Job]:
         """As SQLBackend.claim_jobs, with the same Core statement compiled once and run at
         the driver level: SQLAlchemy's per-row result processing was a third of the time.
@@ -473,6 +548,8 @@ class PostgresBackend(SQLBackend):
         validate_instance_id(instance_id)
         if limit <= 0:
             return []
+        if shape is not None and shape.shapes_flow:
+            return self._claim_shaped(queue, instance_id, limit, incarnation, shape)
         params = dict(
             self._claim_params,
             p_queue=queue,
@@ -516,6 +593,66 @@ class PostgresBackend(SQLBackend):
         """Claims may be lost in a crash (see claim_jobs), so fenced writes also match the
         claim's time."""
         return ref.claimed_at
+
+    def _claim_shaped(
+        self, queue: str, instance_id: str, limit: int, incarnation: str, shape: Queue
+    ) -> list[Job]:
+        """A shaped claim without partitions as one pipelined exchange on the driver
+        connection: BEGIN (READ COMMITTED), the queue's advisory lock, one statement, COMMIT,
+        sent together. Each statement takes its snapshot when it starts, so the claim's reads
+        follow the lock. Partitioned claims take the general path (their cost is the scan)."""
+        if shape.partition_by is not None or not _PIPELINES:
+            return super()._claim_shaped(queue, instance_id, limit, incarnation, shape)
+        rate = shape.rate_limit
+        params = {
+            "p_class": QUEUE_LOCK_CLASS,
+            "p_queue": queue,
+            "p_instance": instance_id,
+            "p_incarnation": incarnation,
+            "p_limit": limit,
+            "p_global": shape.global_limit,
+            "p_allowed": None if rate is None else rate[0],
+            "p_period": None if rate is None else rate[1],
+        }
+        with self._driver() as conn:
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                    conn.execute(_SHAPED_LOCK, params)
+                    cursor = conn.execute(self._shaped_claim_sql, params)
+                    conn.execute("COMMIT")
+                rows = cursor.fetchall()
+            except BaseException:
+                # Leave no transaction open on the pooled connection (autocommit mode).
+                with contextlib.suppress(Exception):
+                    if conn.info.transaction_status != 0:
+                        conn.execute("ROLLBACK")
+                raise
+        claimed = [job_from_driver_row(row) for row in rows]
+        claimed.sort(key=_claim_order)
+        return claimed
+
+    def _lock_queue(self, connection: Connection, queue: str) -> None:
+        """pg_advisory_xact_lock(QUEUE_LOCK_CLASS, hashtext(queue)): the queue's shaped claims
+        on every instance serialize, until each one's transaction ends. Two queues whose
+        names hash alike merely share the lock."""
+        if self._isolated_above_read_committed():
+            # Else the snapshot would be taken before the lock is granted: the head would not
+            # see what the claims that held the lock meanwhile committed.
+            connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        connection.execute(self._q.lock(), {"p_queue": queue})
+
+    def _isolated_above_read_committed(self) -> bool:
+        """Whether this engine's transactions are REPEATABLE READ or SERIALIZABLE (an
+        application's Engine, or the server's default_transaction_isolation)."""
+        level = self.engine.get_execution_options().get("isolation_level") or getattr(
+            self.engine.dialect, "default_isolation_level", None
+        )
+        return str(level or "READ COMMITTED").upper().replace("_", " ") not in (
+            "READ COMMITTED",
+            "READ UNCOMMITTED",
+            "AUTOCOMMIT",
+        )
 
     def listener(self) -> JobListener:
         """A dedicated autocommit connection LISTENing on pgflow_jobs; reconnects on failure."""

@@ -4,7 +4,8 @@ Every transaction pgflow opens is `BEGIN IMMEDIATE` (it takes the write lock up 
 claimers never both read the same available job), the file runs in WAL mode with
 `synchronous=NORMAL`, and a busy timeout makes other processes wait instead of failing.
 Within one process a lock per file serialises writers, so threads never spin in SQLite's
-busy handler. "sqlite://" is a private in-memory database shared by all threads.
+busy handler. "sqlite://" is a private in-memory database shared by all threads. The same
+writer lock serializes the shaped claims of flow control (`pgflow.Queue`).
 
 Wake-ups: listeners get in-process hints (inserts, staging, snoozes and rescues by backends
 opened on the same file in this process). Jobs inserted by other processes are found by the

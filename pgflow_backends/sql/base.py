@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -28,6 +29,7 @@ from pgflow.identifiers import (
     validate_worker_name,
     validate_workflow_id,
 )
+from pgflow.queue_config import Queue
 from pgflow.records import (
     Instance,
     InstanceInfo,
@@ -38,6 +40,8 @@ from pgflow.records import (
     JobState,
     Liveness,
     NewJob,
+    QueueControl,
+    QueueStats,
     RescueReport,
     RunRecord,
     RunState,
@@ -65,6 +69,11 @@ from pgflow_backends.sql.errors import translate
 from pgflow_backends.sql.flow_statements import flow_statements_for
 from pgflow_backends.sql.flow_store import SQLFlowStore
 from pgflow_backends.sql.flows import FlowSettler
+from pgflow_backends.sql.queue_statements import (
+    PARTITION_WIDTH,
+    partition_params,
+    queue_statements_for,
+)
 from pgflow_backends.sql.rows import (
     JOB_COLUMNS,
     RUN_COLUMNS,
@@ -168,6 +177,7 @@ class SQLBackend(SQLFlowStore):
         self._closed = False
         self._s: Statements = statements_for(engine.dialect.name)
         self._f = flow_statements_for(engine.dialect.name)
+        self._q = queue_statements_for(engine.dialect.name)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -226,6 +236,10 @@ class SQLBackend(SQLFlowStore):
 
     def listener(self) -> JobListener:
         raise NotImplementedError
+
+    def _lock_queue(self, connection: Connection, queue: str) -> None:
+        """Serialize the shaped claims of `queue` until the transaction ends (first thing in
+        it). SQLite: BEGIN IMMEDIATE took the writer lock already."""
 
     def _token(self, ref: JobRef) -> datetime | None:
         """The claim time a fenced write must also match, or None to fence by attempt only
@@ -479,12 +493,20 @@ class SQLBackend(SQLFlowStore):
         raise BackendError(f"unique insert kept racing on {self.url}; try again")
 
     def claim_jobs(
-        self, queue: str, instance_id: str, limit: int, incarnation: str = ""
+        self,
+        queue: str,
+        instance_id: str,
+        limit: int,
+        incarnation: str = "",
+        *,
+        shape: Queue | None = None,
     ) -> list[Job]:
         # The queue is only compared (bound, never stored), so any string simply matches none.
         validate_instance_id(instance_id)
         if limit <= 0:
             return []
+        if shape is not None and shape.shapes_flow:
+            return self._claim_shaped(queue, instance_id, limit, incarnation, shape)
         params = {
             "p_queue": queue,
             "p_instance": instance_id,
@@ -886,3 +908,174 @@ class SQLBackend(SQLFlowStore):
     def release_leadership(self, instance_id: str) -> None:
         with self._single() as connection:
             connection.execute(self._s.release, {"p_instance": instance_id})
+
+    # -- flow control (issue 12) ------------------------------------------------------------
+
+    def _claim_shaped(
+        self, queue: str, instance_id: str, limit: int, incarnation: str, shape: Queue
+    ) -> list[Job]:
+        """A claim that keeps the queue's cluster-wide limits: serialized with the queue's
+        other shaped claims, it reads what executes and the rate windows after the lock,
+        claims within the budget left and records the starts, in one transaction."""
+        q = self._q
+        params: dict[str, Any] = {
+            "p_queue": queue,
+            "p_instance": instance_id,
+            "p_incarnation": incarnation,
+        }
+        rate, per_rate = shape.rate_limit, shape.partition_rate_limit
+        if rate is not None:
+            params["p_period"] = rate[1]
+        with self._tx() as connection:
+            self._lock_queue(connection, queue)
+            head = connection.execute(
+                q.head(shape.global_limit is not None, rate is not None), params
+            ).one()
+            at, blocked, cursor, executing, used = head
+            if blocked:
+                return []
+            budget = limit
+            if shape.global_limit is not None:
+                budget = min(budget, shape.global_limit - executing)
+            if rate is not None:
+                budget = min(budget, rate[0] - used)
+            if budget <= 0:
+                return []
+            params["p_at"] = at
+            params["p_limit"] = budget
+            windows = [window[1] for window in (rate, per_rate) if window is not None]
+            if windows:
+                connection.execute(q.prune_starts, dict(params, p_longest=max(windows)))
+            if shape.partition_by is None:
+                claimed = [job_from_row(row) for row in connection.execute(q.claim(), params)]
+                claimed.sort(key=lambda job: (-job.priority, job.scheduled_at, job.id))
+                parts = [""] * len(claimed)
+            else:
+                params.update(partition_params(shape.partition_by), p_cursor=cursor)
+                if shape.partition_limit is not None:
+                    params["p_plimit"] = shape.partition_limit
+                if per_rate is not None:
+                    params["p_prate_allowed"], params["p_prate_period"] = per_rate
+                statement = q.claim_partitioned(
+                    shape.partition_limit is not None, per_rate is not None
+                )
+                rows: list[Any] = list(connection.execute(statement, params))
+                if not q.returns_part and rows:
+                    ids = [row[0] for row in rows]
+                    found: dict[int, str] = {
+                        job_id: part
+                        for job_id, part in connection.execute(q.parts, dict(params, p_ids=ids))
+                    }
+                    rows = [(*row, found[row[0]]) for row in rows]
+                claimed, parts = _round_robin(rows, cursor)
+                if parts:
+                    connection.execute(q.set_cursor, dict(params, p_cursor=parts[-1]))
+            if windows and claimed:
+                recorded = parts if per_rate is not None else [""] * len(claimed)
+                connection.execute(
+                    q.record_starts,
+                    [dict(p_queue=queue, p_partition=part, p_at=at) for part in recorded],
+                )
+        return claimed
+
+    def pause_queue(self, queue: str) -> None:
+        validate_queue(queue)
+        with self._tx() as connection:
+            connection.execute(self._q.pause, {"p_queue": queue})
+
+    def resume_queue(self, queue: str) -> None:
+        validate_queue(queue)
+        with self._tx() as connection:
+            connection.execute(self._q.resume, {"p_queue": queue})
+            self._announce(connection, {queue}, own=True)
+
+    def hold_queue(self, queue: str, seconds: float, partition: str | None = None) -> None:
+        validate_queue(queue)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise DefinitionError(
+                f"hold_queue({queue!r}): seconds must be a number, got {seconds!r}"
+            )
+        if not math.isfinite(seconds):
+            raise DefinitionError(f"hold_queue({queue!r}): seconds must be finite, got {seconds!r}")
+        if seconds <= 0:
+            return
+        params = {"p_queue": queue, "p_seconds": float(seconds)}
+        with self._tx() as connection:
+            if partition is None:
+                connection.execute(self._q.hold, params)
+            else:
+                params["p_partition"] = partition[:PARTITION_WIDTH]
+                connection.execute(self._q.drop_expired_holds, params)
+                connection.execute(self._q.hold_partition, params)
+
+    def queue_controls(self) -> list[QueueControl]:
+        # Reads only: no write lock (SQLite), no transaction of its own (PostgreSQL).
+        with self._read() as connection:
+            rows = connection.execute(self._q.controls).all()
+            held = connection.execute(self._q.partition_holds).all()
+        return _controls(rows, held)
+
+    def queue_stats(self, queue: str, shape: Queue | None = None) -> QueueStats:
+        params: dict[str, Any] = {"p_queue": queue}
+        rate_used: int | None = None
+        partitions: tuple[tuple[str, int, int], ...] = ()
+        with self._read() as connection:
+            executing, available = connection.execute(self._q.counts, params).one()
+            rows = connection.execute(self._q.control, params).all()
+            held = connection.execute(self._q.queue_partition_holds, params).all()
+            if shape is not None and shape.rate_limit is not None:
+                used = connection.execute(
+                    self._q.rate_used, dict(params, p_period=shape.rate_limit[1])
+                )
+                rate_used = int(used.scalar_one())
+            if shape is not None and shape.partition_by is not None:
+                top = connection.execute(
+                    self._q.top_partitions, dict(params, **partition_params(shape.partition_by))
+                ).all()
+                partitions = tuple((part, int(a), int(e)) for part, a, e in top)
+        controls = _controls(rows, held)
+        control = controls[0] if controls else QueueControl(queue=queue)
+        return QueueStats(
+            queue=queue,
+            executing=int(executing),
+            available=int(available),
+            control=control,
+            rate_used=rate_used,
+            partitions=partitions,
+        )
+
+
+def _controls(rows: Sequence[Any], held: Sequence[Any]) -> list[QueueControl]:
+    """QueueControls from rows of `controls` and `partition_holds`, by queue name."""
+    holds: dict[str, dict[str, datetime]] = {}
+    for queue, partition, until in held:
+        holds.setdefault(queue, {})[partition] = until
+    found = {
+        queue: QueueControl(
+            queue=queue,
+            paused=bool(paused),
+            paused_at=paused_at if paused else None,
+            hold_until=hold_until,
+            partition_holds=holds.get(queue, {}),
+        )
+        for queue, paused, paused_at, hold_until in rows
+    }
+    for queue, partitions in holds.items():
+        if queue not in found:
+            found[queue] = QueueControl(queue=queue, partition_holds=partitions)
+    return [found[queue] for queue in sorted(found)]
+
+
+def _round_robin(rows: Sequence[Any], cursor: str | None) -> tuple[list[Job], list[str]]:
+    """Claimed jobs in the order the round robin served them (round, then partition key
+    from after `cursor`), and each one's partition; the last is the next cursor."""
+    by_part: dict[str, list[Job]] = {}
+    for row in rows:
+        by_part.setdefault(row[-1], []).append(job_from_row(row[:-1]))
+    served: list[tuple[int, bool, str, Job]] = []
+    for part, group in by_part.items():
+        group.sort(key=lambda job: (-job.priority, job.scheduled_at, job.id))
+        wrapped = cursor is not None and part <= cursor
+        served.extend((index, wrapped, part, job) for index, job in enumerate(group))
+    served.sort(key=lambda item: item[:3])
+    return [item[3] for item in served], [item[2] for item in served]

@@ -38,6 +38,7 @@ from pgflow_backends.sql.statements import (
     FENCE,
     RELEASED_KEY,
     claimed_values,
+    queue_open,
     registered_incarnation,
     run_insert,
     statements_for,
@@ -504,6 +505,7 @@ class FlowStatements:
                 registered_incarnation(),
                 jobs.c.id.in_(_many("p_ids")),
                 jobs.c.state.in_(_states(("available",))),
+                queue_open(_p("p_queue", String())),
             )
             .values(**claimed_values())
             .returning(*CLAIM_COLUMNS)

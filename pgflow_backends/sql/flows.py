@@ -645,6 +645,7 @@ class FlowSettler:
             "p_ids": ids,
             "p_instance": claim.instance_id,
             "p_incarnation": claim.incarnation,
+            "p_queue": claim.queue,
         }
         rows = self._c.execute(self._f.claim_ids, params).all()
         claimed = [job_from_row(row) for row in rows]

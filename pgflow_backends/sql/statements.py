@@ -35,7 +35,16 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from pgflow.schema import UTCDateTime, cron_slots, instances, jobs, leader, runs, steps
+from pgflow.schema import (
+    UTCDateTime,
+    cron_slots,
+    instances,
+    jobs,
+    leader,
+    queue_controls,
+    runs,
+    steps,
+)
 from pgflow_backends.sql.expressions import (
     as_json,
     cancel_flag,
@@ -54,7 +63,7 @@ from pgflow_backends.sql.rows import (
     SUMMARY_COLUMNS,
 )
 
-__all__ = ["LEADER_NAME", "Statements", "statements_for"]
+__all__ = ["LEADER_NAME", "Statements", "queue_open", "statements_for"]
 
 LEADER_NAME = "leader"
 _WAITING = ("available", "scheduled", "retryable")
@@ -121,6 +130,18 @@ def registered_incarnation(*, lock: bool = True) -> ColumnElement[bool]:
     if lock:
         row = row.with_for_update(read=True, key_share=True)
     return or_(incarnation == literal_column("''", String()), exists(row))
+
+
+def queue_open(queue: ColumnElement[Any]) -> ColumnElement[bool]:
+    """True unless `queue` is paused or held (pgflow_queue_controls): the one predicate every
+    claim adds. Uncorrelated with the jobs scanned when `queue` is a bound value, so the
+    database checks it once per statement (PostgreSQL: a one-time filter before the scan)."""
+    return ~exists(
+        select(literal_column("1")).where(
+            queue_controls.c.queue == queue,
+            or_(queue_controls.c.paused, queue_controls.c.hold_until > db_now()),
+        )
+    )
 
 
 def run_insert(
@@ -222,7 +243,9 @@ class Statements:
                 id_in(
                     select(jobs.c.id)
                     .where(
-                        jobs.c.state == _const("available"), jobs.c.queue == _p("p_queue", String())
+                        jobs.c.state == _const("available"),
+                        jobs.c.queue == _p("p_queue", String()),
+                        queue_open(_p("p_queue", String())),
                     )
                     .order_by(jobs.c.priority.desc(), jobs.c.scheduled_at, jobs.c.id)
                     .limit(_p("p_limit", Integer()))

@@ -22,7 +22,11 @@ TABLES = {
     "pgflow_steps",
     "pgflow_leader",
     "pgflow_cron",
+    "pgflow_queue_controls",
+    "pgflow_partition_holds",
+    "pgflow_rate_starts",
 }
+FLOW_CONTROL_TABLES = {"pgflow_queue_controls", "pgflow_partition_holds", "pgflow_rate_starts"}
 
 
 @pytest.fixture
@@ -113,6 +117,45 @@ def test_0005_downgrades_and_upgrades_again(engine: Engine, sql_url: str) -> Non
             conn, opts={"compare_type": True, "include_object": _only_pgflow}
         )
         assert compare_metadata(context, metadata) == []
+
+
+def test_0006_downgrades_and_upgrades_again(engine: Engine, sql_url: str) -> None:
+    """0006 down to 0005 drops the flow-control tables (pauses, holds, rate windows) and
+    leaves the jobs; up again equals metadata, and the controls work."""
+    from pgflow.queue_config import Queue
+    from pgflow.records import NewJob
+    from pgflow_backends.postgres import PostgresBackend
+    from pgflow_backends.sqlite import SQLiteBackend
+
+    opener: Any = SQLiteBackend if sql_url.startswith("sqlite") else PostgresBackend
+    migrations.upgrade(engine)
+    backend = opener(sql_url)
+    try:
+        backend.insert_jobs([NewJob(queue="q", worker="w", args={"k": "a"}) for _ in range(3)])
+        backend.pause_queue("q")
+        backend.hold_queue("q", 60, partition="a")
+        assert backend.claim_jobs("q", "i", 1) == []
+    finally:
+        backend.close()
+    _downgrade(engine, "0005")
+    assert migrations.current_revision(engine) == "0005"
+    assert not set(inspect(engine).get_table_names()) & FLOW_CONTROL_TABLES
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM pgflow_jobs")).scalar_one() == 3
+    migrations.upgrade(engine)
+    assert set(inspect(engine).get_table_names()) >= FLOW_CONTROL_TABLES
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_object": _only_pgflow}
+        )
+        assert compare_metadata(context, metadata) == []
+    backend = opener(sql_url)
+    try:
+        assert backend.queue_controls() == []  # the pause went with the table
+        shape = Queue(rate_limit=(1, 60.0), partition_by="k")
+        assert len(backend.claim_jobs("q", "i", 3, shape=shape)) == 1
+    finally:
+        backend.close()
 
 
 def test_an_upgrade_through_the_backend_keeps_the_runs_stored(sql_url: str, engine: Engine) -> None:
