@@ -21,7 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import attrs
 
@@ -742,7 +742,7 @@ class Pgflow:
                 pid=os.getpid(),
                 # A plain queue's limit as an int, as ever; a shaped queue's options as an
                 # object, so `pgflow status` shows every instance's limits.
-                queues=cast("dict[str, int]", self._published_queues()),
+                queues=self._published_queues(),
                 incarnation=self._incarnation,
                 flows=_served_flows(),  # type: ignore[arg-type]  # attrs converter=tuple
             )

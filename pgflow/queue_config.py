@@ -206,7 +206,8 @@ def partition_of(job_args: Any, key: str, is_task: bool) -> str:
     its args' `key` as text; for a flow task job (`is_task`: args are an envelope) the key
     of the task's positional value (args["args"][0]), else of its `input` keyword
     (args["kwargs"]["input"]). Missing or null: DEFAULT_PARTITION (""). Strings are taken as
-    they are, other JSON values in JSON spelling (as PostgreSQL's ->> gives them)."""
+    they are, other JSON values in JSON spelling (as PostgreSQL's ->> gives them); cut at
+    PARTITION_MAX characters, as the SQL backends cut them."""
     value: Any = None
     if isinstance(job_args, Mapping):
         if not is_task:
@@ -222,9 +223,12 @@ def partition_of(job_args: Any, key: str, is_task: bool) -> str:
                     value = given.get(key)
     if value is None:
         return DEFAULT_PARTITION
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True)
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text[:PARTITION_MAX]
+
+
+#: Partition keys are stored (holds, rate windows) in 255 characters; longer keys are cut.
+PARTITION_MAX = 255
 
 
 _FIELDS = (

@@ -322,7 +322,7 @@ class InstanceInfo:
     instance_id: str
     hostname: str = ""
     pid: int = 0
-    queues: dict[str, int] = attrs.field(factory=dict)
+    queues: dict[str, int | dict[str, Any]] = attrs.field(factory=dict)
     #: Unique per process start: tells a restart under the same id from the earlier process.
     incarnation: str = ""
     #: The flow definitions this process can run tasks of: (flow name, fingerprint) pairs.
@@ -351,7 +351,7 @@ class Instance:
     started_at: datetime = attrs.field(validator=_aware)
     hostname: str = ""
     pid: int = 0
-    queues: dict[str, int] = attrs.field(factory=dict)
+    queues: dict[str, int | dict[str, Any]] = attrs.field(factory=dict)
     #: The process that registered under this id last.
     incarnation: str = ""
     #: Threads of timed-out work still running there (each still holds its queue slot).

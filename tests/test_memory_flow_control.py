@@ -117,3 +117,8 @@ def test_close_drops_the_controls() -> None:
     backend.close()
     with pytest.raises(BackendError):
         backend.queue_controls()
+
+
+def test_a_long_partition_key_is_cut_like_the_sql_backends_cut_it() -> None:
+    long = "k" * 300
+    assert partition_value({"t": long}, "t", task=False) == "k" * 255

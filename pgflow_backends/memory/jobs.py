@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -18,6 +17,7 @@ import attrs
 
 from pgflow.errors import DefinitionError, JobStateError
 from pgflow.identifiers import validate_queue, validate_worker_name
+from pgflow.queue_config import partition_of
 from pgflow.records import (
     FINISHED_STATES,
     WAITING_STATES,
@@ -130,32 +130,8 @@ class _Partitions:
 
 
 def partition_value(args: Any, key: str, *, task: bool) -> str:
-    """A job's partition: its args' `key` as text; for a flow task (args are an envelope)
-    the key of its positional value, else of its `input` keyword; missing or null: ""."""
-    value: Any = None
-    if not task:
-        if isinstance(args, dict):
-            value = args.get(key)
-    elif isinstance(args, dict):
-        positional = args.get("args")
-        if isinstance(positional, list) and positional and isinstance(positional[0], dict):
-            value = positional[0].get(key)
-        if value is None:
-            keywords = args.get("kwargs")
-            given = keywords.get("input") if isinstance(keywords, dict) else None
-            if isinstance(given, dict):
-                value = given.get(key)
-    return partition_text(value)
-
-
-def partition_text(value: Any) -> str:
-    """A JSON value as partition text, as PostgreSQL's ->> gives it: strings as they are,
-    numbers and true/false in JSON spelling, objects and arrays as JSON; null as ""."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True)
+    """A job's partition (the rule every backend uses: pgflow.queue_config.partition_of)."""
+    return partition_of(args, key, task)
 
 
 @attrs.define
