@@ -114,8 +114,6 @@ class Producer:
         options: Queue | None = None,
     ) -> None:
         self.backend = backend
-        #: The queue's full options (a RateLimited holds its partition when partitioned).
-        self.options = options
         #: What every claim passes as `shape=`: the options when they shape the flow.
         self.shape = options if options is not None and options.shapes_flow else None
         self._retry_first = _first_retry(self.shape, poll_interval)
@@ -166,6 +164,8 @@ class Producer:
             target=self._ack_main, name=f"pgflow-acks-{queue}", daemon=True
         )
         self._extra = {"instance_id": instance_id, "queue": queue}
+        #: The queue's full options, for recording outcomes (a RateLimited holds the job's
+        #: partition when the queue is partitioned).
         self._options = {} if options is None else {queue: options}
         self.completed = 0  # jobs this producer ran to an acknowledged end, for status
 
