@@ -633,3 +633,17 @@ def test_rate_limited_in_a_workflow_worker_step_holds_the_queue() -> None:
         assert (control.hold_until - clock.now()).total_seconds() >= 20
         assert t.drain(with_scheduled=True).completed == 1
         assert WORKFLOW_CALLS == [1, 1]
+
+
+def test_a_fenced_out_rate_limited_attempt_holds_nothing(backend: InMemoryBackend) -> None:
+    """A zombie attempt (its job already rescued or re-claimed) must not stop a whole queue's
+    starts on every instance: the hold is written only with the fenced snooze that won."""
+    from pgflow.runtime.execution import Outcome, OutcomeKind, record_outcomes
+
+    backend.insert_jobs([pgflow.NewJob(worker="w", queue="fc-zombie")])
+    (job,) = backend.claim_jobs("fc-zombie", "a", 1)
+    assert backend.snooze_job(job.ref, 1.0)  # the attempt lost the job: its writes are fenced
+    zombie = Outcome(job, OutcomeKind.SNOOZED, snooze=30.0, rate_limited=30.0)
+    (outcome,) = record_outcomes(backend, [zombie], instance_id="a")
+    assert outcome.fenced
+    assert all(c.hold_until is None for c in backend.queue_controls() if c.queue == "fc-zombie")

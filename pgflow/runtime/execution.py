@@ -567,10 +567,11 @@ def record_outcomes(
         if outcome.kind is OutcomeKind.COMPLETED:
             continue
         if outcome.kind is OutcomeKind.SNOOZED:
-            if outcome.rate_limited is not None:
-                # Held first: a retried write holds again, which only extends the hold.
-                hold_for_rate_limit(backend, outcome, queues, instance_id)
             ok = backend.snooze_job(outcome.ref, outcome.snooze or 0.0)
+            if ok and outcome.rate_limited is not None:
+                # Only the attempt that still held the job may stop the queue everywhere; a
+                # crash between the two writes loses the hold, and the next RateLimited sets it.
+                hold_for_rate_limit(backend, outcome, queues, instance_id)
             done.append(attrs.evolve(outcome, recorded=True, fenced=not ok))
             continue
         state = backend.fail_job(outcome.ref, outcome.error or {}, retry_in=outcome.retry_in)
