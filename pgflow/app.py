@@ -388,8 +388,13 @@ class Pgflow:
         if observer is None:
             stored = self.backend.insert_jobs(batch, connection=connection)
         else:  # a producer span; the jobs carry its trace context in their meta
-            with observer.inserting(batch) as scope:
-                stored = scope.stored = self.backend.insert_jobs(scope.jobs, connection=connection)
+            scope = observer.insert_started(batch)
+            try:
+                stored = self.backend.insert_jobs(scope.jobs, connection=connection)
+            except BaseException as exc:
+                scope.finish(None, exc)
+                raise
+            scope.finish(stored)
         if connection is None:
             self._wake({job.queue for job in stored if job.state is JobState.AVAILABLE})
         return stored[0] if single else stored

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OBSERVER",
     "TRACE_KEYS",
+    "InsertScope",
     "JobMetrics",
     "JobScope",
     "Observer",
@@ -115,13 +116,14 @@ class JobScope:
         self._tracing = observer.tracing
         self._metrics = observer.metrics
         self._span: Any = None
-        self._started = time.perf_counter()
+        self._started = 0.0
         if self._tracing is not None:
             try:
                 self._span = self._tracing.job_started(job, instance_id)
             except Exception as exc:
                 _swallow("job_started", exc)
         if self._metrics is not None:
+            self._started = time.perf_counter()
             try:
                 self._metrics.job_started(job)
             except Exception as exc:
@@ -154,31 +156,9 @@ class Observer:
     def job_started(self, job: Job, instance_id: str | None) -> JobScope:
         return JobScope(self, job, instance_id)
 
-    @contextmanager
-    def inserting(self, jobs: list[NewJob]) -> Iterator[_InsertScope]:
-        """Wrap an insert: the producer span, and the jobs given its trace context."""
-        scope = _InsertScope(jobs)
-        tracing = self.tracing
-        if tracing is not None:
-            try:
-                scope.jobs, scope.state = tracing.insert_started(jobs)
-            except Exception as exc:
-                _swallow("insert_started", exc)
-        try:
-            yield scope
-        except BaseException as error:
-            self._insert_finished(scope, None, error)
-            raise
-        self._insert_finished(scope, scope.stored, None)
-
-    def _insert_finished(
-        self, scope: _InsertScope, stored: Sequence[Job] | None, error: BaseException | None
-    ) -> None:
-        if self.tracing is not None and scope.state is not None:
-            try:
-                self.tracing.insert_finished(scope.state, stored, error)
-            except Exception as exc:
-                _swallow("insert_finished", exc)
+    def insert_started(self, jobs: list[NewJob]) -> InsertScope:
+        """Begin an insert: its producer span, and the jobs to store given its context."""
+        return InsertScope(self.tracing, jobs)
 
     @contextmanager
     def starting_run(self, workflow: str, workflow_id: str) -> Iterator[None]:
@@ -247,15 +227,28 @@ class Observer:
                 _swallow("metrics.rescued", exc)
 
 
-class _InsertScope:
-    """An insert in progress: the jobs to store (maybe with trace context) and what was."""
+class InsertScope:
+    """An insert being observed: `jobs` are what to store (with trace context when tracing
+    is on); `finish` ends its span with what was stored, or the error."""
 
-    __slots__ = ("jobs", "state", "stored")
+    __slots__ = ("_state", "_tracing", "jobs")
 
-    def __init__(self, jobs: list[NewJob]) -> None:
+    def __init__(self, tracing: Tracing | None, jobs: list[NewJob]) -> None:
+        self._tracing = tracing
+        self._state: Any = None
         self.jobs = jobs
-        self.state: Any = None
-        self.stored: Sequence[Job] | None = None
+        if tracing is not None:
+            try:
+                self.jobs, self._state = tracing.insert_started(jobs)
+            except Exception as exc:
+                _swallow("insert_started", exc)
+
+    def finish(self, stored: Sequence[Job] | None, error: BaseException | None = None) -> None:
+        if self._tracing is not None and self._state is not None:
+            try:
+                self._tracing.insert_finished(self._state, stored, error)
+            except Exception as exc:
+                _swallow("insert_finished", exc)
 
 
 #: None while telemetry is off: the only thing the job path looks at.

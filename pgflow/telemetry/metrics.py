@@ -63,18 +63,40 @@ class PrometheusMetrics:
             registry=registry,
         )
 
+        # Labelled children by label values: `labels()` locks and checks on every call,
+        # a dict lookup does not (the label sets are bounded, so are these dicts).
+        self._waits: dict[str, Any] = {}
+        self._ends: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
     def job_started(self, job: Job) -> None:
         attempted = job.attempted_at
-        if attempted is not None:
-            waited = (attempted - job.scheduled_at).total_seconds()
-            self.enqueue_to_start.labels(job.queue).observe(max(waited, 0.0))
+        if attempted is None:
+            return
+        waited = (attempted - job.scheduled_at).total_seconds()
+        child = self._waits.get(job.queue)
+        if child is None:
+            child = self._waits[job.queue] = self.enqueue_to_start.labels(job.queue)
+        child.observe(waited if waited > 0.0 else 0.0)
 
     def job_finished(self, job: Job, seconds: float, outcome: str) -> None:
-        self.duration.labels(job.queue, job.worker, outcome).observe(seconds)
+        key = (job.queue, job.worker, outcome)
+        children = self._ends.get(key)
+        if children is None:
+            children = self._ends[key] = self._children(*key)
+        duration, counter = children
+        duration.observe(seconds)
+        if counter is not None:
+            counter.inc()
+
+    def _children(self, queue: str, worker: str, outcome: str) -> tuple[Any, Any]:
+        """The duration histogram's child for these labels, and the counter the outcome
+        adds to (failures, completions, or None for snoozes and cancels)."""
+        counter = None
         if outcome in ("retry", "discarded", "error"):
-            self.failures.labels(job.queue, job.worker).inc()
+            counter = self.failures.labels(queue, worker)
         elif outcome == "completed":
-            self.completed.labels(job.queue, job.worker).inc()
+            counter = self.completed.labels(queue, worker)
+        return self.duration.labels(queue, worker, outcome), counter
 
     def rescued(self, count: int) -> None:
         self.rescued_total.inc(count)

@@ -7,13 +7,23 @@ tracing is off. The trace context crosses processes in the job's meta as W3C `tr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TracerProvider,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from pgflow.runtime.execution import OutcomeKind
@@ -31,6 +41,8 @@ SYSTEM = "pgflow"
 _MAX_TRACESTATE = 512
 _PROPAGATOR = TraceContextTextMapPropagator()
 _FAILED = frozenset({OutcomeKind.RETRY, OutcomeKind.DISCARDED})
+#: Version 00 of W3C traceparent: trace id, parent span id, flags (lowercase hex).
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 _State = tuple[Span, object]
 
@@ -38,6 +50,41 @@ _State = tuple[Span, object]
 def _carrier(meta: Mapping[str, Any]) -> dict[str, str]:
     """The trace fields of a job's meta that are text (anything else is ignored)."""
     return {key: meta[key] for key in TRACE_KEYS if isinstance(meta.get(key), str)}
+
+
+def _parent_of(meta: Mapping[str, Any]) -> otel_context.Context | None:
+    """The context a job's meta carries. The common case (a traceparent alone, as pgflow
+    writes it) is parsed here, several times cheaper than the propagator; anything else
+    (a tracestate, another version) goes through the propagator."""
+    value = meta.get("traceparent")
+    if "tracestate" not in meta and isinstance(value, str):
+        match = _TRACEPARENT.fullmatch(value)
+        if match is not None:
+            trace_id, span_id = int(match[1], 16), int(match[2], 16)
+            if trace_id and span_id:
+                remote = SpanContext(
+                    trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16))
+                )
+                return trace.set_span_in_context(NonRecordingSpan(remote))
+            return None
+    carrier = _carrier(meta)
+    return _PROPAGATOR.extract(carrier) if carrier else None
+
+
+def _meta_of(context: SpanContext) -> dict[str, str]:
+    """A span context as W3C Trace Context fields for a job's meta ({} when invalid)."""
+    if not context.is_valid:
+        return {}
+    meta = {
+        "traceparent": (
+            f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        )
+    }
+    if context.trace_state:
+        state = context.trace_state.to_header()
+        if len(state) <= _MAX_TRACESTATE:
+            meta["tracestate"] = state
+    return meta
 
 
 def _fail(span: Span, error: BaseException) -> None:
@@ -67,12 +114,11 @@ class OtelTracing:
     # -- job attempts (consumer) ------------------------------------------------------------
 
     def job_started(self, job: Job, instance_id: str | None) -> _State:
-        carrier = _carrier(job.meta) if job.meta else None
-        parent = _PROPAGATOR.extract(carrier) if carrier else None
+        meta = job.meta
+        parent = _parent_of(meta) if "traceparent" in meta else None
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
             "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
             "messaging.destination.name": job.queue,
             "messaging.message.id": str(job.id),
             "pgflow.job.id": job.id,
@@ -80,8 +126,6 @@ class OtelTracing:
             "pgflow.worker": job.worker,
             "pgflow.attempt": job.attempt,
         }
-        if instance_id is not None:
-            attributes["pgflow.instance_id"] = instance_id
         if job.task is not None:
             attributes["pgflow.workflow_id"] = job.task.workflow_id
             attributes["pgflow.step"] = job.task.step
@@ -123,7 +167,7 @@ class OtelTracing:
 
     # -- inserts (producer) -----------------------------------------------------------------
 
-    def insert_started(self, jobs: Sequence[NewJob]) -> tuple[list[NewJob], _State]:
+    def insert_started(self, jobs: Sequence[NewJob]) -> tuple[list[NewJob], Span]:
         """One span per insert call; every job of it carries the span's context (a job
         whose meta already names a traceparent keeps its own)."""
         queues = {job.queue for job in jobs}
@@ -132,7 +176,6 @@ class OtelTracing:
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
             "messaging.operation.type": "send",
-            "messaging.operation.name": "send",
         }
         if queue is not None:
             attributes["messaging.destination.name"] = queue
@@ -146,31 +189,35 @@ class OtelTracing:
             kind=SpanKind.PRODUCER,
             attributes=attributes,
         )
-        state = self._attach(span)
-        carrier = self.current_meta()
+        carrier = _meta_of(span.get_span_context())
         if not carrier:  # a non-recording span: nothing to carry
-            return list(jobs), state
+            return list(jobs), span
         stamped = [
             job if "traceparent" in job.meta else attrs.evolve(job, meta={**job.meta, **carrier})
             for job in jobs
         ]
-        return stamped, state
+        return stamped, span
 
     def insert_finished(
-        self, state: _State, stored: Sequence[Job] | None, error: BaseException | None
+        self, state: Span, stored: Sequence[Job] | None, error: BaseException | None
     ) -> None:
-        span = state[0]
+        """End the insert's span (never made current: nothing runs inside an insert that
+        would nest under it, and attaching would cost every insert)."""
+        span = state
         try:
             if error is not None:
                 _fail(span, error)
             elif stored is not None and len(stored) == 1:
                 job = stored[0]
-                span.set_attribute("messaging.message.id", str(job.id))
-                span.set_attribute("pgflow.job.id", job.id)
+                found: dict[str, Any] = {
+                    "messaging.message.id": str(job.id),
+                    "pgflow.job.id": job.id,
+                }
                 if job.conflict:
-                    span.set_attribute("pgflow.unique_conflict", True)
+                    found["pgflow.unique_conflict"] = True
+                span.set_attributes(found)
         finally:
-            self._end(state)
+            span.end()
 
     # -- distributed runs -------------------------------------------------------------------
 
@@ -195,11 +242,7 @@ class OtelTracing:
 
     def current_meta(self) -> dict[str, str]:
         """The current span's context as job meta fields ({} without a valid span)."""
-        carrier: dict[str, str] = {}
-        _PROPAGATOR.inject(carrier)
-        if len(carrier.get("tracestate", "")) > _MAX_TRACESTATE:
-            del carrier["tracestate"]
-        return carrier
+        return _meta_of(trace.get_current_span().get_span_context())
 
     # -- in-process steps (pgflow.execute) --------------------------------------------------
 
