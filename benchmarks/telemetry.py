@@ -16,6 +16,7 @@ run (not --quick) also writes the table to benchmarks/results/telemetry.md.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -255,7 +256,20 @@ HOW = (
     "enqueue-to-start histograms, counters).",
     "- `execute_job, unwrapped` calls the function the hook wraps: the difference to "
     "`telemetry off` is everything the job path pays while telemetry is off.",
+    "- Most of the OpenTelemetry figure is the SDK itself: creating and ending one span "
+    "(sampling, ids, attribute checks, the processor's queue) took about 10 µs on this "
+    "machine; parsing the parent, attributes and the context switch are the rest.",
+    "- On a shared machine the figures move between runs by tens of percent; the insert + "
+    "drain rows, which allocate the most, move the most.",
 )
+
+
+def _load() -> str:
+    """The 1-minute load average: on a shared machine it says how far to trust the table."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:  # not available on this platform
+        return "unknown"
 
 
 def write_results(path: Path, machine: dict[str, Any], rows: list[Row]) -> None:
@@ -264,7 +278,7 @@ def write_results(path: Path, machine: dict[str, Any], rows: list[Row]) -> None:
         "# Telemetry overhead per job (`python -m benchmarks --only telemetry`)",
         "",
         f"{machine['date']}; {machine['cpu_count']} CPUs, {machine['cpu_model']}; "
-        f"{machine['python']}",
+        f"{machine['python']}; load average {_load()} when written",
         "",
         "| case | n | p50 | p95 | extra p50 | result |",
         "|---|---|---|---|---|---|",

@@ -295,4 +295,5 @@ def test_telemetry_results_file_lists_every_case(tmp_path: Path) -> None:
     telemetry.write_results(path, machine, rows)
     text = path.read_text(encoding="utf-8")
     assert "| execute_job, telemetry off | 3 | 2.3 µs |  |  | - |" in text
+    assert "load average" in text
     assert "| execute_job, OpenTelemetry on | 3 | 20.0 µs |  | 17.7 µs | PASS |" in text
