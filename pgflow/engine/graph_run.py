@@ -421,8 +421,15 @@ class GraphRun:
         if self.store is not None:
             task.started_at = self.clock.now()
         self._log_started(task)
+        envelope = task.envelope
+        observer = hooks.OBSERVER
         try:
-            output = self._call_step(task)
+            if observer is None:
+                output = task.step.fn(*envelope["args"], **envelope["kwargs"])
+                if asyncio.iscoroutine(output):
+                    output = LOOP.submit(output).result()
+            else:
+                output = self._traced_call(observer, task)
         except BaseException as exc:
             task.finished = True
             self._handle(task, False, exc)
@@ -578,8 +585,15 @@ class GraphRun:
             self.clock.sleep(delay)
         if not self._begin(task):
             return
+        envelope = task.envelope
+        observer = hooks.OBSERVER
         try:
-            output = self._call_step(task)
+            if observer is None:
+                output = task.step.fn(*envelope["args"], **envelope["kwargs"])
+                if asyncio.iscoroutine(output):
+                    output = LOOP.submit(output).result()
+            else:
+                output = self._traced_call(observer, task)
         except BaseException as exc:
             self._report(task, False, exc)
             return
@@ -603,21 +617,14 @@ class GraphRun:
         with observer.step(*self._span_of(task)):
             return await task.step.fn(*envelope["args"], **envelope["kwargs"])
 
-    def _call_step(self, task: _Task) -> Any:
-        """Call a sync step (a coroutine it returns runs on the shared loop), traced when
-        tracing is on."""
+    def _traced_call(self, observer: hooks.Observer, task: _Task) -> Any:
+        """Call a sync step (a coroutine it returns runs on the shared loop) in its span."""
         envelope = task.envelope
-        observer = hooks.OBSERVER
-        if observer is not None:
-            with observer.step(*self._span_of(task)):
-                output = task.step.fn(*envelope["args"], **envelope["kwargs"])
-                if asyncio.iscoroutine(output):
-                    output = LOOP.submit(output).result()
-                return output
-        output = task.step.fn(*envelope["args"], **envelope["kwargs"])
-        if asyncio.iscoroutine(output):
-            output = LOOP.submit(output).result()
-        return output
+        with observer.step(*self._span_of(task)):
+            output = task.step.fn(*envelope["args"], **envelope["kwargs"])
+            if asyncio.iscoroutine(output):
+                output = LOOP.submit(output).result()
+            return output
 
     def _span_of(self, task: _Task) -> tuple[Any, str, str, str, int]:
         """What a step's span is made of: parent context, flow, run, step and attempt."""

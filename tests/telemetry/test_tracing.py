@@ -170,6 +170,48 @@ def test_snoozes_and_rate_limits_show_on_the_span(traced: Traced) -> None:
     assert all(s.status.status_code is StatusCode.UNSET for s in spans)
 
 
+def test_a_cancelled_attempt_has_a_cancel_event(traced: Traced) -> None:
+    from datetime import UTC, datetime
+
+    from pgflow.records import Job, JobState
+    from pgflow.runtime.execution import JobControl, OutcomeKind, execute_job
+
+    now = datetime.now(UTC)
+    job = Job(
+        id=9,
+        queue="mail",
+        worker=Greet.new({}).worker,
+        args={"mode": "fail"},
+        state=JobState.EXECUTING,
+        priority=0,
+        attempt=1,
+        max_attempts=3,
+        scheduled_at=now,
+        inserted_at=now,
+        attempted_at=now,
+    )
+    control = JobControl()
+    control.cancel()  # cancel requested while perform ran: its error ends the attempt
+    outcome = execute_job(job, control=control, worker_cls=Greet)
+    assert outcome.kind is OutcomeKind.CANCELLED
+    process = traced.one("process mail")
+    assert (process.attributes or {})["pgflow.outcome"] == "cancelled"
+    assert [event.name for event in process.events] == ["pgflow.cancelled"]
+    assert process.parent is None  # no traceparent in meta: a root span
+
+
+def test_a_failed_step_task_is_an_error_span_of_its_run(traced: Traced) -> None:
+    with pgflow.testing.manual() as t:
+        handle = t.app.start_run(pair, -1, max_attempts=1)
+        t.drain(raise_on_failure=False)
+        assert t.app.get_run(handle.workflow_id).state is pgflow.RunState.FAILED
+    start = traced.one("start_run telemetry_pair")
+    failed = traced.one("process default", **{"pgflow.step": "announce"})
+    assert _parent_of(failed) == _id(start)
+    assert failed.status.status_code is StatusCode.ERROR
+    assert (failed.attributes or {})["pgflow.outcome"] == "discarded"
+
+
 def test_every_step_of_a_distributed_run_is_in_the_trace_of_start_run(traced: Traced) -> None:
     with pgflow.testing.manual() as t:
         with traced.tracer.start_as_current_span("request"):
