@@ -496,7 +496,7 @@ def _cancel_soon(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> 
         loop.call_soon_threadsafe(task.cancel)
 
 
-async def execute_job_async(
+def execute_job_async(
     job: Job,
     *,
     instance_id: str | None = None,
@@ -505,18 +505,27 @@ async def execute_job_async(
     control: JobControl | None = None,
     worker_cls: type[Worker] | None = None,
     lookup: WorkerLookup = DEFAULT_LOOKUP,
-) -> Outcome:
-    """Run an `async def perform` on the running loop; cancellation cancels its task."""
+) -> Coroutine[Any, Any, Outcome]:
+    """Run an `async def perform` on the running loop; cancellation cancels its task.
+
+    Returns the coroutine to await: without telemetry, the run itself (no extra frame)."""
     observer = hooks.OBSERVER
+    run = _execute_job_async(job, instance_id, backend, clock, control, worker_cls, lookup)
     if observer is None:
-        return await _execute_job_async(
-            job, instance_id, backend, clock, control, worker_cls, lookup
-        )
+        return run
+    return _observed(observer, job, instance_id, run)
+
+
+async def _observed(
+    observer: hooks.Observer,
+    job: Job,
+    instance_id: str | None,
+    run: Coroutine[Any, Any, Outcome],
+) -> Outcome:
+    """Await `run` inside the attempt's telemetry (its span current in this task)."""
     scope = observer.job_started(job, instance_id)
     try:
-        outcome = await _execute_job_async(
-            job, instance_id, backend, clock, control, worker_cls, lookup
-        )
+        outcome = await run
     except BaseException as exc:
         scope.finish(None, exc)
         raise
