@@ -8,6 +8,7 @@ protocol, so the same app runs on PostgreSQL, SQLite or in memory.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import importlib
 import json
@@ -73,6 +74,7 @@ from pgflow.runtime.unserved_flows import (
 from pgflow.runtime.wakeup import Wakeup
 from pgflow.runtime.worker_lookup import WorkerLookup
 from pgflow.serialization import check_limit, roundtrip
+from pgflow.telemetry import hooks
 from pgflow.worker import check_worker_modules
 
 if TYPE_CHECKING:
@@ -382,7 +384,17 @@ class Pgflow:
                 raise DefinitionError(
                     f"insert expects jobs built by Worker.new(...), got {type(item).__name__}"
                 )
-        stored = self.backend.insert_jobs(batch, connection=connection)
+        observer = hooks.OBSERVER
+        if observer is None:
+            stored = self.backend.insert_jobs(batch, connection=connection)
+        else:  # a producer span; the jobs carry its trace context in their meta
+            scope = observer.insert_started(batch)
+            try:
+                stored = self.backend.insert_jobs(scope.jobs, connection=connection)
+            except BaseException as exc:
+                scope.finish(None, exc)
+                raise
+            scope.finish(stored)
         if connection is None:
             self._wake({job.queue for job in stored if job.state is JobState.AVAILABLE})
         return stored[0] if single else stored
@@ -448,14 +460,22 @@ class Pgflow:
         plan = workflow.plan
         _register_flow(workflow)
         run_id = workflow_id if workflow_id is not None else str(uuid.uuid4())
-        run, created = store.start_flow_run(
-            plan,
-            workflow_id=run_id,
-            input=input,
-            max_attempts=max_attempts,
-            connection=connection,
-            deadline=None if deadline is None else float(deadline),
+        observer = hooks.OBSERVER
+        # Traced: the first steps' jobs carry this span's context, and pass it on.
+        traced = (
+            contextlib.nullcontext()
+            if observer is None
+            else observer.starting_run(workflow.name, run_id)
         )
+        with traced:
+            run, created = store.start_flow_run(
+                plan,
+                workflow_id=run_id,
+                input=input,
+                max_attempts=max_attempts,
+                connection=connection,
+                deadline=None if deadline is None else float(deadline),
+            )
         if not created:
             self._check_same_run(
                 run, workflow.name, workflow.fingerprint, workflow.definition, input
@@ -830,6 +850,9 @@ class Pgflow:
 
     def _log_restart_rescue(self, report: RescueReport) -> None:
         """Registering a new incarnation freed what the earlier process under this id held."""
+        observer = hooks.OBSERVER
+        if observer is not None and report.rescued:
+            observer.rescued(len(report.rescued))
         if report.rescued or report.discarded or report.cancelled:
             logger.warning(
                 "instance %s restarted: jobs %s of its earlier incarnation made available "

@@ -426,6 +426,20 @@ def migrate(url: str | None, log_level: str) -> None:
     show_default=True,
     help="Upgrade the schema before starting.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Serve this process's Prometheus metrics (job durations, enqueue-to-start, "
+    'failures, rescues) at http://HOST:PORT/metrics; needs pip install "pgflow[metrics]".',
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="ADDRESS",
+    help="Address the metrics endpoint listens on (0.0.0.0 for every interface).",
+)
 @log_level_option("INFO")
 def worker(
     url: str | None,
@@ -446,10 +460,14 @@ def worker(
     unserved_interval: float,
     deadline_interval: float,
     run_migrations: bool,
+    metrics_port: int | None,
+    metrics_host: str,
     log_level: str,
 ) -> None:
     """Serve the queues until SIGINT/SIGTERM, then finish running jobs and go offline."""
     configure_logging(log_level)
+    if metrics_port is not None:
+        _serve_metrics(metrics_port, metrics_host)
     if stale_timeout <= heartbeat_interval:
         raise click.BadParameter(
             f"must be longer than --heartbeat-interval ({heartbeat_interval:g}), or live "
@@ -487,6 +505,21 @@ def worker(
         if run_migrations:
             app.migrate()
         app.run()
+
+
+def _serve_metrics(port: int, host: str) -> None:
+    """Start the worker's /metrics endpoint, or a usage error naming what is missing."""
+    from pgflow.telemetry import serve_metrics
+
+    try:
+        serve_metrics(port, host)
+    except ImportError as exc:
+        raise click.UsageError(f"--metrics-port: {exc}") from exc
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+            param_hint="'--metrics-port'",
+        ) from exc
 
 
 @cli.command(short_help="Show jobs by queue, state and instance; instances online.")

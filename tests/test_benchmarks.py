@@ -245,3 +245,55 @@ def test_steered_postgres_runs_at_a_tiny_size(
     assert cancel.metrics["rows_written_median"] >= 3
     assert "wrote" in render_table(rows)
     assert not (tmp_path / "never.md").exists()
+
+
+def test_telemetry_suite_measures_every_case_and_states_each_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quick run (never writing benchmarks/results/telemetry.md) gives a figure for every
+    case, and the extra of each case over its baseline."""
+    pytest.importorskip("opentelemetry.sdk")
+    pytest.importorskip("prometheus_client")
+    from benchmarks import cli, telemetry
+    from benchmarks.harness import RunContext
+
+    monkeypatch.setattr(telemetry, "RESULTS", tmp_path / "never.md")
+    [benchmark] = catalog.select(["telemetry"])
+    rows = cli.run_one(benchmark, RunContext(True, tmp_path, "postgresql://unused/postgres"))
+    assert [row.error or row.skipped for row in rows] == [None] * 9, rows
+    extras = {row.case: row.metrics.get(telemetry.OVERHEAD) for row in rows}
+    assert [case for case, extra in extras.items() if extra is None] == [
+        "execute_job, unwrapped (before the hook)",
+        "app.insert of 1 job (memory), telemetry off",
+        "insert + drain (memory) per job, off",
+    ]
+    targeted = {row.case: [t.label for t in row.targets] for row in rows if row.targets}
+    assert targeted == {
+        "execute_job, telemetry off": ["< 200 ns/job more"],
+        "execute_job, OpenTelemetry on": ["< 20 µs/job more"],
+        "app.insert of 1 job (memory), OpenTelemetry on": ["< 20 µs/job more"],
+    }
+    drained = next(row for row in rows if row.case == "insert + drain (memory) per job, off")
+    assert drained.metrics["n"] == 5 * 3 * telemetry.DRAIN_BATCH  # counted per job
+    assert not (tmp_path / "never.md").exists()
+
+
+def test_telemetry_results_file_lists_every_case(tmp_path: Path) -> None:
+    from benchmarks import telemetry
+
+    rows = [
+        Row("telemetry-overhead", "execute_job, telemetry off", {"n": 3.0, MEDIAN: 2300.0}),
+        Row(
+            "telemetry-overhead",
+            "execute_job, OpenTelemetry on",
+            {"n": 3.0, MEDIAN: 20000.0, telemetry.OVERHEAD: 17700.0},
+            targets=(Target(telemetry.OVERHEAD, "<", 20000.0, "< 20 µs/job more"),),
+        ),
+    ]
+    machine = {"date": "2026-12-01", "cpu_count": 2, "cpu_model": "cpu", "python": "CPython 3.11"}
+    path = tmp_path / "telemetry.md"
+    telemetry.write_results(path, machine, rows)
+    text = path.read_text(encoding="utf-8")
+    assert "| execute_job, telemetry off | 3 | 2.3 µs |  |  | - |" in text
+    assert "load average" in text
+    assert "| execute_job, OpenTelemetry on | 3 | 20.0 µs |  | 17.7 µs | PASS |" in text

@@ -27,8 +27,10 @@ from pgflow.engine.runners import POOL, wait_for
 from pgflow.errors import SerializationError, WorkflowError
 from pgflow.records import StepOutcome, StepRecord
 from pgflow.stored_errors import clean_error
+from pgflow.telemetry import hooks
 
 if TYPE_CHECKING:
+    from pgflow.definition import Step
     from pgflow.engine.run import Run
 
 _monotonic = time.monotonic
@@ -154,9 +156,13 @@ class Attempt:
                 started = self.started_perf = _perf()
             log.step_started(step.name, number)
             try:
-                output = step.fn(value)
-                if step.is_async or type(output) is CoroutineType:
-                    output = self._wait_async(output)
+                observer = hooks.OBSERVER
+                if observer is None:
+                    output = step.fn(value)
+                    if step.is_async or type(output) is CoroutineType:
+                        output = self._wait_async(output)
+                else:
+                    output = self._traced(observer, step, value)
             except BaseException as exc:
                 if not isinstance(exc, (Exception, asyncio.CancelledError)) or isinstance(
                     exc, LoopReentryError
@@ -175,6 +181,16 @@ class Attempt:
                 self.index = index
                 self.value = value = output
             log.step_completed(step.name, number, duration)
+
+    def _traced(self, observer: hooks.Observer, step: Step, value: Any) -> Any:
+        """A step call inside its span (tracing on), under the run's caller's context."""
+        run = self.run
+        name = run.workflow.name
+        with observer.step(run.trace_parent, name, run.workflow_id, step.name, self.number):
+            output = step.fn(value)
+            if step.is_async or type(output) is CoroutineType:
+                output = self._wait_async(output)
+            return output
 
     def _wait_async(self, awaitable: Any) -> Any:
         """Run a step's coroutine on the shared loop and wait for it (cancellable)."""

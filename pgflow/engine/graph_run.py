@@ -55,6 +55,7 @@ from pgflow.graph.shape import StepPlan
 from pgflow.records import RunRecord, RunState, StepOutcome, StepRecord, StepStatus
 from pgflow.run_log import RunLog, logger
 from pgflow.serialization import roundtrip
+from pgflow.telemetry import hooks
 
 _monotonic = time.monotonic
 _allocate_lock = threading.Lock
@@ -159,6 +160,9 @@ class GraphRun:
         self._left: dict[str, int] = {}  # unfinished tasks per started step
         self._outputs: dict[str, list[Any]] = {}
         self.attempt = 1  # the stored run's attempt: fences this caller's writes
+        # With tracing on: the caller's trace context, the parent of every step's span.
+        observer = hooks.OBSERVER
+        self._trace_parent = None if observer is None else observer.capture()
 
     @property
     def workflow_id(self) -> str:
@@ -418,10 +422,14 @@ class GraphRun:
             task.started_at = self.clock.now()
         self._log_started(task)
         envelope = task.envelope
+        observer = hooks.OBSERVER
         try:
-            output = task.step.fn(*envelope["args"], **envelope["kwargs"])
-            if asyncio.iscoroutine(output):
-                output = LOOP.submit(output).result()
+            if observer is None:
+                output = task.step.fn(*envelope["args"], **envelope["kwargs"])
+                if asyncio.iscoroutine(output):
+                    output = LOOP.submit(output).result()
+            else:
+                output = self._traced_call(observer, task)
         except BaseException as exc:
             task.finished = True
             self._handle(task, False, exc)
@@ -578,10 +586,14 @@ class GraphRun:
         if not self._begin(task):
             return
         envelope = task.envelope
+        observer = hooks.OBSERVER
         try:
-            output = task.step.fn(*envelope["args"], **envelope["kwargs"])
-            if asyncio.iscoroutine(output):
-                output = LOOP.submit(output).result()
+            if observer is None:
+                output = task.step.fn(*envelope["args"], **envelope["kwargs"])
+                if asyncio.iscoroutine(output):
+                    output = LOOP.submit(output).result()
+            else:
+                output = self._traced_call(observer, task)
         except BaseException as exc:
             self._report(task, False, exc)
             return
@@ -599,7 +611,30 @@ class GraphRun:
         if not self._begin(task):
             return None
         envelope = task.envelope
-        return await task.step.fn(*envelope["args"], **envelope["kwargs"])
+        observer = hooks.OBSERVER
+        if observer is None:
+            return await task.step.fn(*envelope["args"], **envelope["kwargs"])
+        with observer.step(*self._span_of(task)):
+            return await task.step.fn(*envelope["args"], **envelope["kwargs"])
+
+    def _traced_call(self, observer: hooks.Observer, task: _Task) -> Any:
+        """Call a sync step (a coroutine it returns runs on the shared loop) in its span."""
+        envelope = task.envelope
+        with observer.step(*self._span_of(task)):
+            output = task.step.fn(*envelope["args"], **envelope["kwargs"])
+            if asyncio.iscoroutine(output):
+                output = LOOP.submit(output).result()
+            return output
+
+    def _span_of(self, task: _Task) -> tuple[Any, str, str, str, int]:
+        """What a step's span is made of: parent context, flow, run, step and attempt."""
+        return (
+            self._trace_parent,
+            self.workflow.name,
+            self.workflow_id,
+            task.step.name,
+            task.attempt,
+        )
 
     def _async_done(self, task: _Task, future: concurrent.futures.Future[Any]) -> None:
         if future.cancelled():

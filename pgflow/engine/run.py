@@ -42,6 +42,7 @@ from pgflow.records import RunRecord, RunState, StepOutcome
 from pgflow.run_log import RunLog
 from pgflow.serialization import roundtrip
 from pgflow.stored_errors import clean_error
+from pgflow.telemetry import hooks
 
 _monotonic = time.monotonic
 #: How often a caller following another caller's run polls the store (first, then at most).
@@ -77,6 +78,7 @@ class Run:
         "store",
         "timeout",
         "timeouts",
+        "trace_parent",
         "workflow",
     )
 
@@ -112,6 +114,9 @@ class Run:
         job_id = log_context.get("job_id") if log_context else None
         self.job_id = job_id if isinstance(job_id, int) and not isinstance(job_id, bool) else None
         self.log = RunLog(workflow.name, self._get_workflow_id, max_attempts, log_context)
+        # With tracing on: the caller's trace context, the parent of every step's span.
+        observer = hooks.OBSERVER
+        self.trace_parent = None if observer is None else observer.capture()
         # Effective per-step timeouts (a step's own, else the run's step_timeout), and for
         # each index the smallest timeout among the steps from there on (None: no limit).
         self.timeouts: tuple[float | None, ...] | None = None

@@ -20,6 +20,7 @@ from pgflow.errors import DefinitionError, RunStateError, SignalError
 from pgflow.graph.shape import SLEEP, SUBFLOW, WAIT, FlowPlan, StepPlan, task_worker_name
 from pgflow.graph.signature import INPUT
 from pgflow.records import NewJob, RunRecord, RunState, StepStatus, TaskCompletion, TaskKey
+from pgflow.telemetry import hooks
 
 
 @attrs.frozen
@@ -387,6 +388,8 @@ def task_jobs(
     if step.kind == SLEEP and at is None:
         delay = step.sleep_seconds or None
     worker = plan.worker
+    # With tracing on, every task carries its run's trace context (pgflow.telemetry).
+    meta = hooks.task_meta(workflow_id) if hooks.OBSERVER is not None else None
     return [
         NewJob(
             worker=worker,
@@ -397,6 +400,7 @@ def task_jobs(
             schedule_in=None if at is not None else delay,
             scheduled_at=at,
             task=TaskKey(workflow_id, step.name, index),
+            meta=dict(meta) if meta else {},
         )
         for index, args in enumerate(arguments)
     ]

@@ -9,6 +9,7 @@ write from a job that was rescued meanwhile changes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import inspect
 import logging
@@ -35,6 +36,7 @@ from pgflow.records import Job, JobError, JobRef, JobState, SuccessorClaim, Task
 from pgflow.runtime.worker_lookup import DEFAULT_LOOKUP, WorkerLookup
 from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES, dumps
 from pgflow.stored_errors import clean_error, exception_text, traceback_text
+from pgflow.telemetry import hooks
 from pgflow.worker import (
     CURRENT_BACKEND,
     UnknownWorker,
@@ -378,6 +380,28 @@ def execute_job(
     `worker_cls` is the worker when the caller already resolved it; otherwise `lookup`
     resolves it, and a failure to do so is the job's outcome.
     """
+    observer = hooks.OBSERVER
+    if observer is None:
+        return _execute_job(job, instance_id, backend, clock, control, worker_cls, lookup)
+    scope = observer.job_started(job, instance_id)
+    try:
+        outcome = _execute_job(job, instance_id, backend, clock, control, worker_cls, lookup)
+    except BaseException as exc:
+        scope.finish(None, exc)
+        raise
+    scope.finish(outcome)
+    return outcome
+
+
+def _execute_job(
+    job: Job,
+    instance_id: str | None,
+    backend: Backend | None,
+    clock: Clock,
+    control: JobControl | None,
+    worker_cls: type[Worker] | None,
+    lookup: WorkerLookup,
+) -> Outcome:
     control = control or JobControl()
     run = _Run(job, instance_id, clock, control)
     if worker_cls is None:
@@ -388,14 +412,7 @@ def execute_job(
     if worker_cls.perform_is_async:
         resolved = worker_cls
         return _run_coroutine(
-            lambda: execute_job_async(
-                job,
-                instance_id=instance_id,
-                backend=backend,
-                clock=clock,
-                control=control,
-                worker_cls=resolved,
-            )
+            lambda: _execute_job_async(job, instance_id, backend, clock, control, resolved, lookup)
         )
     _log_start(job, instance_id)
     timeout = worker_cls.options.timeout
@@ -412,7 +429,13 @@ def execute_job(
         finally:
             control.thread_ended()
 
-    thread = threading.Thread(target=attempt, name=f"pgflow-job-{job.id}", daemon=True)
+    # The attempt's thread runs in this context: its trace span, when tracing is on.
+    thread = threading.Thread(
+        target=contextvars.copy_context().run,
+        args=(attempt,),
+        name=f"pgflow-job-{job.id}",
+        daemon=True,
+    )
     thread.start()
     thread.join(timeout)
     if not box and control.abandon_thread(
@@ -473,7 +496,7 @@ def _cancel_soon(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> 
         loop.call_soon_threadsafe(task.cancel)
 
 
-async def execute_job_async(
+def execute_job_async(
     job: Job,
     *,
     instance_id: str | None = None,
@@ -482,8 +505,43 @@ async def execute_job_async(
     control: JobControl | None = None,
     worker_cls: type[Worker] | None = None,
     lookup: WorkerLookup = DEFAULT_LOOKUP,
+) -> Coroutine[Any, Any, Outcome]:
+    """Run an `async def perform` on the running loop; cancellation cancels its task.
+
+    Returns the coroutine to await: without telemetry, the run itself (no extra frame)."""
+    observer = hooks.OBSERVER
+    run = _execute_job_async(job, instance_id, backend, clock, control, worker_cls, lookup)
+    if observer is None:
+        return run
+    return _observed(observer, job, instance_id, run)
+
+
+async def _observed(
+    observer: hooks.Observer,
+    job: Job,
+    instance_id: str | None,
+    run: Coroutine[Any, Any, Outcome],
 ) -> Outcome:
-    """Run an `async def perform` on the running loop; cancellation cancels its task."""
+    """Await `run` inside the attempt's telemetry (its span current in this task)."""
+    scope = observer.job_started(job, instance_id)
+    try:
+        outcome = await run
+    except BaseException as exc:
+        scope.finish(None, exc)
+        raise
+    scope.finish(outcome)
+    return outcome
+
+
+async def _execute_job_async(
+    job: Job,
+    instance_id: str | None,
+    backend: Backend | None,
+    clock: Clock,
+    control: JobControl | None,
+    worker_cls: type[Worker] | None,
+    lookup: WorkerLookup,
+) -> Outcome:
     control = control or JobControl()
     run = _Run(job, instance_id, clock, control)
     if worker_cls is None:
@@ -645,9 +703,15 @@ def _complete(
     if tasks:
         plans = {o.job.args["fingerprint"]: o.plan for o in tasks if o.plan is not None}
         extra = {} if claim is None else {"claim": claim}
-        done = backend.complete_tasks(  # type: ignore[attr-defined]
-            [o.completion for o in tasks], plans, **extra
-        )
+        if hooks.OBSERVER is None:
+            done = backend.complete_tasks(  # type: ignore[attr-defined]
+                [o.completion for o in tasks], plans, **extra
+            )
+        else:  # the steps these tasks start carry their runs' trace context
+            with hooks.successor_trace([o.job for o in tasks]):
+                done = backend.complete_tasks(  # type: ignore[attr-defined]
+                    [o.completion for o in tasks], plans, **extra
+                )
         rest = [o for o in completions if o.completion is None]
         return list(done) + (_complete(backend, rest) if rest else [])
     refs = [o.job.ref for o in completions]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 import threading
@@ -31,6 +32,7 @@ from pgflow.records import Job, JobError, RunRecord, RunState, TaskCompletion
 from pgflow.runtime.execution import JobControl, Outcome, OutcomeKind, _Run, job_log_extra
 from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES, dumps
 from pgflow.stored_errors import clean_error
+from pgflow.telemetry import hooks
 from pgflow.worker import backoff_delay
 
 if TYPE_CHECKING:
@@ -60,6 +62,26 @@ def execute_task(
     control: JobControl | None = None,
 ) -> Outcome:
     """Run the step `job` is a task of and return its outcome, writing nothing."""
+    observer = hooks.OBSERVER
+    if observer is None:
+        return _execute_task(job, instance_id, backend, clock, control)
+    scope = observer.job_started(job, instance_id)
+    try:
+        outcome = _execute_task(job, instance_id, backend, clock, control)
+    except BaseException as exc:
+        scope.finish(None, exc)
+        raise
+    scope.finish(outcome)
+    return outcome
+
+
+def _execute_task(
+    job: Job,
+    instance_id: str | None,
+    backend: Backend | None,
+    clock: Clock,
+    control: JobControl | None,
+) -> Outcome:
     assert job.task is not None
     control = control or JobControl()
     run = _Run(job, instance_id, clock, control)
@@ -175,7 +197,13 @@ def _call(step: Step, args: list[Any], kwargs: dict[str, Any], control: JobContr
         finally:
             control.thread_ended()
 
-    thread = threading.Thread(target=attempt, name=f"pgflow-step-{step.name}", daemon=True)
+    # In this context: the task's trace span stays the parent of what the step does.
+    thread = threading.Thread(
+        target=contextvars.copy_context().run,
+        args=(attempt,),
+        name=f"pgflow-step-{step.name}",
+        daemon=True,
+    )
     thread.start()
     thread.join(step.timeout)
     if not box:

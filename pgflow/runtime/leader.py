@@ -31,6 +31,7 @@ from pgflow.runtime.unserved_flows import (
     SweptStore,
     UnservedFlowSweep,
 )
+from pgflow.telemetry import hooks
 
 if TYPE_CHECKING:
     from pgflow.backend import JobQueue
@@ -205,4 +206,7 @@ class Leader(ServiceThread):
                 },
             )
         if report.rescued:
+            observer = hooks.OBSERVER
+            if observer is not None:
+                observer.rescued(len(report.rescued))
             self.on_staged(())  # no queues named: wake every local producer
