@@ -1,6 +1,6 @@
 """Jobs that keep a ledger of when they ran, for the flow-control tests across processes.
 
-Each run of a job writes one `flow_ledger` row through the process's ledger connection:
+Each run of a job writes one `flow_ledger` row through a ledger connection of the process:
 its start at the first line of `perform`, its end at the last, both from the database's
 `clock_timestamp()`, so runs on different instances share one clock; beside them the
 claim's time (`job.attempted_at`, the start a shaped claim recorded). The tests compute
@@ -12,8 +12,10 @@ $PGFLOW_LEDGER_URL and their name in $INSTANCE_ID.
 from __future__ import annotations
 
 import os
-import threading
+import queue
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -37,49 +39,52 @@ CREATE TABLE IF NOT EXISTS flow_ledger (
 )
 """
 
-_lock = threading.Lock()
-_conn: psycopg.Connection[Any] | None = None
+#: Ledger connections a worker process opens before serving: one per slot of the widest
+#: queue the tests give an instance.
+POOL_SIZE = 10
+_idle: queue.SimpleQueue[psycopg.Connection[Any]] = queue.SimpleQueue()
 
 
-def _connection() -> psycopg.Connection[Any]:
-    """The process's one ledger connection (psycopg serialises its threads' statements),
-    opened when the worker imports this module: a connect inside `perform` would count
-    towards the claim-to-start lag the tests measure."""
-    global _conn
-    with _lock:
-        if _conn is None or _conn.closed or _conn.broken:
-            _conn = psycopg.connect(
-                os.environ["PGFLOW_LEDGER_URL"], autocommit=True, connect_timeout=5
-            )
-        return _conn
+def _connect() -> psycopg.Connection[Any]:
+    return psycopg.connect(os.environ["PGFLOW_LEDGER_URL"], autocommit=True, connect_timeout=5)
+
+
+@contextmanager
+def _connection() -> Iterator[psycopg.Connection[Any]]:
+    """An idle ledger connection, opened in advance: neither a connect nor another
+    thread's statement delays a job's start row (they would count as claim-to-start lag)."""
+    try:
+        conn = _idle.get_nowait()
+    except queue.Empty:
+        conn = _connect()
+    try:
+        yield conn
+    finally:
+        if not (conn.closed or conn.broken):
+            _idle.put(conn)
 
 
 def _start(job: Job, key: str | None) -> int:
-    row = (
-        _connection()
-        .execute(
+    with _connection() as conn:
+        row = conn.execute(
             "INSERT INTO flow_ledger (job_id, key, instance_id, attempt, claimed_at) "
             "VALUES (%s, %s, %s, %s, %s) RETURNING id",
             (job.id, key, os.environ["INSTANCE_ID"], job.attempt, job.attempted_at),
-        )
-        .fetchone()
-    )
+        ).fetchone()
     assert row is not None
     return int(row[0])
 
 
 def _end(entry: int) -> None:
-    _connection().execute(
-        "UPDATE flow_ledger SET ended_at = clock_timestamp() WHERE id = %s", (entry,)
-    )
+    with _connection() as conn:
+        conn.execute("UPDATE flow_ledger SET ended_at = clock_timestamp() WHERE id = %s", (entry,))
 
 
 def _runs_of(job_id: int) -> int:
-    row = (
-        _connection()
-        .execute("SELECT count(*) FROM flow_ledger WHERE job_id = %s", (job_id,))
-        .fetchone()
-    )
+    with _connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM flow_ledger WHERE job_id = %s", (job_id,)
+        ).fetchone()
     return int(row[0]) if row is not None else 0
 
 
@@ -107,4 +112,5 @@ class Throttled(pgflow.Worker, queue=QUEUE, max_attempts=3):
 
 
 if "PGFLOW_LEDGER_URL" in os.environ:  # a worker process: connect before serving
-    _connection()
+    for _ in range(POOL_SIZE):
+        _idle.put(_connect())
