@@ -20,6 +20,7 @@ run (not --quick) also writes the table to benchmarks/results/flow-control.md.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -182,6 +183,7 @@ def run_postgres(ctx: RunContext) -> list[Row]:
     rate_total = ctx.size(10_000, 3_000)
     slots = ctx.worker_concurrency
     seconds: dict[str, list[float]] = {case.name: [] for case in (PLAIN, *SHAPED)}
+    load_before = os.getloadavg()[0]
     with open_backend("postgres", ctx) as opened:
         for round_ in range(rounds):
             for case in (PLAIN, *SHAPED):
@@ -191,7 +193,8 @@ def run_postgres(ctx: RunContext) -> list[Row]:
     rows = _rows(seconds, total, rate, rate_total, slots)
     if not ctx.quick:
         machine = report.machine_info(postgres.server_version(ctx.postgres_admin_url))
-        write_results(RESULTS, machine, rows, rounds)
+        load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+        write_results(RESULTS, machine, rows, rounds, load)
     return rows
 
 
@@ -252,13 +255,16 @@ HOW = (
 )
 
 
-def write_results(path: Path, machine: dict[str, Any], rows: list[Row], rounds: int) -> None:
-    """The figures as Markdown, for benchmarks/results/ (full runs only)."""
+def write_results(
+    path: Path, machine: dict[str, Any], rows: list[Row], rounds: int, load: str
+) -> None:
+    """The figures as Markdown, for benchmarks/results/ (full runs only); `load` says how
+    busy the (shared) machine was, which moves these figures more than anything else."""
     lines = [
         "# Flow control on PostgreSQL (`python -m benchmarks --only flow-control`)",
         "",
         f"{machine['date']}; {machine['cpu_count']} CPUs, {machine['cpu_model']}; "
-        f"{machine['python']}; {machine['postgresql']}; median of {rounds} rounds",
+        f"{machine['python']}; {machine['postgresql']}; median of {rounds} rounds; {load}",
         "",
         "| case | throughput | detail | target | result |",
         "|---|---:|---|---|---|",

@@ -272,9 +272,9 @@ def test_flow_control_rows_compare_each_shape_with_the_plain_drain(tmp_path: Pat
         "postgresql": "PostgreSQL 15",
     }
     path = tmp_path / "flow-control.md"
-    flow_control.write_results(path, machine, rows, 3)
+    flow_control.write_results(path, machine, rows, 3, "load average 0.5 before, 1.5 after")
     text = path.read_text()
-    assert "median of 3 rounds" in text
+    assert "median of 3 rounds; load average 0.5 before, 1.5 after" in text
     assert (
         "| drain 10,000 jobs, partition_by, 100 tenants, 2 proc x 100 slots | 5,000 jobs/s | "
         "0.50x plain; rounds: 5,000 / 5,000 / 5,000 jobs/s | >= plain/1.5 (6,667 jobs/s) | MISS |"
