@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from benchmarks import distributed, durable, graph, inprocess, primitives, steered, telemetry
+from benchmarks import (
+    distributed,
+    durable,
+    flow_control,
+    graph,
+    inprocess,
+    primitives,
+    steered,
+    telemetry,
+)
 from benchmarks.harness import Benchmark
 
 BENCHMARKS: list[Benchmark] = [
@@ -13,6 +22,7 @@ BENCHMARKS: list[Benchmark] = [
     *graph.BENCHMARKS,
     *steered.BENCHMARKS,
     *telemetry.BENCHMARKS,
+    *flow_control.BENCHMARKS,
 ]
 
 

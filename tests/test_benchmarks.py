@@ -297,3 +297,85 @@ def test_telemetry_results_file_lists_every_case(tmp_path: Path) -> None:
     assert "| execute_job, telemetry off | 3 | 2.3 µs |  |  | - |" in text
     assert "load average" in text
     assert "| execute_job, OpenTelemetry on | 3 | 20.0 µs |  | 17.7 µs | PASS |" in text
+
+
+def test_flow_control_rows_compare_each_shape_with_the_plain_drain(tmp_path: Path) -> None:
+    from datetime import datetime, timedelta
+
+    from benchmarks import flow_control
+
+    t0 = datetime(2026, 12, 1)
+    # 1,000 at once, then 1,000 a second: 3,000 starts over 2 s sustain 1,000/s.
+    starts = [t0 + timedelta(seconds=float(i // 1_000)) for i in range(3_000)]
+    rate = flow_control.Drained(3.0, starts[0], starts[-1], starts)
+    assert flow_control.sustained_rate(rate, 3_000) == pytest.approx(1_000.0)
+    seconds = {"plain": [1.0, 2.0, 1.0], "global": [1.0, 1.0, 1.0]}
+    seconds |= {"partitions": [2.0, 2.0, 2.0], "partition-limit": [1.4, 1.6, 1.5]}
+    rows = flow_control._rows(seconds, 10_000, rate, 3_000, 100)
+    assert [row.verdict() for row in rows] == ["-", "PASS", "MISS", "PASS", "PASS"]
+    assert rows[2].metrics["vs_plain"] == pytest.approx(0.5)
+    assert rows[2].detail == "0.50x plain; rounds: 5,000 / 5,000 / 5,000 jobs/s"
+    assert rows[4].metrics["busiest_window"] == 1_000
+    machine = {
+        "date": "2026-12-01",
+        "cpu_count": 2,
+        "cpu_model": "cpu",
+        "python": "CPython 3.11",
+        "postgresql": "PostgreSQL 15",
+    }
+    path = tmp_path / "flow-control.md"
+    flow_control.write_results(path, machine, rows, 3, "load average 0.5 before, 1.5 after")
+    text = path.read_text()
+    assert "median of 3 rounds; load average 0.5 before, 1.5 after" in text
+    assert (
+        "| drain 10,000 jobs, partition_by, 100 tenants, 2 proc x 100 slots | 5,000 jobs/s | "
+        "0.50x plain; rounds: 5,000 / 5,000 / 5,000 jobs/s | >= plain/1.5 (6,667 jobs/s) | MISS |"
+    ) in text
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_flow_control_benchmark_drains_every_shape_and_reports_ratios_to_the_plain_drain(
+    postgres_server: str, tmp_path: Path
+) -> None:
+    """`--only flow-control` end to end at its quick size; a quick run never rewrites
+    benchmarks/results/flow-control.md."""
+    from benchmarks import flow_control
+
+    before = flow_control.RESULTS.stat().st_mtime_ns if flow_control.RESULTS.exists() else None
+    out = tmp_path / "figures.json"
+    result = run_benchmarks(
+        "--quick",
+        "--only",
+        "flow-control",
+        "--postgres-admin-url",
+        postgres_server,
+        "--json",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["results"]
+    labels = [
+        "plain queue,",
+        "global_limit=1,000,",
+        "100 tenants, 2 proc",
+        "partition_limit=10,",
+        "rate_limit=(1,000, 1) sustained",
+    ]
+    assert len(rows) == len(labels)
+    for row, label in zip(rows, labels, strict=True):
+        assert label in row["case"], (label, row["case"])
+    for row in rows:
+        assert row["skipped"] is None and row["error"] is None, row
+        assert row["metrics"][RATE] > 0
+    plain = rows[0]["metrics"][RATE]
+    for row in rows[1:4]:
+        assert row["metrics"]["vs_plain"] == pytest.approx(row["metrics"][RATE] / plain)
+        [target] = row["targets"]
+        assert target["value"] == pytest.approx(plain / 1.5)
+        assert row["verdict"] == ("PASS" if target["met"] else "MISS")
+    rate = rows[4]
+    assert 0 < rate["metrics"]["busiest_window"] <= 1_000  # the limit held while measured
+    assert "flow-control-postgres" in result.stdout
+    after = flow_control.RESULTS.stat().st_mtime_ns if flow_control.RESULTS.exists() else None
+    assert after == before
