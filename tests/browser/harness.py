@@ -1,0 +1,144 @@
+"""The pieces the browser tests and the screenshot script share: a free loopback port, the
+real `pgflow dashboard` command as a bounded subprocess, and a headless Chromium driver.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+#: The module the dashboard imports to know the seeded flows (resume, restart, signal).
+FLOWS_MODULE = "tests.browser.flows"
+#: How long the dashboard may take to answer /healthz after it was started.
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def missing_browser() -> str | None:
+    """Why headless Chromium cannot be driven here, or None when it can."""
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.access(path, os.X_OK):
+            return f"{path} is missing (apt-get install -y {package})"
+    try:
+        import selenium  # noqa: F401
+    except ImportError as exc:
+        return f"selenium is not installed ({exc}); pip install -e '.[dev]'"
+    return None
+
+
+def pgflow_command() -> list[str]:
+    """The installed `pgflow` script next to this interpreter, else `python -m pgflow`."""
+    script = Path(sys.executable).with_name("pgflow")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pgflow"]
+
+
+@attrs.define
+class Dashboard:
+    """A running `pgflow dashboard` process and where it answers."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    token: str
+    log: Path
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def start_dashboard(db_url: str, token: str, log: Path) -> Dashboard:
+    """Start `pgflow dashboard --allow-actions` on a free port; return once /healthz answers.
+
+    The command's output goes to `log`, quoted in the error when it does not come up.
+    """
+    port = free_port()
+    command = [
+        *pgflow_command(),
+        "dashboard",
+        "--url",
+        db_url,
+        "--port",
+        str(port),
+        "--allow-actions",
+        "--token",
+        token,
+        "--import",
+        FLOWS_MODULE,
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    dashboard = Dashboard(process, f"http://127.0.0.1:{port}", token, log)
+    deadline = time.monotonic() + START_TIMEOUT
+    while not _healthy(dashboard):
+        if process.poll() is not None or time.monotonic() > deadline:
+            dashboard.stop()
+            raise AssertionError(
+                f"`pgflow dashboard` did not come up on port {port} "
+                f"(exit code {process.returncode}); its output:\n{log.read_text()}"
+            )
+        time.sleep(0.05)
+    return dashboard
+
+
+def _healthy(dashboard: Dashboard) -> bool:
+    try:
+        with urllib.request.urlopen(dashboard.url("/healthz"), timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def chrome(width: int = 1280, height: int = 900) -> WebDriver:
+    """Headless Chromium through the Debian chromedriver (no Selenium Manager download)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        f"--window-size={width},{height}",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(20)
+    return driver

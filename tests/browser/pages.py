@@ -1,0 +1,107 @@
+"""Small steps the browser tests repeat: open a page, sign in, click an action, await a change.
+
+Everything that waits does so through WebDriverWait (condition polled, bounded), never a
+fixed sleep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.remote.webelement import WebElement
+
+T = TypeVar("T")
+
+#: Seconds a page, an action's redirect or a live update may take.
+WAIT = 10.0
+
+
+def css(driver: WebDriver, selector: str) -> WebElement:
+    """The element `selector` matches, awaited (NoSuchElement-like timeout naming it)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    element: WebElement = WebDriverWait(driver, WAIT).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, selector)),
+        f"no element matches {selector!r} on {driver.current_url}",
+    )
+    return element
+
+
+def all_css(driver: WebDriver, selector: str) -> list[WebElement]:
+    from selenium.webdriver.common.by import By
+
+    return list(driver.find_elements(By.CSS_SELECTOR, selector))
+
+
+def await_true(driver: WebDriver, check: Callable[[WebDriver], T], what: str) -> T:
+    """`check(driver)`'s first truthy value, polled for up to WAIT seconds."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    value: T = WebDriverWait(driver, WAIT, poll_frequency=0.1).until(
+        check, f"gave up waiting for {what} on {driver.current_url}"
+    )
+    return value
+
+
+def open_page(driver: WebDriver, url: str, ready: str = "body") -> None:
+    """Load `url` and wait for the element `ready` to be there."""
+    driver.get(url)
+    css(driver, ready)
+
+
+def log_in(driver: WebDriver, login_url: str, token: str) -> None:
+    """Sign in through the login form; return once the redirect to the overview landed."""
+    open_page(driver, login_url, "input[name=token]")
+    field = css(driver, "input[name=token]")
+    field.clear()
+    field.send_keys(token)
+    css(driver, "#login-submit").click()
+    root = login_url.rsplit("/login", 1)[0] + "/"
+    await_true(driver, lambda d: d.current_url == root, "the login to redirect to the overview")
+
+
+def act(
+    driver: WebDriver,
+    page_url: str,
+    action: str,
+    fields: dict[str, str] | None = None,
+    lands_on: str | None = None,
+) -> None:
+    """On `page_url`, fill the action's form fields, click its button, await the redirect
+    back to the page (or to `lands_on`, a path, when the action leaves no page to return to).
+
+    The page is marked first, so the wait ends only on a new page (the 303 back to it).
+    """
+    open_page(driver, page_url, f"button[data-action='{action}']")
+    button = css(driver, f"button[data-action='{action}']")
+    form = button.find_element("xpath", "./ancestor::form")
+    for name, value in (fields or {}).items():
+        field = form.find_element("css selector", f"[name='{name}']")
+        field.clear()
+        field.send_keys(value)
+    driver.execute_script("window.__beforeAction = true")
+    button.click()
+    await_true(
+        driver,
+        lambda d: (
+            d.execute_script("return window.__beforeAction === undefined")
+            and d.execute_script("return document.readyState") == "complete"
+        ),
+        f"the {action!r} action to load a new page",
+    )
+    landed = urlsplit(driver.current_url).path
+    expected = lands_on or urlsplit(page_url).path
+    assert landed == expected, (
+        f"the {action!r} action landed on {driver.current_url}, not on {expected}"
+    )
+
+
+def pwned(driver: WebDriver) -> Any:
+    """What injected markup would have set (None: nothing ran)."""
+    return driver.execute_script("return window.__pwned === undefined ? null : window.__pwned")

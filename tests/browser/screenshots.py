@@ -1,0 +1,96 @@
+"""Take the README's dashboard screenshots: `python -m tests.browser.screenshots` from the
+repository root writes docs/images/dashboard-{overview,job,run}.png.
+
+It seeds a fresh SQLite database as the browser tests do (plus a batch of jobs, so the
+throughput charts have something to draw), serves it with the real `pgflow dashboard`
+command, signs in, and captures each page whole in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+
+import pgflow
+from tests.browser import flows
+from tests.browser.harness import ROOT, chrome, missing_browser, start_dashboard
+from tests.browser.pages import css, log_in, open_page
+from tests.browser.seed import seed, wait_until
+
+IMAGES = ROOT / "docs" / "images"
+WIDTH = 1280
+
+
+def run_batch(url: str) -> None:
+    """A few dozen jobs more, most completing and some failing, for the charts."""
+    app = pgflow.Pgflow(url, queues={"default": 4}, instance_id="browser-batch", poll_interval=0.05)
+    jobs = app.insert(
+        [flows.Echo.new({"n": n}) for n in range(40)]
+        + [flows.Boom.new({"why": f"batch {n}"}) for n in range(6)]
+    )
+    app.start()
+    try:
+        finished = (pgflow.JobState.COMPLETED, pgflow.JobState.DISCARDED)
+        for job in jobs:
+            wait_until(lambda job=job: _state(app, job.id) in finished, f"job {job.id}")
+    finally:
+        app.stop(timeout=10.0)
+
+
+def _state(app: pgflow.Pgflow, job_id: int) -> pgflow.JobState | None:
+    job = app.get_job(job_id)
+    return None if job is None else job.state
+
+
+def capture(driver: object, path: Path) -> None:
+    """The whole page (the window grown to the document's height), as PNG."""
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    assert isinstance(driver, WebDriver)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(WIDTH, min(max(int(height) + 120, 600), 2400))
+    driver.save_screenshot(str(path))
+
+
+def main() -> int:
+    problem = missing_browser()
+    if problem is not None:
+        print(f"cannot take screenshots: {problem}", file=sys.stderr)
+        return 1
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        url = f"sqlite:///{folder}/pgflow.db"
+        seeded = seed(url)
+        run_batch(url)
+        live = pgflow.Pgflow(url, queues={"idle": 1}, instance_id="web-1", poll_interval=0.2)
+        live.start()
+        token = secrets.token_urlsafe(16)
+        dashboard = start_dashboard(url, token, Path(folder) / "dashboard.log")
+        driver = chrome(WIDTH, 900)
+        try:
+            log_in(driver, dashboard.url("/login"), token)
+            pages = {
+                "dashboard-overview.png": (dashboard.url("/"), "tr[data-queue]"),
+                "dashboard-job.png": (
+                    dashboard.url(f"/jobs/{seeded.failed_job}"),
+                    "section.job-error",
+                ),
+                "dashboard-run.png": (dashboard.url(f"/runs/{seeded.parent_run}"), "svg#run-graph"),
+            }
+            for name, (page, ready) in pages.items():
+                driver.set_window_size(WIDTH, 900)
+                open_page(driver, page, ready)
+                css(driver, ready)
+                capture(driver, IMAGES / name)
+                print(f"wrote {IMAGES / name}")
+        finally:
+            driver.quit()
+            dashboard.stop()
+            live.stop(timeout=10.0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
