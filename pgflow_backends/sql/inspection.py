@@ -10,7 +10,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Integer, Text, case, cast, delete, func, literal_column, select
+from sqlalchemy import (
+    Float,
+    Integer,
+    Text,
+    case,
+    cast,
+    delete,
+    func,
+    literal_column,
+    select,
+    type_coerce,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from pgflow.inspection import (
@@ -90,7 +101,7 @@ class SQLInspection:
     def _bucket(self, bucket_seconds: int) -> ColumnElement[Any]:
         """The bucket number of `completed_at` (floor of epoch seconds / bucket)."""
         if self._dialect == "sqlite":  # epoch seconds already; positive, so CAST floors
-            return cast(jobs.c.completed_at / bucket_seconds, Integer)
+            return cast(type_coerce(jobs.c.completed_at, Float()) / bucket_seconds, Integer)
         epoch = func.extract("epoch", jobs.c.completed_at)
         return cast(func.floor(epoch / bucket_seconds), Integer)
 
