@@ -215,9 +215,7 @@ def test_metrics_and_health(seeded: Seeded, client: Client) -> None:
     assert 'pgflow_jobs{queue="default",state="discarded"} 1.0' in text
     assert 'pgflow_runs{flow="dash_fanout",state="completed"} 1.0' in text
     assert 'pgflow_runs{flow="dash_broken",state="failed"} 1.0' in text
-    assert all(
-        line.startswith(("#", "pgflow_")) for line in text.splitlines() if line.strip()
-    )
+    assert all(line.startswith(("#", "pgflow_")) for line in text.splitlines() if line.strip())
     assert browser.get("/healthz").text == "ok"
 
 
