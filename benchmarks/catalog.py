@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks import distributed, durable, graph, inprocess, primitives, steered
+from benchmarks import dashboard, distributed, durable, graph, inprocess, primitives, steered
 from benchmarks.harness import Benchmark
 
 BENCHMARKS: list[Benchmark] = [
@@ -12,6 +12,7 @@ BENCHMARKS: list[Benchmark] = [
     *distributed.BENCHMARKS,
     *graph.BENCHMARKS,
     *steered.BENCHMARKS,
+    *dashboard.BENCHMARKS,
 ]
 
 
