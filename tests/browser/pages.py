@@ -41,9 +41,12 @@ def all_css(driver: WebDriver, selector: str) -> list[WebElement]:
 
 def await_true(driver: WebDriver, check: Callable[[WebDriver], T], what: str) -> T:
     """`check(driver)`'s first truthy value, polled for up to WAIT seconds."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    value: T = WebDriverWait(driver, WAIT, poll_frequency=0.1).until(
+    # Stale or missing: the page is being replaced (navigation, or a live fragment swapped).
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    value: T = WebDriverWait(driver, WAIT, poll_frequency=0.1, ignored_exceptions=ignored).until(
         check, f"gave up waiting for {what} on {driver.current_url}"
     )
     return value
@@ -72,9 +75,10 @@ def act(
     action: str,
     fields: dict[str, str] | None = None,
     lands_on: str | None = None,
-) -> None:
+) -> str:
     """On `page_url`, fill the action's form fields, click its button, await the redirect
-    back to the page (or to `lands_on`, a path, when the action leaves no page to return to).
+    back to the page (or to `lands_on`, a path prefix, when the action leads elsewhere);
+    return the path it landed on.
 
     The page is marked first, so the wait ends only on a new page (the 303 back to it).
     """
@@ -83,10 +87,18 @@ def act(
     form = button.find_element("xpath", "./ancestor::form")
     for name, value in (fields or {}).items():
         field = form.find_element("css selector", f"[name='{name}']")
-        field.clear()
-        field.send_keys(value)
+        if field.tag_name == "select":
+            from selenium.webdriver.support.select import Select
+
+            Select(field).select_by_value(value)
+        else:
+            field.clear()
+            field.send_keys(value)
     driver.execute_script("window.__beforeAction = true")
+    question = button.get_attribute("data-confirm")
     button.click()
+    if question:
+        answer_confirm(driver, question)
     await_true(
         driver,
         lambda d: (
@@ -97,9 +109,27 @@ def act(
     )
     landed = urlsplit(driver.current_url).path
     expected = lands_on or urlsplit(page_url).path
-    assert landed == expected, (
-        f"the {action!r} action landed on {driver.current_url}, not on {expected}"
+    assert landed == expected or (lands_on is not None and landed.startswith(lands_on)), (
+        f"the {action!r} action landed on {driver.current_url}, not on {expected}; "
+        f"the page says: {css(driver, 'body').text[:500]!r}"
     )
+    assert all_css(driver, ".flash"), f"no message after the {action!r} action"
+    return landed
+
+
+def answer_confirm(driver: WebDriver, question: str, accept: bool = True) -> None:
+    """Await the page's confirm() dialog asking `question`, and accept (or dismiss) it."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    alert = WebDriverWait(driver, WAIT).until(
+        expected_conditions.alert_is_present(), f"no dialog asking {question!r}"
+    )
+    assert alert.text == question
+    if accept:
+        alert.accept()
+    else:
+        alert.dismiss()
 
 
 def pwned(driver: WebDriver) -> Any:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pgflow
 from tests.browser import flows
 from tests.browser.conftest import Site
-from tests.browser.pages import act, all_css, await_true, css, open_page
+from tests.browser.pages import act, all_css, answer_confirm, await_true, css, open_page
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -26,13 +26,8 @@ def test_wrong_token_is_refused_and_the_right_one_signs_in(browser: WebDriver, s
     open_page(browser, site.url("/login"), "input[name=token]")
     css(browser, "input[name=token]").send_keys("not-the-token")
     css(browser, "#login-submit").click()
-    await_true(
-        browser,
-        lambda d: (
-            "/login" in d.current_url and "token" in d.find_element("tag name", "body").text.lower()
-        ),
-        "the login form to come back with an error",
-    )
+    assert "not right" in css(browser, "#login-error").text
+    assert "/login" in browser.current_url
     assert not _actions_visible(browser, site)
 
     open_page(browser, site.url("/login"), "input[name=token]")
@@ -69,6 +64,14 @@ def test_cancel_cancels_a_waiting_job(signed_in: WebDriver, site: Site) -> None:
 
 def test_delete_removes_a_finished_job(signed_in: WebDriver, site: Site) -> None:
     job_id = site.seeded.delete_job
+    assert job_state(site, job_id) is pgflow.JobState.DISCARDED
+    # Declining the confirmation sends nothing.
+    open_page(signed_in, site.url(f"/jobs/{job_id}"), "button[data-action='delete']")
+    button = css(signed_in, "button[data-action='delete']")
+    question = button.get_attribute("data-confirm") or ""
+    assert "delete" in question.lower()
+    button.click()
+    answer_confirm(signed_in, question, accept=False)
     assert job_state(site, job_id) is pgflow.JobState.DISCARDED
     act(signed_in, site.url(f"/jobs/{job_id}"), "delete", lands_on="/jobs")
     assert site.app.get_job(job_id) is None
@@ -119,9 +122,10 @@ def test_resume_a_failed_run(signed_in: WebDriver, site: Site) -> None:
 
 def test_restart_a_completed_run(signed_in: WebDriver, site: Site) -> None:
     run_id = site.seeded.restart_run
-    act(signed_in, site.url(f"/runs/{run_id}"), "run-restart", lands_on=None)
+    landed = act(signed_in, site.url(f"/runs/{run_id}"), "run-restart", lands_on="/runs/")
     restarts = [run for run in site.app.list_runs(flow=flows.fanout) if run.restart_of == run_id]
     assert len(restarts) == 1, restarts
+    assert landed == f"/runs/{restarts[0].workflow_id}"  # the new run's page
     assert restarts[0].state.value == "running"
     assert run_state(site, run_id) == "completed"
 

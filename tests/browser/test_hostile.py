@@ -30,7 +30,7 @@ def test_hostile_job_args_show_as_text(signed_in: WebDriver, site: Site) -> None
 
     open_page(signed_in, site.url("/jobs?queue=mail"), "tr[data-job-id]")
     row = css(signed_in, f"tr[data-job-id='{site.seeded.hostile_args_job}']")
-    assert "<script>window.__pwned=1</script>" in row.text
+    assert "window.__pwned=1" in row.text  # the args' preview, as text
     assert_inert(signed_in)
 
 
