@@ -111,3 +111,32 @@ def load(input: dict[str, Any]) -> dict[str, Any]:
 @fragile.step(depends_on=["load"], max_attempts=1)
 def explode(load: dict[str, Any]) -> None:
     raise ValueError(f"step broke on {HOSTILE}")
+
+
+# --- the README's run screenshot: a map done, a wait pending, a sub-flow to come ------------
+
+order = pgflow.Flow("browser_order", queue="flows")
+
+
+@order.step
+def lines(input: dict[str, Any]) -> list[int]:
+    return list(input["lines"])
+
+
+@order.map(over="lines")
+def price(item: int) -> int:
+    return item * 100
+
+
+@order.step(depends_on=["lines"])
+def stock(lines: list[int]) -> bool:
+    return all(line > 0 for line in lines)
+
+
+@order.step(depends_on=["price", "stock"])
+def invoice(price: list[int], stock: bool) -> dict[str, Any]:
+    return {"count": sum(price) // 100, "in_stock": stock}
+
+
+order.wait_for("payment", depends_on=["invoice"])
+order.subflow("ship", fanout, depends_on=["invoice", "payment"])

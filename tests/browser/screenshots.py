@@ -23,20 +23,31 @@ IMAGES = ROOT / "docs" / "images"
 WIDTH = 1280
 
 
-def run_batch(url: str) -> None:
-    """A few dozen jobs more, most completing and some failing, for the charts."""
-    app = pgflow.Pgflow(url, queues={"default": 4}, instance_id="browser-batch", poll_interval=0.05)
+def run_batch(url: str) -> str:
+    """A few dozen jobs more, most completing and some failing, for the charts; and an order
+    run brought to its wait for payment (the run screenshot). Returns that run's id."""
+    app = pgflow.Pgflow(
+        url, queues={"default": 4, "flows": 4}, instance_id="worker-1", poll_interval=0.05
+    )
     jobs = app.insert(
         [flows.Echo.new({"n": n}) for n in range(40)]
         + [flows.Boom.new({"why": f"batch {n}"}) for n in range(6)]
     )
+    order = app.start_run(flows.order, {"lines": [3, 1, 4, 1, 5]}).workflow_id
     app.start()
     try:
         finished = (pgflow.JobState.COMPLETED, pgflow.JobState.DISCARDED)
         for job in jobs:
             wait_until(lambda job=job: _state(app, job.id) in finished, f"job {job.id}")
+        wait_until(lambda: _invoiced(app, order), f"run {order} to wait for its payment")
     finally:
         app.stop(timeout=10.0)
+    return order
+
+
+def _invoiced(app: pgflow.Pgflow, workflow_id: str) -> bool:
+    run = app.get_run(workflow_id)
+    return run is not None and run.steps["invoice"].state.value == "completed"
 
 
 def _state(app: pgflow.Pgflow, job_id: int) -> pgflow.JobState | None:
@@ -49,6 +60,7 @@ def capture(driver: object, path: Path) -> None:
     from selenium.webdriver.remote.webdriver import WebDriver
 
     assert isinstance(driver, WebDriver)
+    driver.execute_script("document.documentElement.style.overflow = 'hidden'")
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(WIDTH, min(max(int(height) + 120, 600), 2400))
     driver.save_screenshot(str(path))
@@ -63,7 +75,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{folder}/pgflow.db"
         seeded = seed(url)
-        run_batch(url)
+        order = run_batch(url)
         live = pgflow.Pgflow(url, queues={"idle": 1}, instance_id="web-1", poll_interval=0.2)
         live.start()
         token = secrets.token_urlsafe(16)
@@ -77,7 +89,7 @@ def main() -> int:
                     dashboard.url(f"/jobs/{seeded.failed_job}"),
                     "section.job-error",
                 ),
-                "dashboard-run.png": (dashboard.url(f"/runs/{seeded.parent_run}"), "svg#run-graph"),
+                "dashboard-run.png": (dashboard.url(f"/runs/{order}"), "svg#run-graph"),
             }
             for name, (page, ready) in pages.items():
                 driver.set_window_size(WIDTH, 900)
