@@ -5,9 +5,11 @@ over generate_series: 8 queues, 20 workers, every state, a week of history with 
 rows in the last hour) and 10,000 runs, plus a stored flow run with its steps, instances, a
 leader and a cron entry; then VACUUM ANALYZE, as autovacuum would. Each page is requested
 through the ASGI app in process (Starlette's TestClient: routing, templates and every query,
-no network), warm-up first, and timed per request: p50 and max. The overview and /metrics
-are also timed "cold", their cached counts dropped before every request (the price paid
-once per cache period, 5 s).
+no network), warm-up first, and timed per request: p50 and max. The overview, the queue
+page and /metrics are also timed "cold": their cached counts dropped before every request.
+That is the price of the first request only: the dashboard computes the counts when it
+starts, and once known they are served from the cache while a background thread refreshes
+them every 5 s, so no later request waits for a count over the million jobs.
 
 Every SELECT a page sends is captured (SQLAlchemy's before_cursor_execute) and run again
 under EXPLAIN (ANALYZE): the results file lists, per page, the indexes used and any
@@ -180,7 +182,8 @@ def _pages(filled: Filled) -> list[tuple[str, str, bool]]:
     return [
         ("overview, counts cached", "/", False),
         ("overview, counts cold", "/", True),
-        ("queue page", "/queues/q3", True),
+        ("queue page", "/queues/q3", False),
+        ("queue page, counts cold", "/queues/q3", True),
         ("jobs, newest", "/jobs", False),
         ("jobs, queue filter", "/jobs?queue=q3", False),
         ("jobs, state filter (executing)", "/jobs?state=executing", False),
@@ -234,7 +237,7 @@ def _measure(url: str, filled: Filled, sizes: Sizes) -> tuple[list[Row], dict[st
         with TestClient(app) as client:
             for case, path, cold in _pages(filled):
                 latencies = _time_page(
-                    client, path, sizes.requests, board.read.cache.clear if cold else None
+                    client, path, sizes.requests, board.read.cache.forget if cold else None
                 )
                 rows.append(
                     Row(
@@ -249,7 +252,7 @@ def _measure(url: str, filled: Filled, sizes: Sizes) -> tuple[list[Row], dict[st
                         detail=f"GET {path}; max {report.format_duration(max(latencies))}",
                     )
                 )
-                board.read.cache.clear()
+                board.read.cache.forget()
                 with _captured(engine) as statements:
                     assert client.get(path).status_code == 200
                 plans[case] = _explain(engine, statements)

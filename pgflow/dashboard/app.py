@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import secrets
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,10 @@ class Dashboard:
         self.read = ReadModel(self.backend, inspection_for(self.backend), cache_seconds)
         self.renderer = Renderer()
         self.title = title
+        if cache_seconds > 0:
+            threading.Thread(
+                target=self.read.warm, name="pgflow-dashboard-warm", daemon=True
+            ).start()
 
     # --- per request -----------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ period, however many browsers poll), the rest is read per request.
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -25,6 +27,7 @@ from pgflow.records import Instance, JobState
 __all__ = ["CronRow", "QueueRow", "ReadModel", "TTLCache"]
 
 T = TypeVar("T")
+logger = logging.getLogger("pgflow.dashboard")
 
 #: The overview's chart: this many buckets of BUCKET_SECONDS, ending now.
 BUCKETS = 60
@@ -33,28 +36,63 @@ STATES = tuple(state.value for state in JobState)
 
 
 class TTLCache:
-    """Values computed at most once per `seconds` each (per key), shared by all threads."""
+    """Values computed at most once per `seconds` each (per key), shared by all threads.
+
+    A value past its time is still served while one background thread computes the next
+    (so no page waits for a count over a million jobs once the first one is known); only a
+    key never computed, or dropped by `forget`, makes its caller wait. With `seconds` 0
+    nothing is cached.
+    """
 
     def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
         self._clock = clock
         self._lock = threading.Lock()
         self._values: dict[str, tuple[float, Any]] = {}
+        self._refreshing: set[str] = set()
 
     def get(self, key: str, compute: Callable[[], T]) -> T:
-        now = self._clock()
+        if self.seconds <= 0:
+            return compute()
         with self._lock:
             found = self._values.get(key)
-        if found is not None and now - found[0] < self.seconds:
-            value: T = found[1]
-            return value
+            if found is not None:
+                if self._clock() - found[0] >= self.seconds and key not in self._refreshing:
+                    self._refreshing.add(key)
+                    threading.Thread(
+                        target=self._refresh,
+                        args=(key, compute),
+                        daemon=True,
+                        name=f"pgflow-dashboard-{key}",
+                    ).start()
+                value: T = found[1]
+                return value
         value = compute()
         with self._lock:
             self._values[key] = (self._clock(), value)
         return value
 
+    def _refresh(self, key: str, compute: Callable[[], Any]) -> None:
+        try:
+            value = compute()
+        except Exception:  # the stale value stays; the next request tries again
+            logger.warning(
+                "dashboard: refreshing %s failed", key, exc_info=True, extra={"cache_key": key}
+            )
+            with self._lock:
+                self._refreshing.discard(key)
+            return
+        with self._lock:
+            self._values[key] = (self._clock(), value)
+            self._refreshing.discard(key)
+
     def clear(self) -> None:
-        """Forget every value (after an action, so the next page shows its effect)."""
+        """Make every value stale (after an action): the next read refreshes it."""
+        with self._lock:
+            self._values = {key: (-math.inf, value) for key, (_, value) in self._values.items()}
+
+    def forget(self) -> None:
+        """Drop every value: the next read of each waits for a fresh one."""
         with self._lock:
             self._values.clear()
 
@@ -142,6 +180,16 @@ class ReadModel:
 
     def now(self) -> datetime:
         return self.backend.database_time()
+
+    def warm(self) -> None:
+        """Compute the cached reads once, so that even the first page finds them (run on a
+        thread of its own when the dashboard starts; a failure is only logged)."""
+        try:
+            self.state_counts()
+            self.run_counts()
+            self.throughput(self.now())
+        except Exception:  # the store may not be reachable yet: pages will say so
+            logger.warning("dashboard: warming the counts failed", exc_info=True)
 
     def state_counts(self) -> list[StateCount]:
         return self.cache.get("state_counts", self.inspection.state_counts)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     Float,
     Integer,
-    Text,
     case,
     cast,
     delete,
@@ -57,8 +56,11 @@ class SQLInspection:
         self._dialect = backend.engine.dialect.name
 
     def state_counts(self) -> list[StateCount]:
-        statement = select(jobs.c.queue, jobs.c.state, func.count()).group_by(
-            jobs.c.queue, jobs.c.state
+        # Grouped in the (queue, state, id) index's order: an index-only scan, no sort.
+        statement = (
+            select(jobs.c.queue, jobs.c.state, func.count())
+            .group_by(jobs.c.queue, jobs.c.state)
+            .order_by(jobs.c.queue, jobs.c.state)
         )
         with self._backend._read() as connection:
             rows = connection.execute(statement).all()
@@ -115,28 +117,17 @@ class SQLInspection:
             conditions.append(jobs.c.worker == where.worker)
         if where.before is not None:
             conditions.append(jobs.c.id < where.before)
+        newest = select(*JOB_COLUMNS).where(*conditions).order_by(jobs.c.id.desc())
         if not where.text:
-            statement = (
-                select(*JOB_COLUMNS)
-                .where(*conditions)
-                .order_by(jobs.c.id.desc())
-                .limit(where.limit)
-            )
+            statement = newest.limit(where.limit)
         else:
-            window = (
-                select(jobs.c.id)
-                .where(*conditions)
-                .order_by(jobs.c.id.desc())
-                .limit(TEXT_SCAN_LIMIT)
-                .subquery()
-            )
+            # The newest TEXT_SCAN_LIMIT matches of the other filters, walked newest first
+            # (a LIMIT keeps the subquery apart, so the scan stops at the page's last match).
+            window = newest.limit(TEXT_SCAN_LIMIT).subquery("recent")
             statement = (
-                select(*JOB_COLUMNS)
-                .where(jobs.c.id.in_(select(window.c.id)))
-                .where(
-                    cast(jobs.c.args, Text).ilike(like_pattern(where.text), escape="\\"),
-                )
-                .order_by(jobs.c.id.desc())
+                select(*window.c)
+                .where(window.c.args.ilike(like_pattern(where.text), escape="\\"))
+                .order_by(window.c.id.desc())
                 .limit(where.limit)
             )
         with self._backend._read() as connection:
