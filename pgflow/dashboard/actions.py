@@ -66,6 +66,14 @@ def _job_id(params: dict[str, Any]) -> int:
     return int(raw)
 
 
+#: Path parameters as pgflow's log fields (a record's own "name" must not be overwritten).
+_LOG_FIELDS = {"job_id": "job_id", "name": "queue", "run_id": "workflow_id"}
+
+
+def _log_fields(params: dict[str, Any]) -> dict[str, str]:
+    return {_LOG_FIELDS[key]: str(value) for key, value in params.items() if key in _LOG_FIELDS}
+
+
 def _refused(status: int, message: str) -> Response:
     from pgflow.dashboard.rendering import secure
 
@@ -105,7 +113,7 @@ class Actions:
                 "dashboard action %s: %s",
                 name,
                 message,
-                extra={"action": name, "ok": ok, **{k: str(v) for k, v in params.items()}},
+                extra={"action": name, "ok": ok, **_log_fields(params)},
             )
             return board.redirect(request, back, message, ok)
 

@@ -3,8 +3,10 @@ and PostgreSQL; a refused one says why on the page it returns to."""
 
 from __future__ import annotations
 
+import logging
 import re
 
+import pytest
 from starlette.testclient import TestClient
 
 from pgflow.records import JobState, RunState, StepStatus
@@ -52,7 +54,10 @@ def test_an_executing_job_is_not_deleted(seeded: Seeded, client: Client) -> None
     assert stored is not None and stored.state is JobState.EXECUTING
 
 
-def test_queue_pause_and_resume(seeded: Seeded, client: Client) -> None:
+def test_queue_pause_and_resume(
+    seeded: Seeded, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pgflow.dashboard")
     app = seeded.app
     browser = signed_in(client)
     page = browser.get("/queues/mail").text
@@ -63,6 +68,8 @@ def test_queue_pause_and_resume(seeded: Seeded, client: Client) -> None:
     assert 'data-action="resume"' in overview.split('<tr data-queue="mail">', 1)[1]
     assert _flash(_post(browser, "/queues/mail/resume")) == "ok: queue mail resumed"
     assert not any(c.paused for c in app.backend.queue_controls())
+    logged = [r for r in caplog.records if getattr(r, "action", None) == "resume"]
+    assert logged and logged[0].queue == "mail" and logged[0].ok is True
 
 
 def test_run_signal_then_cancel(seeded: Seeded, client: Client) -> None:
