@@ -12,7 +12,7 @@ import importlib
 import logging
 import secrets
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,3 @@ def _register(flows: Iterable[Any]) -> None:
 
     for flow in flows:
         registry.add_workflow(resolve_workflow(flow))
-
-
-Handler = Callable[[Request], Awaitable[Response]]
