@@ -39,14 +39,16 @@ def all_css(driver: WebDriver, selector: str) -> list[WebElement]:
     return list(driver.find_elements(By.CSS_SELECTOR, selector))
 
 
-def await_true(driver: WebDriver, check: Callable[[WebDriver], T], what: str) -> T:
-    """`check(driver)`'s first truthy value, polled for up to WAIT seconds."""
+def await_true(
+    driver: WebDriver, check: Callable[[WebDriver], T], what: str, timeout: float = WAIT
+) -> T:
+    """`check(driver)`'s first truthy value, polled for up to `timeout` seconds."""
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     # Stale or missing: the page is being replaced (navigation, or a live fragment swapped).
     ignored = (NoSuchElementException, StaleElementReferenceException)
-    value: T = WebDriverWait(driver, WAIT, poll_frequency=0.1, ignored_exceptions=ignored).until(
+    value: T = WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=ignored).until(
         check, f"gave up waiting for {what} on {driver.current_url}"
     )
     return value

@@ -37,6 +37,20 @@ def test_wrong_token_is_refused_and_the_right_one_signs_in(browser: WebDriver, s
     assert _actions_visible(browser, site)
 
 
+def test_sign_out_takes_the_actions_away(signed_in: WebDriver, site: Site) -> None:
+    assert _actions_visible(signed_in, site)
+    css(signed_in, "#logout-submit").click()
+    await_true(
+        signed_in,
+        lambda d: (
+            d.find_elements("css selector", "input[name=token]")
+            or not d.find_elements("css selector", "#logout-submit")
+        ),
+        "the sign-out to land on a signed-out page",
+    )
+    assert not _actions_visible(signed_in, site)
+
+
 def _actions_visible(browser: WebDriver, site: Site) -> bool:
     open_page(browser, site.url(f"/jobs/{site.seeded.failed_job}"), "#job-state")
     return bool(all_css(browser, "button[data-action='retry']"))
