@@ -75,7 +75,8 @@ class Pages:
             states=[state.value for state in JobState],
             online=sum(1 for instance in instances if instance.status == "online"),
             leader=read.inspection.leader(),
-            runs=read.run_counts(),
+            runs=read.runs_counted(),
+            counting=any(row.counts is None for row in queues) or read.counted() is None,
         )
 
     def queue(self, request: Request) -> Response:
@@ -120,7 +121,7 @@ class Pages:
             where=where,
             problems=problems,
             states=[state.value for state in JobState],
-            queues=sorted({row.queue for row in self.board.read.state_counts()}),
+            queues=sorted({row.queue for row in self.board.read.counted() or ()}),
             next_before=next_before,
         )
 
@@ -157,7 +158,7 @@ class Pages:
             state=state_text,
             problems=problems,
             states=[state.value for state in RunState],
-            flows=sorted({row.flow for row in self.board.read.run_counts()}),
+            flows=sorted({row.flow for row in self.board.read.runs_counted() or ()}),
         )
 
     def run(self, request: Request) -> Response:

@@ -52,25 +52,44 @@ class TTLCache:
         self._refreshing: set[str] = set()
 
     def get(self, key: str, compute: Callable[[], T]) -> T:
+        """The value (stale ones refreshed behind); a key never computed is computed now."""
         if self.seconds <= 0:
             return compute()
         with self._lock:
             found = self._values.get(key)
             if found is not None:
-                if self._clock() - found[0] >= self.seconds and key not in self._refreshing:
-                    self._refreshing.add(key)
-                    threading.Thread(
-                        target=self._refresh,
-                        args=(key, compute),
-                        daemon=True,
-                        name=f"pgflow-dashboard-{key}",
-                    ).start()
+                self._refresh_if_stale(key, found[0], compute)
                 value: T = found[1]
                 return value
         value = compute()
         with self._lock:
             self._values[key] = (self._clock(), value)
         return value
+
+    def peek(self, key: str, compute: Callable[[], T]) -> T | None:
+        """Like `get`, but never waits: a key never computed starts computing on a thread
+        of its own and None is returned (the page says "counting" until it is known)."""
+        if self.seconds <= 0:
+            return compute()
+        with self._lock:
+            found = self._values.get(key)
+            if found is None:
+                self._refresh_if_stale(key, -math.inf, compute)
+                return None
+            self._refresh_if_stale(key, found[0], compute)
+            value: T = found[1]
+            return value
+
+    def _refresh_if_stale(self, key: str, computed_at: float, compute: Callable[[], Any]) -> None:
+        """Start the one background refresh of `key` when due (the lock is held)."""
+        if self._clock() - computed_at >= self.seconds and key not in self._refreshing:
+            self._refreshing.add(key)
+            threading.Thread(
+                target=self._refresh,
+                args=(key, compute),
+                daemon=True,
+                name=f"pgflow-dashboard-{key}",
+            ).start()
 
     def _refresh(self, key: str, compute: Callable[[], Any]) -> None:
         try:
@@ -102,7 +121,8 @@ class QueueRow:
     """One queue on the overview."""
 
     name: str
-    counts: dict[str, int]
+    #: Jobs by state; None while the first count runs (the page fills it in live).
+    counts: dict[str, int] | None
     paused: bool
     held_until: datetime | None
     #: The options the online instances serving it published, most common first.
@@ -187,35 +207,46 @@ class ReadModel:
         try:
             self.state_counts()
             self.run_counts()
-            self.throughput(self.now())
+            now = self.now()
+            since = now - timedelta(seconds=BUCKETS * BUCKET_SECONDS)
+            self.cache.get("throughput", lambda: self.inspection.throughput(since, BUCKET_SECONDS))
         except Exception:  # the store may not be reachable yet: pages will say so
             logger.warning("dashboard: warming the counts failed", exc_info=True)
 
     def state_counts(self) -> list[StateCount]:
+        """Jobs by queue and state, waiting for them when they were never counted."""
         return self.cache.get("state_counts", self.inspection.state_counts)
 
     def run_counts(self) -> list[RunCount]:
         return self.cache.get("run_counts", self.inspection.run_counts)
 
-    def throughput(self, now: datetime) -> list[ThroughputBucket]:
+    def counted(self) -> list[StateCount] | None:
+        """Jobs by queue and state for a page: None while the first count runs."""
+        return self.cache.peek("state_counts", self.inspection.state_counts)
+
+    def runs_counted(self) -> list[RunCount] | None:
+        return self.cache.peek("run_counts", self.inspection.run_counts)
+
+    def throughput(self, now: datetime) -> list[ThroughputBucket] | None:
         since = now - timedelta(seconds=BUCKETS * BUCKET_SECONDS)
-        return self.cache.get(
+        return self.cache.peek(
             "throughput", lambda: self.inspection.throughput(since, BUCKET_SECONDS)
         )
 
     def queues(self, only: str | None = None) -> list[QueueRow]:
         """Every queue known from its jobs, its online instances or a stored control."""
         now = self.now()
+        counted = self.counted()
         counts: dict[str, dict[str, int]] = {}
-        for row in self.state_counts():
+        for row in counted or ():
             counts.setdefault(row.queue, dict.fromkeys(STATES, 0))[row.state.value] = row.count
         instances = self.backend.list_instances()
         options = published_options(instances)
         controls = {control.queue: control for control in self.backend.queue_controls()}
         flows = self._buckets(now)
         names = sorted(set(counts) | set(options) | set(controls))
-        if only is not None:
-            names = [name for name in names if name == only]
+        if only is not None:  # while the first count runs, any name may be a queue's
+            names = [only] if only in names or counted is None else []
         rows = []
         for name in names:
             control = controls.get(name)
@@ -223,7 +254,7 @@ class ReadModel:
             rows.append(
                 QueueRow(
                     name=name,
-                    counts=counts.get(name, dict.fromkeys(STATES, 0)),
+                    counts=None if counted is None else counts.get(name, dict.fromkeys(STATES, 0)),
                     paused=control is not None and control.paused,
                     held_until=hold if hold is not None and hold > now else None,
                     options=options.get(name, ()),
@@ -235,7 +266,7 @@ class ReadModel:
     def _buckets(self, now: datetime) -> dict[str, tuple[tuple[datetime, int, int], ...]]:
         """Each queue's last BUCKETS minutes, oldest first, zeros where nothing finished."""
         found: dict[str, dict[datetime, tuple[int, int]]] = {}
-        for bucket in self.throughput(now):
+        for bucket in self.throughput(now) or ():
             found.setdefault(bucket.queue, {})[bucket.start] = (bucket.completed, bucket.failed)
         starts = [start for start, _, _ in _empty_buckets(now)]
         return {

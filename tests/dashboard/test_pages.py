@@ -85,6 +85,39 @@ def test_counts_are_cached_for_cache_seconds(seeded: Seeded, store: object) -> N
         assert 'pgflow_jobs{queue="mail",state="available"} 1.0' in browser.get("/metrics").text
 
 
+def test_pages_never_wait_for_the_first_count(seeded: Seeded, store: object) -> None:
+    """Until the counts are known the cells say so, and the live fragment fills them in."""
+    app = create_app(store, cache_seconds=3600)
+    board = app.state.dashboard
+    for thread in threading.enumerate():
+        if thread.name == "pgflow-dashboard-warm":
+            thread.join(30)
+    real = board.read.inspection
+    gate = threading.Event()
+
+    class Slow:
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def state_counts(self) -> object:
+            assert gate.wait(30)
+            return real.state_counts()
+
+    board.read.inspection = Slow()
+    board.read.cache.forget()
+    with TestClient(app) as browser:
+        waiting = browser.get("/").text
+        assert "Counting the jobs" in waiting
+        counter = next(t for t in threading.enumerate() if t.name.endswith("state_counts"))
+        assert browser.get("/queues/mail").status_code == 200  # known once counted
+        gate.set()
+        counter.join(30)
+        assert not counter.is_alive()
+        live = browser.get("/?fragment=live").text
+        assert "Counting the jobs" not in live
+        assert _cell(live, "mail", "available") == 1
+
+
 def test_jobs_filters(seeded: Seeded, client: Client) -> None:
     browser = client()
     every = _ids(browser.get("/jobs").text, "data-job-id")
