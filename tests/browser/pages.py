@@ -18,6 +18,9 @@ T = TypeVar("T")
 
 #: Seconds a page, an action's redirect or a live update may take.
 WAIT = 10.0
+#: How late the shown job counts may be: the dashboard reuses them for 5 s, serves the old
+#: value once more while it recounts, and pages poll every 2 s (so about 12 s), plus slack.
+COUNTS_LAG = 20.0
 
 
 def css(driver: WebDriver, selector: str) -> WebElement:

@@ -67,7 +67,7 @@ def seed(url: str) -> Seeded:
     boom = [app.insert(flows.Boom.new({"why": why})) for why in ("shown", "retry", "delete")]
     hostile_error = app.insert(flows.Boom.new({"why": flows.HOSTILE}))
     waiting = [app.insert(flows.Mail.new({"to": to})) for to in ("cancel", "live", "csrf")]
-    hostile_args = app.insert(flows.Mail.new({"x": flows.HOSTILE}))
+    hostile_args = app.insert(flows.Mail.new({"x": flows.HOSTILE}, meta={"note": flows.HOSTILE}))
     readers = app.insert([flows.Mail.new({"to": f"reader-{n}@example.com"}) for n in range(3)])
 
     map_run = app.start_run(flows.fanout, {"count": 3}).workflow_id
@@ -77,7 +77,9 @@ def seed(url: str) -> Seeded:
         app.start_run(flows.approval, {"title": title}).workflow_id
         for title in ("signal me", "cancel me", "waiting")
     )
-    resume_run, failed_run = (app.start_run(flows.fragile, {"n": n}).workflow_id for n in (1, 2))
+    resume_run, failed_run = (
+        app.start_run(flows.fragile, {"n": n, "note": flows.HOSTILE}).workflow_id for n in (1, 2)
+    )
 
     app.start()
     try:

@@ -26,6 +26,7 @@ def assert_inert(driver: WebDriver) -> None:
 def test_hostile_job_args_show_as_text(signed_in: WebDriver, site: Site) -> None:
     open_page(signed_in, site.url(f"/jobs/{site.seeded.hostile_args_job}"), "#job-args")
     assert json.loads(css(signed_in, "#job-args").text) == {"x": HOSTILE}
+    assert json.loads(css(signed_in, "#job-meta").text) == {"note": HOSTILE}
     assert_inert(signed_in)
 
     open_page(signed_in, site.url("/jobs?queue=mail"), "tr[data-job-id]")
@@ -45,5 +46,13 @@ def test_hostile_job_error_shows_as_text(signed_in: WebDriver, site: Site) -> No
 
 def test_hostile_step_error_shows_as_text(signed_in: WebDriver, site: Site) -> None:
     open_page(signed_in, site.url(f"/runs/{site.seeded.failed_run}"), "svg#run-graph")
-    assert f"step broke on {HOSTILE}" in css(signed_in, "body").text
+    page = css(signed_in, "body").text
+    assert f"step broke on {HOSTILE}" in page  # the step's error
+    assert f'"note": "{HOSTILE}"' in page  # the run's input
+    assert_inert(signed_in)
+
+    open_page(signed_in, site.url("/runs?flow=browser_fragile"), "tr[data-run-id]")
+    assert {row.get_attribute("data-run-id") for row in all_css(signed_in, "tr[data-run-id]")} >= {
+        site.seeded.failed_run
+    }
     assert_inert(signed_in)

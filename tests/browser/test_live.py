@@ -8,15 +8,10 @@ from typing import TYPE_CHECKING
 import pgflow
 from tests.browser import flows
 from tests.browser.conftest import Site
-from tests.browser.pages import await_true, css, open_page
+from tests.browser.pages import COUNTS_LAG, await_true, css, open_page
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
-
-
-#: How late the overview's counts may be: the dashboard reuses them for 5 s, serves the old
-#: value once more while it recounts, and the page polls every 2 s (so about 12 s), plus slack.
-COUNTS_LAG = 20.0
 
 
 def mark(driver: WebDriver) -> None:

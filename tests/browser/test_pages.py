@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pgflow
 from tests.browser.conftest import IDLE_QUEUE, Site
-from tests.browser.pages import all_css, await_true, css, open_page
+from tests.browser.pages import COUNTS_LAG, all_css, await_true, css, open_page
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -27,27 +27,49 @@ def run_ids(driver: WebDriver) -> set[str]:
     return {row.get_attribute("data-run-id") or "" for row in all_css(driver, "tr[data-run-id]")}
 
 
+def shown_counts(driver: WebDriver, queue: str) -> dict[str, int]:
+    """The counts by state in the row of `queue` (on the overview or the queue's page)."""
+    row = css(driver, f"tr[data-queue='{queue}']")
+    return {
+        cell.get_attribute("data-state") or "": int(cell.text.strip().replace(",", ""))
+        for cell in row.find_elements("css selector", "td[data-state]")
+    }
+
+
+def stored_counts(site: Site, queue: str) -> dict[str, int]:
+    status = site.app.status()
+    return {state: status.count(queue=queue, state=pgflow.JobState(state)) for state in STATES}
+
+
 def test_overview_shows_each_queue_with_its_counts_and_chart(
     browser: WebDriver, site: Site
 ) -> None:
     open_page(browser, site.url("/"), "tr[data-queue='mail']")
-    status = site.app.status()
-    for queue in ("default", "mail", "flows"):
-        row = css(browser, f"tr[data-queue='{queue}']")
-        shown = {
-            cell.get_attribute("data-state"): cell.text.strip()
-            for cell in row.find_elements("css selector", "td[data-state]")
-        }
-        assert set(shown) >= {"available", "completed", "discarded"}, shown
-        for state, text in shown.items():
-            expected = status.count(queue=queue, state=pgflow.JobState(state))
-            assert text.replace(",", "") == str(expected), (queue, state, text, expected)
-        assert row.find_elements("css selector", "svg.throughput"), f"no chart for {queue}"
-    assert status.count(queue="default", state=pgflow.JobState.COMPLETED) >= 1
-    assert status.count(queue="default", state=pgflow.JobState.DISCARDED) >= 2
+    queues = ("default", "mail", "flows")
+    # Counts are cached for a few seconds: await the database's (an earlier test may have
+    # just changed them), which the page's live updates bring without a reload.
+    await_true(
+        browser,
+        lambda d: all(shown_counts(d, queue) == stored_counts(site, queue) for queue in queues),
+        "the overview's counts to be the database's",
+        timeout=COUNTS_LAG,
+    )
+    assert stored_counts(site, "default")["completed"] >= 1
+    assert stored_counts(site, "default")["discarded"] >= 2
+    assert stored_counts(site, "mail")["available"] >= 4
+    for queue in queues:
+        chart = f"tr[data-queue='{queue}'] svg.throughput"
+        assert all_css(browser, chart), f"no chart for {queue}"
 
     css(browser, "tr[data-queue='mail'] a[href$='/queues/mail']").click()
     await_true(browser, lambda d: d.current_url.endswith("/queues/mail"), "the queue's page")
+    await_true(
+        browser,
+        lambda d: shown_counts(d, "mail") == stored_counts(site, "mail"),
+        "the queue page's counts to be the database's",
+        timeout=COUNTS_LAG,
+    )
+    assert not all_css(browser, "button[data-action]")  # signed out: nothing to click
 
 
 def test_job_list_filters_by_queue_state_worker_and_args_text(
