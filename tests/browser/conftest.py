@@ -56,15 +56,31 @@ class Site:
         return self.dashboard.token
 
 
-@pytest.fixture(scope="session")
-def chromium() -> Iterator[WebDriver]:
-    """One headless Chromium for the session; skipped without one, failed under CI=true."""
+def _require_browser() -> None:
+    """Skip without Chromium (or selenium); under CI=true, fail instead."""
     problem = missing_browser()
     if problem is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true but the browser tests cannot run: {problem}", pytrace=False)
         pytest.skip(f"{problem} (set CI=true to make this a failure)")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[WebDriver]:
+    """One headless Chromium for the session; skipped without one, failed under CI=true."""
+    _require_browser()
     driver = chrome()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="session")
+def chromium_without_script() -> Iterator[WebDriver]:
+    """A second headless Chromium, with JavaScript turned off."""
+    _require_browser()
+    driver = chrome(javascript=False)
     try:
         yield driver
     finally:

@@ -124,8 +124,9 @@ def _healthy(dashboard: Dashboard) -> bool:
         return False
 
 
-def chrome(width: int = 1280, height: int = 900) -> WebDriver:
-    """Headless Chromium through the Debian chromedriver (no Selenium Manager download)."""
+def chrome(width: int = 1280, height: int = 900, javascript: bool = True) -> WebDriver:
+    """Headless Chromium through the Debian chromedriver (no Selenium Manager download);
+    with `javascript=False`, one that runs no script at all (as some readers browse)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -139,6 +140,10 @@ def chrome(width: int = 1280, height: int = 900) -> WebDriver:
         f"--window-size={width},{height}",
     ):
         options.add_argument(argument)
+    if not javascript:
+        options.add_experimental_option(
+            "prefs", {"profile.managed_default_content_settings.javascript": 2}
+        )
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(20)
     return driver

@@ -31,6 +31,7 @@ class Seeded:
     cancel_job: int
     live_job: int
     csrf_job: int
+    noscript_job: int
     hostile_args_job: int
     #: Every job of queue "mail" (never served while the tests run).
     mail_jobs: tuple[int, ...]
@@ -66,7 +67,9 @@ def seed(url: str) -> Seeded:
     echo = app.insert(flows.Echo.new({"greeting": "hello"}, meta={"source": "browser-test"}))
     boom = [app.insert(flows.Boom.new({"why": why})) for why in ("shown", "retry", "delete")]
     hostile_error = app.insert(flows.Boom.new({"why": flows.HOSTILE}))
-    waiting = [app.insert(flows.Mail.new({"to": to})) for to in ("cancel", "live", "csrf")]
+    waiting = [
+        app.insert(flows.Mail.new({"to": to})) for to in ("cancel", "live", "csrf", "noscript")
+    ]
     hostile_args = app.insert(flows.Mail.new({"x": flows.HOSTILE}, meta={"note": flows.HOSTILE}))
     readers = app.insert([flows.Mail.new({"to": f"reader-{n}@example.com"}) for n in range(3)])
 
@@ -114,6 +117,7 @@ def seed(url: str) -> Seeded:
         cancel_job=waiting[0].id,
         live_job=waiting[1].id,
         csrf_job=waiting[2].id,
+        noscript_job=waiting[3].id,
         hostile_args_job=hostile_args.id,
         mail_jobs=tuple(job.id for job in (*waiting, hostile_args, *readers)),
         map_run=map_run,
