@@ -191,7 +191,7 @@ def _pages(filled: Filled) -> list[tuple[str, str, bool]]:
         ("jobs, state filter (executing)", "/jobs?state=executing", False),
         ("jobs, queue + state (available)", "/jobs?queue=q5&state=available", False),
         ("jobs, worker filter", "/jobs?worker=app.workers.W7", False),
-        ("jobs, args text (newest 100k)", "/jobs?q=user999999%40", False),
+        ("jobs, args text (newest 50k)", "/jobs?q=user999999%40", False),
         ("jobs, page 2 (before=)", f"/jobs?queue=q2&before={filled.job_id // 2}", False),
         ("job detail", f"/jobs/{filled.job_id}", False),
         ("runs, newest", "/runs", False),
@@ -357,9 +357,9 @@ def _explain(engine: Any, statements: list[tuple[str, Any]]) -> list[str]:
 
 def _label(statement: str) -> str:
     """The table and the gist of a statement: its WHERE and GROUP BY, shortened."""
-    flat = " ".join(statement.split())
+    flat = re.sub(r"%\((\w+?)(?:_\d+)*\)s", r":\1", " ".join(statement.split()))
     table = re.search(r"FROM (\w+)", flat)
-    where = re.search(r" WHERE (.*?)(?: ORDER BY| GROUP BY| LIMIT|\)|$)", flat)
+    where = re.search(r" WHERE (.*?)(?: ORDER BY| GROUP BY| LIMIT|$)", flat)
     group = re.search(r" GROUP BY (.*?)(?: ORDER BY| LIMIT|$)", flat)
     parts = [table.group(1) if table else "?"]
     if where:

@@ -29,7 +29,7 @@ __all__ = [
 
 #: A search in args text reads at most this many of the newest jobs matching the other
 #: filters: a substring search cannot use an index, so its cost is bounded instead.
-TEXT_SCAN_LIMIT = 100_000
+TEXT_SCAN_LIMIT = 50_000
 
 
 def _check_limit(_instance: object, _attribute: attrs.Attribute[int], value: int) -> None:

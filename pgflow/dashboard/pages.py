@@ -16,7 +16,7 @@ from pgflow.dashboard.charts import throughput_chart
 from pgflow.dashboard.graph_svg import GraphStep, read_definition, run_graph
 from pgflow.dashboard.runs_view import definition_problem, timeline
 from pgflow.identifiers import storable_job_id, storable_workflow_id
-from pgflow.inspection import JobFilter
+from pgflow.inspection import TEXT_SCAN_LIMIT, JobFilter
 from pgflow.records import JobState, RunRecord, RunState, StepRecord
 
 if TYPE_CHECKING:
@@ -123,6 +123,7 @@ class Pages:
             states=[state.value for state in JobState],
             queues=sorted({row.queue for row in self.board.read.counted() or ()}),
             next_before=next_before,
+            text_scan_limit=TEXT_SCAN_LIMIT,
         )
 
     def job(self, request: Request) -> Response:
