@@ -49,6 +49,11 @@ def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
+def _compact(value: Any) -> str:
+    """JSON on one line, for previews in tables (escaped like any text by the template)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def _seconds(start: datetime | None, end: datetime | None) -> str:
     if start is None or end is None:
         return "—"
@@ -76,7 +81,9 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters.update(when=_when, pretty=_pretty, part=_part, query=_query)
+        self.env.filters.update(
+            when=_when, pretty=_pretty, compact=_compact, part=_part, query=_query
+        )
         self.env.globals.update(duration=_seconds)
 
     def page(
