@@ -21,6 +21,7 @@ A full run (not --quick) writes benchmarks/results/dashboard.md.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -385,7 +386,8 @@ def write_results(
         "# Dashboard pages on a million jobs (`python -m benchmarks --only dashboard`)",
         "",
         f"{machine['date']}; {machine['cpu_count']} CPUs, {machine['cpu_model']}; "
-        f"{machine['python']}; {machine['postgresql']}",
+        f"{machine['python']}; {machine['postgresql']}; load average when written "
+        f"{os.getloadavg()[0]:.1f} (other work shares the machine)",
         "",
         f"{sizes.jobs:,} jobs (8 queues, 20 workers, every state, a week of history), "
         f"{sizes.runs:,} runs; filled and vacuumed in {filled.seconds:.0f} s. Each page "
