@@ -43,6 +43,7 @@ class Site:
     and an app on the same database to check what the actions did."""
 
     kind: str
+    db_url: str
     cron: str
     dashboard: Dashboard
     seeded: Seeded
@@ -115,7 +116,7 @@ def site(
         live.start()
         dashboard = start_dashboard(url, secrets.token_urlsafe(16), folder / "dashboard.log")
         try:
-            yield Site(kind, cron, dashboard, seeded, live)
+            yield Site(kind, url, cron, dashboard, seeded, live)
         finally:
             dashboard.stop()
             live.stop(timeout=10.0)

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -65,7 +66,13 @@ class Dashboard:
     log: Path
 
     def url(self, path: str) -> str:
+        """`path` under the dashboard's root."""
         return f"{self.base_url}{path}"
+
+    def host_url(self, path: str) -> str:
+        """`path` on the server itself (outside the dashboard when it is mounted)."""
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}{path}"
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited within 10 s."""
@@ -97,19 +104,48 @@ def start_dashboard(db_url: str, token: str, log: Path) -> Dashboard:
         "--import",
         FLOWS_MODULE,
     ]
-    env = {
+    return serve(command, port, "", token, log, {})
+
+
+def start_mounted(db_url: str, log: Path) -> Dashboard:
+    """Serve tests/browser/mounted_app.py (the dashboard mounted at /pgflow in a host
+    application) with uvicorn on a free port."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "tests.browser.mounted_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
+    return serve(command, port, "/pgflow", "", log, {"PGFLOW_URL": db_url})
+
+
+def serve(
+    command: list[str], port: int, root: str, token: str, log: Path, env: dict[str, str]
+) -> Dashboard:
+    """Run `command` (a server on `port`, the dashboard at `root`) until `root`/healthz
+    answers; its output goes to `log`, quoted in the error when it does not come up."""
+    environment = {
         **os.environ,
+        **env,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    dashboard = Dashboard(process, f"http://127.0.0.1:{port}", token, log)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT
+        )
+    dashboard = Dashboard(process, f"http://127.0.0.1:{port}{root}", token, log)
     deadline = time.monotonic() + START_TIMEOUT
     while not _healthy(dashboard):
         if process.poll() is not None or time.monotonic() > deadline:
             dashboard.stop()
             raise AssertionError(
-                f"`pgflow dashboard` did not come up on port {port} "
+                f"{' '.join(command[:4])} ... did not come up on port {port} "
                 f"(exit code {process.returncode}); its output:\n{log.read_text()}"
             )
         time.sleep(0.05)

@@ -25,14 +25,21 @@ COUNTS_LAG = 20.0
 
 def css(driver: WebDriver, selector: str) -> WebElement:
     """The element `selector` matches, awaited (NoSuchElement-like timeout naming it)."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    element: WebElement = WebDriverWait(driver, WAIT).until(
-        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, selector)),
-        f"no element matches {selector!r} on {driver.current_url}",
-    )
+    try:
+        element: WebElement = WebDriverWait(driver, WAIT).until(
+            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, selector))
+        )
+    except TimeoutException:
+        page = driver.execute_script("return document.body ? document.body.innerText : ''")
+        raise AssertionError(
+            f"no element matches {selector!r} on {driver.current_url}; "
+            f"the page says: {str(page)[:500]!r}"
+        ) from None
     return element
 
 

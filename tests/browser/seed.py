@@ -32,6 +32,8 @@ class Seeded:
     live_job: int
     csrf_job: int
     noscript_job: int
+    mounted_job: int
+    mounted_live_job: int
     hostile_args_job: int
     #: Every job of queue "mail" (never served while the tests run).
     mail_jobs: tuple[int, ...]
@@ -67,9 +69,10 @@ def seed(url: str) -> Seeded:
     echo = app.insert(flows.Echo.new({"greeting": "hello"}, meta={"source": "browser-test"}))
     boom = [app.insert(flows.Boom.new({"why": why})) for why in ("shown", "retry", "delete")]
     hostile_error = app.insert(flows.Boom.new({"why": flows.HOSTILE}))
-    waiting = [
-        app.insert(flows.Mail.new({"to": to})) for to in ("cancel", "live", "csrf", "noscript")
-    ]
+    # Queue "late" only grows, in the live-count test (the other tests' counts stay put).
+    app.insert(flows.Mail.new({"to": "late-0@example.com"}, queue="late"))
+    roles = ("cancel", "live", "csrf", "noscript", "mounted", "mounted-live")
+    waiting = [app.insert(flows.Mail.new({"to": to})) for to in roles]
     hostile_args = app.insert(flows.Mail.new({"x": flows.HOSTILE}, meta={"note": flows.HOSTILE}))
     readers = app.insert([flows.Mail.new({"to": f"reader-{n}@example.com"}) for n in range(3)])
 
@@ -118,6 +121,8 @@ def seed(url: str) -> Seeded:
         live_job=waiting[1].id,
         csrf_job=waiting[2].id,
         noscript_job=waiting[3].id,
+        mounted_job=waiting[4].id,
+        mounted_live_job=waiting[5].id,
         hostile_args_job=hostile_args.id,
         mail_jobs=tuple(job.id for job in (*waiting, hostile_args, *readers)),
         map_run=map_run,
