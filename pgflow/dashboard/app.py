@@ -29,7 +29,7 @@ from pgflow.backend import Backend
 from pgflow.dashboard.auth import SESSION_COOKIE, Access, Session, Sessions
 from pgflow.dashboard.readmodel import ReadModel
 from pgflow.dashboard.rendering import Renderer, secure
-from pgflow.errors import DefinitionError
+from pgflow.errors import BackendError, DefinitionError
 from pgflow.inspection import inspection_for
 
 __all__ = ["Dashboard", "create_app"]
@@ -231,9 +231,24 @@ def create_app(
         *action_routes(dashboard),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
+
+    async def store_unavailable(request: Request, exc: Exception) -> Response:
+        """The store failed (down, unreachable, not migrated): say so, 503, no traceback."""
+        logger.warning("dashboard: the store failed: %s", exc, extra={"path": request.url.path})
+        return dashboard.renderer.page(
+            "error.html",
+            {
+                **dashboard.context(request),
+                "heading": "The store is unavailable",
+                "message": str(exc),
+            },
+            status=503,
+        )
+
     app = Starlette(
         routes=routes,
         middleware=[Middleware(SessionMiddleware, dashboard=dashboard)],
+        exception_handlers={BackendError: store_unavailable},
     )
     app.state.dashboard = dashboard
     return app

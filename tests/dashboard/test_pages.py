@@ -275,3 +275,18 @@ def test_every_state_filter_is_accepted(seeded: Seeded, client: Client, state: s
     response = client().get(f"/jobs?state={state}")
     assert response.status_code == 200
     assert "unknown state" not in response.text
+
+
+def test_a_store_that_fails_gives_a_503_page_not_a_traceback() -> None:
+    from pgflow_backends.memory import InMemoryBackend
+
+    backend = InMemoryBackend()
+    app = create_app(backend, cache_seconds=0)
+    backend.close()
+    with TestClient(app, raise_server_exceptions=False) as browser:
+        response = browser.get("/jobs")
+        assert response.status_code == 503
+        assert "The store is unavailable" in response.text
+        assert "closed" in response.text
+        assert "Traceback" not in response.text
+        assert browser.get("/healthz").status_code == 503
