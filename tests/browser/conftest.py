@@ -1,6 +1,9 @@
 """Fixtures of the browser tests: a seeded database per backend (SQLite, and PostgreSQL when
 reachable), the real `pgflow dashboard` command serving it, and one headless Chromium.
 
+Everything is package-scoped: the servers, the live instance and the browsers stop once
+the last browser test has run, not at the end of the whole session.
+
 Outside CI a machine without Chromium skips these tests with the reason; with CI=true a
 missing browser is a failure (`.ci/run` installs it), as for PostgreSQL in tests/conftest.py.
 """
@@ -66,7 +69,7 @@ def _require_browser() -> None:
         pytest.skip(f"{problem} (set CI=true to make this a failure)")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium() -> Iterator[WebDriver]:
     """One headless Chromium for the session; skipped without one, failed under CI=true."""
     _require_browser()
@@ -77,7 +80,7 @@ def chromium() -> Iterator[WebDriver]:
         driver.quit()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium_without_script() -> Iterator[WebDriver]:
     """A second headless Chromium, with JavaScript turned off."""
     _require_browser()
@@ -89,7 +92,7 @@ def chromium_without_script() -> Iterator[WebDriver]:
 
 
 @pytest.fixture(
-    scope="session",
+    scope="package",
     params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
 )
 def site(

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mounted(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
     """The host application on the site's database."""
     folder = tmp_path_factory.mktemp(f"mounted-{site.kind}")
