@@ -14,7 +14,7 @@ import pytest
 import pgflow
 from tests.browser.conftest import Site
 from tests.browser.harness import free_port
-from tests.browser.pages import await_true, css, open_page
+from tests.browser.pages import all_css, await_true, css, open_page
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -96,3 +96,15 @@ def test_cross_origin_post_is_refused(
     # The session is intact (its own page still offers the action): the refusal above
     # was the origin's doing.
     open_page(signed_in, page, "button[data-action='cancel']")
+
+
+def test_cross_origin_sign_in_is_refused(
+    browser: WebDriver, site: Site, attacker: AttackerPages
+) -> None:
+    """Login CSRF: another site must not sign the browser in, even with the right token."""
+    target = site.url("/login")
+    browser.get(attacker.auto_submit(target, {"token": site.token}))
+    await_true(browser, lambda d: d.current_url == target, "the forged sign-in to be submitted")
+    assert "refused" in css(browser, "body").text.lower()
+    open_page(browser, site.url(f"/jobs/{site.seeded.failed_job}"), "#job-state")
+    assert not all_css(browser, "button[data-action]")
