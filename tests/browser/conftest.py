@@ -99,6 +99,7 @@ def site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:
     """A seeded database, a live instance on it, and `pgflow dashboard` serving it."""
+    _require_browser()
     kind: str = request.param
     folder = tmp_path_factory.mktemp(f"browser-{kind}")
     if kind == "sqlite":

@@ -4,6 +4,7 @@ real `pgflow dashboard` command as a bounded subprocess, and a headless Chromium
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -39,14 +40,13 @@ def free_port() -> int:
 
 
 def missing_browser() -> str | None:
-    """Why headless Chromium cannot be driven here, or None when it can."""
+    """Why headless Chromium cannot drive the dashboard here, or None when it can."""
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not os.access(path, os.X_OK):
             return f"{path} is missing (apt-get install -y {package})"
-    try:
-        import selenium  # noqa: F401
-    except ImportError as exc:
-        return f"selenium is not installed ({exc}); pip install -e '.[dev]'"
+    for module, extra in (("selenium", "dev"), ("uvicorn", "dashboard"), ("jinja2", "dashboard")):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed; pip install -e '.[{extra}]'"
     return None
 
 
