@@ -1,9 +1,10 @@
 """Take the README's dashboard screenshots: `python -m tests.browser.screenshots` from the
 repository root writes docs/images/dashboard-{overview,job,run}.png.
 
-It seeds a fresh SQLite database as the browser tests do (plus a batch of jobs, so the
-throughput charts have something to draw), serves it with the real `pgflow dashboard`
-command, signs in, and captures each page whole in headless Chromium.
+It seeds a fresh SQLite database as the browser tests do, plus a batch of jobs whose times
+it then spreads over the last hour (so the throughput charts have an hour to draw), serves it
+with the real `pgflow dashboard` command, signs in, and captures each page whole in headless
+Chromium.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import secrets
 import sys
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pgflow
@@ -30,8 +32,8 @@ def run_batch(url: str) -> str:
         url, queues={"default": 4, "flows": 4}, instance_id="worker-1", poll_interval=0.05
     )
     jobs = app.insert(
-        [flows.Echo.new({"n": n}) for n in range(40)]
-        + [flows.Boom.new({"why": f"batch {n}"}) for n in range(6)]
+        [flows.Echo.new({"n": n}) for n in range(150)]
+        + [flows.Boom.new({"why": f"batch {n}"}) for n in range(12)]
     )
     order = app.start_run(flows.order, {"lines": [3, 1, 4, 1, 5]}).workflow_id
     app.start()
@@ -42,7 +44,35 @@ def run_batch(url: str) -> str:
         wait_until(lambda: _invoiced(app, order), f"run {order} to wait for its payment")
     finally:
         app.stop(timeout=10.0)
+    spread_over_the_hour(url, [job.id for job in jobs])
     return order
+
+
+def spread_over_the_hour(url: str, job_ids: list[int]) -> None:
+    """Move the batch's times back over the last hour, as if it had run all along: the
+    overview's charts then have an hour to draw (the batch itself takes a second)."""
+    from sqlalchemy import create_engine, update
+
+    from pgflow.schema import jobs
+
+    engine = create_engine(url)
+    now = datetime.now(UTC)
+    try:
+        with engine.begin() as connection:
+            for n, job_id in enumerate(job_ids):
+                done = now - timedelta(minutes=(n * 37) % 59 + 1, seconds=n % 50)
+                connection.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(
+                        completed_at=done,
+                        attempted_at=done - timedelta(seconds=1),
+                        scheduled_at=done - timedelta(seconds=2),
+                        inserted_at=done - timedelta(seconds=2),
+                    )
+                )
+    finally:
+        engine.dispose()
 
 
 def _invoiced(app: pgflow.Pgflow, workflow_id: str) -> bool:
