@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 import pytest
@@ -71,7 +71,8 @@ def _require_browser() -> None:
 
 @pytest.fixture(scope="package")
 def chromium() -> Iterator[WebDriver]:
-    """One headless Chromium for the session; skipped without one, failed under CI=true."""
+    """One headless Chromium for the browser tests; skipped without one, failed under
+    CI=true."""
     _require_browser()
     driver = chrome()
     try:
@@ -104,7 +105,7 @@ def site(
     folder = tmp_path_factory.mktemp(f"browser-{kind}")
     if kind == "sqlite":
         url = f"sqlite:///{folder}/pgflow.db"
-        drop = None
+        drop: Callable[[], None] | None = None
     else:
         url, drop = _postgres_database(request.getfixturevalue("postgres_server"))
     try:
@@ -117,19 +118,22 @@ def site(
             cron=[(cron, flows.Nightly, {"report": "nightly"})],
             poll_interval=0.2,
         )
-        live.start()
-        dashboard = start_dashboard(url, secrets.token_urlsafe(16), folder / "dashboard.log")
         try:
-            yield Site(kind, url, cron, dashboard, seeded, live)
+            live.start()
+            dashboard = start_dashboard(url, secrets.token_urlsafe(16), folder / "dashboard.log")
+            try:
+                yield Site(kind, url, cron, dashboard, seeded, live)
+            finally:
+                dashboard.stop()
         finally:
-            dashboard.stop()
             live.stop(timeout=10.0)
+            live.close()
     finally:
         if drop is not None:
             drop()
 
 
-def _postgres_database(admin_url: str) -> tuple[str, Any]:
+def _postgres_database(admin_url: str) -> tuple[str, Callable[[], None]]:
     """A new database on the test server, and the callable that drops it."""
     import psycopg
     from psycopg import sql
@@ -150,7 +154,7 @@ def _postgres_database(admin_url: str) -> tuple[str, Any]:
 
 @pytest.fixture
 def browser(chromium: WebDriver, site: Site) -> WebDriver:
-    """The session's Chromium, signed out (no cookies of an earlier test or dashboard)."""
+    """The shared Chromium, signed out (no cookies of an earlier test or dashboard)."""
     chromium.execute_cdp_cmd("Network.clearBrowserCookies", {})
     return chromium
 

@@ -13,13 +13,14 @@ import secrets
 import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pgflow
 from tests.browser import flows
 from tests.browser.harness import ROOT, chrome, missing_browser, start_dashboard
 from tests.browser.pages import css, log_in, open_page
-from tests.browser.seed import seed, wait_until
+from tests.browser.seed import job_finished, seed, wait_until
 
 IMAGES = ROOT / "docs" / "images"
 WIDTH = 1280
@@ -38,10 +39,9 @@ def run_batch(url: str) -> str:
     order = app.start_run(flows.order, {"lines": [3, 1, 4, 1, 5]}).workflow_id
     app.start()
     try:
-        finished = (pgflow.JobState.COMPLETED, pgflow.JobState.DISCARDED)
         for job in jobs:
-            wait_until(lambda job=job: _state(app, job.id) in finished, f"job {job.id}")
-        wait_until(lambda: _invoiced(app, order), f"run {order} to wait for its payment")
+            wait_until(partial(job_finished, app, job.id), f"job {job.id} to finish")
+        wait_until(partial(_invoiced, app, order), f"run {order} to wait for its payment")
     finally:
         app.stop(timeout=10.0)
     spread_over_the_hour(url, [job.id for job in jobs])
@@ -78,11 +78,6 @@ def spread_over_the_hour(url: str, job_ids: list[int]) -> None:
 def _invoiced(app: pgflow.Pgflow, workflow_id: str) -> bool:
     run = app.get_run(workflow_id)
     return run is not None and run.steps["invoice"].state.value == "completed"
-
-
-def _state(app: pgflow.Pgflow, job_id: int) -> pgflow.JobState | None:
-    job = app.get_job(job_id)
-    return None if job is None else job.state
 
 
 def capture(driver: object, path: Path) -> None:

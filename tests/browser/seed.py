@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 import attrs
 
@@ -65,7 +66,14 @@ def seed(url: str) -> Seeded:
         instance_id="browser-seeder",
         poll_interval=0.05,
     )
-    app.migrate()
+    try:
+        app.migrate()
+        return _seed(app)
+    finally:
+        app.close()
+
+
+def _seed(app: pgflow.Pgflow) -> Seeded:
     echo = app.insert(flows.Echo.new({"greeting": "hello"}, meta={"source": "browser-test"}))
     boom = [app.insert(flows.Boom.new({"why": why})) for why in ("shown", "retry", "delete")]
     hostile_error = app.insert(flows.Boom.new({"why": flows.HOSTILE}))
@@ -89,20 +97,15 @@ def seed(url: str) -> Seeded:
 
     app.start()
     try:
-        finished = (pgflow.JobState.COMPLETED, pgflow.JobState.DISCARDED)
         for job in (echo, *boom, hostile_error):
-            wait_until(
-                lambda job=job: _job_state(app, job.id) in finished, f"job {job.id} to finish"
-            )
+            wait_until(partial(job_finished, app, job.id), f"job {job.id} to finish")
         for run_id in (map_run, restart_run, parent_run):
-            wait_until(
-                lambda r=run_id: _run_state(app, r) == "completed", f"run {run_id} to complete"
-            )
+            wait_until(partial(_run_is, app, run_id, "completed"), f"run {run_id} to complete")
         for run_id in (resume_run, failed_run):
-            wait_until(lambda r=run_id: _run_state(app, r) == "failed", f"run {run_id} to fail")
+            wait_until(partial(_run_is, app, run_id, "failed"), f"run {run_id} to fail")
         for run_id in (signal_run, cancel_run, waiting_run):
             wait_until(
-                lambda r=run_id: _step_state(app, r, "draft") == "completed",
+                partial(_step_is, app, run_id, "draft", "completed"),
                 f"run {run_id} to reach its wait",
             )
     finally:
@@ -137,18 +140,17 @@ def seed(url: str) -> Seeded:
     )
 
 
-def _job_state(app: pgflow.Pgflow, job_id: int) -> pgflow.JobState | None:
+def job_finished(app: pgflow.Pgflow, job_id: int) -> bool:
+    """True once the job is completed or discarded."""
     job = app.get_job(job_id)
-    return None if job is None else job.state
+    return job is not None and job.state in (pgflow.JobState.COMPLETED, pgflow.JobState.DISCARDED)
 
 
-def _run_state(app: pgflow.Pgflow, workflow_id: str) -> str | None:
+def _run_is(app: pgflow.Pgflow, workflow_id: str, state: str) -> bool:
     run = app.get_run(workflow_id)
-    return None if run is None else run.state.value
+    return run is not None and run.state.value == state
 
 
-def _step_state(app: pgflow.Pgflow, workflow_id: str, step: str) -> str | None:
+def _step_is(app: pgflow.Pgflow, workflow_id: str, step: str, state: str) -> bool:
     run = app.get_run(workflow_id)
-    if run is None or step not in run.steps:
-        return None
-    return run.steps[step].state.value
+    return run is not None and step in run.steps and run.steps[step].state.value == state

@@ -39,7 +39,7 @@ def test_links_stay_under_the_mount(browser: WebDriver, mounted: Dashboard) -> N
     sheets = browser.execute_script("return document.styleSheets.length")
     assert sheets >= 1
     assert all(
-        link.get_attribute("href").startswith(mounted.url("/static/"))
+        (link.get_attribute("href") or "").startswith(mounted.url("/static/"))
         for link in all_css(browser, "link[rel=stylesheet]")
     )
     assert not all_css(browser, "button[data-action]")  # the host has not signed us in
