@@ -131,3 +131,28 @@ def test_runs_whose_definition_is_unknown_say_why(seeded: Seeded, client: Client
     page = browser.get("/runs/in-process-1").text
     assert "Resume and restart are not offered: an in-process run" in page
     assert 'data-action="run-resume"' not in page
+
+
+def test_a_run_whose_definition_is_not_imported_says_to_import_it(
+    seeded: Seeded, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pgflow.graph.registry import flows as registry
+
+    monkeypatch.setattr(registry, "find", lambda name, fingerprint: None)
+    browser = signed_in(client)
+    page = browser.get(f"/runs/{seeded.failed_run}").text
+    assert "Resume and restart are not offered" in page
+    assert "--import MODULE" in page
+    assert 'data-action="run-resume"' not in page and 'data-action="run-restart"' not in page
+    assert 'data-action="run-cancel"' not in page  # failed: nothing to cancel either
+
+
+def test_imports_and_flows_make_definitions_known(seeded: Seeded) -> None:
+    from pgflow.dashboard import create_app
+    from pgflow.errors import DefinitionError
+
+    create_app(seeded.app, imports=["tests.dashboard.flows"], flows=[flows.broken], cache_seconds=0)
+    with pytest.raises(ModuleNotFoundError):
+        create_app(seeded.app, imports=["tests.dashboard.no_such_module"], cache_seconds=0)
+    with pytest.raises(DefinitionError):
+        create_app(seeded.app, flows=[object()], cache_seconds=0)
