@@ -24,7 +24,10 @@ __all__ = [
     "RunCount",
     "StateCount",
     "ThroughputBucket",
+    "check_deletable",
     "inspection_for",
+    "like_pattern",
+    "sorted_counts",
 ]
 
 #: A search in args text reads at most this many of the newest jobs matching the other
@@ -139,6 +142,7 @@ def like_pattern(text: str) -> str:
 
 
 def sorted_counts(counts: Sequence[StateCount]) -> list[StateCount]:
+    """Counts in a stable order (queue, then state), whatever order a backend found them in."""
     return sorted(counts, key=lambda c: (c.queue, c.state.value))
 
 
