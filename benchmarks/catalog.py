@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks import (
+    dashboard,
     distributed,
     durable,
     flow_control,
@@ -23,6 +24,7 @@ BENCHMARKS: list[Benchmark] = [
     *steered.BENCHMARKS,
     *telemetry.BENCHMARKS,
     *flow_control.BENCHMARKS,
+    *dashboard.BENCHMARKS,
 ]
 
 

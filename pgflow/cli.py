@@ -915,6 +915,7 @@ def _register_run_commands() -> None:
 
     cli.add_command(runs_command)
     cli.add_command(run_group)
+    cli.add_command(importlib.import_module("pgflow.cli_dashboard").dashboard_command)
 
 
 _register_run_commands()

@@ -121,7 +121,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 VERSION_TABLE = "pgflow_alembic_version"
 #: The head migration this code expects (tests check it against alembic/versions), so a
 #: worker can verify the schema with one query, without loading Alembic.
-SCHEMA_REVISION = "0006"
+SCHEMA_REVISION = "0008"
 
 metadata = MetaData()
 
@@ -234,6 +234,10 @@ Index(
     postgresql_where=text(_UNFINISHED_TASK),
     sqlite_where=text(_UNFINISHED_TASK),
 )
+# The dashboard: a queue's (and state's) newest jobs, counts by queue and state (index-only).
+Index("pgflow_jobs_queue_state_idx", jobs.c.queue, jobs.c.state, jobs.c.id)
+# The dashboard: a worker's newest jobs.
+Index("pgflow_jobs_worker_idx", jobs.c.worker, jobs.c.id)
 
 instances = Table(
     "pgflow_instances",

@@ -63,6 +63,7 @@ from pgflow_backends.rescue_messages import lost_incarnation, stopped_instance
 if TYPE_CHECKING:
     from pgflow.graph.shape import FlowPlan
     from pgflow.queue_config import Queue
+    from pgflow_backends.memory.inspection import MemoryInspection
 
 
 class InMemoryBackend:
@@ -699,6 +700,12 @@ class InMemoryBackend:
             self._run_finished.notify_all()
 
     # -- readers for users' unit tests -----------------------------------------------------
+
+    def inspection(self) -> MemoryInspection:
+        """The dashboard's reads of this store (`pgflow.inspection`)."""
+        from pgflow_backends.memory.inspection import MemoryInspection
+
+        return MemoryInspection(self)
 
     def jobs(self) -> list[Job]:
         """Every job, in id order, with no limit (a convenience for assertions in tests)."""

@@ -507,6 +507,14 @@ class JobTable:
                     live[entry[2]] = entry
         return list(live.values())
 
+    def delete(self, job_id: int) -> None:
+        """Drop a job that is not executing (the caller checked); its heap entry, if any,
+        goes stale and is skipped like any other."""
+        row = self.rows.pop(job_id)
+        self._waiting.discard(job_id)
+        if row.unique_key is not None and self._unique.get(row.unique_key) == job_id:
+            del self._unique[row.unique_key]
+
     # -- reads -----------------------------------------------------------------------------
 
     def get(self, job_id: int) -> Job | None:

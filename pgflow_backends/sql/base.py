@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from sqlalchemy import Connection, Engine, select, text
@@ -84,6 +84,9 @@ from pgflow_backends.sql.rows import (
     step_from_row,
 )
 from pgflow_backends.sql.statements import Statements, statements_for
+
+if TYPE_CHECKING:
+    from pgflow_backends.sql.inspection import SQLInspection
 
 __all__ = ["PreparedJob", "SQLBackend"]
 
@@ -320,6 +323,12 @@ class SQLBackend(SQLFlowStore):
         self._closed = True
         if self._owns_engine:
             self.engine.dispose()
+
+    def inspection(self) -> SQLInspection:
+        """The dashboard's reads of this store (`pgflow.inspection`)."""
+        from pgflow_backends.sql.inspection import SQLInspection
+
+        return SQLInspection(self)
 
     # -- runs -------------------------------------------------------------------------------
 

@@ -1,0 +1,103 @@
+"""The dashboard's reads (`backend.inspection()`) mean the same on every backend."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from pgflow.errors import JobStateError
+from pgflow.inspection import Inspection, JobFilter, inspection_for
+from pgflow.records import JobRef, JobState, NewJob
+
+
+def _insert(backend: Any, count: int, **fields: Any) -> list[int]:
+    jobs = [
+        NewJob(
+            worker=fields.get("worker", "w.A"),
+            **{key: value for key, value in fields.items() if key != "worker"},
+        )
+        for _ in range(count)
+    ]
+    return [job.id for job in backend.insert_jobs(jobs)]
+
+
+def test_find_jobs_filters_newest_first_and_pages(backend: Any) -> None:
+    seen = inspection_for(backend)
+    assert isinstance(seen, Inspection)
+    a = _insert(backend, 3, queue="qa", args={"name": "50%_off"})
+    b = _insert(backend, 2, queue="qb", worker="w.B", args={"name": "plain"})
+    assert [j.id for j in seen.find_jobs(JobFilter())] == sorted(a + b, reverse=True)
+    assert [j.id for j in seen.find_jobs(JobFilter(queue="qa"))] == sorted(a, reverse=True)
+    assert [j.id for j in seen.find_jobs(JobFilter(worker="w.B"))] == sorted(b, reverse=True)
+    assert seen.find_jobs(JobFilter(state=JobState.COMPLETED)) == []
+    page = seen.find_jobs(JobFilter(limit=2))
+    older = seen.find_jobs(JobFilter(limit=2, before=page[-1].id))
+    assert [j.id for j in page + older] == sorted(a + b, reverse=True)[:4]
+    # LIKE wildcards in the text are literal characters
+    assert [j.id for j in seen.find_jobs(JobFilter(text="50%_"))] == sorted(a, reverse=True)
+    assert seen.find_jobs(JobFilter(text="5_%")) == []
+    assert [j.id for j in seen.find_jobs(JobFilter(text="PLAIN"))] == sorted(b, reverse=True)
+    with pytest.raises(ValueError, match="limit"):
+        JobFilter(limit=0)
+
+
+def test_counts_by_queue_and_state(backend: Any) -> None:
+    _insert(backend, 3, queue="qa")
+    _insert(backend, 1, queue="qb")
+    claimed = backend.claim_jobs("qa", "i-1", 1)
+    backend.complete_jobs([claimed[0].ref])
+    counts = {(c.queue, c.state.value): c.count for c in inspection_for(backend).state_counts()}
+    assert counts == {("qa", "available"): 2, ("qa", "completed"): 1, ("qb", "available"): 1}
+
+
+def test_throughput_counts_completed_and_discarded_per_bucket(backend: Any) -> None:
+    _insert(backend, 3, queue="qa", max_attempts=1)
+    claimed = backend.claim_jobs("qa", "i-1", 3)
+    backend.complete_jobs([claimed[0].ref, claimed[1].ref])
+    error = {"kind": "E", "message": "m", "attempt": 1}
+    backend.fail_job(
+        JobRef(claimed[2].id, claimed[2].attempt, claimed[2].attempted_at), error, retry_in=None
+    )
+    seen = inspection_for(backend)
+    since = backend.database_time() - timedelta(hours=1)
+    buckets = seen.throughput(since, 3600)
+    assert [(b.queue, b.completed, b.failed) for b in buckets] == [("qa", 2, 1)]
+    assert buckets[0].start.timestamp() % 3600 == 0
+    assert seen.throughput(backend.database_time() + timedelta(minutes=1), 60) == []
+
+
+def test_delete_refuses_executing_jobs(backend: Any) -> None:
+    seen = inspection_for(backend)
+    waiting, running = _insert(backend, 2, queue="qa")
+    claimed = backend.claim_jobs("qa", "i-1", 1)
+    assert claimed[0].id == waiting
+    with pytest.raises(JobStateError, match=f"job {waiting} is executing"):
+        seen.delete_job(waiting)
+    assert seen.delete_job(running)
+    assert backend.get_job(running) is None
+    assert not seen.delete_job(running)
+    assert [j.id for j in seen.find_jobs(JobFilter())] == [waiting]
+
+
+def test_leader_and_cron_slots(backend: Any) -> None:
+    seen = inspection_for(backend)
+    assert seen.leader() is None
+    assert backend.acquire_leadership("i-1", 60)
+    assert seen.leader() == "i-1"
+    backend.release_leadership("i-1")
+    assert seen.leader() is None
+    slot = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    backend.insert_cron_job("w.A 0 * * * *", slot, NewJob(worker="w.A"))
+    assert seen.cron_slots() == [("w.A 0 * * * *", slot)]
+
+
+def test_runs_by_flow_and_state(backend: Any) -> None:
+    from pgflow.records import RunState
+
+    for index, flow in enumerate(["f1", "f1", "f2"]):
+        backend.start_run(workflow_id=f"r{index}", workflow=flow, input=None, max_attempts=1)
+    backend.finish_run("r0", 1, RunState.COMPLETED)
+    counts = {(c.flow, c.state.value): c.count for c in inspection_for(backend).run_counts()}
+    assert counts == {("f1", "completed"): 1, ("f1", "running"): 1, ("f2", "running"): 1}
