@@ -40,6 +40,7 @@ __all__ = [
     "STEP_KINDS",
     "STEP_OUTCOMES",
     "STEP_STATES",
+    "PARTITION_KEY",
     "JSONType",
     "UTCDateTime",
     "cron_slots",
@@ -78,6 +79,9 @@ JOBS_STORAGE = {
 
 #: JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
 JSONType: TypeEngine[Any] = JSON().with_variant(JSONB(), "postgresql")
+#: A partition key: code point order on PostgreSQL (as Python and SQLite compare), so the
+#: round robin and its cursor agree on every backend.
+PARTITION_KEY: TypeEngine[Any] = String(255).with_variant(String(255, collation="C"), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -121,7 +125,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 VERSION_TABLE = "pgflow_alembic_version"
 #: The head migration this code expects (tests check it against alembic/versions), so a
 #: worker can verify the schema with one query, without loading Alembic.
-SCHEMA_REVISION = "0006"
+SCHEMA_REVISION = "0007"
 
 metadata = MetaData()
 
@@ -160,6 +164,9 @@ jobs = Table(
     Column("workflow_id", String(64)),
     Column("step", String(255)),
     Column("task_index", Integer),
+    # A partitioned queue's jobs: their partition, written by the queue's claims from the
+    # args (see `keyed_by`); NULL until then, so inserts never write it.
+    Column("partition_key", PARTITION_KEY),
     CheckConstraint(_in("state", JOB_STATES), name="pgflow_jobs_state_check"),
     CheckConstraint(
         f"priority BETWEEN {PRIORITY_MIN} AND {PRIORITY_MAX}", name="pgflow_jobs_priority_check"
@@ -177,6 +184,7 @@ jobs = Table(
 )
 
 _FINISHED = "state IN ('completed', 'discarded', 'cancelled')"
+_KEYED = "state = 'available' AND partition_key IS NOT NULL"
 _RUNNING_DEADLINE = "state = 'running' AND deadline_at IS NOT NULL"
 _RUNNING_FLOW = "state = 'running' AND remaining_steps IS NOT NULL"
 _STAGED = "state IN ('scheduled', 'retryable')"
@@ -207,6 +215,26 @@ Index(
     jobs.c.reserved_by,
     postgresql_where=text("state = 'executing'"),
     sqlite_where=text("state = 'executing'"),
+)
+# Executing jobs by queue and partition: global and per-partition limits count these.
+Index(
+    "pgflow_jobs_executing_idx",
+    jobs.c.queue,
+    jobs.c.partition_key,
+    postgresql_where=text("state = 'executing'"),
+    sqlite_where=text("state = 'executing'"),
+)
+# A partitioned claim: the partitions with available jobs (a skip scan), each one's next job.
+# Jobs not keyed yet (every insert) are not in it.
+Index(
+    "pgflow_jobs_partition_idx",
+    jobs.c.queue,
+    jobs.c.partition_key,
+    jobs.c.priority.desc(),
+    jobs.c.scheduled_at,
+    jobs.c.id,
+    postgresql_where=text(_KEYED),
+    sqlite_where=text(_KEYED),
 )
 # Prune: finished jobs by age.
 Index(
@@ -434,6 +462,11 @@ queue_controls = Table(
     Column("hold_until", UTCDateTime()),
     # A partitioned queue's round robin: the partition its last claim ended with.
     Column("cursor", String(255)),
+    # Which args key the queue's jobs were keyed by (pgflow_jobs.partition_key), every job of
+    # it up to id keyed_through keyed (but for inserts committed late: swept at swept_at).
+    Column("keyed_by", String(255)),
+    Column("keyed_through", BigInteger),
+    Column("swept_at", UTCDateTime()),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 
