@@ -182,7 +182,7 @@ def _pg_cap(key: str, per_limit: bool, per_rate: bool) -> str:
     """A partition's cap: what the round robin may take of it (0 when held)."""
     # The holds' and windows' partitions are in the database's collation: compare in it,
     # so their indexes serve.
-    other = f"({key} COLLATE \"default\")"
+    other = f'({key} COLLATE "default")'
     limits = [":p_limit"]
     if per_limit:
         # Executing jobs not keyed (claimed by a claim without partitions) read their args.
@@ -383,9 +383,7 @@ class PartitionClaims:
         if newest > through:
             connection.execute(self.key_new, dict(values, p_through=through, p_n=newest - through))
         swept = state.swept_at
-        if self.late_commits and (
-            swept is None or (at - swept).total_seconds() >= SWEEP_SECONDS
-        ):
+        if self.late_commits and (swept is None or (at - swept).total_seconds() >= SWEEP_SECONDS):
             connection.execute(self.sweep, values)
             swept = at
         return max(newest, through), swept
