@@ -42,6 +42,7 @@ from pgflow_backends.sql.pool import ping_when_idle
 from pgflow_backends.sql.queue_statements import QUEUE_LOCK_CLASS
 from pgflow_backends.sql.rows import job_from_driver_row, stored_copy, utc
 from pgflow_backends.sql.urls import mask, parse
+from pgflow_backends.sql.windows import counted_window
 
 __all__ = ["CHANNEL", "PostgresBackend", "PostgresListener"]
 
@@ -617,7 +618,7 @@ class PostgresBackend(SQLBackend):
             "p_limit": limit,
             "p_global": shape.global_limit,
             "p_allowed": None if rate is None else rate[0],
-            "p_period": None if rate is None else rate[1],
+            "p_period": None if rate is None else counted_window(rate[1]),
         }
         with self._driver() as conn:
             try:
@@ -642,7 +643,7 @@ class PostgresBackend(SQLBackend):
     ) -> list[Job]:
         """A partitioned claim as one pipelined exchange (see postgres_shaped)."""
         rate, per_rate = shape.rate_limit, shape.partition_rate_limit
-        windows = [window[1] for window in (rate, per_rate) if window is not None]
+        windows = [counted_window(w[1]) for w in (rate, per_rate) if w is not None]
         params: dict[str, Any] = {
             "p_class": QUEUE_LOCK_CLASS,
             "p_queue": queue,
@@ -651,12 +652,12 @@ class PostgresBackend(SQLBackend):
             "p_limit": limit,
             "p_global": shape.global_limit,
             "p_allowed": None if rate is None else rate[0],
-            "p_period": None if rate is None else rate[1],
+            "p_period": None if rate is None else counted_window(rate[1]),
             "p_key": shape.partition_by,
             "p_sweep": SWEEP_SECONDS,
             "p_plimit": shape.partition_limit,
             "p_prate_allowed": None if per_rate is None else per_rate[0],
-            "p_prate_period": None if per_rate is None else per_rate[1],
+            "p_prate_period": None if per_rate is None else counted_window(per_rate[1]),
             "p_longest": max(windows) if windows else None,
         }
         statement = partitioned_claim_sql(

@@ -85,6 +85,7 @@ from pgflow_backends.sql.rows import (
     step_from_row,
 )
 from pgflow_backends.sql.statements import Statements, statements_for
+from pgflow_backends.sql.windows import counted_window
 
 __all__ = ["PreparedJob", "SQLBackend"]
 
@@ -928,7 +929,7 @@ class SQLBackend(SQLFlowStore):
         rate, per_rate = shape.rate_limit, shape.partition_rate_limit
         key = shape.partition_by
         if rate is not None:
-            params["p_period"] = rate[1]
+            params["p_period"] = counted_window(rate[1])
         with self._tx() as connection:
             self._lock_queue(connection, queue)
             head = connection.execute(
@@ -946,7 +947,7 @@ class SQLBackend(SQLFlowStore):
                 return []
             params["p_at"] = at
             params["p_limit"] = budget
-            windows = [window[1] for window in (rate, per_rate) if window is not None]
+            windows = [counted_window(w[1]) for w in (rate, per_rate) if w is not None]
             if windows:
                 connection.execute(q.prune_starts, dict(params, p_longest=max(windows)))
             if key is None:
@@ -977,7 +978,8 @@ class SQLBackend(SQLFlowStore):
         if shape.partition_limit is not None:
             params["p_plimit"] = shape.partition_limit
         if shape.partition_rate_limit is not None:
-            params["p_prate_allowed"], params["p_prate_period"] = shape.partition_rate_limit
+            allowed, period = shape.partition_rate_limit
+            params["p_prate_allowed"], params["p_prate_period"] = allowed, counted_window(period)
         rows = p.choose_and_claim(
             connection,
             params,

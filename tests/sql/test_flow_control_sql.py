@@ -25,9 +25,11 @@ from pgflow.registry import backend_from_url
 from pgflow_backends import postgres as postgres_module
 from pgflow_backends.postgres import PostgresBackend
 from pgflow_backends.postgres_shaped import SETTINGS_AND_LOCK, partitioned_claim_sql
+from pgflow_backends.sql import windows
 from pgflow_backends.sql.base import SQLBackend
 from pgflow_backends.sql.partition_claims import SWEEP_SECONDS
 from pgflow_backends.sql.queue_statements import QUEUE_LOCK_CLASS
+from pgflow_backends.sql.windows import counted_window
 from tests.sql.helpers import run_helpers
 
 Q = "shaped"
@@ -387,3 +389,53 @@ def test_the_general_path_on_postgres_serves_partitions_round_robin_within_limit
     assert served == [["a", "b", "c"], ["d", "a", "b"], ["c", "d"], []]
     late = _fill(backend, [{"tenant": "e"}])
     assert [job.id for job in backend.claim_jobs(Q, "node-a", 3, shape=shape)] == [late[0].id]
+
+
+def _started_ago(backend: SQLBackend, seconds: float, partition: str = "") -> None:
+    """Record a start of queue Q `seconds` before the database's clock."""
+    ago = (
+        "clock_timestamp() - make_interval(secs => :s)"
+        if backend.engine.dialect.name == "postgresql"
+        else "((julianday('now') - 2440587.5) * 86400.0 - :s)"
+    )
+    with backend.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO pgflow_rate_starts (queue, partition, started_at) "
+                f"VALUES (:q, :p, {ago})"
+            ),
+            {"q": Q, "p": partition, "s": seconds},
+        )
+
+
+def test_the_counted_window_adds_a_small_share_of_the_period_at_most_25_ms() -> None:
+    assert counted_window(1.0) == pytest.approx(1.015)
+    assert counted_window(0.1) == pytest.approx(0.1015)
+    assert counted_window(60.0) == pytest.approx(60.025)
+
+
+@pytest.mark.parametrize("partitioned", [False, True])
+def test_a_claim_counts_starts_recorded_within_the_margin_past_the_window(
+    sql_backend: SQLBackend, partitioned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start recorded a period and half the margin ago still counts (jobs begin some time
+    after their claim); one a period and twice the margin ago does not. (A margin of 5 s
+    here, so the time the test takes does not matter.)"""
+    monkeypatch.setattr(windows, "RATE_MARGIN_SECONDS", 5.0)
+    margin = counted_window(100.0) - 100.0
+    assert margin == pytest.approx(1.5)  # 1.5% of 100 s
+    part = "a" if partitioned else ""
+    shape = (
+        Queue(partition_by="tenant", partition_rate_limit=(1, 100.0))
+        if partitioned
+        else Queue(rate_limit=(1, 100.0))
+    )
+    _fill(sql_backend, [{"tenant": "a"} for _ in range(3)])
+    _started_ago(sql_backend, 100.0 + margin / 2, partition=part)
+    assert sql_backend.claim_jobs(Q, "node-a", 3, shape=shape) == []
+    # The status shows the window itself: that start is out of it.
+    assert sql_backend.queue_stats(Q, Queue(rate_limit=(1, 100.0))).rate_used == 0
+    with sql_backend.engine.begin() as conn:
+        conn.execute(text("DELETE FROM pgflow_rate_starts"))
+    _started_ago(sql_backend, 100.0 + margin * 2, partition=part)
+    assert len(sql_backend.claim_jobs(Q, "node-a", 3, shape=shape)) == 1
