@@ -209,18 +209,14 @@ Index(
     postgresql_where=text(_STAGED),
     sqlite_where=text(_STAGED),
 )
-# Rescue: executing jobs by instance.
-Index(
-    "pgflow_jobs_rescue_idx",
-    jobs.c.reserved_by,
-    postgresql_where=text("state = 'executing'"),
-    sqlite_where=text("state = 'executing'"),
-)
-# Executing jobs by queue and partition: global and per-partition limits count these.
+# Executing jobs by queue, partition and instance: global and per-partition limits count a
+# queue's (its entries only); rescue reads them by instance. The one index of executing jobs,
+# so counting a queue's never scans every queue's.
 Index(
     "pgflow_jobs_executing_idx",
     jobs.c.queue,
     jobs.c.partition_key,
+    jobs.c.reserved_by,
     postgresql_where=text("state = 'executing'"),
     sqlite_where=text("state = 'executing'"),
 )

@@ -1,5 +1,6 @@
 """Partitioned claims without scanning the backlog: jobs keep their partition once a claim
-has read it, indexed per queue and partition; executing jobs indexed by queue.
+has read it, indexed per queue and partition; executing jobs indexed by queue (the index
+rescue reads too, in place of the rescue index by instance).
 
 Revision ID: 0007
 Revises: 0006
@@ -27,13 +28,16 @@ _KEYED = "state = 'available' AND partition_key IS NOT NULL"
 def upgrade() -> None:
     # Nullable, no default: adding it rewrites no row, and inserts never write it.
     op.add_column("pgflow_jobs", sa.Column("partition_key", PARTITION_KEY))
+    # Replaces the rescue index (reserved_by): counting a queue's executing jobs read every
+    # queue's entries there, and rescue finds its jobs here as well.
     op.create_index(
         "pgflow_jobs_executing_idx",
         "pgflow_jobs",
-        ["queue", "partition_key"],
+        ["queue", "partition_key", "reserved_by"],
         postgresql_where=sa.text(_EXECUTING),
         sqlite_where=sa.text(_EXECUTING),
     )
+    op.drop_index("pgflow_jobs_rescue_idx", table_name="pgflow_jobs")
     op.create_index(
         "pgflow_jobs_partition_idx",
         "pgflow_jobs",
@@ -48,6 +52,13 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("pgflow_jobs_partition_idx", table_name="pgflow_jobs")
+    op.create_index(
+        "pgflow_jobs_rescue_idx",
+        "pgflow_jobs",
+        ["reserved_by"],
+        postgresql_where=sa.text(_EXECUTING),
+        sqlite_where=sa.text(_EXECUTING),
+    )
     op.drop_index("pgflow_jobs_executing_idx", table_name="pgflow_jobs")
     # ALTER TABLE ... DROP COLUMN on both (SQLite 3.35+): no copy of the jobs table.
     for table, column in (

@@ -9,6 +9,7 @@ rate windows are pruned by the claims.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -439,3 +440,34 @@ def test_a_claim_counts_starts_recorded_within_the_margin_past_the_window(
         conn.execute(text("DELETE FROM pgflow_rate_starts"))
     _started_ago(sql_backend, 100.0 + margin * 2, partition=part)
     assert len(sql_backend.claim_jobs(Q, "node-a", 3, shape=shape)) == 1
+
+
+@pytest.mark.postgres
+def test_a_global_limit_counts_the_queues_executing_jobs_from_their_own_index_entries(
+    pg_backend: PostgresBackend,
+) -> None:
+    _fill(pg_backend, [{} for _ in range(20)])
+    _fill(pg_backend, [{} for _ in range(200)], queue="busy")
+    pg_backend.claim_jobs("busy", "node-b", 200)  # another queue's executing jobs
+    assert len(pg_backend.claim_jobs(Q, "node-a", 5, shape=Queue(global_limit=10))) == 5
+    params = {
+        "p_queue": Q,
+        "p_instance": "node-a",
+        "p_incarnation": "",
+        "p_limit": 10,
+        "p_global": 10,
+        "p_allowed": None,
+        "p_period": None,
+    }
+    with pg_backend.engine.connect() as conn:
+        driver: Any = conn.connection.driver_connection
+        driver.execute("SET LOCAL enable_seqscan = off")  # a table this small: any index
+        rows = driver.execute("EXPLAIN " + pg_backend._shaped_claim_sql, params).fetchall()
+        driver.rollback()
+    plan = [row[0].strip() for row in rows]
+    count = plan.index(next(line for line in plan if line.startswith("->  Aggregate")))
+    # The count reads the executing jobs of this queue only (the queue is the index's first
+    # column), not every queue's as the rescue index by instance did.
+    scan = " ".join(plan[count + 1 : count + 4])
+    assert "pgflow_jobs_executing_idx" in scan, plan
+    assert re.search(r"Index Cond: \(\(?queue\)?(::text)? = 'shaped'::text\)", scan), plan

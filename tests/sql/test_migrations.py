@@ -184,6 +184,7 @@ def test_0007_downgrades_and_upgrades_again(engine: Engine, sql_url: str) -> Non
     }
     indexes = {index["name"] for index in inspector.get_indexes("pgflow_jobs")}
     assert not indexes & {"pgflow_jobs_partition_idx", "pgflow_jobs_executing_idx"}
+    assert "pgflow_jobs_rescue_idx" in indexes
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM pgflow_jobs")).scalar_one() == 3
     migrations.upgrade(engine)
