@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import attrs
 from sqlalchemy import (
     BigInteger,
     Connection,
@@ -76,20 +77,15 @@ def _const(value: str) -> Any:
     return literal_column(f"'{value}'")
 
 
+@attrs.frozen
 class KeyState:
-    """What the queue's control row says of its keys, read by the head after the lock."""
+    """What the queue's control row says of its keys, and the newest job id, as the head read
+    them after the lock."""
 
-    def __init__(
-        self,
-        keyed_by: str | None,
-        keyed_through: int | None,
-        swept_at: datetime | None,
-        newest_id: int | None,
-    ) -> None:
-        self.keyed_by = keyed_by
-        self.keyed_through = keyed_through
-        self.swept_at = swept_at
-        self.newest_id = newest_id
+    keyed_by: str | None
+    keyed_through: int | None
+    swept_at: datetime | None
+    newest_id: int | None
 
 
 #: The PostgreSQL claim's choice of jobs, one statement. The walk: the partitions with
