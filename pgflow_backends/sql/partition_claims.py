@@ -195,8 +195,12 @@ def _pg_cap(key: str, per_limit: bool, per_rate: bool) -> str:
             f"WHERE r.queue = :p_queue AND r.partition = {other} "
             "AND r.started_at >= :p_at - make_interval(secs => :p_prate_period))"
         )
+    # Whether the queue holds any partition is asked once (an InitPlan), each partition's
+    # hold only then.
     return (
-        "CASE WHEN EXISTS (SELECT 1 FROM pgflow_partition_holds AS h WHERE h.queue = :p_queue "
+        "CASE WHEN (SELECT EXISTS (SELECT 1 FROM pgflow_partition_holds AS q "
+        "WHERE q.queue = :p_queue AND q.hold_until > :p_at)) "
+        "AND EXISTS (SELECT 1 FROM pgflow_partition_holds AS h WHERE h.queue = :p_queue "
         f"AND h.partition = {other} AND h.hold_until > :p_at) THEN 0 "
         f"ELSE LEAST({', '.join(limits)}) END"
     )
