@@ -32,7 +32,12 @@ from pgflow.records import Job, JobRef, JobState, NewJob, RunRecord
 from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES
 from pgflow_backends.postgres_flow_rows import PostgresFlowRows
 from pgflow_backends.postgres_run_waits import RUN_CHANNEL, RunWaits
-from pgflow_backends.postgres_shaped import KEYING, SETTINGS_AND_LOCK, partitioned_claim_sql
+from pgflow_backends.postgres_shaped import (
+    KEYING,
+    SETTINGS_AND_LOCK,
+    partitioned_claim_sql,
+    positional,
+)
 from pgflow_backends.sql.base import PreparedJob, SQLBackend, round_robin
 from pgflow_backends.sql.driver import DriverConnections
 from pgflow_backends.sql.errors import translate
@@ -660,8 +665,10 @@ class PostgresBackend(SQLBackend):
             "p_prate_period": None if per_rate is None else counted_window(per_rate[1]),
             "p_longest": max(windows) if windows else None,
         }
-        statement = partitioned_claim_sql(
-            shape.partition_limit is not None, per_rate is not None, self._returning
+        statement, names = positional(
+            partitioned_claim_sql(
+                shape.partition_limit is not None, per_rate is not None, self._returning
+            )
         )
         with self._driver() as conn:
             try:
@@ -669,7 +676,8 @@ class PostgresBackend(SQLBackend):
                     conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
                     conn.execute(SETTINGS_AND_LOCK, params)
                     conn.execute(KEYING, params)
-                    cursor = conn.execute(statement, params)
+                    cursor = psycopg.RawCursor(conn)
+                    cursor.execute(statement, [params[name] for name in names])
                     conn.execute("COMMIT")
                 rows = cursor.fetchall()
             except BaseException:

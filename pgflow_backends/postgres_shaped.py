@@ -14,7 +14,7 @@ import re
 from pgflow_backends.sql.partition_claims import PG_INDEX_ONLY, pg_pick_sql
 from pgflow_backends.sql.queue_statements import pg_partition_sql
 
-__all__ = ["KEYING", "SETTINGS_AND_LOCK", "partitioned_claim_sql"]
+__all__ = ["KEYING", "SETTINGS_AND_LOCK", "partitioned_claim_sql", "positional"]
 
 _UNFINISHED = "state IN ('available', 'scheduled', 'retryable', 'executing')"
 _KEY = pg_partition_sql("args", "workflow_id", "%(p_key)s")
@@ -158,3 +158,19 @@ def partitioned_claim_sql(per_limit: bool, per_rate: bool, returning: str) -> st
     )
     pick = re.sub(r":(p_\w+)", r"%(\1)s", pick)
     return _CLAIM % {"pick": pick, "returning": returning}
+
+
+@functools.cache
+def positional(statement: str) -> tuple[str, tuple[str, ...]]:
+    """`statement` with $1, $2, ... for its %(name)s parameters, and the names in that order:
+    for a RawCursor, which sends it as it is (psycopg parses a statement this long for its
+    parameters on every run: it caches only shorter ones)."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    converted = re.sub(r"%\((\w+)\)s", number, statement).replace("%%", "%")
+    return converted, tuple(names)
