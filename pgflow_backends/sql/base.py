@@ -87,7 +87,7 @@ from pgflow_backends.sql.rows import (
 from pgflow_backends.sql.statements import Statements, statements_for
 from pgflow_backends.sql.windows import counted_window
 
-__all__ = ["PreparedJob", "SQLBackend"]
+__all__ = ["PreparedJob", "SQLBackend", "round_robin"]
 
 logger = logging.getLogger("pgflow.backend")
 
