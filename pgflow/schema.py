@@ -34,6 +34,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 __all__ = [
     "JOBS_STORAGE",
     "JOB_STATES",
+    "PARTITION_KEY",
     "PRIORITY_MAX",
     "PRIORITY_MIN",
     "RUN_STATES",
@@ -78,6 +79,9 @@ JOBS_STORAGE = {
 
 #: JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
 JSONType: TypeEngine[Any] = JSON().with_variant(JSONB(), "postgresql")
+#: A partition key: code point order on PostgreSQL (as Python and SQLite compare), so the
+#: round robin and its cursor agree on every backend.
+PARTITION_KEY: TypeEngine[Any] = String(255).with_variant(String(255, collation="C"), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -160,6 +164,9 @@ jobs = Table(
     Column("workflow_id", String(64)),
     Column("step", String(255)),
     Column("task_index", Integer),
+    # A partitioned queue's jobs: their partition, written by the queue's claims from the
+    # args (see `keyed_by`); NULL until then, so inserts never write it.
+    Column("partition_key", PARTITION_KEY),
     CheckConstraint(_in("state", JOB_STATES), name="pgflow_jobs_state_check"),
     CheckConstraint(
         f"priority BETWEEN {PRIORITY_MIN} AND {PRIORITY_MAX}", name="pgflow_jobs_priority_check"
@@ -177,6 +184,7 @@ jobs = Table(
 )
 
 _FINISHED = "state IN ('completed', 'discarded', 'cancelled')"
+_KEYED = "state = 'available' AND partition_key IS NOT NULL"
 _RUNNING_DEADLINE = "state = 'running' AND deadline_at IS NOT NULL"
 _RUNNING_FLOW = "state = 'running' AND remaining_steps IS NOT NULL"
 _STAGED = "state IN ('scheduled', 'retryable')"
@@ -201,12 +209,28 @@ Index(
     postgresql_where=text(_STAGED),
     sqlite_where=text(_STAGED),
 )
-# Rescue: executing jobs by instance.
+# Executing jobs by queue, partition and instance: global and per-partition limits count a
+# queue's (its entries only); rescue reads them by instance. The one index of executing jobs,
+# so counting a queue's never scans every queue's.
 Index(
-    "pgflow_jobs_rescue_idx",
+    "pgflow_jobs_executing_idx",
+    jobs.c.queue,
+    jobs.c.partition_key,
     jobs.c.reserved_by,
     postgresql_where=text("state = 'executing'"),
     sqlite_where=text("state = 'executing'"),
+)
+# A partitioned claim: the partitions with available jobs (a skip scan), each one's next job.
+# Jobs not keyed yet (every insert) are not in it.
+Index(
+    "pgflow_jobs_partition_idx",
+    jobs.c.queue,
+    jobs.c.partition_key,
+    jobs.c.priority.desc(),
+    jobs.c.scheduled_at,
+    jobs.c.id,
+    postgresql_where=text(_KEYED),
+    sqlite_where=text(_KEYED),
 )
 # Prune: finished jobs by age.
 Index(
@@ -438,6 +462,11 @@ queue_controls = Table(
     Column("hold_until", UTCDateTime()),
     # A partitioned queue's round robin: the partition its last claim ended with.
     Column("cursor", String(255)),
+    # Which args key the queue's jobs were keyed by (pgflow_jobs.partition_key), every job of
+    # it up to id keyed_through keyed (but for inserts committed late: swept at swept_at).
+    Column("keyed_by", String(255)),
+    Column("keyed_through", BigInteger),
+    Column("swept_at", UTCDateTime()),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
 

@@ -32,14 +32,22 @@ from pgflow.records import Job, JobRef, JobState, NewJob, RunRecord
 from pgflow.serialization import DEFAULT_MAX_PAYLOAD_BYTES
 from pgflow_backends.postgres_flow_rows import PostgresFlowRows
 from pgflow_backends.postgres_run_waits import RUN_CHANNEL, RunWaits
-from pgflow_backends.sql.base import PreparedJob, SQLBackend
+from pgflow_backends.postgres_shaped import (
+    KEYING,
+    SETTINGS_AND_LOCK,
+    partitioned_claim_sql,
+    positional,
+)
+from pgflow_backends.sql.base import PreparedJob, SQLBackend, round_robin
 from pgflow_backends.sql.driver import DriverConnections
 from pgflow_backends.sql.errors import translate
 from pgflow_backends.sql.flow_rows import FlowRows
+from pgflow_backends.sql.partition_claims import SWEEP_SECONDS
 from pgflow_backends.sql.pool import ping_when_idle
 from pgflow_backends.sql.queue_statements import QUEUE_LOCK_CLASS
 from pgflow_backends.sql.rows import job_from_driver_row, stored_copy, utc
 from pgflow_backends.sql.urls import mask, parse
+from pgflow_backends.sql.windows import counted_window
 
 __all__ = ["CHANNEL", "PostgresBackend", "PostgresListener"]
 
@@ -415,6 +423,7 @@ class PostgresBackend(SQLBackend):
         self._claim_params: dict[str, Any] = dict(compiled.params)
         returning = self._claim_sql.split(" RETURNING ", 1)[1]
         self._shaped_claim_sql = _SHAPED_CLAIM % {"returning": returning}
+        self._returning = returning
         # The same pool, in autocommit mode: each statement is its own transaction.
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._run_waits = RunWaits(engine, self.url)
@@ -597,12 +606,14 @@ class PostgresBackend(SQLBackend):
     def _claim_shaped(
         self, queue: str, instance_id: str, limit: int, incarnation: str, shape: Queue
     ) -> list[Job]:
-        """A shaped claim without partitions as one pipelined exchange on the driver
-        connection: BEGIN (READ COMMITTED), the queue's advisory lock, one statement, COMMIT,
-        sent together. Each statement takes its snapshot when it starts, so the claim's reads
-        follow the lock. Partitioned claims take the general path (their cost is the scan)."""
-        if shape.partition_by is not None or not _PIPELINES:
+        """A shaped claim as one pipelined exchange on the driver connection: BEGIN (READ
+        COMMITTED), the queue's advisory lock, one statement (partitioned: after the keying
+        statements of postgres_shaped), COMMIT, sent together. Each statement takes its
+        snapshot when it starts, so the claim's reads follow the lock."""
+        if not _PIPELINES:
             return super()._claim_shaped(queue, instance_id, limit, incarnation, shape)
+        if shape.partition_by is not None:
+            return self._claim_partitioned(queue, instance_id, limit, incarnation, shape)
         rate = shape.rate_limit
         params = {
             "p_class": QUEUE_LOCK_CLASS,
@@ -612,7 +623,7 @@ class PostgresBackend(SQLBackend):
             "p_limit": limit,
             "p_global": shape.global_limit,
             "p_allowed": None if rate is None else rate[0],
-            "p_period": None if rate is None else rate[1],
+            "p_period": None if rate is None else counted_window(rate[1]),
         }
         with self._driver() as conn:
             try:
@@ -630,6 +641,55 @@ class PostgresBackend(SQLBackend):
                 raise
         claimed = [job_from_driver_row(row) for row in rows]
         claimed.sort(key=_claim_order)
+        return claimed
+
+    def _claim_partitioned(
+        self, queue: str, instance_id: str, limit: int, incarnation: str, shape: Queue
+    ) -> list[Job]:
+        """A partitioned claim as one pipelined exchange (see postgres_shaped)."""
+        rate, per_rate = shape.rate_limit, shape.partition_rate_limit
+        windows = [counted_window(w[1]) for w in (rate, per_rate) if w is not None]
+        params: dict[str, Any] = {
+            "p_class": QUEUE_LOCK_CLASS,
+            "p_queue": queue,
+            "p_instance": instance_id,
+            "p_incarnation": incarnation,
+            "p_limit": limit,
+            "p_global": shape.global_limit,
+            "p_allowed": None if rate is None else rate[0],
+            "p_period": None if rate is None else counted_window(rate[1]),
+            "p_key": shape.partition_by,
+            "p_sweep": SWEEP_SECONDS,
+            "p_plimit": shape.partition_limit,
+            "p_prate_allowed": None if per_rate is None else per_rate[0],
+            "p_prate_period": None if per_rate is None else counted_window(per_rate[1]),
+            "p_longest": max(windows) if windows else None,
+        }
+        statement, names = positional(
+            partitioned_claim_sql(
+                shape.partition_limit is not None, per_rate is not None, self._returning
+            )
+        )
+        with self._driver() as conn:
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                    conn.execute(SETTINGS_AND_LOCK, params)
+                    conn.execute(KEYING, params)
+                    cursor = psycopg.RawCursor(conn)
+                    cursor.execute(statement, [params[name] for name in names])
+                    conn.execute("COMMIT")
+                rows = cursor.fetchall()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    if conn.info.transaction_status != 0:
+                        conn.execute("ROLLBACK")
+                raise
+        if not rows:
+            return []
+        claimed, _ = round_robin(
+            [(job_from_driver_row(row[:-2]), row[-2]) for row in rows], rows[0][-1]
+        )
         return claimed
 
     def _lock_queue(self, connection: Connection, queue: str) -> None:

@@ -6,7 +6,7 @@ CREATE INDEX (migrations run in a transaction): writes to pgflow_jobs wait while
 built, about a second per million jobs.
 
 Revision ID: 0008
-Revises: 0006 (0007 once it is merged)
+Revises: 0007
 Create Date: 2026-12-01
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

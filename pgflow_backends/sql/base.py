@@ -69,6 +69,7 @@ from pgflow_backends.sql.errors import translate
 from pgflow_backends.sql.flow_statements import flow_statements_for
 from pgflow_backends.sql.flow_store import SQLFlowStore
 from pgflow_backends.sql.flows import FlowSettler
+from pgflow_backends.sql.partition_claims import KeyState, partition_claims_for
 from pgflow_backends.sql.queue_statements import (
     PARTITION_WIDTH,
     partition_params,
@@ -84,11 +85,12 @@ from pgflow_backends.sql.rows import (
     step_from_row,
 )
 from pgflow_backends.sql.statements import Statements, statements_for
+from pgflow_backends.sql.windows import counted_window
 
 if TYPE_CHECKING:
     from pgflow_backends.sql.inspection import SQLInspection
 
-__all__ = ["PreparedJob", "SQLBackend"]
+__all__ = ["PreparedJob", "SQLBackend", "round_robin"]
 
 logger = logging.getLogger("pgflow.backend")
 
@@ -181,6 +183,7 @@ class SQLBackend(SQLFlowStore):
         self._s: Statements = statements_for(engine.dialect.name)
         self._f = flow_statements_for(engine.dialect.name)
         self._q = queue_statements_for(engine.dialect.name)
+        self._p = partition_claims_for(engine.dialect.name)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -933,14 +936,15 @@ class SQLBackend(SQLFlowStore):
             "p_incarnation": incarnation,
         }
         rate, per_rate = shape.rate_limit, shape.partition_rate_limit
+        key = shape.partition_by
         if rate is not None:
-            params["p_period"] = rate[1]
+            params["p_period"] = counted_window(rate[1])
         with self._tx() as connection:
             self._lock_queue(connection, queue)
             head = connection.execute(
-                q.head(shape.global_limit is not None, rate is not None), params
+                q.head(shape.global_limit is not None, rate is not None, key is not None), params
             ).one()
-            at, blocked, cursor, executing, used = head
+            at, blocked, _, executing, used = head[:5]
             if blocked:
                 return []
             budget = limit
@@ -952,33 +956,15 @@ class SQLBackend(SQLFlowStore):
                 return []
             params["p_at"] = at
             params["p_limit"] = budget
-            windows = [window[1] for window in (rate, per_rate) if window is not None]
+            windows = [counted_window(w[1]) for w in (rate, per_rate) if w is not None]
             if windows:
                 connection.execute(q.prune_starts, dict(params, p_longest=max(windows)))
-            if shape.partition_by is None:
+            if key is None:
                 claimed = [job_from_row(row) for row in connection.execute(q.claim(), params)]
                 claimed.sort(key=lambda job: (-job.priority, job.scheduled_at, job.id))
                 parts = [""] * len(claimed)
             else:
-                params.update(partition_params(shape.partition_by), p_cursor=cursor)
-                if shape.partition_limit is not None:
-                    params["p_plimit"] = shape.partition_limit
-                if per_rate is not None:
-                    params["p_prate_allowed"], params["p_prate_period"] = per_rate
-                statement = q.claim_partitioned(
-                    shape.partition_limit is not None, per_rate is not None
-                )
-                rows: list[Any] = list(connection.execute(statement, params))
-                if not q.returns_part and rows:
-                    ids = [row[0] for row in rows]
-                    found: dict[int, str] = {
-                        job_id: part
-                        for job_id, part in connection.execute(q.parts, dict(params, p_ids=ids))
-                    }
-                    rows = [(*row, found[row[0]]) for row in rows]
-                claimed, parts = _round_robin(rows, cursor)
-                if parts:
-                    connection.execute(q.set_cursor, dict(params, p_cursor=parts[-1]))
+                claimed, parts = self._claim_partitions(connection, params, shape, head)
             if windows and claimed:
                 recorded = parts if per_rate is not None else [""] * len(claimed)
                 connection.execute(
@@ -986,6 +972,40 @@ class SQLBackend(SQLFlowStore):
                     [dict(p_queue=queue, p_partition=part, p_at=at) for part in recorded],
                 )
         return claimed
+
+    def _claim_partitions(
+        self, connection: Connection, params: dict[str, Any], shape: Queue, head: Any
+    ) -> tuple[list[Job], list[str]]:
+        """The partitioned part of a shaped claim (see partition_claims): key the jobs that
+        need it, claim round robin, record the cursor and the keying."""
+        key = shape.partition_by
+        assert key is not None
+        p = self._p
+        cursor = head[2]
+        through, swept = p.key_jobs(connection, params, key, KeyState(*head[5:9]))
+        params = dict(params, p_cursor=cursor, **partition_params(key))
+        if shape.partition_limit is not None:
+            params["p_plimit"] = shape.partition_limit
+        if shape.partition_rate_limit is not None:
+            allowed, period = shape.partition_rate_limit
+            params["p_prate_allowed"], params["p_prate_period"] = allowed, counted_window(period)
+        rows = p.choose_and_claim(
+            connection,
+            params,
+            cursor,
+            shape.partition_limit is not None,
+            shape.partition_rate_limit is not None,
+        )
+        claimed, parts = round_robin([(job_from_row(row[:-1]), row[-1]) for row in rows], cursor)
+        progress = dict(
+            params,
+            p_cursor=parts[-1] if parts else cursor,
+            p_key=key,
+            p_through=through,
+            p_swept=swept,
+        )
+        connection.execute(p.set_progress, progress)
+        return claimed, parts
 
     def pause_queue(self, queue: str) -> None:
         validate_queue(queue)
@@ -1075,12 +1095,15 @@ def _controls(rows: Sequence[Any], held: Sequence[Any]) -> list[QueueControl]:
     return [found[queue] for queue in sorted(found)]
 
 
-def _round_robin(rows: Sequence[Any], cursor: str | None) -> tuple[list[Job], list[str]]:
-    """Claimed jobs in the order the round robin served them (round, then partition key
-    from after `cursor`), and each one's partition; the last is the next cursor."""
+def round_robin(
+    claimed: Sequence[tuple[Job, str]], cursor: str | None
+) -> tuple[list[Job], list[str]]:
+    """Claimed jobs (with their partitions) in the order the round robin served them (round,
+    then partition key from after `cursor`), and each one's partition; the last is the next
+    cursor."""
     by_part: dict[str, list[Job]] = {}
-    for row in rows:
-        by_part.setdefault(row[-1], []).append(job_from_row(row[:-1]))
+    for job, part in claimed:
+        by_part.setdefault(part, []).append(job)
     served: list[tuple[int, bool, str, Job]] = []
     for part, group in by_part.items():
         group.sort(key=lambda job: (-job.priority, job.scheduled_at, job.id))

@@ -23,7 +23,6 @@ from sqlalchemy import (
     Select,
     String,
     Update,
-    and_,
     any_,
     bindparam,
     case,
@@ -46,7 +45,14 @@ from pgflow_backends.sql.expressions import db_now, db_now_plus, relaxed_commit,
 from pgflow_backends.sql.rows import CLAIM_COLUMNS
 from pgflow_backends.sql.statements import claimed_values, registered_incarnation
 
-__all__ = ["QUEUE_LOCK_CLASS", "QueueStatements", "partition_params", "queue_statements_for"]
+__all__ = [
+    "QUEUE_LOCK_CLASS",
+    "QueueStatements",
+    "partition_params",
+    "pg_partition_sql",
+    "queue_statements_for",
+    "shaped_values",
+]
 
 #: The first key of the two-key advisory lock a shaped claim takes (the second: hashtext of
 #: the queue name): "pgfw", apart from any single-key lock an application takes.
@@ -86,7 +92,12 @@ class partition_key(FunctionElement[str]):
 @compiles(partition_key, "postgresql")
 def _partition_pg(element: partition_key, compiler: SQLCompiler, **kw: Any) -> str:
     args, workflow_id = (compiler.process(arg, **kw) for arg in element.clauses)
-    key = compiler.process(_p("p_key"), **kw)
+    return pg_partition_sql(args, workflow_id, compiler.process(_p("p_key"), **kw))
+
+
+def pg_partition_sql(args: str, workflow_id: str, key: str) -> str:
+    """`partition_key` as PostgreSQL text, of the columns `args` and `workflow_id` and the
+    bound args key `key`."""
     key = f"CAST({key} AS TEXT)"
     return (
         f"COALESCE(LEFT(CASE WHEN {workflow_id} IS NULL THEN {args} ->> {key} "
@@ -177,7 +188,7 @@ def _later_sqlite(element: later_of, compiler: SQLCompiler, **kw: Any) -> str:
     return f"(CASE WHEN {first} IS NULL OR {second} > {first} THEN {second} ELSE {first} END)"
 
 
-def _shaped_values() -> dict[str, Any]:
+def shaped_values() -> dict[str, Any]:
     """What a shaped claim writes: as a plain claim, but attempted_at is the clock the head
     read after the lock (`p_at`), the very time its starts are recorded at, so the jobs'
     start times keep the rate windows exactly (and still differ from claim to claim)."""
@@ -189,8 +200,6 @@ class QueueStatements:
 
     def __init__(self, dialect: str) -> None:
         self.dialect = dialect
-        #: Whether claim_partitioned returns each job's partition (else: `parts`).
-        self.returns_part = dialect == "postgresql"
         insert_fn: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
         now = db_now()
         queue = _p("p_queue", String())
@@ -276,9 +285,6 @@ class QueueStatements:
             jobs.c.state.in_([literal_column("'executing'"), literal_column("'available'")]),
         )
         part = partition_key(jobs.c.args, jobs.c.workflow_id)
-        self.parts: Select[Any] = select(jobs.c.id, part).where(
-            jobs.c.id.in_(bindparam("p_ids", expanding=True))
-        )
         by_part = (
             select(
                 part.label("part"),
@@ -315,9 +321,10 @@ class QueueStatements:
         )
 
     @functools.cache  # noqa: B019 - one instance per dialect, kept for the process
-    def head(self, executing: bool, rate: bool) -> Select[Any]:
+    def head(self, executing: bool, rate: bool, keys: bool = False) -> Select[Any]:
         """(clock now, blocked, cursor, executing, rate window use) of the queue, read after the
-        lock. `executing` / `rate`: count those (else NULL)."""
+        lock. `executing` / `rate`: count those (else NULL). `keys`: then also (keyed_by,
+        keyed_through, swept_at, the newest job id) for the partitioned claim's keying."""
         queue = _p("p_queue", String())
         clock: CTE = select(clock_now().label("at")).cte("clock")
         controls = queue_controls.c
@@ -343,7 +350,11 @@ class QueueStatements:
                 )
                 .scalar_subquery()
             )
-        return select(clock.c.at, blocked, controls.cursor, busy, used).select_from(
+        columns: list[Any] = [clock.c.at, blocked, controls.cursor, busy, used]
+        if keys:
+            newest = select(func.max(jobs.c.id)).scalar_subquery()
+            columns += [controls.keyed_by, controls.keyed_through, controls.swept_at, newest]
+        return select(*columns).select_from(
             clock.outerjoin(queue_controls, controls.queue == queue)
         )
 
@@ -361,7 +372,7 @@ class QueueStatements:
         return (
             update(jobs)
             .where(registered_incarnation(), self._id_in(candidates), relaxed_commit())
-            .values(**_shaped_values())
+            .values(**shaped_values())
             .returning(*CLAIM_COLUMNS)
         )
 
@@ -369,90 +380,6 @@ class QueueStatements:
         if self.dialect == "postgresql":
             return jobs.c.id == any_(func.array(ids.scalar_subquery()))
         return jobs.c.id.in_(ids)
-
-    @functools.cache  # noqa: B019
-    def claim_partitioned(self, per_limit: bool, per_rate: bool) -> Update:
-        """A partitioned claim: every available job ranked within its partition (priority,
-        scheduled_at, id); rank 1 of each partition first (in key order, starting after the
-        cursor), then rank 2, ..., up to the budget `p_limit`. A partition takes no more
-        than `p_plimit` minus its executing jobs (`per_limit`), nor more than
-        `p_prate_allowed` minus its starts in the window (`per_rate`); held ones none."""
-        queue = _p("p_queue", String())
-        at = _p("p_at", UTCDateTime())
-        part = partition_key(jobs.c.args, jobs.c.workflow_id)
-        ranked = (
-            select(
-                jobs.c.id,
-                part.label("part"),
-                func.row_number()
-                .over(
-                    partition_by=part,
-                    order_by=(jobs.c.priority.desc(), jobs.c.scheduled_at, jobs.c.id),
-                )
-                .label("rnk"),
-            )
-            .where(jobs.c.state == literal_column("'available'"), jobs.c.queue == queue)
-            .subquery("ranked")
-        )
-        source: Any = ranked
-        conditions: list[ColumnElement[bool]] = [
-            # No partition gives more than the budget: fewer rows for the final sort.
-            ranked.c.rnk <= _p("p_limit", Integer()),
-            ranked.c.part.not_in(
-                select(partition_holds.c.partition).where(
-                    partition_holds.c.queue == queue, partition_holds.c.hold_until > at
-                )
-            ),
-        ]
-        if per_limit:
-            busy = (
-                select(part.label("part"), func.count().label("n"))
-                .where(jobs.c.queue == queue, jobs.c.state == literal_column("'executing'"))
-                .group_by(part)
-                .subquery("busy")
-            )
-            source = source.outerjoin(busy, busy.c.part == ranked.c.part)
-            conditions.append(
-                ranked.c.rnk <= _p("p_plimit", Integer()) - func.coalesce(busy.c.n, 0)
-            )
-        if per_rate:
-            used = (
-                select(rate_starts.c.partition.label("part"), func.count().label("n"))
-                .where(
-                    rate_starts.c.queue == queue,
-                    rate_starts.c.started_at >= time_minus(at, _p("p_prate_period", Float())),
-                )
-                .group_by(rate_starts.c.partition)
-                .subquery("used")
-            )
-            source = source.outerjoin(used, used.c.part == ranked.c.part)
-            conditions.append(
-                ranked.c.rnk <= _p("p_prate_allowed", Integer()) - func.coalesce(used.c.n, 0)
-            )
-        # SQLite (3.40) evaluates the partition key in RETURNING as "": `parts` reads it there.
-        returned = [part.label("part")] if self.returns_part else []
-        ordered_part = self._ordered(ranked.c.part)
-        after_cursor = case((ordered_part > _p("p_cursor", String()), 0), else_=1)
-        picked = (
-            select(ranked.c.id)
-            .select_from(source)
-            .where(and_(*conditions))
-            .order_by(ranked.c.rnk, after_cursor, ordered_part)
-            .limit(_p("p_limit", Integer()))
-        )
-        return (
-            update(jobs)
-            .where(
-                registered_incarnation(),
-                self._id_in(picked),
-                # Taken meanwhile by a claim that does not shape the queue: skipped. (COALESCE
-                # hides the claim index's predicate: the ids are fetched by primary key.)
-                func.coalesce(jobs.c.state, literal_column("''")) == literal_column("'available'"),
-                relaxed_commit(),
-            )
-            .values(**_shaped_values())
-            .returning(*CLAIM_COLUMNS, *returned)
-        )
 
 
 @functools.cache

@@ -8,6 +8,8 @@ rate windows are pruned by the claims.
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from collections import Counter
@@ -21,9 +23,14 @@ from sqlalchemy import text
 from pgflow.queue_config import Queue, partition_of
 from pgflow.records import Job, NewJob
 from pgflow.registry import backend_from_url
+from pgflow_backends import postgres as postgres_module
 from pgflow_backends.postgres import PostgresBackend
+from pgflow_backends.postgres_shaped import SETTINGS_AND_LOCK, partitioned_claim_sql
+from pgflow_backends.sql import windows
 from pgflow_backends.sql.base import SQLBackend
+from pgflow_backends.sql.partition_claims import SWEEP_SECONDS
 from pgflow_backends.sql.queue_statements import QUEUE_LOCK_CLASS
+from pgflow_backends.sql.windows import counted_window
 from tests.sql.helpers import run_helpers
 
 Q = "shaped"
@@ -241,3 +248,226 @@ def test_shaped_claims_count_after_the_lock_on_a_repeatable_read_engine(postgres
     finally:
         backend.close()
         engine.dispose()
+
+
+# -- partitioned claims read pgflow_jobs_partition_idx, keyed by the claims ------------------
+
+
+def _keys(backend: SQLBackend, queue: str = Q) -> dict[str, str | None]:
+    """Each job's stored partition_key by its args' tenant (or n)."""
+    with backend.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT args, partition_key FROM pgflow_jobs WHERE queue = :q ORDER BY id"),
+            {"q": queue},
+        ).all()
+    found: dict[str, str | None] = {}
+    for args, key in rows:
+        args = args if isinstance(args, dict) else json.loads(args)
+        found[str(args.get("n", args.get("tenant")))] = key
+    return found
+
+
+def _keying(backend: SQLBackend) -> tuple[Any, ...]:
+    with backend.engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT keyed_by, keyed_through FROM pgflow_queue_controls WHERE queue = :q"),
+            {"q": Q},
+        ).one()
+    return tuple(row)
+
+
+def test_inserts_leave_partitions_unkeyed_and_a_partitioned_claim_keys_new_jobs(
+    sql_backend: SQLBackend,
+) -> None:
+    first = _fill(sql_backend, [{"n": n, "tenant": f"t{n % 2}"} for n in range(4)])
+    _fill(sql_backend, [{"n": 9, "tenant": "x"}], queue="other")
+    assert set(_keys(sql_backend).values()) == {None}  # an insert never writes it
+    shape = Queue(partition_by="tenant")
+    assert len(sql_backend.claim_jobs(Q, "node-a", 1, shape=shape)) == 1
+    assert _keys(sql_backend) == {"0": "t0", "1": "t1", "2": "t0", "3": "t1"}
+    assert _keys(sql_backend, "other") == {"9": None}  # another queue's jobs are left alone
+    newest = max(job.id for job in first) + 1  # the other queue's job
+    assert _keying(sql_backend) == ("tenant", newest)
+    late = _fill(sql_backend, [{"n": 5, "tenant": "t9"}, {"n": 6}])
+    served = sql_backend.claim_jobs(Q, "node-a", 5, shape=shape)
+    assert {job.args.get("tenant", "") for job in served} == {"t0", "t1", "t9", ""}
+    assert _keys(sql_backend)["5"] == "t9" and _keys(sql_backend)["6"] == ""
+    assert _keying(sql_backend) == ("tenant", late[-1].id)
+
+
+def test_a_claim_with_another_partition_by_keys_the_queue_again(sql_backend: SQLBackend) -> None:
+    _fill(sql_backend, [{"n": n, "tenant": "a", "region": f"r{n}"} for n in range(3)])
+    assert len(sql_backend.claim_jobs(Q, "node-a", 1, shape=Queue(partition_by="tenant"))) == 1
+    regions = Queue(partition_by="region", partition_limit=1)
+    served = sql_backend.claim_jobs(Q, "node-a", 5, shape=regions)
+    # By tenant, the two left would be one partition; by region they are two.
+    assert sorted(job.args["region"] for job in served) == ["r1", "r2"]
+    assert _keying(sql_backend)[0] == "region"
+    assert set(_keys(sql_backend).values()) == {"r0", "r1", "r2"}
+
+
+@pytest.mark.postgres
+def test_a_job_whose_insert_committed_late_is_served_after_the_sweep(
+    pg_backend: PostgresBackend,
+) -> None:
+    shape = Queue(partition_by="tenant")
+    with pg_backend.engine.connect() as late:
+        # Inserted first (the lower id), committed after a claim keyed a later job.
+        [slow] = pg_backend.insert_jobs(
+            [NewJob(queue=Q, worker="w.W", args={"tenant": "slow"})], connection=late
+        )
+        [quick] = _fill(pg_backend, [{"tenant": "quick"}])
+        assert [job.id for job in pg_backend.claim_jobs(Q, "node-a", 5, shape=shape)] == [quick.id]
+        late.commit()
+    assert _keying(pg_backend) == ("tenant", quick.id) and slow.id < quick.id
+    assert pg_backend.claim_jobs(Q, "node-a", 5, shape=shape) == []  # not keyed: not seen yet
+    with pg_backend.engine.begin() as conn:  # SWEEP_SECONDS later
+        conn.execute(
+            text(
+                "UPDATE pgflow_queue_controls SET swept_at = swept_at - make_interval(secs => :s)"
+            ),
+            {"s": SWEEP_SECONDS},
+        )
+    assert [job.id for job in pg_backend.claim_jobs(Q, "node-a", 5, shape=shape)] == [slow.id]
+
+
+@pytest.mark.postgres
+def test_partitioned_claims_walk_the_index_even_with_statistics_from_before_the_keys(
+    pg_backend: PostgresBackend,
+) -> None:
+    _fill(pg_backend, [{"tenant": f"t{n % 20}"} for n in range(2000)])
+    with pg_backend.engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE pgflow_jobs")  # every partition_key NULL, it says
+    shape = Queue(limit=10, partition_by="tenant", partition_limit=5, partition_rate_limit=(9, 1))
+    assert len(pg_backend.claim_jobs(Q, "node-a", 10, shape=shape)) == 10
+    params = {
+        "p_class": QUEUE_LOCK_CLASS,
+        "p_queue": Q,
+        "p_instance": "node-a",
+        "p_incarnation": "",
+        "p_limit": 10,
+        "p_global": None,
+        "p_allowed": None,
+        "p_period": None,
+        "p_key": "tenant",
+        "p_sweep": SWEEP_SECONDS,
+        "p_plimit": 5,
+        "p_prate_allowed": 9,
+        "p_prate_period": 1.0,
+        "p_longest": 1.0,
+    }
+    statement = partitioned_claim_sql(True, True, pg_backend._returning)
+    with pg_backend.engine.connect() as conn:
+        driver: Any = conn.connection.driver_connection
+        driver.execute(SETTINGS_AND_LOCK, params)
+        plan = "\n".join(
+            row[0] for row in driver.execute("EXPLAIN " + statement, params).fetchall()
+        )
+        driver.rollback()
+    assert "pgflow_jobs_partition_idx" in plan
+    assert "Seq Scan on pgflow_jobs" not in plan and "Bitmap" not in plan
+
+
+@pytest.fixture
+def pg_unpipelined(pg_backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch) -> PostgresBackend:
+    """PostgreSQL as with libpq before 14: shaped claims take the general path."""
+    monkeypatch.setattr(postgres_module, "_PIPELINES", False)
+    return pg_backend
+
+
+@pytest.mark.postgres
+def test_the_general_path_on_postgres_serves_partitions_round_robin_within_limits(
+    pg_unpipelined: PostgresBackend,
+) -> None:
+    backend = pg_unpipelined
+    _fill(backend, [{"tenant": t} for t in "abcd" for _ in range(3)])
+    shape = Queue(partition_by="tenant", partition_limit=2)
+    served = [
+        [job.args["tenant"] for job in backend.claim_jobs(Q, "node-a", 3, shape=shape)]
+        for _ in range(4)
+    ]
+    # Two of each at most while none completes: the fourth claim finds every partition full.
+    assert served == [["a", "b", "c"], ["d", "a", "b"], ["c", "d"], []]
+    late = _fill(backend, [{"tenant": "e"}])
+    assert [job.id for job in backend.claim_jobs(Q, "node-a", 3, shape=shape)] == [late[0].id]
+
+
+def _started_ago(backend: SQLBackend, seconds: float, partition: str = "") -> None:
+    """Record a start of queue Q `seconds` before the database's clock."""
+    ago = (
+        "clock_timestamp() - make_interval(secs => :s)"
+        if backend.engine.dialect.name == "postgresql"
+        else "((julianday('now') - 2440587.5) * 86400.0 - :s)"
+    )
+    with backend.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO pgflow_rate_starts (queue, partition, started_at) "
+                f"VALUES (:q, :p, {ago})"
+            ),
+            {"q": Q, "p": partition, "s": seconds},
+        )
+
+
+def test_the_counted_window_adds_a_small_share_of_the_period_at_most_25_ms() -> None:
+    assert counted_window(1.0) == pytest.approx(1.015)
+    assert counted_window(0.1) == pytest.approx(0.1015)
+    assert counted_window(60.0) == pytest.approx(60.025)
+
+
+@pytest.mark.parametrize("partitioned", [False, True])
+def test_a_claim_counts_starts_recorded_within_the_margin_past_the_window(
+    sql_backend: SQLBackend, partitioned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start recorded a period and half the margin ago still counts (jobs begin some time
+    after their claim); one a period and twice the margin ago does not. (A margin of 5 s
+    here, so the time the test takes does not matter.)"""
+    monkeypatch.setattr(windows, "RATE_MARGIN_SECONDS", 5.0)
+    margin = counted_window(100.0) - 100.0
+    assert margin == pytest.approx(1.5)  # 1.5% of 100 s
+    part = "a" if partitioned else ""
+    shape = (
+        Queue(partition_by="tenant", partition_rate_limit=(1, 100.0))
+        if partitioned
+        else Queue(rate_limit=(1, 100.0))
+    )
+    _fill(sql_backend, [{"tenant": "a"} for _ in range(3)])
+    _started_ago(sql_backend, 100.0 + margin / 2, partition=part)
+    assert sql_backend.claim_jobs(Q, "node-a", 3, shape=shape) == []
+    # The status shows the window itself: that start is out of it.
+    assert sql_backend.queue_stats(Q, Queue(rate_limit=(1, 100.0))).rate_used == 0
+    with sql_backend.engine.begin() as conn:
+        conn.execute(text("DELETE FROM pgflow_rate_starts"))
+    _started_ago(sql_backend, 100.0 + margin * 2, partition=part)
+    assert len(sql_backend.claim_jobs(Q, "node-a", 3, shape=shape)) == 1
+
+
+@pytest.mark.postgres
+def test_a_global_limit_counts_the_queues_executing_jobs_from_their_own_index_entries(
+    pg_backend: PostgresBackend,
+) -> None:
+    _fill(pg_backend, [{} for _ in range(20)])
+    _fill(pg_backend, [{} for _ in range(200)], queue="busy")
+    pg_backend.claim_jobs("busy", "node-b", 200)  # another queue's executing jobs
+    assert len(pg_backend.claim_jobs(Q, "node-a", 5, shape=Queue(global_limit=10))) == 5
+    params = {
+        "p_queue": Q,
+        "p_instance": "node-a",
+        "p_incarnation": "",
+        "p_limit": 10,
+        "p_global": 10,
+        "p_allowed": None,
+        "p_period": None,
+    }
+    with pg_backend.engine.connect() as conn:
+        driver: Any = conn.connection.driver_connection
+        driver.execute("SET LOCAL enable_seqscan = off")  # a table this small: any index
+        rows = driver.execute("EXPLAIN " + pg_backend._shaped_claim_sql, params).fetchall()
+        driver.rollback()
+    plan = [row[0].strip() for row in rows]
+    count = plan.index(next(line for line in plan if line.startswith("->  Aggregate")))
+    # The count reads the executing jobs of this queue only (the queue is the index's first
+    # column), not every queue's as the rescue index by instance did.
+    scan = " ".join(plan[count + 1 : count + 4])
+    assert "pgflow_jobs_executing_idx" in scan, plan
+    assert re.search(r"Index Cond: \(\(?queue\)?(::text)? = 'shaped'::text\)", scan), plan

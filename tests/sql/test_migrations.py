@@ -158,6 +158,49 @@ def test_0006_downgrades_and_upgrades_again(engine: Engine, sql_url: str) -> Non
         backend.close()
 
 
+def test_0007_downgrades_and_upgrades_again(engine: Engine, sql_url: str) -> None:
+    """0007 down to 0006 drops the stored partitions and their indexes (the jobs stay); up
+    again equals metadata, and a partitioned claim keys the jobs anew."""
+    from pgflow.queue_config import Queue
+    from pgflow.records import NewJob
+    from pgflow_backends.postgres import PostgresBackend
+    from pgflow_backends.sqlite import SQLiteBackend
+
+    opener: Any = SQLiteBackend if sql_url.startswith("sqlite") else PostgresBackend
+    shape = Queue(partition_by="k", partition_limit=1)
+    migrations.upgrade(engine)
+    backend = opener(sql_url)
+    try:
+        backend.insert_jobs([NewJob(queue="q", worker="w", args={"k": k}) for k in "aab"])
+        assert len(backend.claim_jobs("q", "i", 1, shape=shape)) == 1
+    finally:
+        backend.close()
+    _downgrade(engine, "0006")
+    assert migrations.current_revision(engine) == "0006"
+    inspector = inspect(engine)
+    assert "partition_key" not in {c["name"] for c in inspector.get_columns("pgflow_jobs")}
+    assert not {"keyed_by", "keyed_through", "swept_at"} & {
+        c["name"] for c in inspector.get_columns("pgflow_queue_controls")
+    }
+    indexes = {index["name"] for index in inspector.get_indexes("pgflow_jobs")}
+    assert not indexes & {"pgflow_jobs_partition_idx", "pgflow_jobs_executing_idx"}
+    assert "pgflow_jobs_rescue_idx" in indexes
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM pgflow_jobs")).scalar_one() == 3
+    migrations.upgrade(engine)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_object": _only_pgflow}
+        )
+        assert compare_metadata(context, metadata) == []
+    backend = opener(sql_url)
+    try:
+        # "a" executes already: the other partition is served.
+        assert [job.args for job in backend.claim_jobs("q", "i", 3, shape=shape)] == [{"k": "b"}]
+    finally:
+        backend.close()
+
+
 def test_an_upgrade_through_the_backend_keeps_the_runs_stored(sql_url: str, engine: Engine) -> None:
     """Upgrading a database at 0003 that holds flow runs keeps them with their step rows:
     SQLite rebuilds pgflow_runs (0004) and the step table (0005), which with the backend's
