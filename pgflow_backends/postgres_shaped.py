@@ -20,7 +20,7 @@ _UNFINISHED = "state IN ('available', 'scheduled', 'retryable', 'executing')"
 _KEY = pg_partition_sql("args", "workflow_id", "%(p_key)s")
 #: The keying, one statement, each part doing nothing unless due: every unfinished job of
 #: the queue when it was keyed by another args key (or never); else the jobs inserted since
-#: the last claim (ids above keyed_through, read from the primary key in order) and, every
+#: the last claim (ids above keyed_through up to the newest, read from the primary key) and, every
 #: SWEEP_SECONDS, the available ones below it still without a key (inserts that committed
 #: late). Then the control row records what was done, as of this statement's snapshot.
 KEYING = f"""
@@ -43,12 +43,18 @@ all_keyed AS (
 ),
 new_keyed AS (
     UPDATE pgflow_jobs SET partition_key = {_KEY}
-    WHERE id = ANY (ARRAY(
-              SELECT j.id FROM pgflow_jobs AS j
-              WHERE j.id > (SELECT through FROM due)
-              ORDER BY j.id
-              LIMIT (SELECT GREATEST(newest - through, 0) FROM due)))
-      AND queue = %(p_queue)s AND partition_key IS NULL AND {_UNFINISHED}
+    WHERE (SELECT newest > through FROM due)
+      -- The new jobs by primary key, then theirs of the queue (OFFSET 0: no test moves
+      -- into the scan, so no other index serves it): matched against the queue's index,
+      -- the list would be looked for among every job of the queue.
+      AND id = ANY (ARRAY(
+              SELECT f.id FROM (
+                  SELECT j.id, j.queue, j.partition_key, j.state FROM pgflow_jobs AS j
+                  WHERE j.id > (SELECT through FROM due)
+                    AND j.id <= (SELECT newest FROM due) OFFSET 0) AS f
+              WHERE f.queue = %(p_queue)s AND f.partition_key IS NULL
+                AND f.{_UNFINISHED}))
+      AND partition_key IS NULL AND {_UNFINISHED}
 ),
 swept AS (
     UPDATE pgflow_jobs SET partition_key = {_KEY}
