@@ -113,20 +113,24 @@ claimed AS (
     UPDATE pgflow_jobs
     SET state = 'executing', attempt = pgflow_jobs.attempt + 1,
         attempted_at = (SELECT at FROM budget), reserved_by = %%(p_instance)s
+    -- Joined: each claimed row carries its rank for the cursor (matching the claimed ids
+    -- against the picked ones cost as much as the walk).
+    FROM picked
     WHERE (%%(p_incarnation)s::VARCHAR = '' OR EXISTS (
               SELECT 1 FROM pgflow_instances
               WHERE instance_id = %%(p_instance)s AND incarnation = %%(p_incarnation)s
               FOR KEY SHARE))
-      AND pgflow_jobs.id = ANY (ARRAY(SELECT id FROM picked))
+      AND pgflow_jobs.id = picked.id
       -- Taken meanwhile by a claim that does not shape the queue: skipped.
       AND COALESCE(pgflow_jobs.state, '') = 'available'
       AND set_config('synchronous_commit', 'off', true) IS NOT NULL
-    RETURNING %(returning)s, pgflow_jobs.partition_key
+    RETURNING %(returning)s, pgflow_jobs.partition_key, picked.rnk, picked.wrapped
 ),
 moved AS (
+    -- The last job served (its round, then whether past the wrap, then its partition).
     UPDATE pgflow_queue_controls SET
-        cursor = (SELECT p.k FROM picked AS p WHERE p.id IN (SELECT id FROM claimed)
-                  ORDER BY p.rnk DESC, p.wrapped DESC, p.k DESC LIMIT 1),
+        cursor = (SELECT partition_key FROM claimed
+                  ORDER BY rnk DESC, wrapped DESC, partition_key DESC LIMIT 1),
         updated_at = now()
     WHERE queue = %%(p_queue)s AND EXISTS (SELECT 1 FROM claimed)
 ),
@@ -150,7 +154,8 @@ SELECT claimed.*, (SELECT cursor FROM budget) FROM claimed
 @functools.cache
 def partitioned_claim_sql(per_limit: bool, per_rate: bool, returning: str) -> str:
     """The claim statement for a shape (`returning`: the plain claim's RETURNING columns).
-    Rows: the claim columns, the job's partition, the cursor the claim started after."""
+    Rows: the claim columns, the job's partition, its round and whether it came after the
+    wrap, the cursor the claim started after."""
     pick = pg_pick_sql(
         per_limit,
         per_rate,
