@@ -121,3 +121,25 @@ def test_the_cursor_is_found_among_the_claimed_rows_alone(pg_backend: PostgresBa
     moved = _cte(_plan(pg_backend, statement), "moved")
     loops = [node for node in _nodes(moved) if node["Node Type"] == "Nested Loop"]
     assert loops == []  # each claimed row against each picked one, before
+
+
+@pytest.mark.postgres
+def test_executing_jobs_without_a_stored_partition_count_against_the_partition_limit(
+    pg_backend: PostgresBackend,
+) -> None:
+    _fill_tenants(pg_backend, ["a", "a", "a", "b"])
+    shape = Queue(limit=10, partition_by="tenant", partition_limit=2)
+    first = pg_backend.claim_jobs(Q, "node-a", 10, shape=shape)
+    assert sorted(job.args["tenant"] for job in first) == ["a", "a", "b"]
+    # As a job whose insert committed late, claimed by an instance without the shape.
+    with pg_backend.engine.begin() as conn:
+        conn.execute(text("UPDATE pgflow_jobs SET partition_key = NULL WHERE state = 'executing'"))
+    assert pg_backend.claim_jobs(Q, "node-a", 10, shape=shape) == []
+    pg_backend.complete_jobs([next(job.ref for job in first if job.args["tenant"] == "a")])
+    assert [job.args["tenant"] for job in pg_backend.claim_jobs(Q, "node-a", 10, shape=shape)] == [
+        "a"
+    ]
+
+
+def _fill_tenants(backend: PostgresBackend, tenants: list[str]) -> None:
+    backend.insert_jobs([NewJob(queue=Q, worker="w.W", args={"tenant": t}) for t in tenants])
