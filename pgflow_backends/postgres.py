@@ -688,7 +688,7 @@ class PostgresBackend(SQLBackend):
         if not rows:
             return []
         claimed, _ = round_robin(
-            [(job_from_driver_row(row[:-2]), row[-2]) for row in rows], rows[0][-1]
+            [(job_from_driver_row(row[:-4]), row[-4]) for row in rows], rows[0][-1]
         )
         return claimed
 

@@ -20,7 +20,7 @@ _UNFINISHED = "state IN ('available', 'scheduled', 'retryable', 'executing')"
 _KEY = pg_partition_sql("args", "workflow_id", "%(p_key)s")
 #: The keying, one statement, each part doing nothing unless due: every unfinished job of
 #: the queue when it was keyed by another args key (or never); else the jobs inserted since
-#: the last claim (ids above keyed_through, read from the primary key in order) and, every
+#: the last claim (ids above keyed_through up to the newest, read from the primary key) and, every
 #: SWEEP_SECONDS, the available ones below it still without a key (inserts that committed
 #: late). Then the control row records what was done, as of this statement's snapshot.
 KEYING = f"""
@@ -43,12 +43,18 @@ all_keyed AS (
 ),
 new_keyed AS (
     UPDATE pgflow_jobs SET partition_key = {_KEY}
-    WHERE id = ANY (ARRAY(
-              SELECT j.id FROM pgflow_jobs AS j
-              WHERE j.id > (SELECT through FROM due)
-              ORDER BY j.id
-              LIMIT (SELECT GREATEST(newest - through, 0) FROM due)))
-      AND queue = %(p_queue)s AND partition_key IS NULL AND {_UNFINISHED}
+    WHERE (SELECT newest > through FROM due)
+      -- The new jobs by primary key, then theirs of the queue (OFFSET 0: no test moves
+      -- into the scan, so no other index serves it): matched against the queue's index,
+      -- the list would be looked for among every job of the queue.
+      AND id = ANY (ARRAY(
+              SELECT f.id FROM (
+                  SELECT j.id, j.queue, j.partition_key, j.state FROM pgflow_jobs AS j
+                  WHERE j.id > (SELECT through FROM due)
+                    AND j.id <= (SELECT newest FROM due) OFFSET 0) AS f
+              WHERE f.queue = %(p_queue)s AND f.partition_key IS NULL
+                AND f.{_UNFINISHED}))
+      AND partition_key IS NULL AND {_UNFINISHED}
 ),
 swept AS (
     UPDATE pgflow_jobs SET partition_key = {_KEY}
@@ -107,20 +113,24 @@ claimed AS (
     UPDATE pgflow_jobs
     SET state = 'executing', attempt = pgflow_jobs.attempt + 1,
         attempted_at = (SELECT at FROM budget), reserved_by = %%(p_instance)s
+    -- Joined: each claimed row carries its rank for the cursor (matching the claimed ids
+    -- against the picked ones cost as much as the walk).
+    FROM picked
     WHERE (%%(p_incarnation)s::VARCHAR = '' OR EXISTS (
               SELECT 1 FROM pgflow_instances
               WHERE instance_id = %%(p_instance)s AND incarnation = %%(p_incarnation)s
               FOR KEY SHARE))
-      AND pgflow_jobs.id = ANY (ARRAY(SELECT id FROM picked))
+      AND pgflow_jobs.id = picked.id
       -- Taken meanwhile by a claim that does not shape the queue: skipped.
       AND COALESCE(pgflow_jobs.state, '') = 'available'
       AND set_config('synchronous_commit', 'off', true) IS NOT NULL
-    RETURNING %(returning)s, pgflow_jobs.partition_key
+    RETURNING %(returning)s, pgflow_jobs.partition_key, picked.rnk, picked.wrapped
 ),
 moved AS (
+    -- The last job served (its round, then whether past the wrap, then its partition).
     UPDATE pgflow_queue_controls SET
-        cursor = (SELECT p.k FROM picked AS p WHERE p.id IN (SELECT id FROM claimed)
-                  ORDER BY p.rnk DESC, p.wrapped DESC, p.k DESC LIMIT 1),
+        cursor = (SELECT partition_key FROM claimed
+                  ORDER BY rnk DESC, wrapped DESC, partition_key DESC LIMIT 1),
         updated_at = now()
     WHERE queue = %%(p_queue)s AND EXISTS (SELECT 1 FROM claimed)
 ),
@@ -144,7 +154,8 @@ SELECT claimed.*, (SELECT cursor FROM budget) FROM claimed
 @functools.cache
 def partitioned_claim_sql(per_limit: bool, per_rate: bool, returning: str) -> str:
     """The claim statement for a shape (`returning`: the plain claim's RETURNING columns).
-    Rows: the claim columns, the job's partition, the cursor the claim started after."""
+    Rows: the claim columns, the job's partition, its round and whether it came after the
+    wrap, the cursor the claim started after."""
     pick = pg_pick_sql(
         per_limit,
         per_rate,

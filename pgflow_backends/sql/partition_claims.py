@@ -181,13 +181,17 @@ def _pg_cap(key: str, per_limit: bool, per_rate: bool) -> str:
     other = f'({key} COLLATE "default")'
     limits = [":p_limit"]
     if per_limit:
-        # Executing jobs not keyed (claimed by a claim without partitions) read their args.
+        # Executing jobs not keyed (claimed by a claim without partitions) read their args;
+        # whether the queue has any is asked once (an InitPlan), each partition's only then.
         unkeyed = pg_partition_sql("b.args", "b.workflow_id", ":p_key")
         limits.append(
             ":p_plimit - (SELECT count(*) FROM pgflow_jobs AS b WHERE b.queue = :p_queue "
             f"AND b.state = 'executing' AND b.partition_key = {key}) "
-            "- (SELECT count(*) FROM pgflow_jobs AS b WHERE b.queue = :p_queue "
-            f"AND b.state = 'executing' AND b.partition_key IS NULL AND {unkeyed} = {key})"
+            "- CASE WHEN (SELECT EXISTS (SELECT 1 FROM pgflow_jobs AS u "
+            "WHERE u.queue = :p_queue AND u.state = 'executing' AND u.partition_key IS NULL)) "
+            "THEN (SELECT count(*) FROM pgflow_jobs AS b WHERE b.queue = :p_queue "
+            f"AND b.state = 'executing' AND b.partition_key IS NULL AND {unkeyed} = {key}) "
+            "ELSE 0 END"
         )
     if per_rate:
         limits.append(
