@@ -19,7 +19,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, overload
@@ -44,7 +43,7 @@ from pgflow.identifiers import (
     validate_instance_id,
     validate_queue,
 )
-from pgflow.queue_config import Queue, published, queue_options, read_published
+from pgflow.queue_config import Queue, published, published_options, queue_options
 from pgflow.records import (
     Instance,
     InstanceInfo,
@@ -138,20 +137,12 @@ def queue_flows(
     now = now or datetime.now(UTC)
     if not hasattr(backend, "queue_stats"):
         return []  # a backend written before flow control (issue 12): nothing to show
-    published_by: dict[str, Counter[Queue]] = {}
-    for instance in instances:
-        if instance.status != "online":
-            continue
-        for name, value in instance.queues.items():
-            options = read_published(value)
-            if options is not None:
-                published_by.setdefault(name, Counter())[options] += 1
+    published_by = published_options(instances)
     names = {count.queue for count in counts} | set(published_by) | set(local or {})
     names.update(control.queue for control in backend.queue_controls())
     flows: list[QueueFlow] = []
     for name in sorted(names):
-        served = published_by.get(name, Counter()).most_common()
-        ranked = sorted(served, key=lambda item: (-item[1], item[0].describe()))
+        ranked = list(published_by.get(name, ()))
         if not ranked and local is not None and name in local:
             ranked = [(local[name], 0)]
         shape = ranked[0][0] if ranked else None

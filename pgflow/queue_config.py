@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from pgflow.errors import DefinitionError
 from pgflow.identifiers import validate_queue
+
+if TYPE_CHECKING:
+    from pgflow.records import Instance
 
 __all__ = [
     "DEFAULT_PARTITION",
@@ -268,3 +272,19 @@ def read_published(value: object) -> Queue | None:
     except (DefinitionError, TypeError):
         return None
     return None
+
+
+def published_options(instances: Sequence[Instance]) -> dict[str, tuple[tuple[Queue, int], ...]]:
+    """Per queue, each distinct option set online instances publish, with how many do."""
+    by_queue: dict[str, Counter[Queue]] = {}
+    for instance in instances:
+        if instance.status != "online":
+            continue
+        for name, value in instance.queues.items():
+            options = read_published(value)
+            if options is not None:
+                by_queue.setdefault(name, Counter())[options] += 1
+    return {
+        name: tuple(sorted(counter.items(), key=lambda item: (-item[1], item[0].describe())))
+        for name, counter in by_queue.items()
+    }

@@ -11,8 +11,7 @@ import logging
 import math
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -21,8 +20,8 @@ from croniter import croniter
 
 from pgflow.backend import Backend
 from pgflow.inspection import Inspection, RunCount, StateCount, ThroughputBucket
-from pgflow.queue_config import Queue, read_published
-from pgflow.records import Instance, JobState
+from pgflow.queue_config import Queue, published_options
+from pgflow.records import JobState
 
 __all__ = ["CronRow", "QueueRow", "ReadModel", "TTLCache"]
 
@@ -172,22 +171,6 @@ def cron_row(name: str, last_slot: datetime, now: datetime) -> CronRow:
     else:
         expression = None
     return CronRow(name, parts[0], expression, last_slot, next_slot)
-
-
-def published_options(instances: Sequence[Instance]) -> dict[str, tuple[tuple[Queue, int], ...]]:
-    """Per queue, each distinct option set online instances publish, with how many do."""
-    by_queue: dict[str, Counter[Queue]] = {}
-    for instance in instances:
-        if instance.status != "online":
-            continue
-        for name, value in instance.queues.items():
-            options = read_published(value)
-            if options is not None:
-                by_queue.setdefault(name, Counter())[options] += 1
-    return {
-        name: tuple(sorted(counter.items(), key=lambda item: (-item[1], item[0].describe())))
-        for name, counter in by_queue.items()
-    }
 
 
 class ReadModel:
