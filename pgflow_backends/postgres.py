@@ -34,6 +34,7 @@ from pgflow_backends.postgres_flow_rows import PostgresFlowRows
 from pgflow_backends.postgres_run_waits import RUN_CHANNEL, RunWaits
 from pgflow_backends.postgres_shaped import (
     KEYING,
+    QUEUE_BUDGET,
     SETTINGS_AND_LOCK,
     partitioned_claim_sql,
     positional,
@@ -307,25 +308,17 @@ _NOTIFY = text(
 #: limit and the rate window leave, the claim itself (the plain claim's, attempted_at the
 #: clock), the pruning and the recording of the window's starts. %(returning)s: the claim's
 #: columns.
-_SHAPED_CLAIM = """
+_SHAPED_CLAIM = (
+    """
 WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS at),
 budget AS MATERIALIZED (
     SELECT clock.at, CASE
         WHEN EXISTS (SELECT 1 FROM pgflow_queue_controls c
                      WHERE c.queue = %%(p_queue)s AND (c.paused OR c.hold_until > clock.at))
         THEN 0
-        ELSE GREATEST(0, LEAST(
-            %%(p_limit)s::INTEGER,
-            CASE WHEN %%(p_global)s::INTEGER IS NULL THEN %%(p_limit)s::INTEGER
-                 ELSE %%(p_global)s::INTEGER - (
-                     SELECT count(*) FROM pgflow_jobs
-                     WHERE queue = %%(p_queue)s AND state = 'executing') END,
-            CASE WHEN %%(p_allowed)s::INTEGER IS NULL THEN %%(p_limit)s::INTEGER
-                 ELSE %%(p_allowed)s::INTEGER - (
-                     SELECT count(*) FROM pgflow_rate_starts
-                     WHERE queue = %%(p_queue)s
-                       AND started_at >= clock.at - make_interval(secs => %%(p_period)s::FLOAT8)
-                 ) END))
+        ELSE """
+    + QUEUE_BUDGET
+    + """
         END AS n
     FROM clock
 ),
@@ -359,6 +352,7 @@ recorded AS (
 )
 SELECT * FROM claimed
 """
+)
 #: Pipeline mode needs libpq 14 or later; without it shaped claims take the general path.
 _PIPELINES = psycopg.Pipeline.is_supported()
 _SHAPED_LOCK = "SELECT pg_advisory_xact_lock(%(p_class)s, hashtext(%(p_queue)s))"

@@ -86,12 +86,9 @@ SETTINGS_AND_LOCK = (
 )
 
 
-_CLAIM = """
-WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS at),
-budget AS MATERIALIZED (
-    SELECT clock.at, c.cursor, CASE
-        WHEN c.paused OR c.hold_until > clock.at THEN 0
-        ELSE GREATEST(0, LEAST(
+#: The jobs a shaped claim may start now: its slots, less what the global limit's executing
+#: jobs and the rate window's recorded starts leave (a %-template, like the statements).
+QUEUE_BUDGET = """GREATEST(0, LEAST(
             %%(p_limit)s::INTEGER,
             CASE WHEN %%(p_global)s::INTEGER IS NULL THEN %%(p_limit)s::INTEGER
                  ELSE %%(p_global)s::INTEGER - (
@@ -102,7 +99,18 @@ budget AS MATERIALIZED (
                      SELECT count(*) FROM pgflow_rate_starts
                      WHERE queue = %%(p_queue)s
                        AND started_at >= clock.at - make_interval(secs => %%(p_period)s::FLOAT8)
-                 ) END))
+                 ) END))"""
+
+
+_CLAIM = (
+    """
+WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS at),
+budget AS MATERIALIZED (
+    SELECT clock.at, c.cursor, CASE
+        WHEN c.paused OR c.hold_until > clock.at THEN 0
+        ELSE """
+    + QUEUE_BUDGET
+    + """
         END AS n
     FROM clock JOIN pgflow_queue_controls AS c ON c.queue = %%(p_queue)s
 ),
@@ -149,6 +157,7 @@ recorded AS (
 )
 SELECT claimed.*, (SELECT cursor FROM budget) FROM claimed
 """
+)
 
 
 @functools.cache
