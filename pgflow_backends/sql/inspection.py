@@ -125,10 +125,7 @@ class SQLInspection:
             if where.text:  # the args as text (JOB_COLUMNS casts them)
                 scanned.append(window.c.args.ilike(like_pattern(where.text), escape="\\"))
             statement = (
-                select(*window.c)
-                .where(*scanned)
-                .order_by(window.c.id.desc())
-                .limit(where.limit)
+                select(*window.c).where(*scanned).order_by(window.c.id.desc()).limit(where.limit)
             )
         with self._backend._read() as connection:
             rows = connection.execute(statement).all()
