@@ -38,6 +38,7 @@ __all__ = [
     "PRIORITY_MAX",
     "PRIORITY_MIN",
     "RUN_STATES",
+    "STATE_INDEX_PREDICATES",
     "STEP_KINDS",
     "STEP_OUTCOMES",
     "STEP_STATES",
@@ -278,6 +279,14 @@ Index(
     postgresql_where=text(_FAILED),
     sqlite_where=text(_FAILED),
 )
+#: The predicate of the partial index holding a state's jobs (newest first, or nearly), for
+#: an SQLite query to repeat word for word: it uses a partial index only for a term it sees.
+STATE_INDEX_PREDICATES: dict[str, str] = {
+    "retryable": _FAILED,
+    "discarded": _FAILED,
+    "cancelled": _FAILED,
+    "scheduled": _STAGED,
+}
 
 instances = Table(
     "pgflow_instances",

@@ -21,9 +21,10 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
+    text,
     type_coerce,
 )
-from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.sql.elements import BindParameter, ColumnElement, TextClause
 
 from pgflow.inspection import (
     INDEXED_STATES,
@@ -38,7 +39,7 @@ from pgflow.inspection import (
     sorted_counts,
 )
 from pgflow.records import FINISHED_STATES, Job, JobState
-from pgflow.schema import cron_slots, jobs, leader, runs
+from pgflow.schema import STATE_INDEX_PREDICATES, cron_slots, jobs, leader, runs
 from pgflow_backends.sql.expressions import db_now
 from pgflow_backends.sql.rows import JOB_COLUMNS, job_from_row
 from pgflow_backends.sql.statements import LEADER_NAME
@@ -113,7 +114,7 @@ class SQLInspection:
         return cast(func.floor(epoch / bucket_seconds), Integer)
 
     def find_jobs(self, where: JobFilter) -> list[Job]:
-        indexed, scanned = _filters(jobs.c, where)
+        indexed, scanned = _filters(jobs.c, where, self._dialect == "sqlite")
         newest = select(*JOB_COLUMNS).where(*indexed).order_by(jobs.c.id.desc())
         if not scans_window(where):
             statement = newest.where(*scanned).limit(where.limit)
@@ -121,7 +122,7 @@ class SQLInspection:
             # The newest SCAN_LIMIT jobs the indexed filters leave, walked newest first (a
             # LIMIT keeps the subquery apart, so the walk stops at the page's last match).
             window = newest.limit(SCAN_LIMIT).subquery("recent")
-            scanned = _filters(window.c, where)[1]
+            scanned = _filters(window.c, where, False)[1]
             if where.text:  # the args as text (JOB_COLUMNS casts them)
                 scanned.append(window.c.args.ilike(like_pattern(where.text), escape="\\"))
             statement = (
@@ -160,13 +161,17 @@ class SQLInspection:
         return [(name, slot) for name, slot in rows]
 
 
+_Condition = ColumnElement[bool] | TextClause
+
+
 def _filters(
-    columns: Any, where: JobFilter
-) -> tuple[list[ColumnElement[bool]], list[ColumnElement[bool]]]:
+    columns: Any, where: JobFilter, repeat_predicate: bool
+) -> tuple[list[_Condition], list[_Condition]]:
     """`where` but its text as (conditions an index serves, conditions read in a bounded
-    scan)."""
-    indexed: list[ColumnElement[bool]] = []
-    scanned: list[ColumnElement[bool]] = []
+    scan). `repeat_predicate` for SQLite, which uses a partial index only for a WHERE term
+    it sees (PostgreSQL proves the implication, and would count the state's rarity twice)."""
+    indexed: list[_Condition] = []
+    scanned: list[_Condition] = []
     served = where.state in INDEXED_STATES
     if where.before is not None:
         indexed.append(columns.id < where.before)
@@ -177,6 +182,9 @@ def _filters(
             "state", where.state.value, unique=True, literal_execute=True
         )
         (indexed if served else scanned).append(columns.state == value)
+        predicate = STATE_INDEX_PREDICATES.get(where.state.value)
+        if served and predicate is not None and repeat_predicate:
+            indexed.append(text(predicate))
     if where.queue is not None:
         (indexed if served else scanned).append(columns.queue == where.queue)
     if where.worker is not None:

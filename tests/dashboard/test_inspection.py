@@ -166,3 +166,32 @@ def test_the_job_path_writes_no_dashboard_index_entry(postgres_url: str) -> None
             assert [conn.execute(sizes, (n,)).fetchone() for n in names] != [(8192,), (8192,)]
     finally:
         backend.close()
+
+
+def test_sqlite_finds_failed_jobs_through_the_partial_indexes(sqlite_url: str) -> None:
+    """SQLite uses a partial index only when the query repeats its predicate: the statement
+    find_jobs sends must search pgflow_jobs_failed(_queue)_idx."""
+    from sqlalchemy import event
+
+    from pgflow_backends.sqlite import SQLiteBackend
+
+    backend = SQLiteBackend(sqlite_url)
+    try:
+        backend.migrate()
+        sent: list[tuple[str, Any]] = []
+        event.listen(
+            backend.engine,
+            "before_cursor_execute",
+            lambda _c, _cur, statement, params, _ctx, _many: sent.append((statement, params)),
+        )
+        plans = []
+        for where in (JobFilter(state="discarded"), JobFilter(state="cancelled", queue="q")):
+            inspection_for(backend).find_jobs(where)
+            statement, params = sent[-1]
+            with backend.engine.connect() as conn:
+                rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()
+            plans.append(" ".join(row[3] for row in rows))
+        assert "USING INDEX pgflow_jobs_failed_idx (state=?)" in plans[0]
+        assert "USING INDEX pgflow_jobs_failed_queue_idx (queue=? AND state=?)" in plans[1]
+    finally:
+        backend.close()
