@@ -121,7 +121,8 @@ class Inspection(Protocol):
         ...
 
     def find_jobs(self, where: JobFilter) -> list[Job]:
-        """Up to `where.limit` jobs matching every filter, newest (highest id) first."""
+        """Up to `where.limit` jobs matching every filter, newest (highest id) first; on the
+        SQL backends only among the newest SCAN_LIMIT jobs when `scans_window(where)`."""
         ...
 
     def delete_job(self, job_id: int) -> bool:
