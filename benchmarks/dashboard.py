@@ -16,6 +16,10 @@ Every SELECT a page sends is captured (SQLAlchemy's before_cursor_execute) and r
 under EXPLAIN (ANALYZE): the results file lists, per page, the indexes used and any
 sequential scan of pgflow_jobs. Quick runs use 100,000 jobs and 1,000 runs.
 
+Then the job path's cost of the dashboard's indexes: batches of 1,000 jobs inserted, claimed
+and completed with 0008's partial indexes, with no dashboard index, and with full (queue,
+state, id) and (worker, id) indexes, each in a fresh database, interleaved round by round.
+
 A full run (not --quick) writes benchmarks/results/dashboard.md.
 """
 
@@ -109,6 +113,7 @@ def run_postgres(ctx: RunContext) -> list[Row]:
     with postgres.temporary_database(ctx.postgres_admin_url) as url:
         filled = _fill(url, sizes)
         rows, plans = _measure(url, filled, sizes)
+    rows += _job_path(ctx.postgres_admin_url, *((1, 5) if ctx.quick else (5, 30)))
     if not ctx.quick:
         machine = report.machine_info(postgres.server_version(ctx.postgres_admin_url))
         write_results(RESULTS, machine, sizes, filled, rows, plans)
@@ -191,7 +196,21 @@ def _pages(filled: Filled) -> list[tuple[str, str, bool]]:
         ("jobs, queue filter", "/jobs?queue=q3", False),
         ("jobs, state filter (executing)", "/jobs?state=executing", False),
         ("jobs, queue + state (available)", "/jobs?queue=q5&state=available", False),
-        ("jobs, worker filter", "/jobs?worker=app.workers.W7", False),
+        ("jobs, state filter (discarded)", "/jobs?state=discarded", False),
+        ("jobs, queue + state (retryable)", "/jobs?queue=q6&state=retryable", False),
+        ("jobs, queue + state (scheduled)", "/jobs?queue=q1&state=scheduled", False),
+        ("jobs, state filter (completed, newest 50k)", "/jobs?state=completed", False),
+        ("jobs, worker filter (newest 50k)", "/jobs?worker=app.workers.W7", False),
+        (
+            "jobs, worker with no job (reads all newest 50k)",
+            "/jobs?worker=app.workers.Gone",
+            False,
+        ),
+        (
+            "jobs, worker with no discarded job (reads all newest 50k discarded)",
+            "/jobs?worker=app.workers.W7&state=discarded",
+            False,
+        ),
         ("jobs, args text (newest 50k)", "/jobs?q=user999999%40", False),
         ("jobs, page 2 (before=)", f"/jobs?queue=q2&before={filled.job_id // 2}", False),
         ("job detail", f"/jobs/{filled.job_id}", False),
@@ -370,6 +389,86 @@ def _label(statement: str) -> str:
     return " ".join(parts).replace("|", "/")
 
 
+# --- the job path's cost ------------------------------------------------------------------
+
+_PARTIAL = ("pgflow_jobs_failed_idx", "pgflow_jobs_failed_queue_idx")
+#: The dashboard's indexes as first written: every claim and completion added an entry to each.
+_FULL = (
+    "CREATE INDEX pgflow_jobs_queue_state_idx ON pgflow_jobs (queue, state, id)",
+    "CREATE INDEX pgflow_jobs_worker_idx ON pgflow_jobs (worker, id)",
+)
+#: (indexes dropped after migrating, statements run after that) per variant.
+_VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "0008's partial indexes": ((), ()),
+    "no dashboard index": (_PARTIAL, ()),
+    "full (queue, state, id), (worker, id)": (_PARTIAL, _FULL),
+}
+JOB_PATH = "job path"
+
+
+def _job_path(admin_url: str, rounds: int, batches: int) -> list[Row]:
+    """Insert 1,000 jobs, then claim and complete them 100 at a time, `batches` times, in a
+    fresh database per variant; variants interleaved `rounds` times (the machine is shared,
+    so a slow minute hits every variant). Figures: medians of the rounds' medians."""
+    found: dict[str, tuple[list[float], list[float]]] = {v: ([], []) for v in _VARIANTS}
+    for _ in range(rounds):
+        for variant, (drops, creates) in _VARIANTS.items():
+            insert, settle = _job_path_once(admin_url, drops, creates, batches)
+            found[variant][0].append(insert)
+            found[variant][1].append(settle)
+    rows = []
+    for variant, (inserts, settles) in found.items():
+        for what, figures in (("insert 1,000", inserts), ("claim + complete 100", settles)):
+            rows.append(
+                Row(
+                    "dashboard-postgres",
+                    f"{JOB_PATH}, {variant}: {what}",
+                    metrics={"n": float(len(figures)), MEDIAN: _median(figures)},
+                    detail=f"median of {rounds} rounds of {batches} batches",
+                )
+            )
+    return rows
+
+
+def _job_path_once(
+    admin_url: str, drops: tuple[str, ...], creates: tuple[str, ...], batches: int
+) -> tuple[float, float]:
+    import psycopg
+    from psycopg import sql
+
+    from pgflow.records import NewJob
+    from pgflow_backends.postgres import PostgresBackend
+
+    inserts: list[float] = []
+    settles: list[float] = []
+    with postgres.temporary_database(admin_url) as url:
+        backend = PostgresBackend(url)
+        try:
+            backend.migrate()
+            with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+                for name in drops:
+                    conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+                for statement in creates:
+                    conn.execute(statement)
+            for batch in range(batches):
+                jobs = [NewJob(worker="w", args={"n": batch * 1000 + i}) for i in range(1000)]
+                start = time.perf_counter_ns()
+                backend.insert_jobs(jobs)
+                inserts.append(float(time.perf_counter_ns() - start))
+                for _ in range(10):
+                    start = time.perf_counter_ns()
+                    claimed = backend.claim_jobs("default", "bench-instance", 100)
+                    backend.complete_jobs([job.ref for job in claimed])
+                    settles.append(float(time.perf_counter_ns() - start))
+        finally:
+            backend.close()
+    return _median(inserts), _median(settles)
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 # --- results file -------------------------------------------------------------------------
 
 
@@ -400,11 +499,30 @@ def write_results(
         "| page | p50 | max | target |",
         "|---|---|---|---|",
     ]
-    for row in rows:
+    pages = [row for row in rows if not row.case.startswith(JOB_PATH)]
+    for row in pages:
         median = report.format_duration(row.metrics[MEDIAN]) if MEDIAN in row.metrics else ""
         top = report.format_duration(row.metrics[MAX]) if MAX in row.metrics else ""
         what = row.detail.split(";")[0].removeprefix("GET ")
         lines.append(f"| {row.case} (`{what}`) | {median} | {top} | {row.verdict()} |")
+    lines += [
+        "",
+        "## The job path's cost of the dashboard's indexes",
+        "",
+        "Each variant in a fresh database: batches of 1,000 jobs inserted, then claimed and "
+        "completed 100 at a time; variants interleaved round by round. Medians of the rounds' "
+        "medians (the issue: no measurable cost on the job path).",
+        "",
+        "| indexes on pgflow_jobs | insert 1,000 | claim + complete 100 |",
+        "|---|---|---|",
+    ]
+    for variant in _VARIANTS:
+        cells = [
+            report.format_duration(row.metrics[MEDIAN])
+            for row in rows
+            if row.case.startswith(f"{JOB_PATH}, {variant}:")
+        ]
+        lines.append(f"| {variant} | {' | '.join(cells)} |")
     lines += ["", "## Query plans (EXPLAIN ANALYZE of every SELECT a page sends)", ""]
     for case, found in plans.items():
         lines.append(f"- **{case}**")

@@ -18,7 +18,8 @@ from pgflow.errors import BackendError, JobStateError
 from pgflow.records import Job, JobState, RunState
 
 __all__ = [
-    "TEXT_SCAN_LIMIT",
+    "INDEXED_STATES",
+    "SCAN_LIMIT",
     "Inspection",
     "JobFilter",
     "RunCount",
@@ -27,12 +28,28 @@ __all__ = [
     "check_deletable",
     "inspection_for",
     "like_pattern",
+    "scans_window",
     "sorted_counts",
 ]
 
-#: A search in args text reads at most this many of the newest jobs matching the other
-#: filters: a substring search cannot use an index, so its cost is bounded instead.
-TEXT_SCAN_LIMIT = 50_000
+#: A filter no index serves (worker, args text, a queue without an indexed state, the
+#: completed state) reads at most this many of the newest jobs the indexed filters leave:
+#: an index per filter would cost every claim and completion an entry, so the scan is bounded.
+SCAN_LIMIT = 50_000
+
+#: States a partial index finds newest first on the SQL backends (claim, executing and stage
+#: indexes; the dashboard's index of retryable, discarded and cancelled jobs). Completed jobs
+#: are most of a store: a newest-first walk of the primary key finds them.
+INDEXED_STATES = frozenset(
+    {
+        JobState.AVAILABLE,
+        JobState.EXECUTING,
+        JobState.SCHEDULED,
+        JobState.RETRYABLE,
+        JobState.DISCARDED,
+        JobState.CANCELLED,
+    }
+)
 
 
 def _check_limit(_instance: object, _attribute: attrs.Attribute[int], value: int) -> None:
@@ -104,7 +121,8 @@ class Inspection(Protocol):
         ...
 
     def find_jobs(self, where: JobFilter) -> list[Job]:
-        """Up to `where.limit` jobs matching every filter, newest (highest id) first."""
+        """Up to `where.limit` jobs matching every filter, newest (highest id) first; on the
+        SQL backends only among the newest SCAN_LIMIT jobs when `scans_window(where)`."""
         ...
 
     def delete_job(self, job_id: int) -> bool:
@@ -139,6 +157,16 @@ def like_pattern(text: str) -> str:
     """A LIKE pattern matching `text` anywhere, its wildcards escaped (escape char "\\")."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def scans_window(where: JobFilter) -> bool:
+    """Whether the SQL backends answer `where` from the newest SCAN_LIMIT jobs (below
+    `before`, in `where.state` when that state is indexed) rather than from an index alone."""
+    if where.worker is not None or where.text:
+        return True
+    if where.state is None:
+        return where.queue is not None
+    return where.state not in INDEXED_STATES
 
 
 def sorted_counts(counts: Sequence[StateCount]) -> list[StateCount]:

@@ -38,6 +38,7 @@ __all__ = [
     "PRIORITY_MAX",
     "PRIORITY_MIN",
     "RUN_STATES",
+    "STATE_INDEX_PREDICATES",
     "STEP_KINDS",
     "STEP_OUTCOMES",
     "STEP_STATES",
@@ -184,6 +185,7 @@ jobs = Table(
 )
 
 _FINISHED = "state IN ('completed', 'discarded', 'cancelled')"
+_FAILED = "state IN ('retryable', 'discarded', 'cancelled')"
 _KEYED = "state = 'available' AND partition_key IS NOT NULL"
 _RUNNING_DEADLINE = "state = 'running' AND deadline_at IS NOT NULL"
 _RUNNING_FLOW = "state = 'running' AND remaining_steps IS NOT NULL"
@@ -258,10 +260,33 @@ Index(
     postgresql_where=text(_UNFINISHED_TASK),
     sqlite_where=text(_UNFINISHED_TASK),
 )
-# The dashboard: a queue's (and state's) newest jobs, counts by queue and state (index-only).
-Index("pgflow_jobs_queue_state_idx", jobs.c.queue, jobs.c.state, jobs.c.id)
-# The dashboard: a worker's newest jobs.
-Index("pgflow_jobs_worker_idx", jobs.c.worker, jobs.c.id)
+# The dashboard: the newest retryable, discarded or cancelled jobs (of a queue). Partial, so
+# inserting, claiming and completing a job writes no entry; a job enters one when it fails or
+# is cancelled. Other states are found through the claim, executing and stage indexes, or a
+# newest-first walk of the primary key (most jobs are completed).
+Index(
+    "pgflow_jobs_failed_idx",
+    jobs.c.state,
+    jobs.c.id,
+    postgresql_where=text(_FAILED),
+    sqlite_where=text(_FAILED),
+)
+Index(
+    "pgflow_jobs_failed_queue_idx",
+    jobs.c.queue,
+    jobs.c.state,
+    jobs.c.id,
+    postgresql_where=text(_FAILED),
+    sqlite_where=text(_FAILED),
+)
+#: The predicate of the partial index holding a state's jobs (newest first, or nearly), for
+#: an SQLite query to repeat word for word: it uses a partial index only for a term it sees.
+STATE_INDEX_PREDICATES: dict[str, str] = {
+    "retryable": _FAILED,
+    "discarded": _FAILED,
+    "cancelled": _FAILED,
+    "scheduled": _STAGED,
+}
 
 instances = Table(
     "pgflow_instances",

@@ -16,7 +16,7 @@ from pgflow.dashboard.charts import throughput_chart
 from pgflow.dashboard.graph_svg import GraphStep, read_definition, run_graph
 from pgflow.dashboard.runs_view import definition_problem, timeline
 from pgflow.identifiers import storable_job_id, storable_workflow_id
-from pgflow.inspection import TEXT_SCAN_LIMIT, JobFilter
+from pgflow.inspection import SCAN_LIMIT, JobFilter, scans_window
 from pgflow.records import JobState, RunRecord, RunState, StepRecord
 
 if TYPE_CHECKING:
@@ -93,6 +93,7 @@ class Pages:
             chart=throughput_chart(row.throughput, row.name),
             states=[state.value for state in JobState],
             jobs=jobs,
+            scan_limit=SCAN_LIMIT,
         )
 
     def jobs(self, request: Request) -> Response:
@@ -123,7 +124,7 @@ class Pages:
             states=[state.value for state in JobState],
             queues=sorted({row.queue for row in self.board.read.counted() or ()}),
             next_before=next_before,
-            text_scan_limit=TEXT_SCAN_LIMIT,
+            scan_limit=SCAN_LIMIT if scans_window(where) else None,
         )
 
     def job(self, request: Request) -> Response:

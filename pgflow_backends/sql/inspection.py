@@ -1,8 +1,9 @@
 """The dashboard's reads (`pgflow.inspection.Inspection`) on SQLite and PostgreSQL.
 
-Each read is one statement bounded by an index: counts group on the (queue, state, id)
-index, job pages walk an index newest first with a LIMIT, throughput reads the finished
-jobs of the last hour through the prune index, a text search reads a bounded window.
+Each read is one bounded statement: job pages walk an index newest first with a LIMIT (a
+filter no index serves reads at most the newest SCAN_LIMIT jobs), throughput reads the
+finished jobs of the last hour through the prune index. Counts read the table (the
+dashboard runs them in the background).
 """
 
 from __future__ import annotations
@@ -13,28 +14,32 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import (
     Float,
     Integer,
+    bindparam,
     case,
     cast,
     delete,
     func,
     literal_column,
     select,
+    text,
     type_coerce,
 )
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import BindParameter, ColumnElement, TextClause
 
 from pgflow.inspection import (
-    TEXT_SCAN_LIMIT,
+    INDEXED_STATES,
+    SCAN_LIMIT,
     JobFilter,
     RunCount,
     StateCount,
     ThroughputBucket,
     check_deletable,
     like_pattern,
+    scans_window,
     sorted_counts,
 )
 from pgflow.records import FINISHED_STATES, Job, JobState
-from pgflow.schema import cron_slots, jobs, leader, runs
+from pgflow.schema import STATE_INDEX_PREDICATES, cron_slots, jobs, leader, runs
 from pgflow_backends.sql.expressions import db_now
 from pgflow_backends.sql.rows import JOB_COLUMNS, job_from_row
 from pgflow_backends.sql.statements import LEADER_NAME
@@ -56,7 +61,8 @@ class SQLInspection:
         self._dialect = backend.engine.dialect.name
 
     def state_counts(self) -> list[StateCount]:
-        # Grouped in the (queue, state, id) index's order: an index-only scan, no sort.
+        # A scan of the table: an index of every job would cost each claim and completion an
+        # entry. The dashboard counts in the background, so no page waits for it.
         statement = (
             select(jobs.c.queue, jobs.c.state, func.count())
             .group_by(jobs.c.queue, jobs.c.state)
@@ -108,27 +114,19 @@ class SQLInspection:
         return cast(func.floor(epoch / bucket_seconds), Integer)
 
     def find_jobs(self, where: JobFilter) -> list[Job]:
-        conditions: list[ColumnElement[bool]] = []
-        if where.queue is not None:
-            conditions.append(jobs.c.queue == where.queue)
-        if where.state is not None:
-            conditions.append(jobs.c.state == where.state.value)
-        if where.worker is not None:
-            conditions.append(jobs.c.worker == where.worker)
-        if where.before is not None:
-            conditions.append(jobs.c.id < where.before)
-        newest = select(*JOB_COLUMNS).where(*conditions).order_by(jobs.c.id.desc())
-        if not where.text:
-            statement = newest.limit(where.limit)
+        indexed, scanned = _filters(jobs.c, where, self._dialect == "sqlite")
+        newest = select(*JOB_COLUMNS).where(*indexed).order_by(jobs.c.id.desc())
+        if not scans_window(where):
+            statement = newest.where(*scanned).limit(where.limit)
         else:
-            # The newest TEXT_SCAN_LIMIT matches of the other filters, walked newest first
-            # (a LIMIT keeps the subquery apart, so the scan stops at the page's last match).
-            window = newest.limit(TEXT_SCAN_LIMIT).subquery("recent")
+            # The newest SCAN_LIMIT jobs the indexed filters leave, walked newest first (a
+            # LIMIT keeps the subquery apart, so the walk stops at the page's last match).
+            window = newest.limit(SCAN_LIMIT).subquery("recent")
+            scanned = _filters(window.c, where, False)[1]
+            if where.text:  # the args as text (JOB_COLUMNS casts them)
+                scanned.append(window.c.args.ilike(like_pattern(where.text), escape="\\"))
             statement = (
-                select(*window.c)
-                .where(window.c.args.ilike(like_pattern(where.text), escape="\\"))
-                .order_by(window.c.id.desc())
-                .limit(where.limit)
+                select(*window.c).where(*scanned).order_by(window.c.id.desc()).limit(where.limit)
             )
         with self._backend._read() as connection:
             rows = connection.execute(statement).all()
@@ -161,3 +159,34 @@ class SQLInspection:
         with self._backend._read() as connection:
             rows = connection.execute(statement).all()
         return [(name, slot) for name, slot in rows]
+
+
+_Condition = ColumnElement[bool] | TextClause
+
+
+def _filters(
+    columns: Any, where: JobFilter, repeat_predicate: bool
+) -> tuple[list[_Condition], list[_Condition]]:
+    """`where` but its text as (conditions an index serves, conditions read in a bounded
+    scan). `repeat_predicate` for SQLite, which uses a partial index only for a WHERE term
+    it sees (PostgreSQL proves the implication, and would count the state's rarity twice)."""
+    indexed: list[_Condition] = []
+    scanned: list[_Condition] = []
+    served = where.state in INDEXED_STATES
+    if where.before is not None:
+        indexed.append(columns.id < where.before)
+    if where.state is not None:
+        # Inline (a validated enum value): a partial index's predicate matches only a state
+        # the planner sees, never the parameter of a generic plan.
+        value: BindParameter[str] = bindparam(
+            "state", where.state.value, unique=True, literal_execute=True
+        )
+        (indexed if served else scanned).append(columns.state == value)
+        predicate = STATE_INDEX_PREDICATES.get(where.state.value)
+        if served and predicate is not None and repeat_predicate:
+            indexed.append(text(predicate))
+    if where.queue is not None:
+        (indexed if served else scanned).append(columns.queue == where.queue)
+    if where.worker is not None:
+        scanned.append(columns.worker == where.worker)
+    return indexed, scanned

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pgflow.errors import JobStateError
-from pgflow.inspection import Inspection, JobFilter, inspection_for
+from pgflow.inspection import Inspection, JobFilter, inspection_for, scans_window
 from pgflow.records import JobRef, JobState, NewJob
 
 
@@ -101,3 +101,97 @@ def test_runs_by_flow_and_state(backend: Any) -> None:
     backend.finish_run("r0", 1, RunState.COMPLETED)
     counts = {(c.flow, c.state.value): c.count for c in inspection_for(backend).run_counts()}
     assert counts == {("f1", "completed"): 1, ("f1", "running"): 1, ("f2", "running"): 1}
+
+
+def test_scans_window_names_the_filters_no_index_serves() -> None:
+    assert not scans_window(JobFilter())
+    assert not scans_window(JobFilter(before=10))
+    assert not scans_window(JobFilter(state=JobState.DISCARDED, queue="q"))
+    assert not scans_window(JobFilter(state=JobState.EXECUTING))
+    assert scans_window(JobFilter(queue="q"))
+    assert scans_window(JobFilter(state=JobState.COMPLETED))
+    assert scans_window(JobFilter(worker="w"))
+    assert scans_window(JobFilter(state=JobState.AVAILABLE, text="x"))
+
+
+def _discard_oldest(backend: Any) -> int:
+    """One discarded job of queue "qold" (worker "w.Old"), then five newer jobs of "qa"."""
+    _insert(backend, 1, queue="qold", worker="w.Old", max_attempts=1)
+    job = backend.claim_jobs("qold", "i-1", 1)[0]
+    error = {"kind": "E", "message": "m", "attempt": 1}
+    backend.fail_job(JobRef(job.id, job.attempt, job.attempted_at), error, retry_in=None)
+    _insert(backend, 5, queue="qa")
+    return int(job.id)
+
+
+def test_unindexed_filters_read_only_the_newest_jobs_on_sql(
+    backend: Any, backend_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if backend_kind == "memory":
+        pytest.skip("the memory backend reads every job")
+    monkeypatch.setattr("pgflow_backends.sql.inspection.SCAN_LIMIT", 3)
+    old = _discard_oldest(backend)
+    seen = inspection_for(backend)
+    newer = [job.id for job in seen.find_jobs(JobFilter())][:5]
+    # Beyond the newest 3 jobs: not found by the filters no index serves...
+    assert seen.find_jobs(JobFilter(worker="w.Old")) == []
+    assert seen.find_jobs(JobFilter(queue="qold")) == []
+    # ...found through an indexed state, or in the window below `before`.
+    assert [j.id for j in seen.find_jobs(JobFilter(state=JobState.DISCARDED))] == [old]
+    assert [j.id for j in seen.find_jobs(JobFilter(state="discarded", queue="qold"))] == [old]
+    assert [j.id for j in seen.find_jobs(JobFilter(state="discarded", worker="w.Old"))] == [old]
+    assert [j.id for j in seen.find_jobs(JobFilter(worker="w.Old", before=newer[-2]))] == [old]
+
+
+@pytest.mark.postgres
+def test_the_job_path_writes_no_dashboard_index_entry(postgres_url: str) -> None:
+    import psycopg
+
+    from pgflow_backends.postgres import PostgresBackend
+
+    backend = PostgresBackend(postgres_url)
+    try:
+        backend.migrate()
+        _insert(backend, 20, queue="qa")
+        claimed = backend.claim_jobs("qa", "i-1", 20)
+        backend.complete_jobs([job.ref for job in claimed[:19]])
+        sizes = "SELECT pg_relation_size(%s::regclass)"
+        names = ("pgflow_jobs_failed_idx", "pgflow_jobs_failed_queue_idx")
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            # An empty B-tree is its metapage alone.
+            assert [conn.execute(sizes, (n,)).fetchone() for n in names] == [(8192,), (8192,)]
+            last = claimed[19]
+            error = {"kind": "E", "message": "m", "attempt": 1}
+            backend.fail_job(JobRef(last.id, last.attempt, last.attempted_at), error, retry_in=1)
+            assert [conn.execute(sizes, (n,)).fetchone() for n in names] != [(8192,), (8192,)]
+    finally:
+        backend.close()
+
+
+def test_sqlite_finds_failed_jobs_through_the_partial_indexes(sqlite_url: str) -> None:
+    """SQLite uses a partial index only when the query repeats its predicate: the statement
+    find_jobs sends must search pgflow_jobs_failed(_queue)_idx."""
+    from sqlalchemy import event
+
+    from pgflow_backends.sqlite import SQLiteBackend
+
+    backend = SQLiteBackend(sqlite_url)
+    try:
+        backend.migrate()
+        sent: list[tuple[str, Any]] = []
+        event.listen(
+            backend.engine,
+            "before_cursor_execute",
+            lambda _c, _cur, statement, params, _ctx, _many: sent.append((statement, params)),
+        )
+        plans = []
+        for where in (JobFilter(state="discarded"), JobFilter(state="cancelled", queue="q")):
+            inspection_for(backend).find_jobs(where)
+            statement, params = sent[-1]
+            with backend.engine.connect() as conn:
+                rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()
+            plans.append(" ".join(row[3] for row in rows))
+        assert "USING INDEX pgflow_jobs_failed_idx (state=?)" in plans[0]
+        assert "USING INDEX pgflow_jobs_failed_queue_idx (queue=? AND state=?)" in plans[1]
+    finally:
+        backend.close()

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, inspect, text
 from pgflow import migrations
 from pgflow.schema import SCHEMA_REVISION
 
-INDEXES = {"pgflow_jobs_queue_state_idx", "pgflow_jobs_worker_idx"}
+INDEXES = {"pgflow_jobs_failed_idx", "pgflow_jobs_failed_queue_idx"}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -126,8 +126,10 @@ def test_jobs_filters(seeded: Seeded, client: Client) -> None:
     assert _ids(browser.get("/jobs?queue=mail").text, "data-job-id") == [str(seeded.available)]
     discarded = _ids(browser.get("/jobs?state=discarded&queue=default").text, "data-job-id")
     assert discarded == [str(seeded.discarded)]
-    by_worker = _ids(browser.get("/jobs?worker=tests.dashboard.flows.Idle").text, "data-job-id")
-    assert by_worker == [str(seeded.available)]
+    assert 'id="scan-note"' not in browser.get("/jobs?state=discarded&queue=default").text
+    by_worker = browser.get("/jobs?worker=tests.dashboard.flows.Idle").text
+    assert _ids(by_worker, "data-job-id") == [str(seeded.available)]
+    assert "looked up among the newest 50,000 jobs." in by_worker  # said on the page
     by_text = _ids(browser.get("/jobs?q=EXAMPLE.com").text, "data-job-id")
     assert by_text == [str(seeded.available)]
     assert _ids(browser.get("/jobs?q=%25nothing_like_this").text, "data-job-id") == []
