@@ -49,6 +49,16 @@ def _text(request: Request, name: str, longest: int = 255) -> str | None:
     return value[:longest] or None
 
 
+def _nul_problems(request: Request, *names: str) -> list[str]:
+    """Filters holding a NUL byte, named: no stored name or args text can contain one (and
+    PostgreSQL refuses it as a parameter), so the page says so instead of querying."""
+    return [
+        f"the {name} filter contains a NUL byte"
+        for name in names
+        if "\x00" in request.query_params.get(name, "")
+    ]
+
+
 def _int(request: Request, name: str) -> int | None:
     value = request.query_params.get(name, "").strip()
     return int(value) if value.isdigit() and len(value) < 19 else None
@@ -98,7 +108,7 @@ class Pages:
 
     def jobs(self, request: Request) -> Response:
         state_text = _text(request, "state")
-        problems: list[str] = []
+        problems = _nul_problems(request, "queue", "worker", "q")
         state: JobState | None = None
         if state_text is not None:
             try:
@@ -141,7 +151,7 @@ class Pages:
 
     def runs(self, request: Request) -> Response:
         state_text = _text(request, "state")
-        problems: list[str] = []
+        problems = _nul_problems(request, "flow")
         state: RunState | None = None
         if state_text is not None:
             try:

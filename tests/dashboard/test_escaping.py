@@ -60,3 +60,18 @@ def test_hostile_names_and_filters_are_text(seeded: Seeded, client: Client) -> N
     assert "<script>x" not in missing
     assert browser.get("/queues/%3Cb%3E").status_code == 404
     assert "<b>" not in browser.get("/queues/%3Cb%3E").text
+
+
+def test_a_nul_byte_in_a_filter_is_named_not_a_store_failure(
+    seeded: Seeded, client: Client
+) -> None:
+    """No stored name or args text can hold a NUL; PostgreSQL refuses one in a parameter.
+    The page says which filter is at fault instead of reporting the store as failing."""
+    browser = client()
+    for name in ("q", "queue", "worker"):
+        response = browser.get("/jobs", params={name: "a\x00b"})
+        assert response.status_code == 200, (name, response.status_code)
+        assert f"the {name} filter contains a NUL byte" in response.text
+        assert 'data-job-id="' not in response.text
+    runs = browser.get("/runs", params={"flow": "a\x00b"})
+    assert runs.status_code == 200 and "the flow filter contains a NUL byte" in runs.text
