@@ -34,8 +34,15 @@ def dumps(value: Any, *, what: str, limit: int | None = None, owner: str = "") -
     """
     try:
         text = _encoder.encode(value)
-    except (TypeError, ValueError) as exc:
-        path, culprit = find_unserialisable(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        fault = find_cycle_or_depth(value)
+        if fault is not None:
+            where = f"{what}{fault[0]}"
+            raise SerializationError(f"{_prefix(owner)}{where} {fault[1]}", path=where) from None
+        try:
+            path, culprit = find_unserialisable(value)
+        except RecursionError:
+            path, culprit = "", "a value nested too deeply to inspect"
         where = f"{what}{path}" if path else what
         raise SerializationError(
             f"{_prefix(owner)}{where} is not JSON-serialisable: {culprit} ({exc})", path=where
@@ -146,6 +153,38 @@ def find_string(value: Any, bad: Callable[[str], bool], path: str = "") -> str |
             found = find_string(item, bad, f"{path}[{index}]")
             if found is not None:
                 return found
+    return None
+
+
+#: Deeper than this, a value is reported as nested too deeply once encoding it failed (the
+#: encoder recurses, and gives up near Python's recursion limit of about 1,000 frames).
+MAX_NESTING = 500
+
+
+def find_cycle_or_depth(value: Any) -> tuple[str, str] | None:
+    """(path, fault) of a container that contains itself, or of the top-level entry under
+    which nesting passes MAX_NESTING; None when neither. Iterative, so it cannot itself run
+    out of stack on the values it looks for."""
+    on_path: set[int] = set()
+    # (entering, item, path (built for shallow levels only), top-level path, depth)
+    stack: list[tuple[bool, Any, str, str, int]] = [(True, value, "", "", 0)]
+    while stack:
+        entering, item, path, top, depth = stack.pop()
+        if not entering:
+            on_path.discard(id(item))
+            continue
+        if not isinstance(item, (dict, list, tuple)):
+            continue
+        if id(item) in on_path:
+            return path, "refers back to a value that contains it (a cycle), which JSON cannot hold"
+        if depth >= MAX_NESTING:
+            return top, f"is nested too deeply to store (more than {MAX_NESTING} levels)"
+        on_path.add(id(item))
+        stack.append((False, item, path, top, depth))
+        entries = list(item.items()) if isinstance(item, dict) else list(enumerate(item))
+        for key, child in reversed(entries):
+            child_path = f"{path}[{key!r}]" if depth < 32 else path
+            stack.append((True, child, child_path, top or child_path, depth + 1))
     return None
 
 

@@ -140,3 +140,20 @@ def test_a_nul_in_a_step_output_is_refused(backend: Any) -> None:
     run = backend.start_run(workflow_id="wf-nul", workflow="w", input={}, max_attempts=1).run
     with pytest.raises(SerializationError, match=r"output\['x'\] holds a NUL"):
         backend.finish_run("wf-nul", run.attempt, "completed", output={"x": "\x00"})
+
+
+def test_args_nested_deeper_than_the_encoder_recurses_are_refused_by_name(backend: Any) -> None:
+    nested: list[Any] = []
+    for _ in range(100_000):
+        nested = [nested]
+    with pytest.raises(SerializationError, match=r"args\['deep'\] is nested too deeply"):
+        backend.insert_jobs([new(args={"n": 1}), new(args={"deep": nested})])
+    assert backend.list_jobs() == []
+
+
+def test_circular_args_are_refused_naming_where_the_cycle_closes(backend: Any) -> None:
+    loop: list[Any] = [1]
+    loop.append({"back": loop})
+    with pytest.raises(SerializationError, match=r"args\['x'\]\[1\]\['back'\] refers back"):
+        backend.insert_jobs([new(args={"x": loop})])
+    assert backend.list_jobs() == []
