@@ -83,9 +83,11 @@ def _json_argument(text: str | None, param_hint: str) -> Any:
         return None
     try:
         return json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
+        shown = repr(text) if len(text) <= 80 else f"{text[:80]!r}..."
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise click.BadParameter(
-            f"{text!r} is not JSON ({exc}); quote strings, e.g. '\"yes\"' or '{{\"ok\": true}}'",
+            f"{shown} is not JSON ({reason}); quote strings, e.g. '\"yes\"' or '{{\"ok\": true}}'",
             param_hint=param_hint,
         ) from None
 

@@ -273,6 +273,9 @@ def test_run_signal_delivers_keeps_and_refuses(harness: testing.TestQueue) -> No
     }
     bad_json = _cli("run", "signal", other.workflow_id, "approve", "{nope")
     assert bad_json.exit_code == 2 and "PAYLOAD_JSON" in bad_json.output
+    deep = _cli("run", "signal", other.workflow_id, "approve", "[" * 100_000 + "]" * 100_000)
+    assert deep.exit_code == 2 and "nested too deeply" in deep.output, deep.output[-300:]
+    assert len(deep.output) < 1_000  # the 200,000-character argument is not echoed whole
     no_step = _cli("run", "signal", other.workflow_id, "aprove")
     assert no_step.exit_code == 2 and "has no step 'aprove'" in no_step.output
     not_wait = _cli("run", "signal", other.workflow_id, "write")

@@ -191,6 +191,8 @@ class Actions:
             payload = json.loads(text)
         except ValueError as exc:
             raise PgflowError(f"the signal's payload is not JSON: {exc}") from None
+        except RecursionError:  # nested deeper than the parser recurses: no action takes it
+            raise PgflowError("the signal's payload is not JSON: nested too deeply") from None
         delivered = self.board.pgflow.signal(params["run_id"], name, payload)
         verb = "delivered to" if delivered else "kept for"
         return self._back("", params), f"signal {verb} step {name}"

@@ -82,7 +82,7 @@ class Sessions:
             return None
         try:
             data = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         return data if isinstance(data, dict) else None
 

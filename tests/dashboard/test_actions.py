@@ -79,6 +79,9 @@ def test_run_signal_then_cancel(seeded: Seeded, client: Client) -> None:
     assert 'data-action="run-signal"' in run_page and 'data-action="run-cancel"' in run_page
     bad = _post(browser, f"/runs/{seeded.approval_run}/signal", name="approve", payload="{no")
     assert _flash(bad).startswith("error: the signal&#39;s payload is not JSON")
+    nested = "[" * 100_000 + "]" * 100_000  # deeper than Python's parser recurses
+    deep = _post(browser, f"/runs/{seeded.approval_run}/signal", name="approve", payload=nested)
+    assert _flash(deep).startswith("error: the signal&#39;s payload is not JSON")
     landed = _post(browser, f"/runs/{seeded.approval_run}/signal", name="approve", payload='"ann"')
     assert _flash(landed) == "ok: signal delivered to step approve"
     run = app.get_run(seeded.approval_run)
