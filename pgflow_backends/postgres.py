@@ -143,6 +143,24 @@ def _first(row: Any) -> Any:
     return row[0]
 
 
+def _shape_params(
+    queue: str, instance_id: str, limit: int, incarnation: str, shape: Queue
+) -> dict[str, Any]:
+    """The parameters every shaped claim statement shares: who claims, how many, the queue's
+    global limit and its rate window (counted with the margin)."""
+    rate = shape.rate_limit
+    return {
+        "p_class": QUEUE_LOCK_CLASS,
+        "p_queue": queue,
+        "p_instance": instance_id,
+        "p_incarnation": incarnation,
+        "p_limit": limit,
+        "p_global": shape.global_limit,
+        "p_allowed": None if rate is None else rate[0],
+        "p_period": None if rate is None else counted_window(rate[1]),
+    }
+
+
 def _claim_order(job: Job) -> tuple[int, datetime, int]:
     return (-job.priority, job.scheduled_at, job.id)
 
@@ -608,17 +626,7 @@ class PostgresBackend(SQLBackend):
             return super()._claim_shaped(queue, instance_id, limit, incarnation, shape)
         if shape.partition_by is not None:
             return self._claim_partitioned(queue, instance_id, limit, incarnation, shape)
-        rate = shape.rate_limit
-        params = {
-            "p_class": QUEUE_LOCK_CLASS,
-            "p_queue": queue,
-            "p_instance": instance_id,
-            "p_incarnation": incarnation,
-            "p_limit": limit,
-            "p_global": shape.global_limit,
-            "p_allowed": None if rate is None else rate[0],
-            "p_period": None if rate is None else counted_window(rate[1]),
-        }
+        params = _shape_params(queue, instance_id, limit, incarnation, shape)
         with self._driver() as conn:
             try:
                 with conn.pipeline():
@@ -644,14 +652,7 @@ class PostgresBackend(SQLBackend):
         rate, per_rate = shape.rate_limit, shape.partition_rate_limit
         windows = [counted_window(w[1]) for w in (rate, per_rate) if w is not None]
         params: dict[str, Any] = {
-            "p_class": QUEUE_LOCK_CLASS,
-            "p_queue": queue,
-            "p_instance": instance_id,
-            "p_incarnation": incarnation,
-            "p_limit": limit,
-            "p_global": shape.global_limit,
-            "p_allowed": None if rate is None else rate[0],
-            "p_period": None if rate is None else counted_window(rate[1]),
+            **_shape_params(queue, instance_id, limit, incarnation, shape),
             "p_key": shape.partition_by,
             "p_sweep": SWEEP_SECONDS,
             "p_plimit": shape.partition_limit,
